@@ -1,0 +1,6 @@
+"""Denoising networks: plain ``nn.Module``s with ``forward(x, t)``."""
+
+from ddpm.models.embeddings import TimestepEmbedding, sinusoidal_embedding
+from ddpm.models.mlp import MLPDenoiser
+
+__all__ = ["MLPDenoiser", "TimestepEmbedding", "sinusoidal_embedding"]

@@ -1,0 +1,76 @@
+"""A residual MLP denoiser for low-dimensional data: a scalar, a 1D signal, a 2D point."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ddpm.models.embeddings import TimestepEmbedding
+
+
+class _ResidualBlock(nn.Module):
+    def __init__(self, hidden: int, temb_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden)
+        self.fc1 = nn.Linear(hidden, hidden)
+        self.temb = nn.Linear(temb_dim, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.act = nn.SiLU()
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, h: Tensor, temb: Tensor) -> Tensor:
+        z = self.act(self.fc1(self.norm(h)) + self.temb(temb))
+        return h + self.fc2(self.dropout(z))
+
+
+class MLPDenoiser(nn.Module):
+    """``forward(x, t)`` for x of shape [B] (scalar data), [B, D] (point) or [B, L] (1D signal).
+
+    Args:
+        data_dim: D or L, the number of values per sample (1 for a scalar).
+        hidden: width of the residual blocks.
+        depth: number of residual blocks.
+        time_embed_dim: size of the sinusoidal timestep features.
+        dropout: dropout inside the blocks.
+    """
+
+    def __init__(
+        self,
+        data_dim: int,
+        hidden: int = 128,
+        depth: int = 3,
+        time_embed_dim: int = 64,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        for arg, value in (("data_dim", data_dim), ("hidden", hidden), ("depth", depth)):
+            if value < 1:
+                raise ValueError(f"{arg}={value!r} is invalid; it must be an integer >= 1")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout={dropout!r} is outside [0, 1)")
+        self.data_dim = data_dim
+        self.time_embed = TimestepEmbedding(time_embed_dim)
+        temb_dim = 4 * time_embed_dim
+        self.inp = nn.Linear(data_dim, hidden)
+        self.blocks = nn.ModuleList(_ResidualBlock(hidden, temb_dim, dropout) for _ in range(depth))
+        self.out_norm = nn.LayerNorm(hidden)
+        self.out = nn.Linear(hidden, data_dim)
+        self.act = nn.SiLU()
+        # A per-timestep linear path x -> a(t) * x. For Gaussian data the optimal eps is affine in
+        # x_t with t-dependent slope, so this lets the net extrapolate linearly beyond the x_t
+        # range it was trained on (e.g. x_T ~ N(0, I) when abar[T-1] is far from 0, as in seed 001).
+        self.skip = nn.Linear(temb_dim, data_dim)
+        nn.init.zeros_(self.skip.weight)
+        nn.init.zeros_(self.skip.bias)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """Predict the objective's target for noisy ``x`` at integer timesteps ``t`` [B]."""
+        shape = x.shape
+        h = x.reshape(shape[0], -1)
+        if h.shape[1] != self.data_dim:
+            raise ValueError(f"MLPDenoiser(data_dim={self.data_dim}) got input of shape {tuple(shape)}")
+        temb = self.act(self.time_embed(t))
+        h = self.inp(h)
+        for block in self.blocks:
+            h = block(h, temb)
+        out = self.out(self.act(h)) + self.skip(temb) * x.reshape(shape[0], -1)
+        return out.reshape(shape)

@@ -1,0 +1,194 @@
+"""Samplers against the Gaussian oracle (no training) and the reference's step rules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ddpm.diffusion import GaussianDiffusion
+from ddpm.samplers import (
+    DDIMSampler,
+    DDPMSampler,
+    NonFiniteSampleError,
+    SampleResult,
+    make_timesteps,
+)
+from ddpm.schedules import make_beta_schedule
+from tests.conftest import GaussianOracle
+
+N = 20_000
+# Stated tolerances. Monte-Carlo: ~5 standard errors of the mean at N = 20k for unit-scale data.
+MEAN_TOL = 0.03
+# Covariance with all T = 1000 steps: Monte-Carlo error only.
+COV_TOL = 0.05
+# Covariance with S <= 100 steps: a coarse DDIM/respaced step contracts the variance of Gaussian data
+# (by Cauchy-Schwarz each deterministic step maps var v to <= v'), measured at 8-17% for S = 50 and
+# T = 1000 linear; we allow 20% relative.
+FEW_STEP_COV_RTOL = 0.20
+
+
+def _check_moments(x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, few_steps: bool = False) -> None:
+    x = x.double()
+    cov = torch.cov(x.T)
+    assert torch.allclose(x.mean(0), mu.double(), atol=MEAN_TOL), x.mean(0)
+    if few_steps:
+        assert torch.allclose(cov, sigma.double(), rtol=FEW_STEP_COV_RTOL, atol=0.01), cov
+    else:
+        assert torch.allclose(cov, sigma.double(), atol=COV_TOL), cov
+
+
+@pytest.mark.parametrize(
+    ("sampler", "variance"),
+    [
+        (DDPMSampler(), "fixed_large"),
+        (DDPMSampler(), "fixed_small"),
+        (DDPMSampler(steps=100), "fixed_small"),
+        (DDIMSampler(50, eta=0.0), "fixed_small"),
+        (DDIMSampler(50, eta=1.0), "fixed_small"),
+        (DDIMSampler(1000, eta=0.0), "fixed_small"),
+        (DDIMSampler(1000, eta=1.0), "fixed_small"),
+        (DDIMSampler(50, eta=0.0, spacing="trailing"), "fixed_small"),
+    ],
+    ids=repr,
+)
+def test_gaussian_oracle_recovers_the_data_distribution(sampler, variance, gaussian_2d) -> None:
+    mu, sigma = gaussian_2d
+    d = GaussianDiffusion(make_beta_schedule("linear", 1000), variance=variance)
+    gen = torch.Generator().manual_seed(0)
+    x = sampler.sample(GaussianOracle(d, mu, sigma), d, (N, 2), generator=gen, progress=False)
+    _check_moments(x, mu, sigma, few_steps=len(sampler.timesteps(d)) < 1000)
+
+
+@pytest.mark.parametrize("objective", ["x0", "v"])
+def test_gaussian_oracle_other_objectives(objective: str, gaussian_2d) -> None:
+    mu, sigma = gaussian_2d
+    d = GaussianDiffusion(make_beta_schedule("cosine", 1000), objective=objective)
+    gen = torch.Generator().manual_seed(1)
+    oracle = GaussianOracle(d, mu, sigma)
+    x = DDIMSampler(50).sample(oracle, d, (N, 2), generator=gen, progress=False)
+    _check_moments(x, mu, sigma, few_steps=True)
+    _check_moments(DDPMSampler().sample(oracle, d, (N, 2), generator=gen, progress=False), mu, sigma)
+
+
+def test_wrong_model_is_detected(gaussian_2d) -> None:
+    # The moment check has teeth: an oracle for another Gaussian fails it.
+    mu, sigma = gaussian_2d
+    d = GaussianDiffusion(make_beta_schedule("linear", 1000))
+    oracle = GaussianOracle(d, mu + 0.2, sigma)
+    x = DDIMSampler(50).sample(oracle, d, (N, 2), generator=torch.Generator().manual_seed(0), progress=False)
+    with pytest.raises(AssertionError):
+        _check_moments(x, mu, sigma, few_steps=True)
+
+
+def test_timestep_lists_match_reference() -> None:
+    assert make_timesteps(1000, 10, "linspace") == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
+    assert make_timesteps(1000, 10, "leading") == [900, 800, 700, 600, 500, 400, 300, 200, 100, 0]
+    assert make_timesteps(1000, 10, "trailing") == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
+    assert make_timesteps(50, 50) == list(range(49, -1, -1))
+
+
+def test_ddim_takes_t_prev_from_its_list() -> None:
+    # With trailing spacing and T % S != 0, t - T // S would be wrong; t_prev must come from the list.
+    d = GaussianDiffusion(make_beta_schedule("linear", 1000))
+    seen = []
+
+    def model(x, t):
+        seen.append(int(t[0]))
+        return torch.zeros_like(x)
+
+    DDIMSampler(7, spacing="trailing").sample(model, d, (2, 2), progress=False)
+    assert seen == make_timesteps(1000, 7, "trailing")
+
+
+def test_ddim_eta0_is_deterministic(gaussian_2d) -> None:
+    mu, sigma = gaussian_2d
+    d = GaussianDiffusion(make_beta_schedule("linear", 1000))
+    oracle = GaussianOracle(d, mu, sigma)
+    x_T = torch.randn(64, 2)
+    a = DDIMSampler(20).sample(
+        oracle, d, (64, 2), x_T=x_T, progress=False, generator=torch.Generator().manual_seed(1)
+    )
+    b = DDIMSampler(20).sample(
+        oracle, d, (64, 2), x_T=x_T, progress=False, generator=torch.Generator().manual_seed(2)
+    )
+    assert torch.equal(a, b)
+    c = DDIMSampler(20, eta=1.0).sample(
+        oracle, d, (64, 2), x_T=x_T, progress=False, generator=torch.Generator().manual_seed(2)
+    )
+    assert not torch.allclose(a, c)
+
+
+@pytest.mark.parametrize("t", [999, 500, 1])
+def test_ddim_eta1_full_steps_equals_ddpm_fixed_small(t: int) -> None:
+    d = GaussianDiffusion(make_beta_schedule("linear", 1000), variance="fixed_small")
+    x_t, out, z = torch.randn(8, 3), torch.randn(8, 3), torch.randn(8, 3)
+    ddim = DDIMSampler(1000, eta=1.0).step(d, out, t, t - 1, x_t, noise=z).prev_sample
+    ddpm = DDPMSampler().step(d, out, t, x_t, noise=z).prev_sample
+    assert torch.allclose(ddim, ddpm, atol=1e-4)
+
+
+def test_no_noise_at_last_step() -> None:
+    d = GaussianDiffusion(make_beta_schedule("linear", 1000), clip_denoised=True)
+    x_t, out = torch.randn(8, 2), torch.randn(8, 2)
+    a = DDPMSampler().step(d, out, 0, x_t, noise=torch.randn(8, 2))
+    b = DDPMSampler().step(d, out, 0, x_t, noise=torch.randn(8, 2))
+    assert torch.equal(a.prev_sample, b.prev_sample)
+    assert torch.allclose(a.prev_sample, a.pred_x0, atol=1e-6)  # the last step returns x0-hat
+    c = DDIMSampler(10, eta=1.0).step(d, out, 111, -1, x_t, noise=torch.randn(8, 2))
+    e = DDIMSampler(10, eta=1.0).step(d, out, 111, -1, x_t, noise=torch.randn(8, 2))
+    assert torch.equal(c.prev_sample, e.prev_sample)
+    assert torch.allclose(c.prev_sample, c.pred_x0)
+    assert c.pred_x0.abs().max() <= 1.0
+
+
+def test_ddim_rederives_eps_after_clipping() -> None:
+    d = GaussianDiffusion(make_beta_schedule("linear", 1000), clip_denoised=True)
+    x_t = torch.full((1, 1), 3.0)
+    eps = torch.full((1, 1), -2.0)  # implies x0-hat far above 1
+    out = DDIMSampler(10).step(d, eps, 500, 400, x_t)
+    abar, abar_prev = d.alphas_cumprod[500], d.alphas_cumprod[400]
+    eps_clipped = (x_t - abar.sqrt() * 1.0) / (1 - abar).sqrt()
+    expected = abar_prev.sqrt() * 1.0 + (1 - abar_prev).sqrt() * eps_clipped
+    assert torch.allclose(out.prev_sample, expected, atol=1e-5)
+
+
+def test_trajectory_shapes() -> None:
+    d = GaussianDiffusion(make_beta_schedule("linear", 100, scale_to_T=True))
+    res = DDIMSampler(10).sample(
+        lambda x, t: torch.zeros_like(x), d, (5, 2), return_trajectory=True, progress=False
+    )
+    assert isinstance(res, SampleResult)
+    assert res.trajectory.shape == (11, 5, 2)
+    assert res.pred_x0.shape == (10, 5, 2)
+    assert torch.equal(res.trajectory[-1], res.samples)
+    assert res.timesteps == make_timesteps(100, 10)
+
+
+def test_non_finite_sample_names_the_step() -> None:
+    d = GaussianDiffusion(make_beta_schedule("linear", 100, scale_to_T=True))
+
+    def model(x, t):
+        return torch.full_like(x, float("nan")) if int(t[0]) == 40 else torch.zeros_like(x)
+
+    with pytest.raises(NonFiniteSampleError, match=r"step 60/100 \(t=40\)"):
+        DDPMSampler().sample(model, d, (4, 2), progress=False)
+
+
+@pytest.mark.parametrize(
+    ("factory", "match"),
+    [
+        (lambda: DDIMSampler(0), "steps=0"),
+        (lambda: DDIMSampler(10, eta=-0.5), "eta=-0.5"),
+        (lambda: DDIMSampler(10, spacing="random"), "spacing='random' is unknown"),
+        (lambda: DDPMSampler(steps=-3), "steps=-3"),
+    ],
+)
+def test_bad_sampler_arguments(factory, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        factory()
+
+
+def test_steps_greater_than_T() -> None:
+    d = GaussianDiffusion(make_beta_schedule("linear", 100, scale_to_T=True))
+    with pytest.raises(ValueError, match="steps=200 > T=100"):
+        DDIMSampler(200).sample(lambda x, t: x, d, (2, 2), progress=False)
