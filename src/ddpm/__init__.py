@@ -1,12 +1,27 @@
 """ddpm-lab: denoising diffusion probabilistic models.
 
 The core (``schedules``, ``diffusion``, ``samplers``, ``models``) is plain PyTorch; Lightning and Hydra
-live in ``lit_module``, ``data`` and ``cli``.
+live in ``lit_module``, ``data``, ``callbacks``, ``runs`` and ``cli``.
 """
 
-from ddpm.diffusion import GaussianDiffusion
-from ddpm.samplers import DDIMSampler, DDPMSampler
-from ddpm.schedules import make_beta_schedule
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = ["DDIMSampler", "DDPMSampler", "GaussianDiffusion", "make_beta_schedule"]
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "GaussianDiffusion": "ddpm.diffusion",
+    "DDPMSampler": "ddpm.samplers",
+    "DDIMSampler": "ddpm.samplers",
+    "make_beta_schedule": "ddpm.schedules",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that the command-line tools can check their arguments before torch is imported.
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'ddpm' has no attribute {name!r}")

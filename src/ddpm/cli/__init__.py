@@ -1,0 +1,1 @@
+"""Console entry points: ddpm-train, ddpm-sample, ddpm-viz."""

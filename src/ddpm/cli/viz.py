@@ -1,0 +1,329 @@
+"""``ddpm-viz``: the seed demos, and a trained run's reverse process, as PNG and GIF files.
+
+    ddpm-viz schedules                      # beta, abar and log-SNR of linear/cosine/quadratic/sigmoid
+    ddpm-viz forward-1d                     # seed 000: a sine wave noised at t = 0, 100, ..., 999
+    ddpm-viz forward-2d                     # seed 003: N((2, 2), 0.5^2 I) at t = 0, 25, 50, 75, 99
+    ddpm-viz forward-chain                  # seeds 001/004: x0 = 5 through the one-step Markov chain
+    ddpm-viz reverse outputs/<task>/runs/<time>   # a trained run: reverse-process figure + GIF
+
+Every value is checked before any work: a bad one gives a one-line error naming it and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ddpm.schedules import SCHEDULES
+
+__all__ = ["build_parser", "main"]
+
+PROG = "ddpm-viz"
+DEFAULT_DIR = Path("outputs") / "viz"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (argparse's own message already names the value)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class _BadInput(ValueError):
+    """A command-line value that is not allowed; reported in one line with exit code 2."""
+
+
+def _schedule_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The schedule options given on the command line (those left out fall back to the demo's)."""
+    given = {
+        "beta_start": args.beta_start,
+        "beta_end": args.beta_end,
+        "s": args.s,
+        "max_beta": args.max_beta,
+        "scale_to_T": args.scale_to_T,
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _add_schedule_options(
+    p: argparse.ArgumentParser, T: int, seed: int, beta: tuple[float, float] | None
+) -> None:
+    p.add_argument("--T", type=int, default=T, help=f"chain length (default {T})")
+    start, end = (f" (default {b:g}, the seed's)" for b in beta) if beta else ("", "")
+    p.add_argument("--beta-start", type=float, help=f"first beta of linear/quadratic/sigmoid{start}")
+    p.add_argument("--beta-end", type=float, help=f"last beta of linear/quadratic/sigmoid{end}")
+    p.add_argument("--s", type=float, help="cosine offset s (default 0.008)")
+    p.add_argument("--max-beta", type=float, help="cosine beta clip (default 0.999)")
+    p.add_argument("--scale-to-T", action="store_const", const=True, help="linear: scale both ends by 1000/T")
+    p.add_argument("--seed", type=int, default=seed, help=f"random seed (default {seed})")
+    p.add_argument("--dpi", type=int, default=120, help="PNG resolution (default 120)")
+    p.add_argument("--out", type=Path, help="output file (default outputs/viz/<command>.png)")
+    p.add_argument("--show", action="store_true", help="also open a window, when a display exists")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ddpm-viz`` argument parser with its five subcommands."""
+    names = ", ".join(sorted(SCHEDULES))
+    parser = _Parser(prog=PROG, description="Pictures of the diffusion process, written as PNG/GIF files.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("schedules", help="beta_t, abar_t and log-SNR of several schedules")
+    p.add_argument(
+        "--schedule",
+        nargs="+",
+        dest="schedules",
+        default=["linear", "cosine", "quadratic", "sigmoid"],
+        metavar="NAME",
+        help=f"schedules to compare (from: {names}; default all four)",
+    )
+    _add_schedule_options(p, T=1000, seed=0, beta=None)
+    p.set_defaults(handler=_cmd_schedules)
+
+    p = sub.add_parser("forward-1d", help="seed 000: a sine wave noised by q(x_t | x_0)")
+    p.add_argument("--schedule", default="linear", help=f"one of {names} (default linear)")
+    p.add_argument(
+        "--timesteps", type=int, nargs="+", metavar="T", help="t to show (default 0, T/10, ..., T-1)"
+    )
+    p.add_argument("--length", type=int, default=100, help="points in the sine wave (default 100)")
+    p.add_argument("--layout", default="overlay", help="overlay (one axes, as seed 000) or panels")
+    _add_schedule_options(p, T=1000, seed=0, beta=(1e-4, 0.02))
+    p.set_defaults(handler=_cmd_forward_1d)
+
+    p = sub.add_parser("forward-2d", help="seed 003: 2D Gaussian points noised by q(x_t | x_0)")
+    p.add_argument("--schedule", default="linear", help=f"one of {names} (default linear)")
+    p.add_argument(
+        "--timesteps", type=int, nargs="+", metavar="T", help="t to show (default 0, T/4, T/2, 3T/4, T-1)"
+    )
+    p.add_argument("--n", type=int, default=1000, help="number of points (default 1000)")
+    p.add_argument("--mean", type=float, nargs=2, default=[2.0, 2.0], metavar=("X", "Y"), help="data mean")
+    p.add_argument("--std", type=float, default=0.5, help="data std per coordinate (default 0.5)")
+    p.add_argument("--lim", type=float, default=4.0, help="axes span [-lim, lim] (default 4)")
+    _add_schedule_options(p, T=100, seed=3, beta=(1e-3, 0.02))
+    p.set_defaults(handler=_cmd_forward_2d)
+
+    p = sub.add_parser("forward-chain", help="seeds 001/004: x0 through the one-step Markov chain")
+    p.add_argument("--schedule", default="linear", help=f"one of {names} (default linear)")
+    p.add_argument("--x0", type=float, default=5.0, help="starting value (default 5)")
+    p.add_argument("--draws", type=int, default=8, help="independent chains (default 8)")
+    _add_schedule_options(p, T=50, seed=1, beta=(1e-4, 0.01))
+    p.set_defaults(handler=_cmd_forward_chain)
+
+    p = sub.add_parser("reverse", help="a trained run's reverse process: a figure and a GIF")
+    p.add_argument("run_dir", type=Path, help="a run folder written by ddpm-train (or its checkpoint)")
+    p.add_argument("--n", type=int, default=16, help="samples to draw (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    p.add_argument("--frames", type=int, default=60, help="at most this many GIF frames (default 60)")
+    p.add_argument("--fps", type=int, default=10, help="GIF frames per second (default 10)")
+    p.add_argument("--no-gif", action="store_true", help="write only the PNG")
+    p.add_argument("--dpi", type=int, default=120, help="PNG resolution (default 120)")
+    p.add_argument("--out", type=Path, help="PNG path (default outputs/viz/reverse-<run>.png; GIF beside it)")
+    p.add_argument("--show", action="store_true", help="also open a window, when a display exists")
+    p.set_defaults(handler=_cmd_reverse)
+    return parser
+
+
+# ---------------------------------------------------------------------------- checks (before any work)
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise _BadInput(message)
+
+
+def _check_schedule(name: str, T: int, options: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """The schedule options the demo will use; building the betas is cheap and runs every check."""
+    from ddpm import viz
+    from ddpm.schedules import make_beta_schedule
+
+    try:
+        opts = viz.resolve_schedule_kwargs(name, defaults, options)
+        make_beta_schedule(name, T, warn=False, **opts)
+    except ValueError as err:
+        raise _BadInput(str(err)) from None
+    return opts
+
+
+def _check_timesteps(timesteps: Sequence[int] | None, T: int) -> list[int] | None:
+    from ddpm import viz
+
+    if timesteps is None:
+        return None
+    try:
+        return viz.check_timesteps(timesteps, T)
+    except ValueError as err:
+        raise _BadInput(str(err)) from None
+
+
+def _check_common(args: argparse.Namespace) -> None:
+    _require(args.dpi >= 10, f"--dpi={args.dpi} is invalid; use an integer >= 10")
+    if args.out is not None:
+        _require(
+            not args.out.is_dir(), f"--out={str(args.out)!r} is a folder; give a file path such as x.png"
+        )
+
+
+def _out_path(args: argparse.Namespace, name: str) -> Path:
+    out = args.out if args.out is not None else DEFAULT_DIR / f"{name}.png"
+    return out if out.suffix else out.with_suffix(".png")
+
+
+def _finish(fig: Any, args: argparse.Namespace, name: str) -> int:
+    from ddpm import viz
+
+    path = viz.save_figure(fig, _out_path(args, name), dpi=args.dpi)
+    print(f"wrote {path}")
+    if args.show and not viz.show_figure(fig):
+        print("--show: no display available; the figure was only written to file", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------------- commands
+def _cmd_schedules(args: argparse.Namespace) -> Callable[[], int]:
+    _check_common(args)
+    options = _schedule_options(args)
+    used: set[str] = set()
+    for name in args.schedules:  # each schedule takes the options it accepts and ignores the others
+        used.update(_check_schedule(name, args.T, {}, options))
+    extra = sorted(set(options) - used)
+    _require(not extra, f"option(s) {extra} are not taken by any of the schedules {args.schedules}")
+
+    def run() -> int:
+        from ddpm import viz
+
+        return _finish(
+            viz.plot_schedules(viz.schedule_curves(args.schedules, args.T, **options)), args, "schedules"
+        )
+
+    return run
+
+
+def _cmd_forward_1d(args: argparse.Namespace) -> Callable[[], int]:
+    from ddpm import viz
+
+    _check_common(args)
+    opts = _check_schedule(args.schedule, args.T, _schedule_options(args), viz.SEED_000_SCHEDULE)
+    timesteps = _check_timesteps(args.timesteps, args.T)
+    _require(args.length >= 2, f"--length={args.length} is invalid; the signal needs >= 2 points")
+    layouts = ("overlay", "panels")
+    _require(args.layout in layouts, f"--layout={args.layout!r} is unknown; choose one of {list(layouts)}")
+
+    def run() -> int:
+        import numpy as np
+
+        signal = np.sin(np.linspace(0.0, 4.0 * np.pi, args.length))
+        data = viz.forward_1d(signal, args.T, args.schedule, timesteps, args.seed, schedule_kwargs=opts)
+        return _finish(viz.plot_forward_1d(data, layout=args.layout), args, "forward-1d")
+
+    return run
+
+
+def _cmd_forward_2d(args: argparse.Namespace) -> Callable[[], int]:
+    from ddpm import viz
+
+    _check_common(args)
+    opts = _check_schedule(args.schedule, args.T, _schedule_options(args), viz.SEED_003_SCHEDULE)
+    timesteps = _check_timesteps(args.timesteps, args.T)
+    _require(args.n >= 1, f"--n={args.n} is invalid; give at least 1 point")
+    _require(args.std >= 0, f"--std={args.std} is invalid; a standard deviation must be >= 0")
+    _require(args.lim > 0, f"--lim={args.lim} is invalid; the axes half-width must be > 0")
+
+    def run() -> int:
+        data = viz.forward_2d(
+            args.n, args.mean, args.std, args.T, args.schedule, timesteps, args.seed, schedule_kwargs=opts
+        )
+        return _finish(viz.plot_forward_2d(data, lim=args.lim), args, "forward-2d")
+
+    return run
+
+
+def _cmd_forward_chain(args: argparse.Namespace) -> Callable[[], int]:
+    from ddpm import viz
+
+    _check_common(args)
+    opts = _check_schedule(args.schedule, args.T, _schedule_options(args), viz.SEED_001_SCHEDULE)
+    _require(args.draws >= 1, f"--draws={args.draws} is invalid; give at least 1 chain")
+
+    def run() -> int:
+        data = viz.forward_chain(args.x0, args.T, args.schedule, args.draws, args.seed, schedule_kwargs=opts)
+        return _finish(viz.plot_forward_chain(data), args, "forward-chain")
+
+    return run
+
+
+def _cmd_reverse(args: argparse.Namespace) -> Callable[[], int]:
+    _check_common(args)
+    _require(
+        args.run_dir.exists(), f"run_dir={str(args.run_dir)!r} does not exist; give a ddpm-train run folder"
+    )
+    _require(args.n >= 1, f"--n={args.n} is invalid; draw at least 1 sample")
+    _require(args.frames >= 1, f"--frames={args.frames} is invalid; use an integer >= 1")
+    _require(args.fps >= 1, f"--fps={args.fps} is invalid; use an integer >= 1")
+
+    def run() -> int:
+        import torch
+
+        from ddpm import viz
+        from ddpm.runs import load_run  # imported here: it pulls in Lightning and Hydra
+
+        # load_run(run_dir) rebuilds the run from its own config and weights. It returns an object with
+        #   .module      whose .module.sample(n, return_trajectory=True, generator=...) gives a SampleResult
+        #                (samples, trajectory [S+1, n, ...] with x_T first, pred_x0 [S, n, ...], timesteps),
+        #                on the network's scale;
+        #   .data_shape  the shape of one sample: () or (1,) scalar, (L,) signal, (2,) point, (C, H, W) image;
+        #   .datamodule  (optional) with .denormalize(x), to show toy data in raw units.
+        try:
+            loaded = load_run(args.run_dir)
+        except (FileNotFoundError, ValueError) as err:  # no checkpoint there, or it does not fit its config
+            print(f"{PROG} reverse: error: {err}", file=sys.stderr)
+            return 2
+        shape = tuple(loaded.data_shape)
+        device = getattr(loaded.module, "device", torch.device("cpu"))
+        gen = torch.Generator(device=device).manual_seed(args.seed)
+        result = loaded.module.sample(args.n, return_trajectory=True, generator=gen)
+        traj, pred_x0, timesteps = result.trajectory, result.pred_x0, result.timesteps
+        denormalize = getattr(getattr(loaded, "datamodule", None), "denormalize", None)
+        if len(shape) == 3:
+            kind = "image"  # images stay on the network's [-1, 1] scale, which the strip expects
+            fig = viz.plot_denoising_strip(pred_x0 if pred_x0 is not None else traj, timesteps)
+        else:
+            if callable(denormalize):
+                traj = denormalize(traj.reshape(-1, *shape)).reshape(traj.shape)
+            kind = "2d" if shape == (2,) else "1d"
+            fig = (
+                viz.plot_reverse_2d(traj, timesteps) if kind == "2d" else viz.plot_reverse_1d(traj, timesteps)
+            )
+        name = f"reverse-{args.run_dir.resolve().name}"
+        code = _finish(fig, args, name)
+        if not args.no_gif:
+            gif = viz.save_reverse_gif(
+                traj,
+                timesteps,
+                _out_path(args, name).with_suffix(".gif"),
+                kind=kind,
+                fps=args.fps,
+                max_frames=args.frames,
+            )
+            print(f"wrote {gif}")
+        return code
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``ddpm-viz``; returns the exit code (0 done, 2 bad input)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits on --help and on syntax errors; return its code instead
+        return exc.code if isinstance(exc.code, int) else 0
+    try:
+        run = args.handler(args)
+    except _BadInput as err:
+        print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return run()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,302 @@
+"""Toy datasets (1D and 2D) and their LightningDataModule.
+
+Each generator is ``fn(n, rng, **params) -> float32 array [n, D]`` and registered by name, so a config
+picks it with ``dataset: moons``. ``array`` loads the user's own ``.npy`` / ``.csv`` file of shape [N, D]
+(points) or [N, L] (signals, trajectories).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from sklearn import datasets as skd
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+
+__all__ = ["TOY_DATASETS", "ToyDataModule", "load_array", "make_toy_data"]
+
+Generator = Callable[..., np.ndarray]
+TOY_DATASETS: dict[str, Generator] = {}
+
+
+def _register(name: str) -> Callable[[Generator], Generator]:
+    def decorator(fn: Generator) -> Generator:
+        TOY_DATASETS[name] = fn
+        return fn
+
+    return decorator
+
+
+@_register("point")
+def point(n: int, rng: np.random.Generator, value: float = 5.0) -> np.ndarray:
+    """Seed 001: every sample is the constant x0 = ``value``; shape [n, 1]."""
+    return np.full((n, 1), value, dtype=np.float32)
+
+
+@_register("sine")
+def sine(
+    n: int,
+    rng: np.random.Generator,
+    length: int = 100,
+    amplitude: tuple[float, float] = (0.5, 1.5),
+    frequency: tuple[float, float] = (0.5, 1.5),
+) -> np.ndarray:
+    """Sine waves A sin(w s + phi) on s in [0, 4 pi] (seed 000's signal is A = w = 1, phi = 0); [n, L]."""
+    s = np.linspace(0, 4 * np.pi, length)
+    a = rng.uniform(*amplitude, size=(n, 1))
+    w = rng.uniform(*frequency, size=(n, 1))
+    phi = rng.uniform(0, 2 * np.pi, size=(n, 1))
+    return (a * np.sin(w * s[None] + phi)).astype(np.float32)
+
+
+@_register("gaussian_mixture")
+def gaussian_mixture(
+    n: int,
+    rng: np.random.Generator,
+    means: tuple[float, ...] = (-2.0, 0.5, 3.0),
+    stds: tuple[float, ...] = (0.5, 0.3, 0.7),
+    weights: tuple[float, ...] = (0.3, 0.3, 0.4),
+) -> np.ndarray:
+    """A 1D mixture of Gaussians; [n, 1]."""
+    if not len(means) == len(stds) == len(weights):
+        raise ValueError(
+            f"gaussian_mixture: means, stds and weights must have equal lengths, "
+            f"got {len(means)}, {len(stds)}, {len(weights)}"
+        )
+    p = np.asarray(weights, dtype=np.float64)
+    k = rng.choice(len(means), size=n, p=p / p.sum())
+    x = np.asarray(means)[k] + np.asarray(stds)[k] * rng.standard_normal(n)
+    return x[:, None].astype(np.float32)
+
+
+@_register("gaussian")
+def gaussian(
+    n: int, rng: np.random.Generator, mean: tuple[float, float] = (2.0, 2.0), std: float = 0.5
+) -> np.ndarray:
+    """Seed 003: N(mean, std^2 I) in 2D; [n, 2]."""
+    return (np.asarray(mean) + std * rng.standard_normal((n, 2))).astype(np.float32)
+
+
+def _sk_seed(rng: np.random.Generator) -> int:
+    return int(rng.integers(0, 2**31 - 1))
+
+
+@_register("moons")
+def moons(n: int, rng: np.random.Generator, noise: float = 0.05) -> np.ndarray:
+    """scikit-learn's two interleaving half circles; [n, 2]."""
+    x, _ = skd.make_moons(n, noise=noise, random_state=_sk_seed(rng))
+    return x.astype(np.float32)
+
+
+@_register("circles")
+def circles(n: int, rng: np.random.Generator, noise: float = 0.04, factor: float = 0.5) -> np.ndarray:
+    """scikit-learn's two concentric circles; [n, 2]."""
+    x, _ = skd.make_circles(n, noise=noise, factor=factor, random_state=_sk_seed(rng))
+    return x.astype(np.float32)
+
+
+@_register("swiss_roll")
+def swiss_roll(n: int, rng: np.random.Generator, noise: float = 0.5) -> np.ndarray:
+    """The 2D swiss roll (x and z of scikit-learn's 3D roll, scaled by 1/5); [n, 2]."""
+    x, _ = skd.make_swiss_roll(n, noise=noise, random_state=_sk_seed(rng))
+    return (x[:, [0, 2]] / 5.0).astype(np.float32)
+
+
+@_register("eight_gaussians")
+def eight_gaussians(n: int, rng: np.random.Generator, radius: float = 2.0, std: float = 0.1) -> np.ndarray:
+    """Eight Gaussians evenly spaced on a circle (FFJORD's "8gaussians"); [n, 2]."""
+    angles = 2 * np.pi * rng.integers(0, 8, size=n) / 8
+    centers = radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    return (centers + std * rng.standard_normal((n, 2))).astype(np.float32)
+
+
+@_register("checkerboard")
+def checkerboard(n: int, rng: np.random.Generator, squares: int = 4, size: float = 4.0) -> np.ndarray:
+    """Uniform on the dark squares of a ``squares`` x ``squares`` board of side ``size``; [n, 2]."""
+    if squares < 2 or squares % 2:
+        raise ValueError(f"checkerboard: squares={squares!r} must be an even integer >= 2")
+    cell = size / squares
+    col = rng.integers(0, squares, size=n)
+    # Dark squares have an even row + column: pick every other row, offset by the column's parity.
+    row = 2 * rng.integers(0, squares // 2, size=n) + col % 2
+    xy = (np.stack([col, row], axis=1) + rng.uniform(size=(n, 2))) * cell - size / 2
+    return xy.astype(np.float32)
+
+
+def load_array(path: str | Path) -> np.ndarray:
+    """Load a user's data file (``.npy`` or ``.csv``) as float32 [N, D]; a header row in a CSV is skipped."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"data.path={str(path)!r} does not exist; give a .npy or .csv file of shape [N, D]"
+        )
+    if p.suffix == ".npy":
+        x = np.load(p)
+    elif p.suffix == ".csv":
+        with p.open() as fh:
+            first = fh.readline()
+        try:
+            [float(v) for v in first.strip().split(",")]
+            skip = 0
+        except ValueError:
+            skip = 1
+        x = np.loadtxt(p, delimiter=",", skiprows=skip, ndmin=2)
+    else:
+        raise ValueError(f"data.path={str(path)!r} has suffix {p.suffix!r}; allowed: .npy, .csv")
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"data.path={str(path)!r} holds shape {x.shape}; expected [N, D] with N >= 2")
+    if not np.isfinite(x).all():
+        raise ValueError(f"data.path={str(path)!r} contains NaN or inf values")
+    return x
+
+
+def make_toy_data(dataset: str, n: int, seed: int, **params: object) -> np.ndarray:
+    """Draw ``n`` samples of a registered toy dataset with a given seed."""
+    if dataset not in TOY_DATASETS:
+        raise ValueError(
+            f"data.dataset={dataset!r} is unknown; choose one of {sorted(TOY_DATASETS)} or 'array'"
+        )
+    return TOY_DATASETS[dataset](n, np.random.default_rng(seed), **params)
+
+
+class ToyDataModule(L.LightningDataModule):
+    """Toy data generated from a seed, or loaded from a file, with train/val splits and normalisation.
+
+    Args:
+        dataset: a name in :data:`TOY_DATASETS`, or ``array`` to load ``path``.
+        data_dim: values per sample (2 for points, L for signals, 1 for scalars); None infers it.
+        n_train: training samples (generated datasets).
+        n_val: held-out samples for the validation loss and the quality figure.
+        batch_size: samples per training step.
+        seed: RNG seed; train and val are independent draws (seed and seed + 1).
+        normalize: standardise each feature with the training mean and std (undone before reporting).
+        path: the file for ``dataset=array``.
+        val_fraction: share of an ``array`` file held out for validation.
+        params: options of the generator (e.g. ``noise`` for moons, ``value`` for point).
+    """
+
+    def __init__(
+        self,
+        dataset: str = "moons",
+        data_dim: int | None = None,
+        n_train: int = 20_000,
+        n_val: int = 2_000,
+        batch_size: int = 256,
+        seed: int = 0,
+        normalize: bool = True,
+        path: str | None = None,
+        val_fraction: float = 0.1,
+        params: dict | None = None,
+    ) -> None:
+        super().__init__()
+        if dataset != "array" and dataset not in TOY_DATASETS:
+            raise ValueError(
+                f"data.dataset={dataset!r} is unknown; choose one of {sorted(TOY_DATASETS)} or 'array'"
+            )
+        for arg, value in (("n_train", n_train), ("n_val", n_val), ("batch_size", batch_size)):
+            if int(value) < 1:
+                raise ValueError(f"data.{arg}={value!r} is invalid; it must be an integer >= 1")
+        if dataset == "array" and not path:
+            raise ValueError("data.path is missing; dataset=array needs a .npy or .csv file of shape [N, D]")
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction={val_fraction!r} is outside (0, 1)")
+        self.dataset = dataset
+        self.n_train, self.n_val, self.batch_size = int(n_train), int(n_val), int(batch_size)
+        self.seed = int(seed)
+        self.normalize_data = bool(normalize)
+        self.path = path
+        self.val_fraction = float(val_fraction)
+        self.params = dict(params or {})
+        self.train_raw: torch.Tensor | None = None
+        self.val_raw: torch.Tensor | None = None
+        self.mean = torch.zeros(1)
+        self.std = torch.ones(1)
+        self._expected_dim = data_dim
+        self.setup()  # cheap, and it lets a bad path or shape fail before any run folder or logger
+
+    def setup(self, stage: str | None = None) -> None:
+        """Generate or load the data once; compute the normalisation from the training split."""
+        if self.train_raw is not None:
+            return
+        if self.dataset == "array":
+            x = load_array(self.path)  # type: ignore[arg-type]
+            perm = np.random.default_rng(self.seed).permutation(len(x))
+            n_val = max(1, round(len(x) * self.val_fraction))
+            train, val = x[perm[n_val:]], x[perm[:n_val]]
+        else:
+            train = make_toy_data(self.dataset, self.n_train, self.seed, **self.params)
+            val = make_toy_data(self.dataset, self.n_val, self.seed + 1, **self.params)
+        if self._expected_dim is not None and train.shape[1] != int(self._expected_dim):
+            raise ValueError(
+                f"data.data_dim={self._expected_dim} but dataset {self.dataset!r} has "
+                f"{train.shape[1]} values "
+                "per sample; fix data.data_dim or leave it null to infer it"
+            )
+        self.train_raw, self.val_raw = torch.from_numpy(train), torch.from_numpy(val)
+        if self.normalize_data:
+            self.mean = self.train_raw.mean(0)
+            std = self.train_raw.std(0)
+            # A constant feature (the point dataset) has std 0: centre it but do not scale it.
+            self.std = torch.where(std > 1e-6, std, torch.ones_like(std))
+
+    @property
+    def data_dim(self) -> int:
+        """Values per sample."""
+        assert self.train_raw is not None
+        return int(self.train_raw.shape[1])
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        """Shape of one sample as the network sees it."""
+        return (self.data_dim,)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw data -> the network's scale."""
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's scale -> raw data units (for reporting and plots)."""
+        return x * self.std.to(x.device) + self.mean.to(x.device)
+
+    def true_moments(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(mean, covariance) of the data distribution where it is known in closed form, else None."""
+        if self.dataset == "gaussian":
+            mean = torch.tensor(self.params.get("mean", (2.0, 2.0)), dtype=torch.float32)
+            return mean, float(self.params.get("std", 0.5)) ** 2 * torch.eye(2)
+        if self.dataset == "point":
+            return torch.tensor([float(self.params.get("value", 5.0))]), torch.zeros(1, 1)
+        return None
+
+    def _loader(self, x: torch.Tensor, train: bool) -> DataLoader:
+        ds = TensorDataset(self.normalize(x))
+        if train:
+            gen = torch.Generator().manual_seed(self.seed)
+            sampler = BatchSampler(
+                RandomSampler(ds, generator=gen), min(self.batch_size, len(ds)), drop_last=True
+            )
+        else:
+            sampler = BatchSampler(SequentialSampler(ds), min(self.batch_size, len(ds)), drop_last=False)
+        # Whole batches are indexed at once (batch_size=None): no per-sample collation for in-memory data.
+        return DataLoader(ds, sampler=sampler, batch_size=None)
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled, normalised training batches (a 1-tuple of a tensor [B, D])."""
+        assert self.train_raw is not None
+        return self._loader(self.train_raw, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Held-out normalised batches, in order."""
+        assert self.val_raw is not None
+        return self._loader(self.val_raw, train=False)
+
+    def reference_data(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(held-out, training) raw samples of equal size n, for a quality figure and its noise floor."""
+        assert self.train_raw is not None and self.val_raw is not None
+        n = min(n, len(self.val_raw), len(self.train_raw))
+        return self.val_raw[:n], self.train_raw[:n]

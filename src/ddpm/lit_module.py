@@ -1,0 +1,169 @@
+"""DiffusionModule: the LightningModule that trains a denoiser under a GaussianDiffusion and samples."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import grad_norm
+from torch import nn
+from torchmetrics import MeanMetric
+
+from ddpm.diffusion import GaussianDiffusion
+from ddpm.samplers import Sampler, SampleResult
+
+__all__ = ["DiffusionModule"]
+
+QUARTILES = 4
+
+
+def batch_data(batch: Any) -> torch.Tensor:
+    """The data tensor of a batch: toy loaders yield ``(x,)``, image loaders ``(x, label)``."""
+    if isinstance(batch, torch.Tensor):
+        return batch
+    return batch[0]
+
+
+class DiffusionModule(L.LightningModule):
+    """Trains ``net`` with ``diffusion.training_loss`` and samples with ``sampler``.
+
+    Args:
+        net: the denoiser, ``net(x_t, t) -> output`` under ``diffusion.objective``.
+        diffusion: the forward process and loss.
+        sampler: the default sampler for :meth:`sample` and validation figures.
+        optimizer: a partial ``optimizer(params=...)`` (Hydra ``_partial_: true``).
+        lr_scheduler: a partial ``scheduler(optimizer=...)`` stepped every optimizer step, or None.
+        data_shape: the shape of one sample as the network sees it, e.g. (2,) or (3, 32, 32).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        diffusion: GaussianDiffusion,
+        sampler: Sampler,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        lr_scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        data_shape: Sequence[int] = (2,),
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False, ignore=["net", "diffusion", "sampler"])
+        self.net = net
+        self.diffusion = diffusion
+        self.sampler = sampler
+        self.data_shape = tuple(int(s) for s in data_shape)
+        #: the composed run config, stored in every checkpoint so a lone .ckpt can be rebuilt
+        self.run_config: dict | None = None
+        self.train_quartiles = nn.ModuleList(MeanMetric() for _ in range(QUARTILES))
+        self.val_quartiles = nn.ModuleList(MeanMetric() for _ in range(QUARTILES))
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The network output for noisy data at timesteps ``t``."""
+        return self.net(x_t, t)
+
+    def _log_quartiles(self, stage: str, losses: torch.Tensor, t: torch.Tensor) -> None:
+        metrics = self.train_quartiles if stage == "train" else self.val_quartiles
+        quartile = t * QUARTILES // self.diffusion.num_timesteps
+        for k, metric in enumerate(metrics):
+            metric.update(losses.detach()[quartile == k])
+            self.log(f"{stage}/loss_q{k + 1}", metric, on_step=False, on_epoch=True)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """L_simple on a batch with t ~ U{0..T-1} per sample."""
+        x0 = batch_data(batch)
+        t = self.diffusion.sample_timesteps(x0.shape[0], x0.device)
+        losses = self.diffusion.training_loss(self.net, x0, t, reduction="none")
+        loss = losses.mean()
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        self._log_quartiles("train", losses, t)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """The loss on held-out data at fixed (t, noise) per batch, so epochs are comparable."""
+        x0 = batch_data(batch)
+        gen = torch.Generator(device=x0.device).manual_seed(batch_idx)
+        t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],), generator=gen, device=x0.device)
+        noise = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
+        losses = self.diffusion.training_loss(self.net, x0, t, noise, reduction="none")
+        loss = losses.mean()
+        self.log("val/loss", loss, prog_bar=True, on_step=False, on_epoch=True, sync_dist=True)
+        self._log_quartiles("val", losses, t)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Log the total gradient norm (before clipping)."""
+        norms = grad_norm(self.net, norm_type=2)
+        if norms:
+            self.log("train/grad_norm", norms["grad_2.0_norm_total"], on_step=True, on_epoch=False)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """The configured optimizer over the network's parameters, and the per-step LR schedule."""
+        optimizer = self.hparams["optimizer"](params=self.net.parameters())
+        scheduler_fn = self.hparams.get("lr_scheduler")
+        if scheduler_fn is None:
+            return {"optimizer": optimizer}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler_fn(optimizer=optimizer), "interval": "step"},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the run's composed config in the checkpoint (for ``ddpm-sample`` on a lone .ckpt)."""
+        if self.run_config is not None:
+            checkpoint["ddpm_config"] = self.run_config
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        sampler: Sampler | None = None,
+        generator: torch.Generator | None = None,
+        return_trajectory: bool = False,
+        progress: bool = False,
+        batch_size: int | None = None,
+    ) -> torch.Tensor | SampleResult:
+        """Generate ``n`` samples on the network's scale (denormalise with the DataModule).
+
+        The weights in the module are the EMA weights after training, during validation, and when
+        loaded from a checkpoint written with EMA on (Lightning's ``EMAWeightAveraging`` puts the
+        average in the checkpoint's ``state_dict``).
+
+        Args:
+            n: number of samples.
+            sampler: override the module's sampler (e.g. ``DDIMSampler(50)``).
+            generator: RNG for reproducible samples.
+            return_trajectory: return a :class:`SampleResult` with the whole chain (not batched).
+            progress: show a progress bar.
+            batch_size: sample in chunks of this size to bound memory.
+        """
+        sampler = sampler or self.sampler
+        was_training = self.training
+        self.eval()
+        try:
+            if return_trajectory or batch_size is None or batch_size >= n:
+                return sampler.sample(
+                    self.net,
+                    self.diffusion,
+                    (n, *self.data_shape),
+                    generator=generator,
+                    return_trajectory=return_trajectory,
+                    progress=progress,
+                    device=self.device,
+                )
+            chunks = []
+            for start in range(0, n, batch_size):
+                size = min(batch_size, n - start)
+                chunks.append(
+                    sampler.sample(
+                        self.net,
+                        self.diffusion,
+                        (size, *self.data_shape),
+                        generator=generator,
+                        progress=progress,
+                        device=self.device,
+                    )
+                )
+            return torch.cat(chunks)
+        finally:
+            self.train(was_training)

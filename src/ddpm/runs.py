@@ -1,0 +1,190 @@
+"""Run folders: build a run's objects from its composed config, write its results, load it back.
+
+A run folder (``outputs/<task>/runs/<timestamp>/``) holds ``.hydra/config.yaml`` (the composed config),
+``checkpoints/`` (``last.ckpt``, ``best.ckpt``), the loggers' files, ``samples.npz``, ``metrics.json`` and
+``plots/``. ``ddpm-sample`` and ``ddpm-viz reverse`` rebuild a run from its own config, not today's
+defaults.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
+
+from ddpm.config import ConfigError, first_line, root_cause
+from ddpm.lit_module import DiffusionModule
+
+__all__ = [
+    "ConfigError",
+    "LoadedRun",
+    "build",
+    "find_checkpoint",
+    "load_run",
+    "write_results",
+]
+
+
+def _instantiate(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
+    try:
+        return instantiate(cfg[key], **kwargs)
+    except (InstantiationException, ValueError, TypeError, FileNotFoundError, OmegaConfBaseException) as err:
+        raise ConfigError(f"{key}: {first_line(root_cause(err))}") from err
+
+
+def build(cfg: DictConfig) -> tuple[Any, DiffusionModule]:
+    """Instantiate the DataModule and the DiffusionModule (net, diffusion, sampler, optimizer) of a config.
+
+    Raises:
+        ConfigError: a bad value, with the config key it came from.
+    """
+    datamodule = _instantiate(cfg, "data")
+    if "data_dim" in cfg.data and cfg.data.data_dim is None:
+        with open_dict(cfg):
+            cfg.data.data_dim = datamodule.data_dim  # inferred from the user's file
+    net = _instantiate(cfg, "model")
+    betas = _instantiate(cfg, "schedule")  # on its own first, so an error names the schedule
+    diffusion = _instantiate(cfg, "diffusion", betas=betas)
+    sampler = _instantiate(cfg, "sampler")
+    optimizer = _instantiate(cfg, "optimizer")
+    lr_scheduler = _instantiate(cfg, "lr_scheduler") if cfg.get("lr_scheduler") else None
+    if lr_scheduler is not None:  # the partial's own checks run now, not after the trainer starts
+        try:
+            lr_scheduler(optimizer=torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0))
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"lr_scheduler: {first_line(err)}") from err
+    module = DiffusionModule(
+        net=net,
+        diffusion=diffusion,
+        sampler=sampler,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        data_shape=datamodule.data_shape,
+    )
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    return datamodule, module
+
+
+def _true_moments(datamodule: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+    fn = getattr(datamodule, "true_moments", None)
+    return fn() if callable(fn) else None
+
+
+def sample_quality(module: DiffusionModule, datamodule: Any, n: int, seed: int = 0) -> dict[str, Any]:
+    """Sample ``n`` with the module's sampler and weights; compare with held-out data in raw units."""
+    from ddpm.metrics import moment_errors, quality_report
+
+    gen = torch.Generator(device=module.device).manual_seed(seed)
+    samples = datamodule.denormalize(module.sample(n, generator=gen))
+    held_out, second = datamodule.reference_data(n)
+    report = quality_report(samples, held_out, second)
+    out: dict[str, Any] = {"samples": samples.cpu(), "held_out": held_out, "report": report}
+    moments = _true_moments(datamodule)
+    if moments is not None:
+        out["moments"] = moment_errors(samples.cpu(), *moments)
+    return out
+
+
+def write_results(module: DiffusionModule, datamodule: Any, output_dir: Path, n: int) -> dict[str, Any]:
+    """After training: EMA samples -> ``samples.npz``, ``metrics.json``, ``plots/samples_vs_data.png``."""
+    from ddpm import viz
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    result = sample_quality(module, datamodule, n, seed=12345)
+    report = result["report"]
+    np.savez_compressed(
+        output_dir / "samples.npz",
+        samples=result["samples"].numpy(),
+        held_out=result["held_out"].numpy(),
+    )
+    metrics = {f"final/{k}": v for k, v in report.as_dict().items()}
+    for k, v in result.get("moments", {}).items():
+        metrics[f"final/{k}"] = v
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True) + "\n")
+    fig = viz.plot_samples_vs_data(result["samples"].numpy(), result["held_out"].numpy())
+    plot_path = output_dir / "plots" / "samples_vs_data.png"
+    viz.save_figure(fig, plot_path)
+    return {"metrics": metrics, "report": report, "plot": plot_path, "moments": result.get("moments")}
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run folder's ``checkpoints/last.ckpt`` (else its only .ckpt)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if not p.is_dir():
+        raise FileNotFoundError(f"run={str(path)!r} is neither a run folder nor a checkpoint file")
+    ckpts = p / "checkpoints"
+    if (ckpts / "last.ckpt").is_file():
+        return ckpts / "last.ckpt"
+    found = sorted(ckpts.glob("*.ckpt")) if ckpts.is_dir() else []
+    if not found:
+        raise FileNotFoundError(
+            f"no checkpoint in {str(ckpts)!r}; expected last.ckpt (did the run finish a step?)"
+        )
+    return found[-1]
+
+
+@dataclass
+class LoadedRun:
+    """A trained run rebuilt from its own config, with EMA weights loaded when the run had EMA."""
+
+    module: DiffusionModule
+    datamodule: Any
+    config: DictConfig
+    checkpoint: Path
+    run_dir: Path
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        """Shape of one sample."""
+        return self.module.data_shape
+
+
+def load_run(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedRun:
+    """Rebuild a run from a run folder or a checkpoint written by ``ddpm-train``.
+
+    The config comes from the checkpoint (``ddpm_config``) or the run folder's ``.hydra/config.yaml``.
+
+    Raises:
+        FileNotFoundError: no checkpoint there.
+        ConfigError: the checkpoint does not match its config (e.g. another model's weights).
+    """
+    ckpt_path = find_checkpoint(path)
+    try:
+        ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=False)
+    except Exception as err:  # a truncated or foreign file: say which
+        raise ConfigError(f"checkpoint {str(ckpt_path)!r} cannot be read: {first_line(err)}") from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ConfigError(f"checkpoint {str(ckpt_path)!r} is not a Lightning checkpoint (no state_dict)")
+    run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+    if "ddpm_config" in ckpt:
+        cfg = OmegaConf.create(ckpt["ddpm_config"])
+    elif (run_dir / ".hydra" / "config.yaml").is_file():
+        cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    else:
+        raise ConfigError(f"checkpoint {str(ckpt_path)!r} carries no config and {run_dir}/.hydra is missing")
+    assert isinstance(cfg, DictConfig)
+    datamodule, module = build(cfg)
+    try:
+        missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
+    except RuntimeError as err:  # same names, other shapes
+        detail = str(err).strip().splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        raise ConfigError(
+            f"checkpoint {str(ckpt_path)!r} does not match its config's model: {detail}"
+        ) from None
+    if missing or unexpected:
+        raise ConfigError(
+            f"checkpoint {str(ckpt_path)!r} does not match its config's model: "
+            f"missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}"
+        )
+    module.to(map_location).eval()
+    return LoadedRun(module=module, datamodule=datamodule, config=cfg, checkpoint=ckpt_path, run_dir=run_dir)

@@ -1,0 +1,315 @@
+"""The training application: Hydra configs composed in-process, ddpm-train / ddpm-sample as commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+from ddpm.cli.common import CONF_DIR, check_group_overrides
+from ddpm.cli.sample import main as sample_main
+from ddpm.cli.train import train
+from ddpm.runs import ConfigError, load_run
+from ddpm.schedules import NotPureNoiseWarning
+from tests.wandb_records import logged_history
+
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+SCHEDULES = sorted(p.stem for p in (CONF_DIR / "schedule").glob("*.yaml"))
+SAMPLERS = sorted(p.stem for p in (CONF_DIR / "sampler").glob("*.yaml"))
+
+# A few real steps: checkpoints, a validation with samples and plots, final results.
+SHORT = [
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=2",
+    "trainer.log_every_n_steps=1",
+    "final_samples=64",
+    "callbacks.samples.num_samples=64",
+    "callbacks.progress_bar=null",
+    "trainer.enable_progress_bar=false",
+    "logger=csv",
+    "print_config=false",
+]
+
+
+def make_cfg(tmp_path: Path, overrides: list[str]) -> DictConfig:
+    """Compose conf/train.yaml as ddpm-train would, with the run folder under tmp_path."""
+    GlobalHydra.instance().clear()
+    run_dir = tmp_path / "run"
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name="train",
+            overrides=[f"hydra.run.dir={run_dir}", f"paths.root_dir={tmp_path}", *overrides],
+            return_hydra_config=True,
+        )
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return cfg
+
+
+def run_train(tmp_path: Path, overrides: list[str]) -> tuple[dict, Path]:
+    cfg = make_cfg(tmp_path, overrides)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotPureNoiseWarning)  # seed settings warn on purpose
+        metrics = train(cfg)
+    return metrics, Path(cfg.paths.output_dir)
+
+
+def cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "MPLBACKEND": "Agg"}
+    exe = Path(sys.executable).parent
+    return subprocess.run(
+        [str(exe / args[0]), *args[1:]], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_runs(experiment: str, tmp_path: Path) -> None:
+    metrics, run_dir = run_train(tmp_path, [f"experiment={experiment}", *SHORT])
+    assert metrics["global_step"] == 4
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "plots" / "samples_vs_data.png").is_file()
+    assert (run_dir / "plots" / "samples_step0000002.png").is_file()
+    with np.load(run_dir / "samples.npz") as npz:
+        samples, held_out = npz["samples"], npz["held_out"]
+    assert samples.shape == held_out.shape
+    assert samples.shape[0] == 64
+    assert np.isfinite(samples).all()
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert saved["final/n"] == 64
+    assert saved["final/energy"] >= 0
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_every_schedule_and_sampler_trains_a_step(schedule: str, sampler: str, tmp_path: Path) -> None:
+    overrides = [o for o in SHORT if not o.startswith("trainer.max_steps")]
+    metrics, run_dir = run_train(
+        tmp_path, [f"schedule={schedule}", f"sampler={sampler}", "T=50", "trainer.max_steps=2", *overrides]
+    )
+    assert metrics["global_step"] == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotPureNoiseWarning)  # T=50 on purpose: a fast step
+        run = load_run(run_dir)
+    assert run.module.diffusion.num_timesteps == 50
+    assert type(run.module.sampler).__name__.lower().startswith(sampler)
+
+
+def test_T_in_one_word(tmp_path: Path) -> None:
+    assert make_cfg(tmp_path, ["T=123"]).diffusion.T == 123
+    cfg = make_cfg(tmp_path, ["diffusion.T=77"])
+    assert cfg.diffusion.T == 77
+    assert cfg.schedule.T == 77
+
+
+def test_default_config_is_toy2d_on_cpu(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path, [])
+    assert cfg.task_name == "toy2d"
+    assert cfg.trainer.accelerator == "cpu"
+    assert cfg.data.dataset == "moons"
+    assert cfg.logger.wandb.offline is True
+
+
+def test_training_reduces_the_loss_and_logs_csv(tmp_path: Path) -> None:
+    overrides = [o for o in SHORT if not o.startswith(("trainer.max_steps", "trainer.val_check"))]
+    _, run_dir = run_train(
+        tmp_path,
+        [*overrides, "experiment=seed_gaussian2d", "trainer.max_steps=300", "trainer.val_check_interval=150"],
+    )
+    import csv
+
+    rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert np.mean(losses[-20:]) < 0.8 * np.mean(losses[:5])
+    for key in (
+        "val/loss",
+        "val/quality_ratio",
+        "val/mean_error",
+        "lr-AdamW",
+        "train/grad_norm",
+        "train/loss_q1",
+    ):
+        assert any(r.get(key) for r in rows), key
+
+
+def test_gaussian2d_learns_the_moments(tmp_path: Path) -> None:
+    """Seed 003's N((2, 2), 0.5^2 I): after a short CPU run the samples' moments are close."""
+    overrides = [
+        o for o in SHORT if not o.startswith(("trainer.max_steps", "trainer.val_check", "final_samples"))
+    ]
+    metrics, _ = run_train(
+        tmp_path,
+        [
+            *overrides,
+            "experiment=seed_gaussian2d",
+            "trainer.max_steps=800",
+            "trainer.val_check_interval=800",
+            "final_samples=2000",
+        ],
+    )
+    assert metrics["final/mean_error"] < 0.1  # |mean - (2, 2)|
+    assert metrics["final/cov_error"] < 0.1  # ||cov - 0.25 I||_F
+    assert metrics["final/ratio"] < 3.0
+
+
+@pytest.mark.slow
+def test_toy2d_default_reaches_its_quality_threshold(tmp_path: Path) -> None:
+    """The default run (moons, 2000 steps) ends within 3x the data-vs-data noise floor."""
+    overrides = [
+        o for o in SHORT if not o.startswith(("trainer.max_steps", "trainer.val_check", "final_samples"))
+    ]
+    metrics, _ = run_train(tmp_path, [*overrides, "final_samples=2000"])
+    assert metrics["global_step"] == 2000
+    assert metrics["final/ratio"] < 3.0
+
+
+# ----------------------------------------------------------------------------- bad configs
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["diffusion.T=0"], r"diffusion\.T=0"),
+        (["T=-5"], r"diffusion\.T=-5"),
+        (["optimizer.lr=-0.001"], r"optimizer\.lr=-0\.001"),
+        (["data=array", "data.path=/no/such/file.npy"], r"data\.path='/no/such/file\.npy' does not exist"),
+        (["data=array"], r"data\.path"),
+        (["sampler=ddim", "sampler.steps=5000"], r"sampler\.steps=5000"),
+        (["schedule.beta_end=1.5"], r"schedule: beta_end=1\.5 is outside \(0, 1\)"),
+        (["schedule=cosine", "schedule.s=-1"], r"schedule: s=-1"),
+        (["diffusion.objective=score"], r"diffusion: objective='score' is unknown"),
+    ],
+)
+def test_bad_config_fails_before_work_and_leaves_no_run_folder(overrides, match, tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path, [*overrides, *SHORT])
+    run_dir = Path(cfg.paths.output_dir)
+    (run_dir / ".hydra").mkdir(parents=True)  # what Hydra writes before the task starts
+    with pytest.raises(ConfigError, match=match):
+        train(cfg)
+    assert not run_dir.exists()
+
+
+def test_config_error_keeps_a_folder_with_real_results(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path, ["ckpt_path=last", *SHORT])
+    run_dir = Path(cfg.paths.output_dir)
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "samples.npz").write_bytes(b"keep me")
+    with pytest.raises(ConfigError, match="ckpt_path=last"):
+        train(cfg)
+    assert (run_dir / "samples.npz").read_bytes() == b"keep me"
+
+
+def test_unknown_group_option_is_one_line(capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        check_group_overrides(["schedule=nope"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "schedule=nope" in err and "cosine, linear, quadratic, sigmoid" in err
+    check_group_overrides(["schedule=linear,cosine", "trainer.max_steps=3", "experiment=toy2d"])
+
+
+def test_array_data_from_a_user_file(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    traj = np.cumsum(rng.normal(size=(500, 16)), axis=1).astype(np.float32)  # random-walk trajectories
+    path = tmp_path / "traj.csv"
+    np.savetxt(path, traj, delimiter=",", header=",".join(f"x{i}" for i in range(16)), comments="")
+    _, run_dir = run_train(tmp_path, ["data=array", f"data.path={path}", *SHORT])
+    with np.load(run_dir / "samples.npz") as npz:
+        assert npz["samples"].shape == (64, 16)
+        assert npz["held_out"].shape == (50, 16)  # 10% of 500
+    run = load_run(run_dir)
+    assert run.datamodule.data_dim == 16
+    assert torch.allclose(run.datamodule.mean, torch.from_numpy(traj).mean(0), atol=0.5)
+
+
+# ----------------------------------------------------------------------------- the commands
+def test_ddpm_train_and_sample_commands(tmp_path: Path, capsys) -> None:
+    run_dir = tmp_path / "run"
+    res = cli(
+        "ddpm-train",
+        "schedule=cosine",
+        "diffusion.T=100",
+        "trainer.max_steps=30",
+        "trainer.val_check_interval=15",
+        "trainer.log_every_n_steps=5",
+        "final_samples=200",
+        "callbacks.samples.num_samples=200",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "name: cosine" in res.stdout  # the composed config is printed
+    assert f"Run folder: {run_dir}" in res.stdout
+    assert "x the data-vs-data floor" in res.stdout
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file()
+
+    # W&B ran offline inside the run folder, and its file holds the logged metrics.
+    wandb_files = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(wandb_files) == 1
+    history = logged_history(wandb_files[0])
+    assert len(history["train/loss"]) >= 5
+    assert "val/loss" in history and "val/quality_ratio" in history and "final/ratio" in history
+    assert history["val/energy"][-1] > 0
+
+    res = cli("ddpm-sample", str(run_dir), "sampler=ddim", "sampler.steps=20", "--n", "300", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Throughput:" in res.stdout
+    out = run_dir / "samples" / "ddim20_n300_seed0.npz"
+    with np.load(out) as npz:
+        assert npz["samples"].shape == (300, 2)
+    assert out.with_suffix(".png").is_file()
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["n"] == 300 and summary["energy"] >= 0
+
+    # in-process from here (each new process pays ~15 s of imports on a small CPU)
+    again = tmp_path / "again.npz"
+    args = [str(run_dir / "checkpoints" / "last.ckpt"), "sampler=ddim", "sampler.steps=20", "--n", "300"]
+    assert sample_main([*args, "--out", str(again), "--no-plot"]) == 0
+    with np.load(out) as a, np.load(again) as b:
+        assert np.array_equal(a["samples"], b["samples"])  # same seed, same samples
+
+    for bad, key in (
+        (["sampler=ddim", "sampler.steps=500"], "steps=500 > T=100"),
+        (["sampler=euler"], "sampler=euler is not an option"),
+        (["--n", "0"], "--n=0"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            sample_main([str(run_dir), *bad])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert key in err and len(err.splitlines()) == 1, err
+    with pytest.raises(SystemExit):
+        sample_main([str(tmp_path / "nothing")])
+    assert "neither a run folder nor a checkpoint" in capsys.readouterr().err
+
+
+def test_ddpm_sample_rejects_a_mismatched_checkpoint(tmp_path: Path) -> None:
+    _, run_dir = run_train(tmp_path, SHORT)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt["ddpm_config"]["model"]["hidden"] = 64  # config says one network, weights are another
+    torch.save(ckpt, tmp_path / "bad.ckpt")
+    with pytest.raises(ConfigError, match="does not match its config"):
+        load_run(tmp_path / "bad.ckpt")
+
+
+def test_ddpm_train_rejects_bad_values_in_one_line(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    for args, key in ((["schedule=nope"], "schedule=nope"), (["diffusion.T=0"], "diffusion.T=0")):
+        res = cli("ddpm-train", *args, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+        assert res.returncode == 2, res.stderr[-2000:]
+        assert key in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert not run_dir.exists()
