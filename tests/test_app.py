@@ -286,6 +286,7 @@ def test_ddpm_train_and_sample_commands(tmp_path: Path, capsys) -> None:
         (["sampler=euler"], "sampler=euler is not an option"),
         (["--n", "0"], "--n=0"),
     ):
+        capsys.readouterr()  # drop the progress bars of earlier calls
         with pytest.raises(SystemExit) as exc:
             sample_main([str(run_dir), *bad])
         assert exc.value.code == 2

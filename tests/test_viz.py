@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import sys
 import types
 import warnings
 from pathlib import Path
@@ -296,8 +295,11 @@ def test_cli_rejects_bad_input(
 class _FakeModule:
     """Stands in for a trained module: the exact oracle for N(mu, s^2 I) behind the real sampler."""
 
+    device = torch.device("cpu")
+
     def __init__(self, shape: tuple[int, ...], mu: float, s: float) -> None:
         self.shape = shape
+        self.data_shape = shape
         self.diffusion = _diffusion(20, beta_start=1e-3, beta_end=0.3)
         self.oracle = IsotropicOracle(self.diffusion, mu, s)
 
@@ -328,9 +330,9 @@ def test_cli_reverse_writes_png_and_gif(
 
     def load_run(path: Path) -> object:
         loaded.append(Path(path))
-        return types.SimpleNamespace(module=_FakeModule(shape, mu, 0.5), data_shape=shape)
+        return types.SimpleNamespace(module=_FakeModule(shape, mu, 0.5), datamodule=None, data_shape=shape)
 
-    monkeypatch.setitem(sys.modules, "ddpm.runs", types.SimpleNamespace(load_run=load_run))
+    monkeypatch.setattr("ddpm.runs.load_run", load_run)
     out = tmp_path / "rev.png"
     assert (
         main(["reverse", str(run_dir), "--n", "6", "--frames", "5", "--out", str(out), "--dpi", str(DPI)])

@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-__all__ = ["SampleQualityCallback", "log_figure"]
+__all__ = ["LossByTimestepCallback", "SampleQualityCallback", "log_figure"]
 
 
 def log_figure(trainer: L.Trainer, key: str, fig: Any, path: Path) -> None:
@@ -85,3 +85,42 @@ class SampleQualityCallback(Callback):
         fig = viz.plot_samples_vs_data(result["samples"].numpy(), result["held_out"].numpy())
         path = Path(trainer.default_root_dir) / "plots" / f"samples_step{trainer.global_step:07d}.png"
         log_figure(trainer, "val/samples_vs_data", fig, path)
+
+
+class LossByTimestepCallback(Callback):
+    """Records the training loss per timestep quartile each epoch and plots it when training ends.
+
+    Under eps-prediction the loss at small t is far larger than at large t, so the mean loss hides
+    which part of the chain is still learning; this plot (``plots/loss_by_timestep.png``) shows it.
+    """
+
+    KEYS = tuple(f"train/loss_q{k}" for k in range(1, 5))
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+        self.losses: list[list[float]] = [[] for _ in self.KEYS]
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Read the epoch's quartile means from the logged metrics."""
+        metrics = trainer.callback_metrics
+        if not all(k in metrics for k in self.KEYS):
+            return
+        self.steps.append(trainer.global_step)
+        for series, key in zip(self.losses, self.KEYS, strict=True):
+            series.append(float(metrics[key]))
+
+    @rank_zero_only
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Plot the history (needs two epochs or more)."""
+        if len(self.steps) < 2:
+            return
+        from ddpm import viz
+
+        T = getattr(getattr(pl_module, "diffusion", None), "num_timesteps", None)
+        fig = viz.plot_loss_by_quartile(self.steps, self.losses, T=T)
+        log_figure(
+            trainer,
+            "train/loss_by_timestep",
+            fig,
+            Path(trainer.default_root_dir) / "plots" / "loss_by_timestep.png",
+        )

@@ -29,6 +29,7 @@ __all__ = [
     "build",
     "find_checkpoint",
     "load_run",
+    "reverse_process_figures",
     "write_results",
 ]
 
@@ -113,6 +114,42 @@ def write_results(module: DiffusionModule, datamodule: Any, output_dir: Path, n:
     plot_path = output_dir / "plots" / "samples_vs_data.png"
     viz.save_figure(fig, plot_path)
     return {"metrics": metrics, "report": report, "plot": plot_path, "moments": result.get("moments")}
+
+
+def reverse_process_figures(
+    module: DiffusionModule,
+    datamodule: Any,
+    png: Path,
+    gif: Path | None,
+    n: int = 500,
+    seed: int = 0,
+    fps: int = 10,
+    max_frames: int = 60,
+) -> tuple[Path, Path | None]:
+    """Sample with the whole chain kept and draw it: a PNG of the reverse process and an animated GIF.
+
+    Toy data are shown in raw units (``datamodule.denormalize``); images stay on the network's [-1, 1]
+    scale and get a denoising strip of the predicted x0.
+    """
+    from ddpm import viz
+
+    gen = torch.Generator(device=module.device).manual_seed(seed)
+    result = module.sample(n, return_trajectory=True, generator=gen)
+    traj, timesteps = result.trajectory, result.timesteps
+    shape = tuple(module.data_shape)
+    if len(shape) == 3:
+        kind = "image"
+        fig = viz.plot_denoising_strip(result.pred_x0 if result.pred_x0 is not None else traj, timesteps)
+    else:
+        denormalize = getattr(datamodule, "denormalize", None)
+        if callable(denormalize):
+            traj = denormalize(traj.reshape(-1, *shape)).reshape(traj.shape)
+        kind = "2d" if shape == (2,) else "1d"
+        fig = viz.plot_reverse_2d(traj, timesteps) if kind == "2d" else viz.plot_reverse_1d(traj, timesteps)
+    viz.save_figure(fig, png)
+    if gif is None:
+        return png, None
+    return png, viz.save_reverse_gif(traj, timesteps, gif, kind=kind, fps=fps, max_frames=max_frames)
 
 
 def find_checkpoint(path: str | Path) -> Path:

@@ -67,7 +67,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         validate_config(cfg)
         import lightning as L
 
-        from ddpm.runs import build, write_results
+        from ddpm.runs import build, reverse_process_figures, write_results
 
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule, module = build(cfg)
@@ -94,6 +94,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for logger in loggers:
             logger.log_metrics(final["metrics"], step=trainer.global_step)
         print(f"\nQuality (EMA weights, {cfg.final_samples} samples): {final['report'].headline()}")
+        if cfg.get("reverse_gif", True):
+            # 2D scatters need many points; chains and signals are drawn a few at a time.
+            n = 300 if tuple(module.data_shape) == (2,) else 32
+            plots = output_dir / "plots"
+            reverse_process_figures(
+                module, datamodule, plots / "reverse_process.png", plots / "reverse_process.gif", n=n
+            )
         if final["moments"]:
             print("Moments: " + ", ".join(f"{k} {v:.4f}" for k, v in final["moments"].items()))
     for logger in loggers:

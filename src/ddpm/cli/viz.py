@@ -261,10 +261,7 @@ def _cmd_reverse(args: argparse.Namespace) -> Callable[[], int]:
     _require(args.fps >= 1, f"--fps={args.fps} is invalid; use an integer >= 1")
 
     def run() -> int:
-        import torch
-
-        from ddpm import viz
-        from ddpm.runs import load_run  # imported here: it pulls in Lightning and Hydra
+        from ddpm.runs import load_run, reverse_process_figures  # imported here: they pull in Lightning
 
         # load_run(run_dir) rebuilds the run from its own config and weights. It returns an object with
         #   .module      whose .module.sample(n, return_trajectory=True, generator=...) gives a SampleResult
@@ -277,35 +274,19 @@ def _cmd_reverse(args: argparse.Namespace) -> Callable[[], int]:
         except (FileNotFoundError, ValueError) as err:  # no checkpoint there, or it does not fit its config
             print(f"{PROG} reverse: error: {err}", file=sys.stderr)
             return 2
-        shape = tuple(loaded.data_shape)
-        device = getattr(loaded.module, "device", torch.device("cpu"))
-        gen = torch.Generator(device=device).manual_seed(args.seed)
-        result = loaded.module.sample(args.n, return_trajectory=True, generator=gen)
-        traj, pred_x0, timesteps = result.trajectory, result.pred_x0, result.timesteps
-        denormalize = getattr(getattr(loaded, "datamodule", None), "denormalize", None)
-        if len(shape) == 3:
-            kind = "image"  # images stay on the network's [-1, 1] scale, which the strip expects
-            fig = viz.plot_denoising_strip(pred_x0 if pred_x0 is not None else traj, timesteps)
-        else:
-            if callable(denormalize):
-                traj = denormalize(traj.reshape(-1, *shape)).reshape(traj.shape)
-            kind = "2d" if shape == (2,) else "1d"
-            fig = (
-                viz.plot_reverse_2d(traj, timesteps) if kind == "2d" else viz.plot_reverse_1d(traj, timesteps)
-            )
         name = f"reverse-{args.run_dir.resolve().name}"
-        code = _finish(fig, args, name)
-        if not args.no_gif:
-            gif = viz.save_reverse_gif(
-                traj,
-                timesteps,
-                _out_path(args, name).with_suffix(".gif"),
-                kind=kind,
-                fps=args.fps,
-                max_frames=args.frames,
-            )
+        png = _out_path(args, name)
+        gif = None if args.no_gif else png.with_suffix(".gif")
+        png, gif = reverse_process_figures(
+            loaded.module, loaded.datamodule, png, gif, n=args.n, seed=args.seed, fps=args.fps,
+            max_frames=args.frames,
+        )  # fmt: skip
+        print(f"wrote {png}")
+        if gif is not None:
             print(f"wrote {gif}")
-        return code
+        if args.show:
+            print("--show: reverse writes files only; open the PNG/GIF above", file=sys.stderr)
+        return 0
 
     return run
 
