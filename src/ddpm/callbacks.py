@@ -1,4 +1,4 @@
-"""Lightning callbacks: sample quality and plots at validation, loss-by-timestep history."""
+"""Lightning callbacks: sample quality and plots at validation, image grids, loss-by-timestep history."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-__all__ = ["LossByTimestepCallback", "SampleQualityCallback", "log_figure"]
+__all__ = ["ImageSampleCallback", "LossByTimestepCallback", "SampleQualityCallback", "log_figure"]
 
 
 def log_figure(trainer: L.Trainer, key: str, fig: Any, path: Path) -> None:
@@ -52,7 +52,7 @@ class SampleQualityCallback(Callback):
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Sample and report; skipped during the sanity check."""
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or not trainer.is_global_zero:  # rank 0 samples, logs and plots
             return
         self._validations += 1
         if (self._validations - 1) % self.every_n_validations:
@@ -124,3 +124,139 @@ class LossByTimestepCallback(Callback):
             fig,
             Path(trainer.default_root_dir) / "plots" / "loss_by_timestep.png",
         )
+
+
+class ImageSampleCallback(Callback):
+    """Image runs: a grid of samples and a denoising strip at every n-th validation and at the end.
+
+    The grid (``plots/samples_grid_step<step>.png``, W&B ``val/samples_grid``) shows ``num_samples``
+    images drawn with the EMA weights; the strip (``plots/denoising_step<step>.png``, W&B ``val/denoising``)
+    shows the predicted x0 at evenly spaced reverse steps for ``strip_images`` images. Every call starts
+    from the same noise (``seed``), so grids from different steps show the same samples maturing.
+
+    Place it before ``EMAWeightAveraging`` in the callback list (``ddpm-train`` orders them so): EMA swaps
+    its average in for validation and out again at the end of validation. At the end of training the
+    average is copied into the model for good, so the final grid also uses the EMA weights. Data without
+    an image shape [C, H, W] is left alone.
+
+    Args:
+        num_samples: images in the grid.
+        every_n_validations: draw at every n-th validation only (sampling costs T network evaluations).
+        nrow: images per grid row; default a near-square grid.
+        strip_images: rows of the denoising strip; 0 turns the strip off.
+        strip_columns: reverse steps shown in the strip.
+        sampler: a sampler for these figures (e.g. a ``DDIMSampler`` for cheaper grids); None uses the
+            run's sampler.
+        seed: RNG seed of the starting noise.
+        at_end: also draw when training ends, unless the last validation already drew at that step.
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 64,
+        every_n_validations: int = 1,
+        nrow: int | None = None,
+        strip_images: int = 4,
+        strip_columns: int = 8,
+        sampler: Any = None,
+        seed: int = 0,
+        at_end: bool = True,
+    ) -> None:
+        if num_samples < 1:
+            raise ValueError(f"callbacks.samples.num_samples={num_samples!r} must be >= 1")
+        if every_n_validations < 1:
+            raise ValueError(f"callbacks.samples.every_n_validations={every_n_validations!r} must be >= 1")
+        if strip_images < 0 or strip_columns < 1:
+            raise ValueError(
+                f"callbacks.samples: strip_images={strip_images!r} must be >= 0 and "
+                f"strip_columns={strip_columns!r} >= 1"
+            )
+        self.num_samples = num_samples
+        self.every_n_validations = every_n_validations
+        self.nrow = nrow
+        self.strip_images = strip_images
+        self.strip_columns = strip_columns
+        self.sampler = sampler
+        self.seed = seed
+        self.at_end = at_end
+        self._validations = 0
+        self._last_step: int | None = None
+        self._device: Any = None
+        #: the files written so far, in order
+        self.written: list[Path] = []
+
+    @staticmethod
+    def _is_image(pl_module: L.LightningModule) -> bool:
+        return len(getattr(pl_module, "data_shape", ())) == 3
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Check the figures' sampler against the run's chain (e.g. DDIM steps > T) before any training."""
+        diffusion = getattr(pl_module, "diffusion", None)
+        if self.sampler is not None and diffusion is not None:
+            try:
+                self.sampler.timesteps(diffusion)
+            except ValueError as err:
+                raise ValueError(f"callbacks.samples.sampler: {err}") from None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Remember the training device: Lightning moves the module to the CPU before ``on_fit_end``."""
+        self._device = pl_module.device
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Draw the figures at every n-th validation (not during the sanity check)."""
+        if trainer.sanity_checking or not self._is_image(pl_module):
+            return
+        self._validations += 1
+        if (self._validations - 1) % self.every_n_validations:
+            return
+        if trainer.is_global_zero:
+            self._draw(trainer, pl_module)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Draw with the final (EMA) weights, on the device training used."""
+        if not (self.at_end and trainer.is_global_zero and self._is_image(pl_module)):
+            return
+        if trainer.global_step == 0 or self._last_step == trainer.global_step:
+            return
+        home = pl_module.device
+        pl_module.to(self._device or home)
+        try:
+            self._draw(trainer, pl_module)
+        finally:
+            pl_module.to(home)
+
+    def _draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import torch
+
+        from ddpm import viz
+        from ddpm.data.images import save_image_grid
+
+        step = trainer.global_step
+        plots = Path(trainer.default_root_dir) / "plots"
+        denormalize = getattr(trainer.datamodule, "denormalize", None)
+        gen = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        x = pl_module.sample(self.num_samples, sampler=self.sampler, generator=gen)  # type: ignore[operator]
+        images = denormalize(x) if callable(denormalize) else ((x + 1) / 2).clamp(0, 1)
+        grid = save_image_grid(images, plots / f"samples_grid_step{step:07d}.png", nrow=self.nrow)
+        _log_png(trainer, "val/samples_grid", grid)
+        self.written.append(grid)
+        if self.strip_images:
+            gen = torch.Generator(device=pl_module.device).manual_seed(self.seed + 1)
+            result = pl_module.sample(  # type: ignore[operator]
+                self.strip_images, sampler=self.sampler, generator=gen, return_trajectory=True
+            )
+            # pred_x0 stays on the network's [-1, 1] scale, which the strip maps to black .. white.
+            fig = viz.plot_denoising_strip(
+                result.pred_x0, result.timesteps, n_images=self.strip_images, n_columns=self.strip_columns
+            )
+            strip = plots / f"denoising_step{step:07d}.png"
+            log_figure(trainer, "val/denoising", fig, strip)
+            self.written.append(strip)
+        self._last_step = step
+
+
+def _log_png(trainer: L.Trainer, key: str, path: Path) -> None:
+    """Log a PNG file as an image to W&B when a WandbLogger is present."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[str(path)], step=trainer.global_step)

@@ -9,6 +9,7 @@ defaults.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,7 @@ def build(cfg: DictConfig) -> tuple[Any, DiffusionModule]:
         optimizer=optimizer,
         lr_scheduler=lr_scheduler,
         data_shape=datamodule.data_shape,
+        max_nonfinite_skips=int(cfg.get("max_nonfinite_skips", 0)),
     )
     module.run_config = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     return datamodule, module
@@ -94,11 +96,48 @@ def sample_quality(module: DiffusionModule, datamodule: Any, n: int, seed: int =
     return out
 
 
+#: the most images ``plots/samples_grid.png`` shows (all ``n`` go to ``samples.npz``)
+GRID_IMAGES = 256
+
+
+def _write_image_results(
+    module: DiffusionModule, datamodule: Any, output_dir: Path, n: int, batch_size: int = 256
+) -> dict[str, Any]:
+    """Images: ``samples.npz`` (uint8 [N, H, W, C]), ``plots/samples_grid.png`` and ``metrics.json``."""
+    from ddpm.data.images import save_image_grid, to_uint8
+
+    # Lightning's teardown leaves the module on the CPU after fit; sampling T steps of a UNet there
+    # would take hours for CIFAR-10, so use the GPU when there is one.
+    home = module.device
+    device = torch.device("cuda") if torch.cuda.is_available() else home
+    module.to(device)
+    try:
+        gen = torch.Generator(device=device).manual_seed(12345)
+        start = time.perf_counter()
+        x = module.sample(n, generator=gen, batch_size=batch_size)
+        seconds = time.perf_counter() - start
+    finally:
+        module.to(home)
+    images = datamodule.denormalize(x).cpu()
+    np.savez_compressed(output_dir / "samples.npz", samples=to_uint8(images))
+    grid = save_image_grid(images[:GRID_IMAGES], output_dir / "plots" / "samples_grid.png")
+    metrics = {"final/n": n, "final/sample_seconds": seconds}
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return {"metrics": metrics, "report": None, "plot": grid, "moments": None}
+
+
 def write_results(module: DiffusionModule, datamodule: Any, output_dir: Path, n: int) -> dict[str, Any]:
-    """After training: EMA samples -> ``samples.npz``, ``metrics.json``, ``plots/samples_vs_data.png``."""
+    """After training: EMA samples -> ``samples.npz``, ``metrics.json`` and a plot.
+
+    Toy data (a DataModule with ``reference_data``): raw-unit samples and held-out data in the .npz, the
+    quality report, ``plots/samples_vs_data.png``. Images: uint8 samples [N, H, W, C] in the .npz,
+    ``plots/samples_grid.png`` (the first 256), no quality report (``report`` is None).
+    """
     from ddpm import viz
 
     output_dir.mkdir(parents=True, exist_ok=True)
+    if not hasattr(datamodule, "reference_data"):
+        return _write_image_results(module, datamodule, output_dir, n)
     result = sample_quality(module, datamodule, n, seed=12345)
     report = result["report"]
     np.savez_compressed(

@@ -3,6 +3,8 @@
 ddpm-sample outputs/toy2d/runs/2026-11-22_10-00-00                 # the run's sampler, 2000 samples
 ddpm-sample RUN --n 10000 sampler=ddim sampler.steps=50            # DDIM with 50 steps
 ddpm-sample RUN/checkpoints/best.ckpt sampler=ddpm sampler.steps=100 --out /tmp/s.npz
+
+For image runs the .npz holds uint8 images [N, H, W, C] and the .png a grid of the first 256.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=None, help="output .npz (default: <run>/samples/<sampler>.npz)"
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
-    p.add_argument("--no-plot", action="store_true", help="do not write the PNG plot")
+    p.add_argument("--no-plot", action="store_true", help="do not write the PNG plot (or image grid)")
     return p
 
 
@@ -92,8 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     name = type(sampler).__name__.removesuffix("Sampler").lower() + f"{steps}"
     out = args.out or run.run_dir / "samples" / f"{name}_n{args.n}_seed{args.seed}.npz"
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out, samples=samples.numpy())
+    is_image = len(run.data_shape) == 3
+    if is_image:
+        from ddpm.data.images import save_image_grid, to_uint8
+
+        np.savez_compressed(out, samples=to_uint8(samples))  # uint8 [N, H, W, C], as image tools expect
+    else:
+        np.savez_compressed(out, samples=samples.numpy())
     print(f"Wrote {out}")
+    if is_image and not args.no_plot:
+        print(f"Wrote {save_image_grid(samples[:256], out.with_suffix('.png'))}")
     print(f"Throughput: {args.n / seconds:.1f} samples/s ({seconds:.2f} s for {args.n}, {steps} steps)")
 
     summary: dict = {

@@ -2,5 +2,6 @@
 
 from ddpm.models.embeddings import TimestepEmbedding, sinusoidal_embedding
 from ddpm.models.mlp import MLPDenoiser
+from ddpm.models.unet import UNet
 
-__all__ = ["MLPDenoiser", "TimestepEmbedding", "sinusoidal_embedding"]
+__all__ = ["MLPDenoiser", "TimestepEmbedding", "UNet", "sinusoidal_embedding"]

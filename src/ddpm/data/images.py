@@ -1,0 +1,421 @@
+"""Image datasets (MNIST, CIFAR-10, scikit-learn's 8x8 digits) as one LightningDataModule, and image output.
+
+MNIST and CIFAR-10 are read by torchvision's own dataset classes from ``data_dir``; ``digits`` is the
+1,797-image set bundled with scikit-learn (no download). Images reach the network scaled to [-1, 1]
+(DDPM sec. 3.3); :meth:`ImageDataModule.denormalize` maps the network's scale back to [0, 1].
+
+The files torchvision expects, under ``data_dir``:
+
+* MNIST: ``MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte`` (the four ``.gz`` files as published
+  also work: they are unpacked on first use).
+* CIFAR-10: ``cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}`` (or
+  ``cifar-10-python.tar.gz`` in ``data_dir``, unpacked on first use).
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+
+__all__ = [
+    "IMAGE_DATASETS",
+    "ImageDataModule",
+    "ensure_files",
+    "expected_files",
+    "image_grid",
+    "save_image_grid",
+    "to_uint8",
+]
+
+
+@dataclass(frozen=True)
+class _Spec:
+    channels: int
+    size: int
+    has_test: bool
+
+
+#: The datasets ``ImageDataModule`` reads: native channels and size, whether an official test split exists.
+IMAGE_DATASETS: dict[str, _Spec] = {
+    "mnist": _Spec(channels=1, size=28, has_test=True),
+    "cifar10": _Spec(channels=3, size=32, has_test=True),
+    "digits": _Spec(channels=1, size=8, has_test=False),
+}
+
+RESIZE_MODES = ("pad", "bilinear", "nearest")
+VAL_SOURCES = ("train", "test")
+
+
+# ----------------------------------------------------------------------------- image output
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[N, C, H, W] images in [0, 1] -> uint8 [N, H, W, C] (the layout of image files and FID tools)."""
+    if images.ndim != 4:
+        raise ValueError(f"images must be [N, C, H, W], got shape {tuple(images.shape)}")
+    # DDPM's convention: round(x * 255) after clipping, as the released samples were written.
+    pixels = (images.detach().float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def image_grid(images: torch.Tensor, nrow: int | None = None, min_tile: int = 64) -> np.ndarray:
+    """[N, C, H, W] images in [0, 1] -> one uint8 [H', W', 3] grid laid out by torchvision's make_grid.
+
+    Small images are enlarged by an integer factor (nearest neighbour, no smoothing) so that each tile is
+    at least ``min_tile`` pixels high: an 8x8 digit becomes 64x64 and stays readable in a viewer.
+
+    Args:
+        images: [N, C, H, W] in [0, 1] (``ImageDataModule.denormalize`` of the network's output).
+        nrow: images per row; default a near-square grid.
+        min_tile: the smallest tile height in pixels.
+    """
+    from torchvision.utils import make_grid  # torchvision is slow to import; only image paths need it
+
+    if images.ndim != 4 or images.shape[0] < 1:
+        raise ValueError(f"images must be [N, C, H, W] with N >= 1, got shape {tuple(images.shape)}")
+    x = images.detach().float().cpu().clamp(0.0, 1.0)
+    scale = max(1, math.ceil(min_tile / x.shape[-2]))
+    if scale > 1:
+        x = x.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
+    nrow = nrow or math.ceil(math.sqrt(x.shape[0]))
+    grid = make_grid(x, nrow=nrow, padding=2, pad_value=1.0)
+    return (grid * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def save_image_grid(
+    images: torch.Tensor, path: str | os.PathLike[str], nrow: int | None = None, min_tile: int = 64
+) -> Path:
+    """Write :func:`image_grid` of ``images`` (in [0, 1]) to a PNG file, creating parent folders."""
+    from PIL import Image
+
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image_grid(images, nrow=nrow, min_tile=min_tile)).save(out, format="PNG")
+    return out
+
+
+# ----------------------------------------------------------------------------- files
+def _one_line(err: BaseException, limit: int = 240) -> str:
+    # torchvision's download errors span lines (one per mirror tried); keep them all, on one line.
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def expected_files(dataset: str, data_dir: str | os.PathLike[str]) -> tuple[Path, list[str]]:
+    """The folder and file names torchvision reads for ``dataset`` (none for ``digits``)."""
+    from torchvision import datasets as tvd
+
+    root = Path(data_dir)
+    if dataset == "mnist":
+        names = [Path(url).stem for url, _ in tvd.MNIST.resources]  # the unpacked .gz names
+        return root / "MNIST" / "raw", names
+    if dataset == "cifar10":
+        names = [name for name, _ in tvd.CIFAR10.train_list + tvd.CIFAR10.test_list]
+        return root / tvd.CIFAR10.base_folder, [*names, tvd.CIFAR10.meta["filename"]]
+    return root, []
+
+
+def _unpack_local_archives(dataset: str, data_dir: Path, folder: Path, names: list[str]) -> None:
+    """Unpack archives a user copied in by hand (the published .gz / .tar.gz files)."""
+    if dataset == "mnist":
+        for name in names:
+            target, packed = folder / name, folder / f"{name}.gz"
+            if not target.is_file() and packed.is_file():
+                tmp = folder / f"{name}.partial-{os.getpid()}"  # several processes may start at once
+                with gzip.open(packed, "rb") as src, tmp.open("wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                tmp.replace(target)  # a crash mid-way leaves no half file under the real name
+    elif dataset == "cifar10" and not folder.is_dir():
+        from torchvision import datasets as tvd
+        from torchvision.datasets.utils import extract_archive
+
+        archive = data_dir / tvd.CIFAR10.filename
+        if archive.is_file():
+            extract_archive(str(archive), str(data_dir))
+
+
+def ensure_files(dataset: str, data_dir: str | os.PathLike[str], download: bool) -> None:
+    """Make sure torchvision's files for ``dataset`` are in ``data_dir``; download them when allowed.
+
+    Raises:
+        FileNotFoundError: files are missing and ``download`` is off or failed; the one-line message names
+            the folder, the files and how to get them.
+    """
+    if dataset == "digits":
+        return
+    root = Path(data_dir)
+    folder, names = expected_files(dataset, root)
+    _unpack_local_archives(dataset, root, folder, names)
+    missing = [n for n in names if not (folder / n).is_file()]
+    if not missing:
+        return
+    archive = (
+        "the published .gz files also work" if dataset == "mnist" else f"or cifar-10-python.tar.gz in {root}"
+    )
+    if download:
+        from torchvision import datasets as tvd
+
+        cls = tvd.MNIST if dataset == "mnist" else tvd.CIFAR10
+        try:
+            cls(str(root), train=True, download=True)
+        except Exception as err:  # no network, a proxy, a bad checksum: all end the same way for the user
+            raise FileNotFoundError(
+                f"data.dataset={dataset}: downloading into {str(folder)!r} failed ({_one_line(err)}); "
+                f"copy the files {', '.join(names)} there from a machine with internet ({archive})"
+            ) from None
+        return
+    how = f"set data.download=true on a machine with internet, or copy the files there ({archive})"
+    raise FileNotFoundError(
+        f"data.dataset={dataset}: {len(missing)} of {len(names)} files missing in {str(folder)!r} "
+        f"(expected {', '.join(names)}); {how}"
+    )
+
+
+def _load_split(dataset: str, data_dir: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images [N, C, H, W], labels [N]) of one official split, through torchvision's parsers.
+
+    MNIST and CIFAR-10 stay uint8 (0..255); digits become float32 in [0, 1].
+    """
+    if dataset == "digits":
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        # Pixel values are counts 0..16 (of a 4x4 block of the 32x32 original), so 16 is full ink.
+        images = torch.from_numpy(bunch.images.astype(np.float32) / 16.0)[:, None]
+        return images, torch.from_numpy(bunch.target).long()
+    from torchvision import datasets as tvd
+
+    try:
+        if dataset == "mnist":
+            ds = tvd.MNIST(str(data_dir), train=train, download=False)
+            return ds.data[:, None].contiguous(), ds.targets.long()
+        ds = tvd.CIFAR10(str(data_dir), train=train, download=False)
+        images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
+        return images, torch.as_tensor(ds.targets, dtype=torch.long)
+    except RuntimeError as err:  # torchvision's "not found or corrupted" (a checksum mismatch)
+        folder, names = expected_files(dataset, data_dir)
+        raise FileNotFoundError(
+            f"data.dataset={dataset}: torchvision cannot read the files in {str(folder)!r} "
+            f"({_one_line(err)}); expected {', '.join(names)}; delete them and download again"
+        ) from None
+
+
+# ----------------------------------------------------------------------------- batches
+class _ToNetwork:
+    """Collate (image, label) items into a batch on the network's scale, with the training augmentation.
+
+    A class rather than a closure so DataLoader workers can pickle it.
+    """
+
+    def __init__(self, image_size: int, resize_mode: str, flip: bool) -> None:
+        self.image_size = image_size
+        self.resize_mode = resize_mode
+        self.flip = flip
+
+    def __call__(self, items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.stack([item[0] for item in items])
+        labels = torch.stack([item[1] for item in items])
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        x = _resize(x, self.image_size, self.resize_mode)
+        if self.flip:
+            # DDPM sec. 4: random horizontal flips for CIFAR-10, one coin per image.
+            mask = torch.rand(x.shape[0]) < 0.5
+            x = torch.where(mask[:, None, None, None], x.flip(-1), x)
+        return x * 2.0 - 1.0, labels  # DDPM sec. 3.3: [0, 1] -> [-1, 1]
+
+
+def _resize(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    if mode == "pad":
+        # Zero (black) borders: the background of MNIST and digits.
+        before = (size - x.shape[-1]) // 2
+        after = size - x.shape[-1] - before
+        return F.pad(x, (before, after, before, after), value=0.0)
+    if mode == "bilinear":
+        return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return F.interpolate(x, size=(size, size), mode="nearest")
+
+
+# ----------------------------------------------------------------------------- the DataModule
+class ImageDataModule(L.LightningDataModule):
+    """MNIST, CIFAR-10 or scikit-learn's 8x8 digits, scaled to [-1, 1], with a seeded train/val split.
+
+    Batches are ``(images [B, C, H, W] in [-1, 1], labels [B])``. Missing MNIST/CIFAR-10 files are
+    reported at construction, before any run folder, logger or training exists.
+
+    Args:
+        dataset: ``mnist``, ``cifar10`` or ``digits``.
+        data_dir: where torchvision's files are (see the module docstring); unused for digits.
+        download: let torchvision download missing files (needs internet).
+        channels: image channels, stated by the config so the model can read them; must match the dataset
+            (1 for mnist and digits, 3 for cifar10). None takes the dataset's.
+        image_size: side of the square images the network sees; None keeps the native size (28, 32, 8).
+        resize_mode: how to reach ``image_size``: ``pad`` (black borders, e.g. MNIST 28 -> 32),
+            ``bilinear`` or ``nearest`` (e.g. digits 8 -> 16 or 32).
+        batch_size: images per training step.
+        num_workers: DataLoader worker processes.
+        pin_memory: pin batches in page-locked memory (for GPU training).
+        val_source: where validation images come from: ``train`` holds ``val_size`` images out of the
+            training split (a seeded permutation; the only choice for digits), ``test`` takes a seeded
+            subset of the official test split and trains on the whole training split (DDPM's setting).
+        val_size: number of validation images; None with ``val_source=test`` takes the whole test split.
+        random_flip: random horizontal flips of training images (never of validation images); None turns
+            them on for cifar10 only (flipping a digit makes a different symbol).
+        seed: seeds the split and the shuffling.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "digits",
+        data_dir: str = "data",
+        download: bool = False,
+        channels: int | None = None,
+        image_size: int | None = None,
+        resize_mode: str = "bilinear",
+        batch_size: int = 128,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        val_source: str = "train",
+        val_size: int | None = 1000,
+        random_flip: bool | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if dataset not in IMAGE_DATASETS:
+            raise ValueError(f"data.dataset={dataset!r} is unknown; choose one of {sorted(IMAGE_DATASETS)}")
+        spec = IMAGE_DATASETS[dataset]
+        if channels is not None and channels != spec.channels:
+            raise ValueError(
+                f"data.channels={channels!r} but {dataset} images have {spec.channels} channel(s); "
+                f"set data.channels={spec.channels}"
+            )
+        image_size = spec.size if image_size is None else image_size
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+            raise ValueError(f"data.image_size={image_size!r} is invalid; it must be an integer >= 1")
+        if resize_mode not in RESIZE_MODES:
+            raise ValueError(
+                f"data.resize_mode={resize_mode!r} is unknown; choose one of {list(RESIZE_MODES)}"
+            )
+        if resize_mode == "pad" and (image_size < spec.size or (image_size - spec.size) % 2):
+            raise ValueError(
+                f"data.image_size={image_size} cannot be reached by padding {dataset}'s "
+                f"{spec.size}x{spec.size} images evenly; use a size >= {spec.size} that differs by an even "
+                "number, or data.resize_mode=bilinear"
+            )
+        for arg, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"data.{arg}={value!r} is invalid; it must be an integer >= {low}")
+        if val_source not in VAL_SOURCES:
+            raise ValueError(f"data.val_source={val_source!r} is unknown; choose one of {list(VAL_SOURCES)}")
+        if val_source == "test" and not spec.has_test:
+            raise ValueError(
+                f"data.val_source=test but {dataset} has no official test split; use data.val_source=train"
+            )
+        if val_size is None and val_source == "train":
+            raise ValueError(
+                "data.val_size=null needs data.val_source=test; give the number of images to hold out"
+            )
+        if val_size is not None and (
+            isinstance(val_size, bool) or not isinstance(val_size, int) or val_size < 1
+        ):
+            raise ValueError(f"data.val_size={val_size!r} is invalid; it must be an integer >= 1")
+        self.dataset = dataset
+        self.data_dir = Path(data_dir)
+        self.download = bool(download)
+        self.channels = spec.channels
+        self.image_size = image_size
+        self.resize_mode = resize_mode
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = bool(pin_memory)
+        self.val_source = val_source
+        self.val_size = val_size
+        self.random_flip = dataset == "cifar10" if random_flip is None else bool(random_flip)
+        self.seed = int(seed)
+        self.train_set: TensorDataset | None = None
+        self.val_set: TensorDataset | None = None
+        # Cheap (file checks), and it makes missing files fail before any run folder or logger.
+        ensure_files(dataset, self.data_dir, self.download)
+
+    # ------------------------------------------------------------------ the interface the app uses
+    @property
+    def data_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image as the network sees it."""
+        return (self.channels, self.image_size, self.image_size)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] -> the network's [-1, 1] scale."""
+        return x * 2.0 - 1.0  # DDPM sec. 3.3: data scaled linearly to [-1, 1]
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's [-1, 1] scale -> images in [0, 1], clipped (for saving and plotting)."""
+        return ((x + 1.0) / 2.0).clamp(0.0, 1.0)  # DDPM sec. 3.3 inverted; samples may overshoot [-1, 1]
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def prepare_data(self) -> None:
+        """Download or unpack the files once per node (Lightning calls this on one process)."""
+        ensure_files(self.dataset, self.data_dir, self.download)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the images through torchvision (or scikit-learn) and make the seeded train/val split."""
+        if self.train_set is not None:
+            return
+        gen = torch.Generator().manual_seed(self.seed)
+        images, labels = _load_split(self.dataset, self.data_dir, train=True)
+        if self.val_source == "train":
+            assert self.val_size is not None
+            if self.val_size >= len(images):
+                raise ValueError(
+                    f"data.val_size={self.val_size} leaves no training images: {self.dataset} has "
+                    f"{len(images)} in its training split"
+                )
+            perm = torch.randperm(len(images), generator=gen)
+            val_idx, train_idx = perm[: self.val_size], perm[self.val_size :]
+            self.train_set = TensorDataset(images[train_idx], labels[train_idx])
+            self.val_set = TensorDataset(images[val_idx], labels[val_idx])
+            return
+        test_images, test_labels = _load_split(self.dataset, self.data_dir, train=False)
+        n_val = len(test_images) if self.val_size is None else self.val_size
+        if n_val > len(test_images):
+            raise ValueError(
+                f"data.val_size={n_val} is more than the {len(test_images)} images of "
+                f"{self.dataset}'s test split"
+            )
+        idx = torch.randperm(len(test_images), generator=gen)[:n_val]
+        self.train_set = TensorDataset(images, labels)
+        self.val_set = TensorDataset(test_images[idx], test_labels[idx])
+
+    def _loader(self, data: TensorDataset, train: bool) -> DataLoader:
+        collate = _ToNetwork(self.image_size, self.resize_mode, flip=train and self.random_flip)
+        sampler = RandomSampler(data, generator=torch.Generator().manual_seed(self.seed)) if train else None
+        return DataLoader(
+            data,
+            batch_size=min(self.batch_size, len(data)),
+            sampler=sampler,
+            drop_last=train,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches ``(images, labels)`` in [-1, 1], randomly flipped when enabled."""
+        self.setup()
+        assert self.train_set is not None
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches in order, never flipped."""
+        self.setup()
+        assert self.val_set is not None
+        return self._loader(self.val_set, train=False)
