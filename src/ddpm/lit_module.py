@@ -2,21 +2,44 @@
 
 from __future__ import annotations
 
+import random
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
-from lightning.pytorch.utilities import grad_norm
+from lightning.pytorch.utilities import grad_norm, rank_zero_warn
 from torch import nn
 from torchmetrics import MeanMetric
 
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.samplers import Sampler, SampleResult
 
-__all__ = ["DiffusionModule"]
+__all__ = ["DiffusionModule", "NonFiniteLossError"]
 
 QUARTILES = 4
+
+
+def _rng_states() -> dict[str, Any]:
+    """The global RNG states as plain Python and tensors (loadable with weights_only=True)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+    }
+
+
+def _restore_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    if states.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    random.setstate(tuple(v if not isinstance(v, list) else tuple(v) for v in states["python"]))
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
 
 
 def batch_data(batch: Any) -> torch.Tensor:
@@ -24,6 +47,10 @@ def batch_data(batch: Any) -> torch.Tensor:
     if isinstance(batch, torch.Tensor):
         return batch
     return batch[0]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or inf (more often than ``max_nonfinite_skips`` allows)."""
 
 
 class DiffusionModule(L.LightningModule):
@@ -36,6 +63,9 @@ class DiffusionModule(L.LightningModule):
         optimizer: a partial ``optimizer(params=...)`` (Hydra ``_partial_: true``).
         lr_scheduler: a partial ``scheduler(optimizer=...)`` stepped every optimizer step, or None.
         data_shape: the shape of one sample as the network sees it, e.g. (2,) or (3, 32, 32).
+        max_nonfinite_skips: how many optimizer steps with a NaN/inf loss may be skipped (each one
+            logged and warned about) before training stops with :class:`NonFiniteLossError`; 0 stops
+            at the first.
     """
 
     def __init__(
@@ -46,13 +76,24 @@ class DiffusionModule(L.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         lr_scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         data_shape: Sequence[int] = (2,),
+        max_nonfinite_skips: int = 0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(logger=False, ignore=["net", "diffusion", "sampler"])
+        # The objects are rebuilt from the run config stored in the checkpoint (``ddpm_config``); keeping
+        # them out of the hyperparameters keeps checkpoints loadable with torch.load(weights_only=True).
+        self.save_hyperparameters(
+            logger=False, ignore=["net", "diffusion", "sampler", "optimizer", "lr_scheduler"]
+        )
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
         self.net = net
         self.diffusion = diffusion
         self.sampler = sampler
         self.data_shape = tuple(int(s) for s in data_shape)
+        if max_nonfinite_skips < 0:
+            raise ValueError(f"max_nonfinite_skips={max_nonfinite_skips!r} must be >= 0")
+        self.max_nonfinite_skips = int(max_nonfinite_skips)
+        self.nonfinite_skipped = 0
         #: the composed run config, stored in every checkpoint so a lone .ckpt can be rebuilt
         self.run_config: dict | None = None
         self.train_quartiles = nn.ModuleList(MeanMetric() for _ in range(QUARTILES))
@@ -75,9 +116,29 @@ class DiffusionModule(L.LightningModule):
         t = self.diffusion.sample_timesteps(x0.shape[0], x0.device)
         losses = self.diffusion.training_loss(self.net, x0, t, reduction="none")
         loss = losses.mean()
+        if not torch.isfinite(loss):  # one host sync per step: a NaN must never be trained on silently
+            return self._nonfinite(loss)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         self._log_quartiles("train", losses, t)
         return loss
+
+    def _nonfinite(self, loss: torch.Tensor) -> None:
+        """Skip this step or stop, by the ``max_nonfinite_skips`` policy."""
+        step = self.trainer.global_step if self._trainer is not None else -1
+        if self.nonfinite_skipped >= self.max_nonfinite_skips:
+            raise NonFiniteLossError(
+                f"training loss is {loss.item()} at step {step}; stopped (max_nonfinite_skips="
+                f"{self.max_nonfinite_skips}); the last good checkpoint is kept"
+            )
+        self.nonfinite_skipped += 1
+        rank_zero_warn(
+            f"training loss is {loss.item()} at step {step}: step skipped "
+            f"({self.nonfinite_skipped}/{self.max_nonfinite_skips} allowed)"
+        )
+        self.log("train/nonfinite_skipped", float(self.nonfinite_skipped), on_step=True, on_epoch=False)
+        # Lightning skips the optimizer step for a None loss, and warns that it did; ours says why.
+        warnings.filterwarnings("ignore", message=r"`training_step` returned `None`")
+        return None
 
     def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """The loss on held-out data at fixed (t, noise) per batch, so epochs are comparable."""
@@ -99,8 +160,8 @@ class DiffusionModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         """The configured optimizer over the network's parameters, and the per-step LR schedule."""
-        optimizer = self.hparams["optimizer"](params=self.net.parameters())
-        scheduler_fn = self.hparams.get("lr_scheduler")
+        optimizer = self.optimizer_factory(params=self.net.parameters())
+        scheduler_fn = self.lr_scheduler_factory
         if scheduler_fn is None:
             return {"optimizer": optimizer}
         return {
@@ -112,6 +173,16 @@ class DiffusionModule(L.LightningModule):
         """Keep the run's composed config in the checkpoint (for ``ddpm-sample`` on a lone .ckpt)."""
         if self.run_config is not None:
             checkpoint["ddpm_config"] = self.run_config
+        # Lightning does not restore the global RNGs on resume; t and eps are drawn from them, so a
+        # resumed run only repeats an uninterrupted one if they are saved too.
+        checkpoint["rng_states"] = _rng_states()
+        checkpoint["nonfinite_skipped"] = self.nonfinite_skipped
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the global RNGs and the skipped-step count of the checkpointed run."""
+        if "rng_states" in checkpoint:
+            _restore_rng_states(checkpoint["rng_states"])
+        self.nonfinite_skipped = int(checkpoint.get("nonfinite_skipped", 0))
 
     @torch.no_grad()
     def sample(

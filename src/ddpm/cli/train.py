@@ -15,7 +15,7 @@ from typing import Any
 
 import hydra
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ddpm.cli.common import CONF_DIR, check_group_overrides, fail
 from ddpm.config import ConfigError, remove_unstarted_run_dir, validate_config
@@ -27,9 +27,12 @@ __all__ = ["main", "train"]
 
 
 def _callbacks(cfg: DictConfig) -> list[Any]:
-    from lightning.pytorch.callbacks import WeightAveraging
+    from lightning.pytorch.callbacks import LearningRateMonitor, WeightAveraging
 
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if not any(c is not None for c in (cfg.get("logger") or {}).values()):
+        # it only writes to loggers, and Lightning refuses it without one (logger=none, debug presets)
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     # EMA swaps its average out at the end of validation, so callbacks that sample with the EMA
     # weights must run before it: put weight averaging last.
     return sorted(callbacks, key=lambda c: isinstance(c, WeightAveraging))
@@ -43,8 +46,10 @@ def _resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
     ckpt = cfg.get("ckpt_path")
     if ckpt in (None, ""):
         return None
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if ckpt == "auto":  # a requeued cluster job: resume when there is something to resume
+        return str(last) if last.is_file() else None
     if ckpt == "last":
-        last = output_dir / "checkpoints" / "last.ckpt"
         if not last.is_file():
             raise ConfigError(f"ckpt_path=last but {last} does not exist")
         return str(last)
@@ -54,6 +59,19 @@ def _resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
     if not path.is_file():
         raise ConfigError(f"ckpt_path={ckpt!r} does not exist")
     return str(path)
+
+
+def _quiet_expected_resume_warnings(datamodule: Any) -> None:
+    """Silence Lightning's warnings that a resume into the same run folder makes by design."""
+    import warnings
+
+    # The run continues in its own folder, so its checkpoint folder is not empty.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    from ddpm.data.toy import ToyDataModule
+
+    if isinstance(datamodule, ToyDataModule):
+        # Toy loaders resume mid-epoch exactly (ShardedBatchSampler.resume); Lightning cannot know that.
+        warnings.filterwarnings("ignore", message=r"You.re resuming from a checkpoint that ended before")
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -78,13 +96,45 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise
     if cfg.get("print_config", True):
         print(OmegaConf.to_yaml(cfg, resolve=True))
+    wandb_id_file = output_dir / ".wandb_id"
+    if ckpt_path and wandb_id_file.is_file() and cfg.get("logger") and cfg.logger.get("wandb"):
+        with open_dict(cfg):  # a resumed run continues its W&B run
+            cfg.logger.wandb.id = wandb_id_file.read_text().strip()
+            cfg.logger.wandb.resume = "allow"
+    if ckpt_path and cfg.get("logger") and cfg.logger.get("csv"):
+        # Lightning's CSVLogger deletes an existing metrics.csv in its folder: the resumed part gets its own
+        csv_dir = Path(cfg.logger.csv.save_dir) / cfg.logger.csv.name
+        with open_dict(cfg):
+            cfg.logger.csv.version = f"resumed_{len(list(csv_dir.glob('resumed_*'))) + 1}"
+    if ckpt_path:
+        _quiet_expected_resume_warnings(datamodule)
     loggers = _loggers(cfg)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    for logger in loggers:
-        logger.log_hyperparams(module.run_config or {})
+    if trainer.is_global_zero:
+        for logger in loggers:
+            logger.log_hyperparams(module.run_config or {})
+            if type(logger).__name__ == "WandbLogger":
+                wandb_id_file.write_text(str(logger.version) + "\n")
+        batch = getattr(datamodule, "batch_size", None)
+        if batch is not None:
+            accumulate = trainer.accumulate_grad_batches
+            print(
+                f"Batch: {batch} per device x {trainer.world_size} devices x {accumulate} accumulated "
+                f"= {batch * trainer.world_size * accumulate} per optimizer step"
+            )
+
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        print(
+            f"SIGTERM at step {trainer.global_step}: saved {output_dir / 'checkpoints' / 'last.ckpt'}; "
+            f"resume with: ddpm-train ckpt_path={output_dir}",
+            file=sys.stderr,
+        )
+        raise SystemExit(143) from None
     train_seconds = time.perf_counter() - start
 
     metrics: dict[str, Any] = {"train_seconds": train_seconds, "global_step": trainer.global_step}
@@ -103,6 +153,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             )
         if final["moments"]:
             print("Moments: " + ", ".join(f"{k} {v:.4f}" for k, v in final["moments"].items()))
+    elif trainer.is_global_zero and cfg.final_samples > 0:  # images: a grid and uint8 samples, no quality
+        final = write_results(module, datamodule, output_dir, cfg.final_samples)
+        metrics.update(final["metrics"])
+        for logger in loggers:
+            logger.log_metrics(final["metrics"], step=trainer.global_step)
+        print(f"\nSamples (EMA weights, {cfg.final_samples}): {final['plot']}, {output_dir / 'samples.npz'}")
     for logger in loggers:
         finalize = getattr(logger, "finalize", None)
         if finalize is not None:
@@ -114,18 +170,57 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
+    from ddpm import sweeps
+
+    # In a sweep, a job's error fails that job only: it is recorded (sweep_job.json, the summary) and the
+    # sweeper gets None (Optuna: a FAIL trial), where raising or exiting would stop the whole sweep.
     try:
         metrics = train(cfg)
     except ConfigError as err:
-        fail(str(err))
-    # Sweepers (Optuna) minimise the returned value.
-    objective = cfg.get("optimized_metric")
-    if objective and objective in metrics:
-        return float(metrics[objective])
-    return None
+        if not sweeps.in_multirun():
+            fail(str(err))
+        sweeps.job_failed(cfg, err, with_traceback=False)
+        return None
+    except Exception as err:
+        # imported here, not before train(): a bad config value is reported before Lightning loads
+        from ddpm.lit_module import NonFiniteLossError
+
+        sweeps.finish_wandb_run(failed=True)
+        if sweeps.in_multirun():
+            sweeps.job_failed(cfg, err, with_traceback=not isinstance(err, NonFiniteLossError))
+            return None
+        if isinstance(err, NonFiniteLossError):
+            fail(str(err), code=1)
+        raise
+    # the basic launcher runs a sweep's jobs in this process: each job gets its own W&B run
+    sweeps.finish_wandb_run()
+    # Sweepers (Optuna) optimise the returned value: cfg.optimized_metric, also when it is not a final/*
+    # figure (val/loss, read from the run's logs).
+    return sweeps.objective_value(cfg, metrics) if sweeps.in_multirun() else None
+
+
+def resume_overrides(argv: list[str]) -> list[str]:
+    """``ckpt_path=<run folder or its checkpoint>``: continue in that folder with its own overrides.
+
+    The run's ``.hydra/overrides.yaml`` is replayed (the command line wins where both set a key) and
+    ``hydra.run.dir`` points at the run, so the resumed run writes to the same folder and W&B run.
+    """
+    ckpt = next((a.split("=", 1)[1] for a in argv if a.startswith("ckpt_path=")), None)
+    if ckpt in (None, "", "null", "last", "auto") or any(a.startswith("hydra.run.dir=") for a in argv):
+        return argv
+    path = Path(ckpt)
+    run_dir = path if path.is_dir() else path.parent.parent if path.parent.name == "checkpoints" else None
+    if run_dir is None or not (run_dir / ".hydra" / "overrides.yaml").is_file():
+        return argv
+    keys = {a.split("=", 1)[0].lstrip("+~") for a in argv if "=" in a}
+    saved = [str(o) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
+    kept = [o for o in saved if o.split("=", 1)[0].lstrip("+~") not in keys | {"hydra.run.dir"}]
+    return [*kept, *argv, f"hydra.run.dir={run_dir.resolve()}"]
 
 
 def main() -> None:
     """Console entry point: check group choices in one line, then hand over to Hydra."""
     check_group_overrides(sys.argv[1:])
+    if "-m" not in sys.argv and "--multirun" not in sys.argv:
+        sys.argv[1:] = resume_overrides(sys.argv[1:])
     _hydra_main()

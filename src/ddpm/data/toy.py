@@ -7,6 +7,7 @@ picks it with ``dataset: moons``. ``array`` loads the user's own ``.npy`` / ``.c
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import lightning as L
 import numpy as np
 import torch
 from sklearn import datasets as skd
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 __all__ = ["TOY_DATASETS", "ToyDataModule", "load_array", "make_toy_data"]
 
@@ -165,6 +166,46 @@ def make_toy_data(dataset: str, n: int, seed: int, **params: object) -> np.ndarr
     return TOY_DATASETS[dataset](n, np.random.default_rng(seed), **params)
 
 
+class ShardedBatchSampler(DistributedSampler):
+    """Yields whole batches of indices: a per-epoch permutation from (seed, epoch), split across ranks.
+
+    It subclasses ``DistributedSampler`` so Lightning leaves it in place under DDP (it shards itself,
+    every rank taking the same number of batches), and Lightning's ``set_epoch`` call gives each epoch
+    a new, reproducible order. ``resume(epoch, skip)`` drops the first ``skip`` batches of ``epoch``.
+    """
+
+    def __init__(
+        self, n: int, batch_size: int, shuffle: bool, seed: int, num_replicas: int = 1, rank: int = 0
+    ) -> None:
+        super().__init__(range(n), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        self.n, self.batch_size = n, batch_size
+        self._resume: tuple[int, int] | None = None
+
+    def resume(self, epoch: int, skip: int) -> None:
+        """Skip the first ``skip`` batches when epoch ``epoch`` is iterated."""
+        self._resume = (epoch, skip)
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank (training drops the ragged end)."""
+        per_rank = self.n // self.num_replicas
+        return per_rank // self.batch_size if self.shuffle else math.ceil(per_rank / self.batch_size)
+
+    def __iter__(self):  # type: ignore[override]
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.n, generator=gen)
+        else:
+            order = torch.arange(self.n)
+        per_rank = self.n // self.num_replicas
+        mine = order[self.rank * per_rank : (self.rank + 1) * per_rank]
+        start = 0
+        if self._resume is not None and self._resume[0] == self.epoch:
+            start = self._resume[1]
+            self._resume = None
+        for b in range(start, len(self)):
+            yield mine[b * self.batch_size : (b + 1) * self.batch_size].tolist()
+
+
 class ToyDataModule(L.LightningDataModule):
     """Toy data generated from a seed, or loaded from a file, with train/val splits and normalisation.
 
@@ -274,16 +315,21 @@ class ToyDataModule(L.LightningDataModule):
         return None
 
     def _loader(self, x: torch.Tensor, train: bool) -> DataLoader:
-        ds = TensorDataset(self.normalize(x))
-        if train:
-            gen = torch.Generator().manual_seed(self.seed)
-            sampler = BatchSampler(
-                RandomSampler(ds, generator=gen), min(self.batch_size, len(ds)), drop_last=True
-            )
-        else:
-            sampler = BatchSampler(SequentialSampler(ds), min(self.batch_size, len(ds)), drop_last=False)
+        trainer = getattr(self, "trainer", None)
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = ShardedBatchSampler(
+            len(x), min(self.batch_size, len(x)), shuffle=train, seed=self.seed, num_replicas=world, rank=rank
+        )
+        if train and trainer is not None and trainer.global_step > 0:
+            # Resuming: this epoch's order is a function of (seed, epoch), so skipping the batches the
+            # checkpointed run already took continues exactly where it stopped.
+            taken = trainer.global_step * trainer.accumulate_grad_batches  # batches, not optimizer steps
+            sampler.resume(trainer.current_epoch, taken % max(1, len(sampler)))
         # Whole batches are indexed at once (batch_size=None): no per-sample collation for in-memory data.
-        return DataLoader(ds, sampler=sampler, batch_size=None)
+        # Its own generator: a DataLoader iterator otherwise draws its base seed from the global RNG,
+        # and a resumed run (which creates one mid-epoch) would then draw different t and noise.
+        gen = torch.Generator().manual_seed(self.seed)
+        return DataLoader(TensorDataset(self.normalize(x)), sampler=sampler, batch_size=None, generator=gen)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled, normalised training batches (a 1-tuple of a tensor [B, D])."""

@@ -52,7 +52,6 @@ class MLPDenoiser(nn.Module):
         temb_dim = 4 * time_embed_dim
         self.inp = nn.Linear(data_dim, hidden)
         self.blocks = nn.ModuleList(_ResidualBlock(hidden, temb_dim, dropout) for _ in range(depth))
-        self.out_norm = nn.LayerNorm(hidden)
         self.out = nn.Linear(hidden, data_dim)
         self.act = nn.SiLU()
         # A per-timestep linear path x -> a(t) * x. For Gaussian data the optimal eps is affine in
