@@ -81,6 +81,8 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path: Path
     metrics, resumed = run_train(tmp_path / "part", [*BASE, "trainer.max_steps=45", "ckpt_path=last"])
     assert resumed == part
     assert metrics["global_step"] == 45
+    for run in (full, resumed):  # 45 is not a validation step: the final step is saved all the same
+        assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 45
     for key in ("current_model_state", "state_dict"):  # raw weights, and the EMA weights
         a, b = (
             _weights(full / "checkpoints" / "last.ckpt", key),

@@ -56,21 +56,41 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class SaveOnSigterm(Callback):
-    """On SIGTERM (a scheduler's stop, ``kill``), save ``checkpoints/last.ckpt`` before the job exits.
+    """Keep ``checkpoints/last.ckpt`` current when a run stops: on SIGTERM, and at the end of training.
 
-    Lightning turns SIGTERM into ``SIGTERMException`` at the next batch boundary; at that point the
-    model, optimizer and loop state are consistent, so the checkpoint resumes like any other.
+    SIGTERM (a scheduler's stop, ``kill``): Lightning turns it into ``SIGTERMException`` at the next batch
+    boundary; at that point the model, optimizer and loop state are consistent, so the checkpoint resumes
+    like any other. End of training: ``ModelCheckpoint`` saves at validations, so a run whose
+    ``max_steps`` falls between two of them would otherwise leave a ``last.ckpt`` of an earlier step than
+    the samples it wrote; this saves the final step too (before EMA copies its average into the model).
     """
 
-    def __init__(self, dirpath: str | os.PathLike[str]) -> None:
+    def __init__(self, dirpath: str | os.PathLike[str], at_train_end: bool = True) -> None:
         self.dirpath = Path(dirpath)
+        self.at_train_end = at_train_end
         self.saved: Path | None = None
+        self._saved_step = -1
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Remember the step of the latest checkpoint written."""
+        self._saved_step = trainer.global_step
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Save ``last.ckpt`` at the final step unless a checkpoint of that step was just written."""
+        done = self._saved_step == trainer.global_step
+        if self.at_train_end and trainer.global_step > 0 and not done and not trainer.fast_dev_run:
+            self._save(trainer)
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         """Save when the exception is Lightning's SIGTERM signal."""
         if isinstance(exception, SIGTERMException):
-            path = self.dirpath / "last.ckpt"
-            trainer.save_checkpoint(path)
-            self.saved = path
+            self._save(trainer)
+
+    def _save(self, trainer: L.Trainer) -> None:
+        path = self.dirpath / "last.ckpt"
+        trainer.save_checkpoint(path)
+        self.saved = path
