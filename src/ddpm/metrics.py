@@ -10,10 +10,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
-__all__ = ["QualityReport", "energy_distance", "moment_errors", "quality_report", "sliced_wasserstein"]
+__all__ = [
+    "QualityReport",
+    "energy_distance",
+    "feature_statistics",
+    "frechet_distance",
+    "moment_errors",
+    "quality_report",
+    "sliced_wasserstein",
+]
 
 
 def _flat(x: torch.Tensor) -> torch.Tensor:
@@ -43,6 +52,43 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, n_projections: int = 25
     px, _ = (x @ dirs).sort(dim=0)
     py, _ = (y @ dirs).sort(dim=0)
     return float((px - py).abs().mean())
+
+
+def feature_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean [d], unbiased covariance [d, d]) of features [N, d] (N >= 2), in float64."""
+    f = _flat(features)
+    if f.shape[0] < 2:
+        raise ValueError(f"feature_statistics needs at least 2 samples, got {f.shape[0]}")
+    return f.mean(0), torch.cov(f.T).reshape(f.shape[1], f.shape[1])
+
+
+def _sqrtm_psd(m: torch.Tensor) -> torch.Tensor:
+    # A covariance estimate can have eigenvalues at -1e-15 from rounding; they are 0.
+    vals, vecs = torch.linalg.eigh((m + m.T) / 2)
+    return (vecs * vals.clamp(min=0).sqrt()) @ vecs.T
+
+
+def frechet_distance(mu1: Any, cov1: Any, mu2: Any, cov2: Any) -> float:
+    """Fréchet (2-Wasserstein) distance between N(mu1, cov1) and N(mu2, cov2), squared.
+
+    ``|mu1 - mu2|^2 + tr(cov1 + cov2 - 2 (cov1 cov2)^(1/2))`` (Dowson & Landau 1982; FID, Heusel et al.
+    2017). The trace of the matrix square root is taken as tr((S1^(1/2) S2 S1^(1/2))^(1/2)), which equals
+    tr((S1 S2)^(1/2)) but involves only symmetric matrices, so both square roots come from eigendecompositions
+    in float64 (no complex parts, unlike scipy's sqrtm on the non-symmetric product). Accepts tensors or
+    arrays; returns a float >= 0 (rounding below 0 is clamped).
+    """
+    m1, m2 = (torch.as_tensor(m, dtype=torch.float64).reshape(-1) for m in (mu1, mu2))
+    s1, s2 = (torch.as_tensor(c, dtype=torch.float64) for c in (cov1, cov2))
+    d = m1.numel()
+    if m2.numel() != d or s1.shape != (d, d) or s2.shape != (d, d):
+        raise ValueError(
+            f"frechet_distance: shapes do not agree: mu1 {d}, mu2 {m2.numel()}, "
+            f"cov1 {tuple(s1.shape)}, cov2 {tuple(s2.shape)}"
+        )
+    root1 = _sqrtm_psd(s1)
+    cross = torch.linalg.eigvalsh(root1 @ s2 @ root1).clamp(min=0).sqrt().sum()
+    value = (m1 - m2).square().sum() + torch.trace(s1) + torch.trace(s2) - 2 * cross
+    return max(float(value), 0.0)
 
 
 def moment_errors(samples: torch.Tensor, reference_mean: torch.Tensor, reference_cov: torch.Tensor) -> dict:

@@ -1,0 +1,758 @@
+"""Throughput benchmarks: training and sampling, ddpm-lab's Lightning step against a plain PyTorch loop.
+
+    uv run python scripts/benchmark.py                  # the CPU tables (and the GPU ones on a GPU)
+    uv run python scripts/benchmark.py --tiny           # seconds: the same code paths on tiny settings
+    uv run python scripts/benchmark.py --digits-budget-s 300   # + train experiment=digits for 5 minutes
+                                                               #   and report the offline Fréchet ratio
+
+Writes a markdown report (``docs/benchmarks.md`` unless ``--out``) with the command, device and date, and
+prints the same tables. Machines running these are noisy (a shared 2-core CPU here), so comparisons are
+RATIOS of variants measured side by side in one process, interleaved round by round (the order alternates),
+and each figure is the median over rounds.
+
+What is measured:
+
+* Toy MLP on CPU: training samples/s of a plain hand-written loop, of Lightning running a minimal
+  LightningModule doing the same math, and of ddpm-lab's ``DiffusionModule`` (its per-step loss-by-quartile
+  metrics and gradient-norm logging included); all three with AdamW, gradient clipping at 1.0 and an EMA of
+  the weights, on the same DataLoader. Sampling samples/s for DDPM (all T steps) and DDIM-50.
+* A small UNet (``ddpm.models.UNet``, unet_tiny's settings) on 8x8 images on CPU, the same way.
+* On a GPU only: unet_cifar10 at batch 128, fp32 vs bf16-mixed vs bf16-mixed + channels_last +
+  torch.compile (images/s, model FLOP utilisation against the device's bf16 peak), diffusers' UNet2DModel +
+  DDPMScheduler with the same settings when the ``bench`` extra is installed, and DDIM-100 throughput
+  projected to 50,000 CIFAR-10 images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "docs" / "benchmarks.md"
+#: dense bf16 tensor-core peak FLOP/s by device name fragment (vendor data sheets, SXM parts)
+BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12}
+#: the targets the report checks
+LIGHTNING_OVERHEAD_TARGET = 0.10
+GPU_MFU_TARGET = 0.35
+GPU_IMAGES_PER_S_TARGET = 9000
+DIFFUSERS_SPEEDUP_TARGET = 1.5
+DDIM100_50K_MINUTES_TARGET = 3.0
+NO_GPU = "pending: no GPU was lent to this task"
+
+
+@dataclass
+class Settings:
+    """Sizes of one benchmark run (``--tiny`` shrinks everything)."""
+
+    tiny: bool
+    rounds: int
+    warmup: int
+    steps: int
+    toy_batch: int
+    toy_T: int
+    sample_n: int
+    unet_batch: int
+    unet_sample_n: int
+    gpu_batch: int = 128
+    gpu_steps: int = 20
+    gpu_sample_batch: int = 1000
+
+    @classmethod
+    def make(cls, tiny: bool, rounds: int | None) -> Settings:
+        """The full or the tiny settings."""
+        if tiny:
+            return cls(
+                True,
+                rounds or 2,
+                warmup=1,
+                steps=3,
+                toy_batch=64,
+                toy_T=10,
+                sample_n=32,
+                unet_batch=8,
+                unet_sample_n=8,
+            )
+        return cls(
+            False,
+            rounds or 5,
+            warmup=20,
+            steps=150,
+            toy_batch=256,
+            toy_T=1000,
+            sample_n=2000,
+            unet_batch=64,
+            unet_sample_n=256,
+        )
+
+
+@dataclass
+class Table:
+    """One markdown table with a title and notes."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        """The table as markdown."""
+
+        def cell(v: Any) -> str:
+            if isinstance(v, float):
+                return f"{v:,.3g}" if abs(v) < 100 else f"{v:,.0f}"
+            return str(v)
+
+        lines = [f"### {self.title}", "", "| " + " | ".join(self.columns) + " |"]
+        lines.append("|" + "|".join("---" for _ in self.columns) + "|")
+        lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in self.rows]
+        lines += [""] + [f"- {note}" for note in self.notes]
+        return "\n".join(lines).rstrip() + "\n"
+
+
+# ----------------------------------------------------------------------------- device
+def device_description(device: torch.device) -> str:
+    """GPU name, or CPU model and core count."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}), torch {torch.__version__}"
+    model = platform.processor() or "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work so that a timestamp means what it says."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ----------------------------------------------------------------------------- training: plain vs Lightning
+def make_diffusion(T: int):
+    """A cosine-schedule GaussianDiffusion (eps, fixed_large) with T steps (valid for any T)."""
+    from ddpm.diffusion import GaussianDiffusion
+    from ddpm.schedules import make_beta_schedule
+
+    return GaussianDiffusion(make_beta_schedule("cosine", T))
+
+
+def in_memory_loader(x: torch.Tensor, batch: int, seed: int = 0) -> torch.utils.data.DataLoader:
+    """ddpm-lab's in-memory loader: whole shuffled batches indexed at once (as ``ToyDataModule``)."""
+    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
+
+    ds = TensorDataset(x)
+    gen = torch.Generator().manual_seed(seed)
+    sampler = BatchSampler(RandomSampler(ds, replacement=True, num_samples=10**9, generator=gen), batch, True)
+    return DataLoader(ds, sampler=sampler, batch_size=None)
+
+
+def plain_train(
+    net: nn.Module, loader: torch.utils.data.DataLoader, T: int, warmup: int, steps: int, device: torch.device
+) -> float:
+    """A hand-written loop doing ddpm-lab's step: L_simple, backward, clip 1.0, AdamW, EMA. Returns seconds
+    for ``steps`` iterations after ``warmup``."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    diffusion = make_diffusion(T).to(device)
+    net = net.to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
+    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.995), use_buffers=True)
+    start = 0.0
+    for i, (x0,) in enumerate(loader):
+        if i == warmup:
+            sync(device)
+            start = time.perf_counter()
+        if i == warmup + steps:
+            break
+        x0 = x0.to(device, non_blocking=True)
+        loss = diffusion.training_loss(net, x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        ema.update_parameters(net)
+    sync(device)
+    return time.perf_counter() - start
+
+
+def lightning_train(
+    net: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    T: int,
+    warmup: int,
+    steps: int,
+    device: torch.device,
+    bare: bool,
+) -> float:
+    """The same step under a Lightning Trainer: ddpm-lab's ``DiffusionModule`` or, with ``bare``, a minimal
+    LightningModule (loss only: Lightning's own cost). Seconds for ``steps`` steps after ``warmup``."""
+    import lightning as L
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    from ddpm.lit_module import DiffusionModule, batch_data
+    from ddpm.samplers import DDIMSampler
+
+    diffusion = make_diffusion(T)
+    stamps: dict[str, float] = {}
+
+    class Timer(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if trainer.global_step in (warmup, warmup + steps):
+                sync(device)
+                stamps[str(trainer.global_step)] = time.perf_counter()
+
+    if bare:
+
+        class Bare(L.LightningModule):
+            def __init__(self) -> None:
+                super().__init__()
+                self.net, self.diffusion = net, diffusion
+
+            def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+                return self.diffusion.training_loss(self.net, batch_data(batch))
+
+            def configure_optimizers(self) -> torch.optim.Optimizer:
+                return torch.optim.AdamW(self.net.parameters(), lr=2e-3)
+
+        module: L.LightningModule = Bare()
+    else:
+        module = DiffusionModule(
+            net=net,
+            diffusion=diffusion,
+            sampler=DDIMSampler(steps=10),
+            optimizer=lambda params: torch.optim.AdamW(params, lr=2e-3),
+            data_shape=tuple(next(iter(loader))[0].shape[1:]),
+        )
+    trainer = L.Trainer(
+        accelerator=device.type,
+        devices=1,
+        max_steps=warmup + steps,
+        gradient_clip_val=1.0,
+        callbacks=[EMAWeightAveraging(decay=0.995), Timer()],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no validation loop", "few workers": expected here
+        trainer.fit(module, train_dataloaders=loader)
+    return stamps[str(warmup + steps)] - stamps[str(warmup)]
+
+
+def compare_training(
+    name: str,
+    make_net: Callable[[], nn.Module],
+    data: torch.Tensor,
+    batch: int,
+    T: int,
+    s: Settings,
+    device: torch.device,
+) -> Table:
+    """Plain loop vs Lightning (bare) vs ddpm-lab's DiffusionModule, interleaved over rounds."""
+    variants: dict[str, Callable[[], float]] = {
+        "plain PyTorch loop": lambda: plain_train(
+            make_net(), in_memory_loader(data, batch), T, s.warmup, s.steps, device
+        ),
+        "Lightning, minimal module": lambda: lightning_train(
+            make_net(), in_memory_loader(data, batch), T, s.warmup, s.steps, device, bare=True
+        ),
+        "Lightning, ddpm-lab DiffusionModule": lambda: lightning_train(
+            make_net(), in_memory_loader(data, batch), T, s.warmup, s.steps, device, bare=False
+        ),
+    }
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    names = list(variants)
+    for r in range(s.rounds):
+        for key in names if r % 2 == 0 else names[::-1]:  # alternate the order: drift cancels
+            times[key].append(variants[key]())
+    base = times[names[0]]
+    table = Table(
+        f"Training throughput: {name} (batch {batch}, {device.type})",
+        [
+            "variant",
+            "samples/s (median)",
+            "ms/step (median)",
+            "time / plain loop (median of rounds)",
+            "overhead",
+        ],
+    )
+    for key in names:
+        ratios = [t / b for t, b in zip(times[key], base, strict=True)]
+        ratio = statistics.median(ratios)
+        median = statistics.median(times[key])
+        table.rows.append(
+            [key, batch * s.steps / median, 1000 * median / s.steps, ratio, f"{100 * (ratio - 1):+.1f}%"]
+        )
+    table.notes.append(
+        f"{s.rounds} rounds of {s.steps} steps after {s.warmup} warm-up steps, variants interleaved; every "
+        "variant: L_simple, backward, gradient clipping at 1.0, AdamW, EMA of the weights (decay 0.995)."
+    )
+    return table
+
+
+def ema_update_table(make_net: Callable[[], nn.Module], T: int, repeats: int) -> Table:
+    """The cost of one EMA update as Lightning's EMAWeightAveraging does it (a per-tensor ``avg_fn`` over the
+    whole LightningModule, parameters and buffers) and as the plain loop does it (torch's foreach
+    ``multi_avg_fn`` over the network), interleaved."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn, get_ema_multi_avg_fn
+
+    from ddpm.lit_module import DiffusionModule
+    from ddpm.samplers import DDIMSampler
+
+    net = make_net()
+    module = DiffusionModule(
+        net, make_diffusion(T), DDIMSampler(steps=10), lambda params: torch.optim.AdamW(params)
+    )
+    variants = {
+        "EMAWeightAveraging's update (per tensor, whole module)": (
+            AveragedModel(module, use_buffers=True, avg_fn=get_ema_avg_fn(0.995)),
+            module,
+        ),
+        "plain loop's update (foreach, network only)": (
+            AveragedModel(net, use_buffers=True, multi_avg_fn=get_ema_multi_avg_fn(0.995)),
+            net,
+        ),
+    }
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(repeats):
+        for key, (avg, src) in variants.items():
+            start = time.perf_counter()
+            for _ in range(50):
+                avg.update_parameters(src)
+            times[key].append((time.perf_counter() - start) / 50)
+    table = Table("One EMA update of the toy MLP (CPU)", ["implementation", "ms per update (median)"])
+    table.rows = [[key, 1000 * statistics.median(v)] for key, v in times.items()]
+    table.notes.append("Part of the per-step gap between the Lightning variants and the plain loop above.")
+    return table
+
+
+# ----------------------------------------------------------------------------- sampling
+def sampling_table(
+    name: str, net: nn.Module, shape: tuple[int, ...], T: int, n: int, s: Settings, device: torch.device
+) -> Table:
+    """Samples/s of DDPM (all T steps) and DDIM-50, and network evaluations/s."""
+    from ddpm.samplers import DDIMSampler, DDPMSampler
+
+    diffusion = make_diffusion(T).to(device)
+    net = net.to(device).eval()
+    table = Table(
+        f"Sampling throughput: {name} ({device.type}, T={T})",
+        ["sampler", "n", "seconds (median)", "samples/s", "network evals/s (x batch)"],
+    )
+    for sampler in (DDPMSampler(), DDIMSampler(steps=min(50, T))):
+        steps = len(sampler.timesteps(diffusion))
+        secs = []
+        for r in range(max(1, s.rounds // 2)):
+            gen = torch.Generator(device=device).manual_seed(r)
+            sync(device)
+            start = time.perf_counter()
+            sampler.sample(net, diffusion, (n, *shape), generator=gen, progress=False, device=device)
+            sync(device)
+            secs.append(time.perf_counter() - start)
+        sec = statistics.median(secs)
+        table.rows.append([f"{type(sampler).__name__}({steps} steps)", n, sec, n / sec, steps / sec])
+    table.notes.append("Untrained weights: sampling cost does not depend on what the network learned.")
+    return table
+
+
+# ----------------------------------------------------------------------------- GPU
+def flops_per_image(make_net: Callable[[], nn.Module], shape: tuple[int, ...], T: int) -> float:
+    """Forward + backward FLOPs of one training image, counted by torch's FlopCounterMode on CPU."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = make_net()
+    diffusion = make_diffusion(T)
+    x = torch.randn(2, *shape)
+    with FlopCounterMode(display=False) as counter:
+        diffusion.training_loss(net, x).backward()
+    return counter.get_total_flops() / 2
+
+
+def gpu_variant_throughput(
+    make_net: Callable[[], nn.Module],
+    shape: tuple[int, ...],
+    batch: int,
+    T: int,
+    steps: int,
+    device: torch.device,
+    variant: str,
+) -> float:
+    """Images/s of the plain training step under ``variant``: fp32, bf16-mixed, or bf16-mixed +
+    channels_last + torch.compile. Runs on CPU too (autocast bf16 on CPU) for a check of the code path."""
+    diffusion = make_diffusion(T).to(device)
+    net = make_net().to(device)
+    if variant.startswith("bf16+cl"):
+        net = net.to(memory_format=torch.channels_last)
+    model: Callable = torch.compile(net) if variant.endswith("compile") else net
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-4, fused=device.type == "cuda")
+    x0 = torch.randn(batch, *shape, device=device)
+    if variant.startswith("bf16+cl"):
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+    use_bf16 = variant != "fp32"
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss = diffusion.training_loss(model, x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+
+    for _ in range(3 if not variant.endswith("compile") else 5):  # compile happens in the first steps
+        step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return batch * steps / (time.perf_counter() - start)
+
+
+def diffusers_throughput(batch: int, steps: int, device: torch.device, compile_: bool) -> float:
+    """Images/s of diffusers' UNet2DModel (DDPM's CIFAR-10 layout) + DDPMScheduler, bf16 + channels_last."""
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    net = UNet2DModel(
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=2,
+        block_out_channels=(128, 256, 256, 256),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        dropout=0.1,
+    ).to(device, memory_format=torch.channels_last)
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    model = torch.compile(net) if compile_ else net
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-4, fused=device.type == "cuda")
+    x0 = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+
+    def step() -> None:
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, 1000, (batch,), device=device)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            pred = model(scheduler.add_noise(x0, noise, t), t).sample
+            loss = torch.nn.functional.mse_loss(pred.float(), noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+
+    for _ in range(5):
+        step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return batch * steps / (time.perf_counter() - start)
+
+
+def ddim100_50k_minutes(
+    make_net: Callable[[], nn.Module], batch: int, device: torch.device, timed_steps: int
+) -> float:
+    """Minutes for DDIM-100 over 50,000 CIFAR-10 images, projected from ``timed_steps`` timed network
+    evaluations at ``batch`` (bf16 autocast, channels_last, compiled)."""
+    net = make_net().to(device, memory_format=torch.channels_last).eval()
+    model = torch.compile(net)
+    x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    t = torch.full((batch,), 500, device=device, dtype=torch.long)
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16):
+        for _ in range(3):
+            model(x, t)
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(timed_steps):
+            model(x, t)
+        sync(device)
+    per_eval = (time.perf_counter() - start) / timed_steps
+    return per_eval * 100 * (50_000 / batch) / 60
+
+
+def gpu_tables(s: Settings, device: torch.device) -> tuple[list[Table], dict[str, Any]]:
+    """unet_cifar10 variants, diffusers, DDIM-100 projection (needs ddpm.models.UNet)."""
+    import importlib.util
+
+    from ddpm.models import UNet
+
+    def make_net() -> nn.Module:
+        return UNet(in_channels=3, image_size=32)  # unet_cifar10's settings are UNet's defaults
+
+    results: dict[str, Any] = {}
+    flops = flops_per_image(make_net, (3, 32, 32), 1000)
+    name = torch.cuda.get_device_name(device)
+    peak = next((v for k, v in BF16_PEAK.items() if k in name), None)
+    table = Table(
+        f"unet_cifar10 training, batch {s.gpu_batch}, {name}",
+        ["variant", "images/s", "model TFLOP/s", "MFU (bf16 peak)"],
+    )
+    for variant in ("fp32", "bf16-mixed", "bf16+cl+compile"):
+        ips = gpu_variant_throughput(make_net, (3, 32, 32), s.gpu_batch, 1000, s.gpu_steps, device, variant)
+        results[variant] = ips
+        mfu = f"{100 * ips * flops / peak:.1f}%" if peak else "unknown peak"
+        table.rows.append([variant, ips, ips * flops / 1e12, mfu])
+    table.notes.append(
+        f"{flops / 1e9:.1f} GFLOP per image forward + backward (torch FlopCounterMode); plain training step; "
+        f"bf16 peak {peak / 1e12:.0f} TFLOP/s"
+        if peak
+        else "bf16 peak of this device unknown"
+    )
+    results["mfu"] = results["bf16+cl+compile"] * flops / peak if peak else None
+    if importlib.util.find_spec("diffusers") is not None:
+        d = diffusers_throughput(s.gpu_batch, s.gpu_steps, device, compile_=True)
+        results["diffusers"] = d
+        table.rows.append(["diffusers UNet2DModel + DDPMScheduler, bf16+cl+compile", d, "", ""])
+        table.notes.append(f"ddpm-lab / diffusers: {results['bf16+cl+compile'] / d:.2f}x")
+    else:
+        table.notes.append("diffusers: not installed (uv sync --extra bench)")
+    minutes = ddim100_50k_minutes(make_net, s.gpu_sample_batch, device, timed_steps=10)
+    results["ddim100_minutes"] = minutes
+    sampling = Table(
+        "DDIM-100 of 50,000 CIFAR-10 images (unet_cifar10, bf16, channels_last, compiled)",
+        ["batch", "projected minutes"],
+        [[s.gpu_sample_batch, minutes]],
+        ["Projected from 10 timed network evaluations: 100 steps x 50,000 / batch evaluations."],
+    )
+    return [table, sampling], results
+
+
+# ----------------------------------------------------------------------------- digits quality mode
+def digits_quality(budget_s: int, out_dir: Path) -> Table:
+    """Train experiment=digits for ``budget_s`` seconds of wall time, then ddpm-eval it (DDIM-100)."""
+    table = Table(f"Digits quality after {budget_s} s of training (CPU)", ["figure", "value"])
+    if not (REPO / "conf" / "experiment" / "digits.yaml").is_file():
+        table.notes.append("skipped: this mode needs `experiment=digits` (conf/experiment/digits.yaml)")
+        return table
+    bin_dir = Path(sys.executable).parent
+    run_dir = out_dir / "digits_run"
+    d, rem = divmod(budget_s, 86400)
+    h, rem = divmod(rem, 3600)
+    m, sec = divmod(rem, 60)
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "MPLBACKEND": "Agg"}
+    train = subprocess.run(
+        [str(bin_dir / "ddpm-train"), "experiment=digits", "trainer.max_steps=-1",
+         f"+trainer.max_time={d:02d}:{h:02d}:{m:02d}:{sec:02d}", "logger=csv", "print_config=false",
+         f"hydra.run.dir={run_dir}"],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    if train.returncode != 0:
+        table.notes.append(f"training failed: {(train.stderr.strip().splitlines() or ['?'])[-1]}")
+        return table
+    out = out_dir / "digits_eval.json"
+    ev = subprocess.run(
+        [str(bin_dir / "ddpm-eval"), str(run_dir), "sampler=ddim", "sampler.steps=100", "--repeats", "3",
+         "--out", str(out)],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    if ev.returncode != 0:
+        table.notes.append(f"ddpm-eval failed: {(ev.stderr.strip().splitlines() or ['?'])[-1]}")
+        return table
+    result = json.loads(out.read_text())
+    images = result["images"]
+    steps = next((line for line in train.stdout.splitlines() if line.startswith("Trained ")), "")
+    table.rows += [
+        ["training", steps.split(". Run folder")[0]],
+        [
+            "classifier Fréchet distance (DDIM-100)",
+            f"{images['frechet']['mean']:.3g} ± {images['frechet']['std']:.2g}",
+        ],
+        ["data-vs-data floor (held-out digits)", f"{images['floor']['frechet']['mean']:.3g}"],
+        ["ratio to the floor", f"{images['ratio']['mean']:.3g} ± {images['ratio']['std']:.2g}"],
+        ["class balance (1 = uniform)", f"{images['class_entropy']['mean']:.3f}"],
+        ["mean confidence", f"{images['confidence']['mean']:.3f}"],
+    ]
+    table.notes.append(f"n = {images['n']} per draw, {images['repeats']} draws; classifier held-out accuracy "
+                       f"{images['classifier']['held_out_accuracy']:.3f}")  # fmt: skip
+    return table
+
+
+# ----------------------------------------------------------------------------- report
+def targets_section(lightning_ratio: float | None, gpu: dict[str, Any] | None) -> str:
+    """Where each target stands."""
+    lines = ["## Targets", ""]
+    if lightning_ratio is None:
+        lines.append("- Lightning overhead within 10% of the plain loop on CPU: not measured in this run.")
+    else:
+        over = lightning_ratio - 1
+        verdict = "met" if over <= LIGHTNING_OVERHEAD_TARGET else "NOT met"
+        lines.append(
+            f"- Lightning (ddpm-lab's DiffusionModule) within 10% of the plain loop on CPU, toy MLP: "
+            f"{100 * over:+.1f}% ({verdict})."
+        )
+    if gpu is None:
+        lines += [
+            f"- H100: unet_cifar10 > 35% of bf16 peak (about 9,000 images/s): {NO_GPU}.",
+            f"- H100: >= 1.5x diffusers' UNet2DModel + DDPMScheduler: {NO_GPU}.",
+            f"- H100: DDIM-100 of 50,000 CIFAR-10 images in < 3 minutes: {NO_GPU}.",
+        ]
+    else:
+        best = gpu["bf16+cl+compile"]
+        mfu = gpu.get("mfu")
+        mfu_text = f"{100 * mfu:.1f}% MFU" if mfu is not None else "MFU unknown"
+        verdict = "met" if mfu is not None and mfu > GPU_MFU_TARGET else "NOT met"
+        lines.append(f"- unet_cifar10 > 35% of bf16 peak: {best:,.0f} images/s, {mfu_text} ({verdict}).")
+        if "diffusers" in gpu:
+            ratio = best / gpu["diffusers"]
+            verdict = "met" if ratio >= DIFFUSERS_SPEEDUP_TARGET else "NOT met"
+            lines.append(f"- >= 1.5x diffusers: {ratio:.2f}x ({verdict}).")
+        else:
+            lines.append(
+                "- >= 1.5x diffusers: not measured (diffusers not installed: uv sync --extra bench)."
+            )
+        minutes = gpu["ddim100_minutes"]
+        verdict = "met" if minutes < DDIM100_50K_MINUTES_TARGET else "NOT met"
+        lines.append(f"- DDIM-100 of 50k CIFAR-10 < 3 min: {minutes:.2f} min projected ({verdict}).")
+    return "\n".join(lines) + "\n"
+
+
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmarks; returns the tables and the headline figures (also written as markdown)."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tiny", action="store_true", help="tiny sizes: runs in seconds (used by the tests)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; tiny 2)")
+    p.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="markdown report (default docs/benchmarks.md)"
+    )
+    p.add_argument("--digits-budget-s", type=int, default=0, help="also train experiment=digits this long")
+    p.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (default 1: on a CPU shared with other jobs, two threads of small ops wait "
+        "on each other and run 5-20x slower, which would swamp the ratios)",
+    )
+    args = p.parse_args(argv)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _run(args, argv)
+    finally:
+        torch.set_num_threads(threads)  # the tests call run() in their own process
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
+    # Lightning's per-fit banners ("GPU available", tips) would bury the tables; it sets its logger's level
+    # when imported, so import it first.
+    import lightning.pytorch  # noqa: F401
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    s = Settings.make(args.tiny, args.rounds)
+    cpu = torch.device("cpu")
+    gpu = torch.device("cuda") if args.device in ("auto", "cuda") and torch.cuda.is_available() else None
+    started, t0 = dt.datetime.now(dt.UTC), time.perf_counter()
+    torch.manual_seed(0)
+
+    from ddpm.data.toy import make_toy_data
+    from ddpm.models import MLPDenoiser
+
+    tables: list[Table] = []
+    moons = torch.from_numpy(make_toy_data("moons", 20_000, seed=0))
+    moons = (moons - moons.mean(0)) / moons.std(0)
+
+    def mlp() -> nn.Module:
+        return MLPDenoiser(data_dim=2, hidden=128, depth=3)
+
+    toy = compare_training("toy MLP (moons, 128 x 3)", mlp, moons, s.toy_batch, s.toy_T, s, cpu)
+    tables.append(toy)
+    lightning_ratio = float(toy.rows[2][3])
+    tables.append(ema_update_table(mlp, s.toy_T, repeats=s.rounds))
+    tables.append(sampling_table("toy MLP", mlp(), (2,), s.toy_T, s.sample_n, s, cpu))
+
+    try:
+        from ddpm.models import UNet
+    except ImportError:
+        UNet = None  # the image models are not in this checkout
+    if UNet is not None:
+        from sklearn.datasets import load_digits
+
+        digits = torch.from_numpy(load_digits().images).float()[:, None] / 16 * 2 - 1
+
+        def unet() -> nn.Module:  # conf/model/unet_tiny.yaml's settings on 8x8 digits
+            return UNet(1, 8, base_channels=16, channel_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(),
+                        dropout=0.0, norm_groups=8)  # fmt: skip
+
+        tables.append(compare_training("tiny UNet (digits 8x8)", unet, digits, s.unet_batch, s.toy_T, s, cpu))
+        tables.append(
+            sampling_table("tiny UNet (digits 8x8)", unet(), (1, 8, 8), s.toy_T, s.unet_sample_n, s, cpu)
+        )
+    else:
+        tables.append(
+            Table("Small UNet on CPU", ["variant"], notes=["skipped: ddpm.models.UNet is not available"])
+        )
+
+    gpu_results = None
+    if gpu is not None and UNet is not None:
+        gpu_tabs, gpu_results = gpu_tables(s, gpu)
+        tables += gpu_tabs
+    elif args.tiny and UNet is not None:
+        # No GPU: run the precision-variant code path on CPU with the tiny UNet (no compile), as a check.
+        check = Table("GPU precision-variant code path, checked on CPU (tiny UNet)", ["variant", "images/s"])
+        for variant in ("fp32", "bf16-mixed"):
+            check.rows.append([variant, gpu_variant_throughput(unet, (1, 8, 8), 8, 20, 2, cpu, variant)])
+        tables.append(check)
+    gpu_note = Table(
+        "GPU: unet_cifar10 batch 128 (fp32, bf16-mixed, bf16 + channels_last + compile), diffusers, DDIM-100",
+        ["status"],
+        [[NO_GPU if gpu is None else "measured above"]],
+    )
+    if gpu is None:
+        tables.append(gpu_note)
+
+    if args.digits_budget_s > 0:
+        with tempfile.TemporaryDirectory() as tmp:
+            tables.append(digits_quality(args.digits_budget_s, Path(tmp)))
+    elif not args.tiny:
+        needs = (
+            "" if (REPO / "conf" / "experiment" / "digits.yaml").is_file() else " (needs `experiment=digits`)"
+        )
+        tables.append(
+            Table("Digits quality", ["status"], [[f"not run: pass --digits-budget-s SECONDS{needs}"]])
+        )
+
+    command = "uv run python scripts/benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    header = [
+        "# Benchmarks",
+        "",
+        f"- Command: `{command.strip()}`",
+        f"- Device: {device_description(gpu or cpu)}",
+        f"- Date: {started:%Y-%m-%d %H:%M} UTC ({time.perf_counter() - t0:.0f} s)",
+        "- Ratios are medians over rounds in which the variants ran interleaved in one process; absolute "
+        "figures on a shared CPU move from run to run, the ratios much less.",
+        "",
+    ]
+    report = "\n".join(header) + "\n" + "\n".join(t.markdown() for t in tables) + "\n"
+    report += targets_section(lightning_ratio, gpu_results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report)
+    print(report)
+    print(f"Wrote {args.out}")
+    return {"tables": tables, "lightning_ratio": lightning_ratio, "gpu": gpu_results, "report": report}
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,310 @@
+"""``ddpm-eval``: evaluate a trained run with its EMA weights; results go to ``<run>/eval/*.json``.
+
+ddpm-eval RUN                                        # the run's sampler: n samples x 5 independent draws
+ddpm-eval RUN sampler=ddim sampler.steps=50 --n 2000 --repeats 5
+ddpm-eval RUN --bpd                                  # + the variational bound in bits/dim on held-out data
+ddpm-eval RUN --bpd --no-quality --bpd-t-samples 50  # only the bound, 50 sampled t per datum (unbiased)
+
+Toy runs: the energy-distance ratio to the data-vs-data floor (and sliced W1's), mean ± std and a 90%
+interval over ``--repeats`` independent sample draws. Image runs (digits, mnist, cifar10): the offline
+classifier's Fréchet distance over its held-out floor, class balance and confidence
+(:mod:`ddpm.evaluation.classifier`), and FID when torch-fidelity and Inception weights are on disk.
+
+The JSON holds: ``run_dir``, ``checkpoint``, ``weights`` (``ema`` when the checkpoint's state_dict is
+Lightning's EMA average, else ``raw``), ``kind`` (``toy`` / ``image``), ``sampler``, ``steps``, ``n``,
+``repeats``, ``seed``, ``sampling_seconds``, ``samples_per_s``, then ``quality`` (toy: see
+:meth:`ddpm.evaluation.toy.RepeatedQuality.as_dict`) or ``images`` (see
+:func:`ddpm.evaluation.classifier.evaluate_image_draws`) and ``fid`` (``fid``, ``n_fake``, ``n_real``),
+and ``bpd`` (:meth:`ddpm.likelihood.VariationalBound.as_dict` plus ``seconds``, and for toy data
+``bits_per_dim_raw_units``). A section that was not computed holds ``{"skipped": "<why>"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from ddpm.cli.common import fail
+from ddpm.cli.sample import _sampler_config
+from ddpm.runs import ConfigError, LoadedRun, load_run
+
+__all__ = ["evaluate", "main"]
+
+DEFAULT_TOY_N = 2000
+#: images: at most this many samples per draw (the floor needs as many held-out images)
+DEFAULT_IMAGE_N = 5000
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ddpm-eval",
+        description="Evaluate a trained ddpm-lab run (run folder or .ckpt) with its EMA weights.",
+    )
+    p.add_argument("run", help="a run folder (uses checkpoints/last.ckpt) or a checkpoint file")
+    p.add_argument("overrides", nargs="*", help="sampler=ddim sampler.steps=50 sampler.eta=0.0 ...")
+    p.add_argument(
+        "--n", type=int, default=None, help="samples per draw (toy: 2000; images: the held-out size)"
+    )
+    p.add_argument("--repeats", type=int, default=5, help="independent sample draws (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="RNG seed; draw k uses seed + k (default 0)")
+    p.add_argument("--batch-size", type=int, default=None, help="sample in chunks of this size")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
+    p.add_argument("--no-quality", action="store_true", help="skip sampling and the quality metrics")
+    p.add_argument("--bpd", action="store_true", help="also compute the variational bound in bits/dim")
+    p.add_argument("--bpd-n", type=int, default=1000, help="held-out samples for --bpd (default 1000)")
+    p.add_argument(
+        "--bpd-t-samples",
+        type=int,
+        default=None,
+        help="sampled timesteps per datum for --bpd (unbiased); default: all T terms",
+    )
+    p.add_argument(
+        "--cache-dir", type=Path, default=None, help="classifier cache (default ~/.cache/ddpm-lab)"
+    )
+    p.add_argument("--inception-weights", default=None, help="Inception weights for FID (never downloaded)")
+    p.add_argument("--fid-real", type=int, default=10000, help="real training images for FID (default 10000)")
+    p.add_argument("--out", type=Path, default=None, help="output .json (default <run>/eval/<name>.json)")
+    return p
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    for flag, value, low in (
+        ("--n", args.n, 2),
+        ("--repeats", args.repeats, 1),
+        ("--batch-size", args.batch_size, 1),
+        ("--bpd-n", args.bpd_n, 1),
+        ("--bpd-t-samples", args.bpd_t_samples, 1),
+        ("--fid-real", args.fid_real, 2),
+    ):
+        if value is not None and value < low:
+            fail(f"{flag}={value} is invalid; it must be an integer >= {low}")
+    if args.no_quality and not args.bpd:
+        fail("--no-quality without --bpd leaves nothing to evaluate")
+    if args.out is not None and args.out.suffix != ".json":
+        fail(f"--out={str(args.out)!r} must end in .json")
+
+
+def _weights_kind(checkpoint: Path) -> str:
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+    # Lightning's WeightAveraging moves the live weights to current_model_state and saves the average.
+    return "ema" if "current_model_state" in ckpt else "raw"
+
+
+def _held_out(run: LoadedRun, n: int) -> torch.Tensor:
+    """Up to n held-out samples on the network's scale."""
+    dm = run.datamodule
+    if getattr(dm, "val_raw", None) is not None and hasattr(dm, "normalize"):
+        return dm.normalize(dm.val_raw[:n])
+    from ddpm.lit_module import batch_data
+
+    dm.setup("validate")
+    chunks, total = [], 0
+    for batch in dm.val_dataloader():
+        x = batch_data(batch)
+        chunks.append(x)
+        total += len(x)
+        if total >= n:
+            break
+    if not chunks:
+        raise ConfigError("the run's DataModule has no validation data for --bpd")
+    return torch.cat(chunks)[:n]
+
+
+def _bpd(run: LoadedRun, args: argparse.Namespace, log: list[str]) -> dict[str, Any]:
+    from ddpm.likelihood import infer_bins, variational_bound
+
+    x = _held_out(run, args.bpd_n).to(run.module.device)
+    if len(run.data_shape) == 3:
+        bins = infer_bins(x)
+        decoder = "discretized" if bins else "gaussian"
+        if bins is None:
+            log.append(
+                "bits/dim: held-out images are not on an even grid in [-1, 1]; continuous decoder used"
+            )
+    else:
+        bins, decoder = None, "gaussian"
+    start = time.perf_counter()
+    vb = variational_bound(
+        run.module.diffusion,
+        run.module.net,
+        x,
+        decoder=decoder,
+        bins=bins or 256,
+        t_samples=args.bpd_t_samples,
+        batch_size=args.batch_size,
+        generator=torch.Generator(device=x.device).manual_seed(args.seed),
+        progress=True,
+    )
+    out = {**vb.as_dict(), "seconds": time.perf_counter() - start}
+    log.append(f"Bits/dim: {vb.headline()}")
+    std = getattr(run.datamodule, "std", None)
+    if decoder == "gaussian" and isinstance(std, torch.Tensor) and std.numel() in (1, vb.dims):
+        # -log p_raw(x) = -log p_net(z) + sum_d log std_d for z = (x - mean) / std.
+        log_std = std.double().log().expand(vb.dims).mean() / math.log(2)
+        out["bits_per_dim_raw_units"] = vb.bits_per_dim + float(log_std)
+        log.append(f"          {out['bits_per_dim_raw_units']:.4f} bits/dim in the data's raw units")
+    return out
+
+
+def _toy_quality(run: LoadedRun, draw, n: int, repeats: int, log: list[str]) -> dict[str, Any]:
+    from ddpm.evaluation.toy import repeated_quality
+
+    dm = run.datamodule
+    if getattr(dm, "val_raw", None) is not None and getattr(dm, "train_raw", None) is not None:
+        held_out, pool = dm.val_raw, dm.train_raw
+    else:
+        held_out, pool = dm.reference_data(n)
+    n = min(n, len(held_out), len(pool))  # sample only what the floor can match
+    result = repeated_quality(lambda k: draw(k, n), held_out, pool, n, repeats)
+    log.append(f"Quality: {result.headline()}")
+    return {"metric": "energy_distance", **result.as_dict()}
+
+
+def _data_dir(run: LoadedRun) -> str | None:
+    data = run.config.get("data", {})
+    for key in ("data_dir", "root", "path"):
+        if data.get(key):
+            return str(data.get(key))
+    paths = run.config.get("paths", {})
+    return str(paths.get("data_dir")) if paths.get("data_dir") else None
+
+
+def _image_quality(
+    run: LoadedRun, draw, n: int | None, args: argparse.Namespace, log: list[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    from ddpm.evaluation.classifier import CLASSIFIER_DATASETS, ImageClassifierMetric, evaluate_image_draws
+    from ddpm.evaluation.fid import fid_unavailable_reason, inception_fid
+
+    dataset = run.config.get("data", {}).get("dataset")
+    if dataset not in CLASSIFIER_DATASETS:
+        reason = f"no offline classifier for dataset {dataset!r} (have {', '.join(CLASSIFIER_DATASETS)})"
+        log.append(f"Classifier metric skipped: {reason}")
+        return {"skipped": reason}, {"skipped": reason}
+    try:
+        metric = ImageClassifierMetric.load_or_train(
+            dataset, _data_dir(run), args.cache_dir, device=run.module.device, log=log.append
+        )
+    except FileNotFoundError as err:
+        log.append(f"Classifier metric skipped: {err}")
+        return {"skipped": str(err)}, {"skipped": str(err)}
+    n = min(n or DEFAULT_IMAGE_N, len(metric.test_features))
+    drawn: list[torch.Tensor] = []
+
+    def keep(k: int) -> torch.Tensor:
+        drawn.append(draw(k, n))
+        return drawn[-1]
+
+    images = evaluate_image_draws(metric, keep, n, args.repeats)
+    ratio = images["ratio"]
+    floor = images["floor"]["frechet"]["mean"]
+    mean = {key: images[key]["mean"] for key in ("frechet", "class_entropy", "confidence")}
+    floors = {key: images["floor"][key]["mean"] for key in ("class_entropy", "confidence")}
+    log.append(
+        f"Quality: classifier Fréchet distance {mean['frechet']:.3g} = {ratio['mean']:.3g} "
+        f"± {ratio['std']:.2g} x the held-out floor ({floor:.3g}, n={n}, {args.repeats} draws); "
+        f"class balance {mean['class_entropy']:.3f} (floor {floors['class_entropy']:.3f}), "
+        f"confidence {mean['confidence']:.3f} (floor {floors['confidence']:.3f}); "
+        f"classifier held-out accuracy {metric.test_accuracy:.3f}"
+    )
+    reason = fid_unavailable_reason(args.inception_weights)
+    if reason is not None:
+        log.append(reason)
+        return images, {"skipped": reason}
+    real = metric.data.train_x[: args.fid_real]
+    fake = torch.cat(drawn)
+    value = inception_fid(fake, real, args.inception_weights, device=run.module.device)
+    log.append(f"FID {value:.2f} ({len(fake)} samples vs {len(real)} training images)")
+    return images, {"fid": value, "n_fake": len(fake), "n_real": len(real)}
+
+
+def evaluate(run: LoadedRun, sampler: Any, args: argparse.Namespace, log: list[str]) -> dict[str, Any]:
+    """Run the requested evaluations on a loaded run; lines for the person go to ``log``."""
+    module = run.module
+    steps = len(sampler.timesteps(module.diffusion))
+    image = len(run.data_shape) == 3
+    result: dict[str, Any] = {
+        "run_dir": str(run.run_dir),
+        "checkpoint": str(run.checkpoint),
+        "weights": _weights_kind(run.checkpoint),
+        "kind": "image" if image else "toy",
+        "sampler": repr(sampler),
+        "steps": steps,
+        "repeats": args.repeats,
+        "seed": args.seed,
+    }
+    timing = {"seconds": 0.0, "samples": 0}
+
+    def draw(k: int, n: int) -> torch.Tensor:
+        gen = torch.Generator(device=module.device).manual_seed(args.seed + k)
+        start = time.perf_counter()
+        x = module.sample(n, sampler=sampler, generator=gen, progress=True, batch_size=args.batch_size)
+        timing["seconds"] += time.perf_counter() - start
+        timing["samples"] += n
+        out = run.datamodule.denormalize(x).cpu()
+        return out.clamp(0, 1) if image else out  # images: denormalize gives [0, 1]; clip the overshoot
+
+    if args.no_quality:
+        result["quality"] = {"skipped": "--no-quality"}
+    elif image:
+        result["images"], result["fid"] = _image_quality(run, draw, args.n, args, log)
+        result["n"] = result["images"].get("n")
+    else:
+        n = args.n or DEFAULT_TOY_N
+        result["quality"] = _toy_quality(run, draw, n, args.repeats, log)
+        result["n"] = result["quality"]["n"]
+    if timing["samples"]:
+        result["sampling_seconds"] = timing["seconds"]
+        result["samples_per_s"] = timing["samples"] / timing["seconds"]
+        log.append(
+            f"Sampling: {timing['samples']} samples in {timing['seconds']:.1f} s "
+            f"({result['samples_per_s']:.1f} samples/s, {steps} network evaluations each)"
+        )
+    result["bpd"] = _bpd(run, args, log) if args.bpd else {"skipped": "no --bpd"}
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point."""
+    args = _parser().parse_args(argv)
+    _check_args(args)
+    try:
+        run = load_run(args.run, map_location=args.device)
+        sampler_cfg = _sampler_config(OmegaConf.to_container(run.config.sampler), args.overrides)  # type: ignore[arg-type]
+        try:
+            sampler = instantiate(sampler_cfg)
+            sampler.timesteps(run.module.diffusion)  # steps > T fails here, before any work
+        except ValueError as err:
+            raise ConfigError(f"sampler: {err}") from err
+    except (ConfigError, FileNotFoundError) as err:
+        fail(str(err))
+
+    print(f"Evaluating {run.checkpoint} with {sampler!r}")
+    log: list[str] = []
+    try:
+        result = evaluate(run, sampler, args, log)
+    except (ConfigError, ValueError) as err:
+        fail(str(err).strip().splitlines()[0])
+    steps = result["steps"]
+    name = type(sampler).__name__.removesuffix("Sampler").lower() + str(steps)
+    tag = f"{name}_n{result.get('n') or 0}_k{args.repeats}_seed{args.seed}" + ("_bpd" if args.bpd else "")
+    out = args.out or run.run_dir / "eval" / f"{tag}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, allow_nan=True) + "\n")
+    ema = "the EMA average" if result["weights"] == "ema" else "no EMA in this checkpoint"
+    print(f"Weights: {result['weights']} ({ema})")
+    for line in log:
+        print(line)
+    print(f"Wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,172 @@
+"""ddpm-eval: a tiny trained toy run evaluated in-process; the image branch with a stand-in generator."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from ddpm.cli.eval import evaluate
+from ddpm.cli.eval import main as eval_main
+from ddpm.diffusion import GaussianDiffusion
+from ddpm.runs import LoadedRun
+from ddpm.samplers import DDIMSampler
+from ddpm.schedules import NotPureNoiseWarning, make_beta_schedule
+from tests.digits_classifier import CACHE_DIR, digits_metric
+from tests.test_app import SHORT, run_train
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory) -> Path:
+    """Four training steps of the default toy config with T = 50 (EMA on, as in every run)."""
+    overrides = [*SHORT, "T=50", "callbacks.samples=null", "final_samples=0"]  # no plots: seconds saved
+    _, run_dir = run_train(tmp_path_factory.mktemp("toy"), overrides)
+    return run_dir
+
+
+def test_ddpm_eval_writes_its_json(toy_run: Path, capsys) -> None:
+    args = [str(toy_run), "sampler=ddim", "sampler.steps=10", "--n", "200", "--repeats", "3"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotPureNoiseWarning)
+        assert eval_main([*args, "--bpd", "--bpd-n", "100"]) == 0
+    out = capsys.readouterr().out
+    path = toy_run / "eval" / "ddim10_n200_k3_seed0_bpd.json"
+    assert f"Wrote {path}" in out
+    assert "x the data-vs-data floor" in out and "bits/dim" in out and "Weights: ema" in out
+
+    result = json.loads(path.read_text())
+    assert result["weights"] == "ema"  # the checkpoint's state_dict is Lightning's EMA average
+    assert result["kind"] == "toy" and result["steps"] == 10 and result["n"] == 200
+    assert result["repeats"] == 3 and result["seed"] == 0
+    assert result["samples_per_s"] > 0 and result["sampling_seconds"] > 0
+    quality = result["quality"]
+    assert quality["metric"] == "energy_distance" and quality["floor_draws"] == 3
+    for key in ("ratio", "sliced_w_ratio", "energy", "energy_floor"):
+        spread = quality[key]
+        assert len(spread["values"]) == 3
+        assert spread["low"] <= spread["mean"] <= spread["high"] and spread["std"] >= 0
+    assert len(quality["draws"]) == 3 and all(d["n"] == 200 for d in quality["draws"])
+    assert quality["ratio"]["mean"] > 1  # four training steps: far from the data
+    bpd = result["bpd"]
+    assert bpd["decoder_kind"] == "gaussian" and bpd["n"] == 100 and bpd["T"] == 50
+    assert len(bpd["terms"]) == 50 and bpd["t_samples"] is None
+    assert bpd["bits_per_dim"] == pytest.approx(bpd["prior"] + bpd["diffusion"] + bpd["decoder"])
+    assert math.isfinite(bpd["bits_per_dim_raw_units"])
+
+
+def test_ddpm_eval_bpd_only_with_sampled_timesteps(toy_run: Path) -> None:
+    out = toy_run / "bound.json"
+    args = [str(toy_run), "--no-quality", "--bpd", "--bpd-n", "50", "--bpd-t-samples", "5", "--out", str(out)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotPureNoiseWarning)
+        assert eval_main(args) == 0
+    result = json.loads(out.read_text())
+    assert result["quality"] == {"skipped": "--no-quality"}
+    assert result["bpd"]["t_samples"] == 5 and result["bpd"]["terms"] is None
+    assert "samples_per_s" not in result
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--n", "1"], "--n=1"),
+        (["--repeats", "0"], "--repeats=0"),
+        (["--no-quality"], "--no-quality without --bpd"),
+        (["sampler=ddim", "sampler.steps=500"], "steps=500 > T=50"),
+        (["sampler=euler"], "sampler=euler is not an option"),
+        (["--out", "x.txt"], "must end in .json"),
+    ],
+)
+def test_ddpm_eval_rejects_bad_input_in_one_line(toy_run: Path, capsys, args, message) -> None:
+    with pytest.raises(SystemExit) as exc, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotPureNoiseWarning)
+        eval_main([str(toy_run), *args])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_ddpm_eval_rejects_a_missing_run(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        eval_main([str(tmp_path / "nothing")])
+    assert exc.value.code == 2
+    assert "neither a run folder nor a checkpoint" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the image branch
+class StandInModule:
+    """A "generator" that returns given images in [-1, 1] (the shape of ``DiffusionModule.sample``)."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images * 2 - 1
+        self.device = torch.device("cpu")
+        self.diffusion = GaussianDiffusion(make_beta_schedule("linear", 10, warn=False))
+        self.net = lambda x, t: torch.zeros_like(x)  # predicts eps = 0
+        self.data_shape = tuple(images.shape[1:])
+
+    def sample(self, n: int, sampler=None, generator=None, progress=False, batch_size=None) -> torch.Tensor:
+        idx = torch.randperm(
+            len(self.images), generator=torch.Generator().manual_seed(int(generator.initial_seed()))
+        )
+        return self.images[idx[:n]]
+
+
+class StandInImageData:
+    """What ddpm-eval uses of an image DataModule: [-1, 1] network scale, denormalize -> [0, 1]."""
+
+    def __init__(self, held_out: torch.Tensor) -> None:
+        self.val_raw = held_out
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return x * 2 - 1
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x + 1) / 2
+
+
+def image_run(tmp_path: Path, images: torch.Tensor) -> LoadedRun:
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {}}, ckpt)  # no current_model_state: "raw" weights
+    return LoadedRun(
+        module=StandInModule(images),  # type: ignore[arg-type]
+        datamodule=StandInImageData(digits_metric().data.test_x),
+        config=OmegaConf.create({"data": {"dataset": "digits"}}),
+        checkpoint=ckpt,
+        run_dir=tmp_path,
+    )
+
+
+def eval_args(**kw) -> argparse.Namespace:
+    base = dict(n=None, repeats=2, seed=0, batch_size=None, no_quality=False, bpd=False, bpd_n=100)
+    base.update(bpd_t_samples=None, cache_dir=CACHE_DIR, fid_real=100)
+    base.update(inception_weights=str(CACHE_DIR / "no-inception.pth"))
+    return argparse.Namespace(**{**base, **kw})
+
+
+def test_image_evaluation_scores_a_perfect_and_a_collapsed_generator(tmp_path: Path) -> None:
+    data = digits_metric().data
+    sampler = DDIMSampler(steps=5)
+    log: list[str] = []
+    perfect = evaluate(image_run(tmp_path / "a", data.train_x), sampler, eval_args(bpd=True), log)
+    collapsed_images = data.train_x[data.train_y == 3].repeat(3, 1, 1, 1)
+    collapsed = evaluate(image_run(tmp_path / "b", collapsed_images), sampler, eval_args(), [])
+
+    assert perfect["kind"] == "image" and perfect["weights"] == "raw"
+    images = perfect["images"]
+    assert images["n"] == perfect["n"] == len(data.test_y)  # n defaults to the held-out size
+    assert images["metric"] == "classifier_frechet" and images["classifier"]["dataset"] == "digits"
+    assert images["ratio"]["mean"] < 3 < collapsed["images"]["ratio"]["mean"] / 10
+    assert images["class_entropy"]["mean"] > 0.95 > 0.3 > collapsed["images"]["class_entropy"]["mean"]
+    assert set(images["floor"]) == {"frechet", "class_entropy", "confidence", "classifier_score"}
+    assert perfect["fid"]["skipped"].startswith("FID skipped")
+    assert any(line.startswith("FID skipped") for line in log)
+    # Digits have 17 grey levels: the discretised decoder with 17 bins, a probability <= 1 per pixel.
+    assert perfect["bpd"]["decoder_kind"] == "discretized" and perfect["bpd"]["bins"] == 17
+    assert perfect["bpd"]["decoder"] > 0
