@@ -22,6 +22,7 @@ from ddpm.cli.train import train
 from ddpm.data import ImageDataModule, to_uint8
 from ddpm.models import UNet
 from ddpm.runs import ConfigError, build, load_run
+from tests.digits_classifier import CACHE_DIR
 from tests.test_app import make_cfg, run_train
 
 # A few real steps with a short chain: checkpoints, a validation with a grid, final samples.
@@ -296,7 +297,8 @@ def test_image_experiments_run_on_tiny_files(experiment: str, tmp_path: Path, mo
 def digits_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     """A short in-process ``ddpm-train experiment=digits``."""
     tmp = tmp_path_factory.mktemp("digits")
-    return run_train(tmp, ["experiment=digits", *SHORT])
+    metric = ["callbacks.samples.metric_samples=64", f"callbacks.samples.cache_dir={CACHE_DIR}"]
+    return run_train(tmp, ["experiment=digits", *SHORT, *metric])
 
 
 def test_digits_run_writes_grid_and_uint8_samples(digits_run) -> None:
@@ -313,6 +315,17 @@ def test_digits_run_writes_grid_and_uint8_samples(digits_run) -> None:
         assert (run_dir / "plots" / f"denoising_step{step:07d}.png").is_file()
     assert json.loads((run_dir / "metrics.json").read_text())["final/n"] == 16
     assert not (run_dir / "plots" / "samples_vs_data.png").exists()
+
+
+def test_digits_run_logs_the_classifier_metric_at_validation(digits_run) -> None:
+    _, run_dir = digits_run
+    rows = [
+        r for r in csv.DictReader((run_dir / "csv" / "metrics.csv").open()) if r.get("val/classifier_ratio")
+    ]
+    assert [int(r["step"]) for r in rows] == [2, 4]
+    for r in rows:  # four training steps of a UNet: noise, far from real digits (ratio 1)
+        assert float(r["val/classifier_ratio"]) > 3
+        assert float(r["val/classifier_frechet"]) > 0 and 0 <= float(r["val/class_balance"]) <= 1
 
 
 @pytest.mark.filterwarnings("ignore::ddpm.schedules.NotPureNoiseWarning")  # T=20 on purpose: fast

@@ -303,7 +303,8 @@ def test_optuna_config_composes_and_its_search_space_is_made_of_config_keys(tmp_
     assert compose_cfg([], tmp_path).optimized_metric is None  # no search: no objective
     # an experiment names its own metric, which wins over the search's default (images: val/loss)
     assert (
-        compose_cfg(["hparams_search=optuna", "experiment=digits"], tmp_path).optimized_metric == "val/loss"
+        compose_cfg(["hparams_search=optuna", "experiment=digits"], tmp_path).optimized_metric
+        == "val/classifier_ratio"
     )
 
     params = {str(k): str(v) for k, v in sweeper.params.items()}

@@ -9,7 +9,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 __all__ = ["ImageSampleCallback", "LossByTimestepCallback", "SampleQualityCallback", "log_figure"]
 
@@ -149,6 +149,12 @@ class ImageSampleCallback(Callback):
             run's sampler.
         seed: RNG seed of the starting noise.
         at_end: also draw when training ends, unless the last validation already drew at that step.
+        metric_samples: when > 0 and the dataset has an offline classifier (digits, mnist), also draw this
+            many images and log the classifier's Fréchet distance to the training split
+            (``val/classifier_frechet``), its ratio to held-out real images of the same n
+            (``val/classifier_ratio``), class balance and confidence (:mod:`ddpm.evaluation.classifier`;
+            the classifier is trained once and cached).
+        cache_dir: the classifier cache (default ``~/.cache/ddpm-lab``).
     """
 
     def __init__(
@@ -161,7 +167,11 @@ class ImageSampleCallback(Callback):
         sampler: Any = None,
         seed: int = 0,
         at_end: bool = True,
+        metric_samples: int = 0,
+        cache_dir: str | None = None,
     ) -> None:
+        if metric_samples < 0:
+            raise ValueError(f"callbacks.samples.metric_samples={metric_samples!r} must be >= 0")
         if num_samples < 1:
             raise ValueError(f"callbacks.samples.num_samples={num_samples!r} must be >= 1")
         if every_n_validations < 1:
@@ -179,11 +189,16 @@ class ImageSampleCallback(Callback):
         self.sampler = sampler
         self.seed = seed
         self.at_end = at_end
+        self.metric_samples = metric_samples
+        self.cache_dir = cache_dir
+        self._metric: Any = None
         self._validations = 0
         self._last_step: int | None = None
         self._device: Any = None
         #: the files written so far, in order
         self.written: list[Path] = []
+        #: the classifier figures logged so far, by step
+        self.scores: dict[int, dict[str, float]] = {}
 
     @staticmethod
     def _is_image(pl_module: L.LightningModule) -> bool:
@@ -252,7 +267,47 @@ class ImageSampleCallback(Callback):
             strip = plots / f"denoising_step{step:07d}.png"
             log_figure(trainer, "val/denoising", fig, strip)
             self.written.append(strip)
+        if self.metric_samples:
+            self._classifier_scores(trainer, pl_module, denormalize)
         self._last_step = step
+
+    def _classifier_scores(self, trainer: L.Trainer, pl_module: L.LightningModule, denormalize: Any) -> None:
+        import torch
+
+        from ddpm.evaluation.classifier import CLASSIFIER_DATASETS, ImageClassifierMetric
+
+        dm = trainer.datamodule
+        dataset = getattr(dm, "dataset", None)
+        if dataset not in CLASSIFIER_DATASETS or not callable(denormalize):
+            if self._metric is None:
+                rank_zero_warn(f"callbacks.samples.metric_samples: no offline classifier for {dataset!r}")
+                self._metric = False
+            return
+        if self._metric is None:
+            data_dir = getattr(dm, "data_dir", None)
+            self._metric = ImageClassifierMetric.load_or_train(
+                dataset, data_dir, self.cache_dir, device=pl_module.device, log=print
+            )
+        if self._metric is False:
+            return
+        gen = torch.Generator(device=pl_module.device).manual_seed(self.seed + 2)
+        n = min(self.metric_samples, len(self._metric.test_features))
+        x = pl_module.sample(n, sampler=self.sampler, generator=gen)  # type: ignore[operator]
+        scores = self._metric.score(denormalize(x).clamp(0, 1))
+        floor = self._metric.floor(n)
+        values = {
+            "val/classifier_frechet": scores.frechet,
+            "val/classifier_ratio": scores.frechet / floor.frechet,
+            "val/class_balance": scores.class_entropy,
+            "val/confidence": scores.confidence,
+        }
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=trainer.global_step)
+        self.scores[trainer.global_step] = values
+        print(
+            f"step {trainer.global_step}: classifier Fréchet {scores.frechet:.3g} = "
+            f"{values['val/classifier_ratio']:.3g}x held-out real images (n={n})"
+        )
 
 
 def _log_png(trainer: L.Trainer, key: str, path: Path) -> None:
