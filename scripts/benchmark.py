@@ -176,7 +176,7 @@ def plain_train(
 
     diffusion = make_diffusion(T).to(device)
     net = net.to(device)
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
+    opt = adamw(net.parameters())
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.995), use_buffers=True)
     start = 0.0
     for i, (x0,) in enumerate(loader):
@@ -196,6 +196,24 @@ def plain_train(
     return time.perf_counter() - start
 
 
+def adamw(params: Any) -> torch.optim.Optimizer:
+    """ddpm-lab's AdamW as ``conf/optimizer/adamw.yaml`` builds it (fused), lr 2e-3; every variant uses it."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    return instantiate(OmegaConf.load(REPO / "conf" / "optimizer" / "adamw.yaml"), lr=2e-3)(params=params)
+
+
+def ema_callback(decay: float) -> Any:
+    """ddpm-lab's EMA callback as ``conf/callbacks/ema.yaml`` builds it (Lightning's EMAWeightAveraging)."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(REPO / "conf" / "callbacks" / "ema.yaml").ema
+    cfg.decay = decay
+    return instantiate(cfg)
+
+
 def lightning_train(
     net: nn.Module,
     loader: torch.utils.data.DataLoader,
@@ -208,7 +226,6 @@ def lightning_train(
     """The same step under a Lightning Trainer: ddpm-lab's ``DiffusionModule`` or, with ``bare``, a minimal
     LightningModule (loss only: Lightning's own cost). Seconds for ``steps`` steps after ``warmup``."""
     import lightning as L
-    from lightning.pytorch.callbacks import EMAWeightAveraging
 
     from ddpm.lit_module import DiffusionModule, batch_data
     from ddpm.samplers import DDIMSampler
@@ -233,7 +250,7 @@ def lightning_train(
                 return self.diffusion.training_loss(self.net, batch_data(batch))
 
             def configure_optimizers(self) -> torch.optim.Optimizer:
-                return torch.optim.AdamW(self.net.parameters(), lr=2e-3)
+                return adamw(self.net.parameters())
 
         module: L.LightningModule = Bare()
     else:
@@ -241,7 +258,7 @@ def lightning_train(
             net=net,
             diffusion=diffusion,
             sampler=DDIMSampler(steps=10),
-            optimizer=lambda params: torch.optim.AdamW(params, lr=2e-3),
+            optimizer=adamw,
             data_shape=tuple(next(iter(loader))[0].shape[1:]),
         )
     trainer = L.Trainer(
@@ -249,7 +266,7 @@ def lightning_train(
         devices=1,
         max_steps=warmup + steps,
         gradient_clip_val=1.0,
-        callbacks=[EMAWeightAveraging(decay=0.995), Timer()],
+        callbacks=[ema_callback(0.995), Timer()],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -309,15 +326,16 @@ def compare_training(
         )
     table.notes.append(
         f"{s.rounds} rounds of {s.steps} steps after {s.warmup} warm-up steps, variants interleaved; every "
-        "variant: L_simple, backward, gradient clipping at 1.0, AdamW, EMA of the weights (decay 0.995)."
+        "variant: L_simple, backward, gradient clipping at 1.0, fused AdamW, EMA of the weights (decay "
+        "0.995; foreach, as ddpm-lab's EMA callback)."
     )
     return table
 
 
 def ema_update_table(make_net: Callable[[], nn.Module], T: int, repeats: int) -> Table:
-    """The cost of one EMA update as Lightning's EMAWeightAveraging does it (a per-tensor ``avg_fn`` over the
-    whole LightningModule, parameters and buffers) and as the plain loop does it (torch's foreach
-    ``multi_avg_fn`` over the network), interleaved."""
+    """The cost of one EMA update: Lightning's EMAWeightAveraging by default (a per-tensor ``avg_fn`` over
+    the whole LightningModule, parameters and buffers), ddpm-lab's ``EMA`` (torch's foreach
+    ``multi_avg_fn``) and the plain loop's (foreach over the network only), interleaved."""
     from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn, get_ema_multi_avg_fn
 
     from ddpm.lit_module import DiffusionModule
@@ -328,8 +346,12 @@ def ema_update_table(make_net: Callable[[], nn.Module], T: int, repeats: int) ->
         net, make_diffusion(T), DDIMSampler(steps=10), lambda params: torch.optim.AdamW(params)
     )
     variants = {
-        "EMAWeightAveraging's update (per tensor, whole module)": (
+        "EMAWeightAveraging's default update (per tensor, whole module)": (
             AveragedModel(module, use_buffers=True, avg_fn=get_ema_avg_fn(0.995)),
+            module,
+        ),
+        "ddpm-lab's EMA callback (foreach multi_avg_fn, whole module)": (
+            AveragedModel(module, use_buffers=True, multi_avg_fn=get_ema_multi_avg_fn(0.995)),
             module,
         ),
         "plain loop's update (foreach, network only)": (

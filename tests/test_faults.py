@@ -15,6 +15,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging
 
 from ddpm.lit_module import NonFiniteLossError
 from tests.test_app import SHORT, cli, run_train
@@ -52,9 +53,8 @@ class EMAProbe(L.Callback):
         self.folder = Path(folder)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
-        # EMAWeightAveraging copies the average into the module at train end (it runs before us? no:
-        # read the callback's average model directly, which is what checkpoints and sampling use).
-        ema = next(c for c in trainer.callbacks if type(c).__name__ == "EMAWeightAveraging")
+        # read the callback's average model directly, which is what checkpoints and sampling use
+        ema = next(c for c in trainer.callbacks if isinstance(c, EMAWeightAveraging))
         flat = torch.cat([p.detach().flatten().double() for p in ema._average_model.module.net.parameters()])
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / f"rank{trainer.global_rank}.txt").write_text(
@@ -99,6 +99,15 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path: Path
     # and the samples drawn at the end are the same
     with np.load(full / "samples.npz") as x, np.load(resumed / "samples.npz") as y:
         assert np.array_equal(x["samples"], y["samples"])
+
+
+def test_resuming_a_run_that_stopped_before_its_first_validation_keeps_one_current_last_ckpt(
+    tmp_path: Path,
+) -> None:
+    run_train(tmp_path, [*BASE, "trainer.max_steps=5"])  # last.ckpt comes from the end-of-training save
+    _, run = run_train(tmp_path, [*BASE, "trainer.max_steps=20", "ckpt_path=last"])  # ends on a validation
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 20
 
 
 def test_same_seed_same_losses_and_samples(tmp_path: Path) -> None:
@@ -153,7 +162,10 @@ def test_bf16_mixed_trains_on_cpu_with_float32_diffusion_math(tmp_path: Path) ->
     assert all(np.isfinite(losses)) and np.mean(losses[-5:]) < np.mean(losses[:5])
     from ddpm.runs import load_run
 
-    module = load_run(run).module
+    loaded = load_run(run)
+    # fused AdamW cannot have its gradients clipped under mixed precision: torch's default is used
+    assert loaded.config.optimizer.fused is None and loaded.config.trainer.gradient_clip_val
+    module = loaded.module
     assert module.diffusion.alphas_cumprod.dtype == torch.float32
     with torch.autocast("cpu", dtype=torch.bfloat16):
         x0 = torch.randn(8, 2)

@@ -10,9 +10,9 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import grad_norm, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
-from torchmetrics import MeanMetric
+from torchmetrics import Metric
 
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.samplers import Sampler, SampleResult
@@ -49,6 +49,32 @@ def batch_data(batch: Any) -> torch.Tensor:
     return batch[0]
 
 
+class BinnedMean(Metric):
+    """Means of values by bin (here: the loss by quarter of t), accumulated without host syncs.
+
+    One ``index_add_`` per step instead of a masked update and a ``self.log`` per bin: with a small
+    network those cost more than the training step itself. Sums and counts add up across DDP ranks.
+    """
+
+    full_state_update = False
+
+    def __init__(self, num_bins: int) -> None:
+        super().__init__()
+        self.num_bins = num_bins
+        self.add_state("total", default=torch.zeros(num_bins, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros(num_bins, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, values: torch.Tensor, bins: torch.Tensor) -> None:  # type: ignore[override]
+        """Add ``values`` [N] to their ``bins`` [N] (integers in [0, num_bins))."""
+        values = values.detach().to(self.total.dtype)
+        self.total.index_add_(0, bins, values)
+        self.count.index_add_(0, bins, torch.ones_like(values))
+
+    def compute(self) -> torch.Tensor:
+        """The mean per bin (NaN for a bin that saw nothing)."""
+        return self.total / self.count
+
+
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or inf (more often than ``max_nonfinite_skips`` allows)."""
 
@@ -66,6 +92,10 @@ class DiffusionModule(L.LightningModule):
         max_nonfinite_skips: how many optimizer steps with a NaN/inf loss may be skipped (each one
             logged and warned about) before training stops with :class:`NonFiniteLossError`; 0 stops
             at the first.
+        compile: train and validate through ``torch.compile(net)`` (the checkpoint keeps the plain
+            network's parameter names; sampling uses the plain network, whose weights are the same).
+        channels_last: images only: keep the network's weights and the batches in channels-last memory
+            format (faster convolutions on GPUs with tensor cores).
     """
 
     def __init__(
@@ -77,6 +107,8 @@ class DiffusionModule(L.LightningModule):
         lr_scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         data_shape: Sequence[int] = (2,),
         max_nonfinite_skips: int = 0,
+        compile: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         # The objects are rebuilt from the run config stored in the checkpoint (``ddpm_config``); keeping
@@ -93,33 +125,77 @@ class DiffusionModule(L.LightningModule):
         if max_nonfinite_skips < 0:
             raise ValueError(f"max_nonfinite_skips={max_nonfinite_skips!r} must be >= 0")
         self.max_nonfinite_skips = int(max_nonfinite_skips)
+        self.compile_net = bool(compile)
+        self.channels_last = bool(channels_last) and len(self.data_shape) == 3
+        self._compiled_net: Callable[..., torch.Tensor] | None = None
         self.nonfinite_skipped = 0
         #: the composed run config, stored in every checkpoint so a lone .ckpt can be rebuilt
         self.run_config: dict | None = None
-        self.train_quartiles = nn.ModuleList(MeanMetric() for _ in range(QUARTILES))
-        self.val_quartiles = nn.ModuleList(MeanMetric() for _ in range(QUARTILES))
+        self.train_quartiles = BinnedMean(QUARTILES)
+        self.val_quartiles = BinnedMean(QUARTILES)
+
+    def setup(self, stage: str) -> None:
+        """Memory format and compilation, once the module is on its device.
+
+        Lightning runs the callbacks' ``setup`` first, so EMA has already copied the plain module.
+        """
+        if self.channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        if self.compile_net and self._compiled_net is None:
+            # object.__setattr__: the compiled wrapper must not become a submodule, or the checkpoint
+            # would hold every parameter twice (once under "_orig_mod.")
+            object.__setattr__(self, "_compiled_net", torch.compile(self.net))
+
+    @property
+    def denoiser(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The network as training calls it: compiled when ``compile`` is on."""
+        return self._compiled_net if self._compiled_net is not None else self.net
+
+    def _batch(self, batch: Any) -> torch.Tensor:
+        x0 = batch_data(batch)
+        if self.channels_last and x0.ndim == 4:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        return x0
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The network output for noisy data at timesteps ``t``."""
         return self.net(x_t, t)
 
-    def _log_quartiles(self, stage: str, losses: torch.Tensor, t: torch.Tensor) -> None:
-        metrics = self.train_quartiles if stage == "train" else self.val_quartiles
-        quartile = t * QUARTILES // self.diffusion.num_timesteps
-        for k, metric in enumerate(metrics):
-            metric.update(losses.detach()[quartile == k])
-            self.log(f"{stage}/loss_q{k + 1}", metric, on_step=False, on_epoch=True)
+    def _update_quartiles(self, stage: str, losses: torch.Tensor, t: torch.Tensor) -> None:
+        metric = self.train_quartiles if stage == "train" else self.val_quartiles
+        metric.update(losses, t * QUARTILES // self.diffusion.num_timesteps)
+
+    def quartile_losses(self, stage: str) -> list[float]:
+        """This epoch's mean loss by quarter of t (q1: t in the first quarter of [0, T)), all ranks."""
+        metric = self.train_quartiles if stage == "train" else self.val_quartiles
+        return [float(v) for v in metric.compute()]
+
+    def _log_and_reset_quartiles(self, stage: str) -> None:
+        metric = self.train_quartiles if stage == "train" else self.val_quartiles
+        if metric.update_count == 0:
+            return
+        for k, value in enumerate(self.quartile_losses(stage)):
+            self.log(f"{stage}/loss_q{k + 1}", value, on_step=False, on_epoch=True, rank_zero_only=True)
+        metric.reset()
+
+    def on_train_epoch_end(self) -> None:
+        """Log the epoch's loss by quarter of t (``train/loss_q1`` .. ``q4``)."""
+        self._log_and_reset_quartiles("train")
+
+    def on_validation_epoch_end(self) -> None:
+        """Log the validation loss by quarter of t (``val/loss_q1`` .. ``q4``)."""
+        self._log_and_reset_quartiles("val")
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """L_simple on a batch with t ~ U{0..T-1} per sample."""
-        x0 = batch_data(batch)
+        x0 = self._batch(batch)
         t = self.diffusion.sample_timesteps(x0.shape[0], x0.device)
-        losses = self.diffusion.training_loss(self.net, x0, t, reduction="none")
+        losses = self.diffusion.training_loss(self.denoiser, x0, t, reduction="none")
         loss = losses.mean()
         if not torch.isfinite(loss):  # one host sync per step: a NaN must never be trained on silently
             return self._nonfinite(loss)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        self._log_quartiles("train", losses, t)
+        self._update_quartiles("train", losses, t)
         return loss
 
     def _nonfinite(self, loss: torch.Tensor) -> None:
@@ -142,21 +218,24 @@ class DiffusionModule(L.LightningModule):
 
     def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """The loss on held-out data at fixed (t, noise) per batch, so epochs are comparable."""
-        x0 = batch_data(batch)
+        x0 = self._batch(batch)
         gen = torch.Generator(device=x0.device).manual_seed(batch_idx)
         t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],), generator=gen, device=x0.device)
         noise = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
-        losses = self.diffusion.training_loss(self.net, x0, t, noise, reduction="none")
+        losses = self.diffusion.training_loss(self.denoiser, x0, t, noise, reduction="none")
         loss = losses.mean()
         self.log("val/loss", loss, prog_bar=True, on_step=False, on_epoch=True, sync_dist=True)
-        self._log_quartiles("val", losses, t)
+        self._update_quartiles("val", losses, t)
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Log the total gradient norm (before clipping)."""
-        norms = grad_norm(self.net, norm_type=2)
-        if norms:
-            self.log("train/grad_norm", norms["grad_2.0_norm_total"], on_step=True, on_epoch=False)
+        """Log the total gradient norm (before clipping) on the steps the loggers write."""
+        if self._trainer is not None and self.trainer.global_step % self.trainer.log_every_n_steps:
+            return
+        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        if grads:  # one fused norm per tensor and one over them: no per-parameter host sync
+            total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
+            self.log("train/grad_norm", total, on_step=True, on_epoch=False)
 
     def configure_optimizers(self) -> dict[str, Any]:
         """The configured optimizer over the network's parameters, and the per-step LR schedule."""

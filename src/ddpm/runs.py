@@ -42,6 +42,20 @@ def _instantiate(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
         raise ConfigError(f"{key}: {first_line(root_cause(err))}") from err
 
 
+#: keys of the model config that the DiffusionModule takes (how to run the network), not the network class
+SPEED_KEYS = ("compile", "channels_last")
+
+
+def build_model(model_cfg: DictConfig) -> tuple[torch.nn.Module, dict[str, bool]]:
+    """The network of a ``model`` config node, and its ``compile`` / ``channels_last`` settings.
+
+    Those two keys say how the DiffusionModule runs the network, so they are not passed to its class.
+    """
+    node = OmegaConf.to_container(model_cfg, resolve=True)
+    speed = {key: bool(node.pop(key, False)) for key in SPEED_KEYS}  # type: ignore[union-attr]
+    return _instantiate(OmegaConf.create({"model": node}), "model"), speed
+
+
 def build(cfg: DictConfig) -> tuple[Any, DiffusionModule]:
     """Instantiate the DataModule and the DiffusionModule (net, diffusion, sampler, optimizer) of a config.
 
@@ -52,7 +66,14 @@ def build(cfg: DictConfig) -> tuple[Any, DiffusionModule]:
     if "data_dim" in cfg.data and cfg.data.data_dim is None:
         with open_dict(cfg):
             cfg.data.data_dim = datamodule.data_dim  # inferred from the user's file
-    net = _instantiate(cfg, "model")
+    net, speed = build_model(cfg.model)
+    if (
+        cfg.optimizer.get("fused")
+        and "mixed" in str(cfg.trainer.get("precision"))
+        and cfg.trainer.get("gradient_clip_val")
+    ):
+        with open_dict(cfg):  # Lightning cannot clip a fused optimizer's gradients under mixed precision
+            cfg.optimizer.fused = None  # torch's default: foreach on GPUs
     betas = _instantiate(cfg, "schedule")  # on its own first, so an error names the schedule
     diffusion = _instantiate(cfg, "diffusion", betas=betas)
     sampler = _instantiate(cfg, "sampler")
@@ -71,6 +92,7 @@ def build(cfg: DictConfig) -> tuple[Any, DiffusionModule]:
         lr_scheduler=lr_scheduler,
         data_shape=datamodule.data_shape,
         max_nonfinite_skips=int(cfg.get("max_nonfinite_skips", 0)),
+        **speed,
     )
     module.run_config = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     return datamodule, module

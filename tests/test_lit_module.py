@@ -1,0 +1,104 @@
+"""The LightningModule's per-step bookkeeping: loss by quarter of t, and the foreach EMA callback."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging
+from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
+
+from ddpm.callbacks import EMA
+from ddpm.lit_module import BinnedMean
+
+
+def test_binned_mean_matches_masked_means() -> None:
+    gen = torch.Generator().manual_seed(0)
+    metric = BinnedMean(4)
+    values, bins = [], []
+    for _ in range(5):  # several updates, as over the steps of an epoch
+        v = torch.rand(64, generator=gen)
+        b = torch.randint(0, 3, (64,), generator=gen)  # bin 3 never occurs
+        metric.update(v, b)
+        values.append(v)
+        bins.append(b)
+    v, b = torch.cat(values), torch.cat(bins)
+    means = metric.compute()
+    for k in range(3):
+        assert means[k].item() == pytest.approx(v[b == k].double().mean().item(), rel=1e-12)
+    assert torch.isnan(means[3])  # no data: NaN, not 0
+    metric.reset()
+    assert metric.update_count == 0
+    with pytest.warns(UserWarning, match="called before the ``update``"):  # torchmetrics says so, rightly
+        assert torch.isnan(metric.compute()).all()
+
+
+def test_ema_callback_averages_like_lightnings_default() -> None:
+    ours, lightnings = EMA(decay=0.9), EMAWeightAveraging(decay=0.9)
+    assert ours.update_starting_at_step == lightnings.update_starting_at_step  # same options, same schedule
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
+    fast = AveragedModel(copy.deepcopy(net), use_buffers=True, **ours._kwargs)
+    slow = AveragedModel(copy.deepcopy(net), use_buffers=True, avg_fn=get_ema_avg_fn(0.9))
+    gen = torch.Generator().manual_seed(0)
+    expected = [p.detach().clone() for p in net.parameters()]
+    for step in range(6):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn(p.shape, generator=gen))
+        fast.update_parameters(net)
+        slow.update_parameters(net)
+        for e, p in zip(expected, net.parameters(), strict=True):  # avg <- 0.9 avg + 0.1 p (first: copy)
+            e.copy_(p.detach() if step == 0 else 0.9 * e + 0.1 * p.detach())
+    for a, b, e in zip(fast.module.parameters(), slow.module.parameters(), expected, strict=True):
+        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(a, e)
+
+
+def test_ema_callback_rejects_a_bad_decay() -> None:
+    with pytest.raises(ValueError, match=r"callbacks.ema.decay=1.5 must be in \[0, 1\]"):
+        EMA(decay=1.5)
+
+
+def _compile_eager(monkeypatch: pytest.MonkeyPatch) -> list[torch.nn.Module]:
+    """torch.compile with the eager backend (no C++ build: seconds), recording what it was given."""
+    compiled: list[torch.nn.Module] = []
+    real = torch.compile
+
+    def fake(model: torch.nn.Module, **kwargs: object) -> object:
+        compiled.append(model)
+        return real(model, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", fake)
+    return compiled
+
+
+def test_model_compile_trains_through_the_compiled_network(tmp_path, monkeypatch) -> None:
+    from tests.test_app import SHORT, run_train
+
+    compiled = _compile_eager(monkeypatch)
+    metrics, run = run_train(tmp_path, [*SHORT, "model.compile=true", "reverse_gif=false"])
+    assert metrics["global_step"] == 4 and len(compiled) == 1
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert any(k.startswith("net.") for k in state)
+    assert not any("_orig_mod" in k for k in state)  # the checkpoint loads into a plain network
+    from ddpm.runs import load_run
+
+    assert load_run(run).module.compile_net  # the run's own setting comes back with it
+
+
+def test_channels_last_images(tmp_path) -> None:
+    from tests.test_app import SHORT, run_train
+
+    overrides = [*SHORT, "experiment=digits", "model.channels_last=true", "callbacks.samples=null"]
+    metrics, run = run_train(tmp_path, [*overrides, "final_samples=4"])
+    assert metrics["global_step"] == 4
+    from ddpm.runs import load_run
+
+    module = load_run(run).module
+    assert module.channels_last
+    module.setup("fit")
+    conv = next(m for m in module.net.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    x = module._batch((torch.randn(2, 1, 8, 8),))
+    assert x.is_contiguous(memory_format=torch.channels_last)
