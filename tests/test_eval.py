@@ -20,6 +20,7 @@ from ddpm.samplers import DDIMSampler
 from ddpm.schedules import NotPureNoiseWarning, make_beta_schedule
 from tests.digits_classifier import CACHE_DIR, digits_metric
 from tests.test_app import SHORT, run_train
+from tests.wandb_records import logged_history, logged_summary
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,27 @@ def test_ddpm_eval_writes_its_json(toy_run: Path, capsys) -> None:
     assert len(bpd["terms"]) == 50 and bpd["t_samples"] is None
     assert bpd["bits_per_dim"] == pytest.approx(bpd["prior"] + bpd["diffusion"] + bpd["decoder"])
     assert math.isfinite(bpd["bits_per_dim_raw_units"])
+
+
+def test_ddpm_eval_adds_its_figures_to_the_runs_wandb_run(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    overrides = [*SHORT, "T=50", "callbacks.samples=null", "final_samples=0", "logger=wandb"]
+    _, run = run_train(tmp_path, overrides)
+    run_id = (run / ".wandb_id").read_text().strip()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotPureNoiseWarning)
+        args = [str(run), "sampler=ddim", "sampler.steps=10", "--n", "100", "--repeats", "2"]
+        assert eval_main(args) == 0
+    assert f"added to run {run_id} (offline) under eval/ddim10_n100_k2_seed0/" in capsys.readouterr().out
+    result = json.loads((run / "eval" / "ddim10_n100_k2_seed0.json").read_text())
+    # the evaluation is a second offline part of the same W&B run (wandb sync merges them); the training's
+    # history is still there
+    files = sorted((run / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}*.wandb"))
+    assert any("train/loss" in logged_history(f) for f in files)
+    summary = {k: v for f in files for k, v in logged_summary(f).items()}
+    key = "eval/ddim10_n100_k2_seed0/quality/ratio/mean"
+    assert summary[key] == pytest.approx(result["quality"]["ratio"]["mean"])
+    assert summary["eval/ddim10_n100_k2_seed0/samples_per_s"] == pytest.approx(result["samples_per_s"])
 
 
 def test_ddpm_eval_bpd_only_with_sampled_timesteps(toy_run: Path) -> None:

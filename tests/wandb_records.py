@@ -62,3 +62,20 @@ def logged_history(path: Path) -> dict[str, list[float]]:
             if isinstance(value, int | float):
                 out.setdefault(key, []).append(float(value))
     return out
+
+
+def logged_summary(path: Path) -> dict[str, float]:
+    """metric key -> last value, from the summary records (numbers only)."""
+    out: dict[str, float] = {}
+    for record in read_records(path):
+        if record.WhichOneof("record_type") != "summary":
+            continue
+        for item in record.summary.update:
+            key = item.key or "/".join(item.nested_key)
+            try:
+                value = json.loads(item.value_json)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(value, int | float):
+                out[key] = float(value)
+    return out

@@ -16,7 +16,8 @@ Lightning's EMA average, else ``raw``), ``kind`` (``toy`` / ``image``), ``sample
 :meth:`ddpm.evaluation.toy.RepeatedQuality.as_dict`) or ``images`` (see
 :func:`ddpm.evaluation.classifier.evaluate_image_draws`) and ``fid`` (``fid``, ``n_fake``, ``n_real``),
 and ``bpd`` (:meth:`ddpm.likelihood.VariationalBound.as_dict` plus ``seconds``, and for toy data
-``bits_per_dim_raw_units``). A section that was not computed holds ``{"skipped": "<why>"}``.
+``bits_per_dim_raw_units``). A section that was not computed holds ``{"skipped": "<why>"}``. The numbers
+are also added to the run's W&B run (same id and mode) as summary values under ``eval/<name>/``.
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--inception-weights", default=None, help="Inception weights for FID (never downloaded)")
     p.add_argument("--fid-real", type=int, default=10000, help="real training images for FID (default 10000)")
     p.add_argument("--out", type=Path, default=None, help="output .json (default <run>/eval/<name>.json)")
+    p.add_argument(
+        "--no-wandb", action="store_true", help="do not add the results to the run's W&B run (summary)"
+    )
     return p
 
 
@@ -271,6 +275,61 @@ def evaluate(run: LoadedRun, sampler: Any, args: argparse.Namespace, log: list[s
     return result
 
 
+def _numbers(tree: dict[str, Any], prefix: str) -> dict[str, float]:
+    """Numeric leaves of a nested dict as ``prefix/key/subkey`` (lists, e.g. per-draw values, left out)."""
+    out: dict[str, float] = {}
+    for key, value in tree.items():
+        name = f"{prefix}/{key}"
+        if isinstance(value, dict):
+            out.update(_numbers(value, name))
+        elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            out[name] = float(value)
+    return out
+
+
+def _not_in_the_same_second(folder: Path, run_id: str) -> None:
+    """W&B names a run's local folder by the second it started: a second part of the same run started in
+    that second would write into the first part's folder. Wait for the next second if so."""
+    for _ in range(12):
+        stamps = {time.strftime("%Y%m%d_%H%M%S"), time.strftime("%Y%m%d_%H%M%S", time.gmtime())}
+        if not any(
+            (folder / f"{kind}-{stamp}-{run_id}").exists()
+            for kind in ("run", "offline-run")
+            for stamp in stamps
+        ):
+            return
+        time.sleep(0.25)
+
+
+def log_to_wandb(run: LoadedRun, result: dict[str, Any], tag: str) -> str:
+    """Add the figures to the W&B run the training wrote (same id, same mode), as summary values.
+
+    Summary, not history: an evaluation has no training step, and W&B drops history rows whose step is
+    below the run's last one. Returns a line saying what was done.
+    """
+    wb = (run.config.get("logger") or {}).get("wandb")
+    id_file = run.run_dir / ".wandb_id"
+    if not wb or not id_file.is_file():
+        return "W&B: this run has no W&B run (logger without wandb); results are in the JSON only"
+    import wandb
+
+    run_id = id_file.read_text().strip()
+    _not_in_the_same_second(run.run_dir / "wandb", run_id)
+    mode = "offline" if wb.get("offline", True) else "online"
+    wandb_run = wandb.init(
+        id=run_id,
+        project=wb.get("project"),
+        dir=str(run.run_dir),
+        resume="allow",
+        mode=mode,
+        settings=wandb.Settings(silent=True),
+    )
+    figures = _numbers({k: v for k, v in result.items() if k not in ("seed", "repeats")}, f"eval/{tag}")
+    wandb_run.summary.update(figures)
+    wandb_run.finish()
+    return f"W&B: {len(figures)} figures added to run {wandb_run.id} ({mode}) under eval/{tag}/"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
     args = _parser().parse_args(argv)
@@ -298,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or run.run_dir / "eval" / f"{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, allow_nan=True) + "\n")
+    if not args.no_wandb:
+        log.append(log_to_wandb(run, result, tag))
     ema = "the EMA average" if result["weights"] == "ema" else "no EMA in this checkpoint"
     print(f"Weights: {result['weights']} ({ema})")
     for line in log:

@@ -163,6 +163,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         finalize = getattr(logger, "finalize", None)
         if finalize is not None:
             finalize("success")
+    from ddpm.sweeps import finish_wandb_run
+
+    finish_wandb_run()  # flushed and closed: a later run in this process starts its own W&B run
     if trainer.is_global_zero:
         print(f"Trained {trainer.global_step} steps in {train_seconds:.1f} s. Run folder: {output_dir}")
     return metrics
