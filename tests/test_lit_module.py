@@ -102,3 +102,16 @@ def test_channels_last_images(tmp_path) -> None:
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     x = module._batch((torch.randn(2, 1, 8, 8),))
     assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_loss_and_grad_norm_are_logged_on_the_loggers_steps(tmp_path) -> None:
+    import csv
+
+    from tests.test_app import SHORT, run_train
+
+    overrides = [o for o in SHORT if not o.startswith(("trainer.max_steps", "trainer.log_every"))]
+    quick = ["callbacks.samples=null", "final_samples=0", "reverse_gif=false"]
+    _, run = run_train(tmp_path, [*overrides, *quick, "trainer.max_steps=20", "trainer.log_every_n_steps=5"])
+    rows = list(csv.DictReader((run / "csv" / "metrics.csv").open()))
+    for key in ("train/loss", "train/grad_norm"):  # computed only where Lightning writes: 4 of 20 steps
+        assert [int(r["step"]) for r in rows if r.get(key)] == [4, 9, 14, 19], key

@@ -194,9 +194,18 @@ class DiffusionModule(L.LightningModule):
         loss = losses.mean()
         if not torch.isfinite(loss):  # one host sync per step: a NaN must never be trained on silently
             return self._nonfinite(loss)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        if self._logging_step():  # self.log costs more than a small network's step: call it when it writes
+            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         self._update_quartiles("train", losses, t)
         return loss
+
+    def _logging_step(self) -> bool:
+        """Whether the loggers write at this optimizer step, by Lightning's rule (``should_update_logs``):
+        the (global_step + 1)-th step when that is a multiple of ``trainer.log_every_n_steps``."""
+        if self._trainer is None:
+            return True
+        trainer = self.trainer
+        return (trainer.global_step + 1) % trainer.log_every_n_steps == 0 or trainer.should_stop
 
     def _nonfinite(self, loss: torch.Tensor) -> None:
         """Skip this step or stop, by the ``max_nonfinite_skips`` policy."""
@@ -230,7 +239,7 @@ class DiffusionModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Log the total gradient norm (before clipping) on the steps the loggers write."""
-        if self._trainer is not None and self.trainer.global_step % self.trainer.log_every_n_steps:
+        if not self._logging_step():
             return
         grads = [p.grad for p in self.net.parameters() if p.grad is not None]
         if grads:  # one fused norm per tensor and one over them: no per-parameter host sync
