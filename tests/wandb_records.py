@@ -47,35 +47,29 @@ def read_records(path: Path) -> list[pb.Record]:
     return records
 
 
-def logged_history(path: Path) -> dict[str, list[float]]:
-    """metric key -> logged values, from the history records."""
-    out: dict[str, list[float]] = {}
+def _numbers(path: Path, kind: str):
+    """(key, number) pairs of the ``history`` or ``summary`` records, in order."""
     for record in read_records(path):
-        if record.WhichOneof("record_type") != "history":
+        if record.WhichOneof("record_type") != kind:
             continue
-        for item in record.history.item:
-            key = item.key or "/".join(item.nested_key)
+        items = record.history.item if kind == "history" else record.summary.update
+        for item in items:
             try:
                 value = json.loads(item.value_json)
             except json.JSONDecodeError:
                 continue
             if isinstance(value, int | float):
-                out.setdefault(key, []).append(float(value))
+                yield item.key or "/".join(item.nested_key), float(value)
+
+
+def logged_history(path: Path) -> dict[str, list[float]]:
+    """metric key -> logged values, from the history records."""
+    out: dict[str, list[float]] = {}
+    for key, value in _numbers(path, "history"):
+        out.setdefault(key, []).append(value)
     return out
 
 
 def logged_summary(path: Path) -> dict[str, float]:
     """metric key -> last value, from the summary records (numbers only)."""
-    out: dict[str, float] = {}
-    for record in read_records(path):
-        if record.WhichOneof("record_type") != "summary":
-            continue
-        for item in record.summary.update:
-            key = item.key or "/".join(item.nested_key)
-            try:
-                value = json.loads(item.value_json)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(value, int | float):
-                out[key] = float(value)
-    return out
+    return dict(_numbers(path, "summary"))

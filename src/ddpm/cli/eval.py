@@ -30,12 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from ddpm.cli.common import fail
-from ddpm.cli.sample import _sampler_config
-from ddpm.runs import ConfigError, LoadedRun, load_run
+from ddpm.cli.sample import load_with_sampler
+from ddpm.runs import ConfigError, LoadedRun
 
 __all__ = ["evaluate", "main"]
 
@@ -334,17 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
     args = _parser().parse_args(argv)
     _check_args(args)
-    try:
-        run = load_run(args.run, map_location=args.device)
-        sampler_cfg = _sampler_config(OmegaConf.to_container(run.config.sampler), args.overrides)  # type: ignore[arg-type]
-        try:
-            sampler = instantiate(sampler_cfg)
-            sampler.timesteps(run.module.diffusion)  # steps > T fails here, before any work
-        except ValueError as err:
-            raise ConfigError(f"sampler: {err}") from err
-    except (ConfigError, FileNotFoundError) as err:
-        fail(str(err))
-
+    run, sampler = load_with_sampler(args.run, args.device, args.overrides)
     print(f"Evaluating {run.checkpoint} with {sampler!r}")
     log: list[str] = []
     try:

@@ -20,7 +20,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from ddpm.cli.common import CONF_DIR, fail
-from ddpm.runs import ConfigError, load_run
+from ddpm.runs import ConfigError, LoadedRun, load_run
+from ddpm.samplers import Sampler
 
 __all__ = ["main"]
 
@@ -63,6 +64,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def load_with_sampler(run_path: str, device: str, overrides: list[str]) -> tuple[LoadedRun, Sampler]:
+    """A run (folder or checkpoint) with its own config, and its sampler with ``overrides`` applied.
+
+    Exits with a one-line error (status 2) when the run is missing or mismatched, or the sampler does not
+    fit its chain (e.g. steps > T), before any sampling.
+    """
+    try:
+        run = load_run(run_path, map_location=device)
+        sampler_cfg = _sampler_config(OmegaConf.to_container(run.config.sampler), overrides)  # type: ignore[arg-type]
+        try:
+            sampler = instantiate(sampler_cfg)
+            sampler.timesteps(run.module.diffusion)  # steps > T fails here, before any work
+        except ValueError as err:
+            raise ConfigError(f"sampler: {err}") from err
+    except (ConfigError, FileNotFoundError) as err:
+        fail(str(err))
+    return run, sampler
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
     args = _parser().parse_args(argv)
@@ -72,17 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"--batch-size={args.batch_size} is invalid; it must be >= 1")
     if args.out is not None and args.out.suffix != ".npz":
         fail(f"--out={str(args.out)!r} must end in .npz")
-    try:
-        run = load_run(args.run, map_location=args.device)
-        sampler_cfg = _sampler_config(OmegaConf.to_container(run.config.sampler), args.overrides)  # type: ignore[arg-type]
-        try:
-            sampler = instantiate(sampler_cfg)
-            sampler.timesteps(run.module.diffusion)  # steps > T fails here, before any work
-        except ValueError as err:
-            raise ConfigError(f"sampler: {err}") from err
-    except (ConfigError, FileNotFoundError) as err:
-        fail(str(err))
-
+    run, sampler = load_with_sampler(args.run, args.device, args.overrides)
     steps = len(sampler.timesteps(run.module.diffusion))
     print(f"Sampling {args.n} with {sampler!r} ({steps} network evaluations each) from {run.checkpoint}")
     gen = torch.Generator(device=run.module.device).manual_seed(args.seed)
