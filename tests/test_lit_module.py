@@ -115,3 +115,23 @@ def test_loss_and_grad_norm_are_logged_on_the_loggers_steps(tmp_path) -> None:
     rows = list(csv.DictReader((run / "csv" / "metrics.csv").open()))
     for key in ("train/loss", "train/grad_norm"):  # computed only where Lightning writes: 4 of 20 steps
         assert [int(r["step"]) for r in rows if r.get(key)] == [4, 9, 14, 19], key
+
+
+def test_loss_by_quarter_of_t_is_logged_each_epoch_and_plotted(tmp_path) -> None:
+    import csv
+
+    from PIL import Image
+
+    from tests.test_app import SHORT, run_train
+
+    overrides = [o for o in SHORT if not o.startswith(("trainer.max_steps", "trainer.val_check"))]
+    small = ["data.n_train=512", "data.batch_size=128", "trainer.max_steps=12"]
+    small.append("trainer.val_check_interval=4")
+    quick = ["callbacks.samples=null", "final_samples=0", "reverse_gif=false"]
+    _, run = run_train(tmp_path, [*overrides, *small, *quick])  # 4 batches an epoch: 3 epochs
+    rows = [r for r in csv.DictReader((run / "csv" / "metrics.csv").open()) if r.get("train/loss_q1")]
+    assert len(rows) == 3
+    for r in rows:
+        q = [float(r[f"train/loss_q{k}"]) for k in range(1, 5)]
+        assert all(0 < v < 10 for v in q)  # (q1 > q4 takes longer: test_app checks it after 300 steps)
+    assert Image.open(run / "plots" / "loss_by_timestep.png").size[0] > 400
