@@ -400,3 +400,47 @@ def test_digits_couple_of_minutes_learns_the_digits(tmp_path: Path) -> None:
     assert corr > 0.95, corr
     assert abs(samples.mean() - data.mean()) < 0.05
     assert abs(samples.std() - data.std()) < 0.05
+
+
+# ----------------------------------------------------------------------------- data held on the device
+def test_on_device_batches_are_whole_slices_of_the_same_images() -> None:
+    plain = ImageDataModule("digits", val_size=197, batch_size=64, seed=3)
+    held = ImageDataModule("digits", val_size=197, batch_size=64, seed=3, on_device=True)
+    x_plain, y_plain = all_batches(plain.train_dataloader())
+    x_held, y_held = all_batches(held.train_dataloader())
+    assert x_held.shape == x_plain.shape == (1600 // 64 * 64, 1, 8, 8)
+    # the same training images (the same seeded split), each once per epoch, in another order
+    key = lambda x: sorted(map(tuple, x.flatten(1).tolist()))  # noqa: E731
+    assert key(x_held) == key(x_plain) and sorted(y_held.tolist()) == sorted(y_plain.tolist())
+    xv_plain, _ = all_batches(plain.val_dataloader())
+    xv_held, _ = all_batches(held.val_dataloader())
+    assert torch.equal(xv_plain, xv_held)  # validation: in order, unchanged
+
+
+def test_on_device_batched_collate_matches_per_image_collate() -> None:
+    from ddpm.data.images import _ToNetwork
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8, generator=gen)
+    labels = torch.arange(6)
+    collate = _ToNetwork(16, "bilinear", flip=False)
+    x_items, y_items = collate([(images[i], labels[i]) for i in range(6)])
+    x_batch, y_batch = collate((images, labels))
+    assert torch.equal(x_items, x_batch) and torch.equal(y_items, y_batch)
+    flipped, _ = _ToNetwork(8, "pad", flip=True)((images, labels))
+    plain = images.float() / 255 * 2 - 1
+    for i in range(6):  # every image is itself or its mirror image
+        assert torch.equal(flipped[i], plain[i]) or torch.equal(flipped[i], plain[i].flip(-1))
+
+
+def test_on_device_needs_no_workers() -> None:
+    with pytest.raises(ValueError, match=r"data.on_device=true needs data.num_workers=0 \(got 2\)"):
+        ImageDataModule("digits", on_device=True, num_workers=2)
+
+
+@pytest.mark.filterwarnings("ignore::ddpm.schedules.NotPureNoiseWarning")
+def test_digits_trains_with_data_on_device(tmp_path: Path) -> None:
+    metrics, run_dir = run_train(
+        tmp_path, ["experiment=digits", *SHORT, "data.on_device=true", "callbacks.samples=null"]
+    )
+    assert metrics["global_step"] == 4 and (run_dir / "samples.npz").is_file()

@@ -220,14 +220,19 @@ class _ToNetwork:
         self.resize_mode = resize_mode
         self.flip = flip
 
-    def __call__(self, items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-        images = torch.stack([item[0] for item in items])
-        labels = torch.stack([item[1] for item in items])
+    def __call__(
+        self, items: list[tuple[torch.Tensor, torch.Tensor]] | tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(items, tuple):  # a whole batch indexed at once (``on_device``)
+            images, labels = items
+        else:
+            images = torch.stack([item[0] for item in items])
+            labels = torch.stack([item[1] for item in items])
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
         x = _resize(x, self.image_size, self.resize_mode)
         if self.flip:
             # DDPM sec. 4: random horizontal flips for CIFAR-10, one coin per image.
-            mask = torch.rand(x.shape[0]) < 0.5
+            mask = torch.rand(x.shape[0], device=x.device) < 0.5
             x = torch.where(mask[:, None, None, None], x.flip(-1), x)
         return x * 2.0 - 1.0, labels  # DDPM sec. 3.3: [0, 1] -> [-1, 1]
 
@@ -271,6 +276,9 @@ class ImageDataModule(L.LightningDataModule):
         random_flip: random horizontal flips of training images (never of validation images); None turns
             them on for cifar10 only (flipping a digit makes a different symbol).
         seed: seeds the split and the shuffling.
+        on_device: hold the (uint8) images on the training device, e.g. the GPU: whole batches are indexed,
+            scaled and flipped there, with no per-image collation, no workers and no host-to-device copy
+            per step (MNIST is 47 MB, CIFAR-10 150 MB). Needs ``num_workers=0``.
     """
 
     def __init__(
@@ -288,8 +296,14 @@ class ImageDataModule(L.LightningDataModule):
         val_size: int | None = 1000,
         random_flip: bool | None = None,
         seed: int = 0,
+        on_device: bool = False,
     ) -> None:
         super().__init__()
+        if on_device and num_workers:
+            raise ValueError(
+                f"data.on_device=true needs data.num_workers=0 (got {num_workers!r}): the batches are cut "
+                "on the device, not in worker processes"
+            )
         if dataset not in IMAGE_DATASETS:
             raise ValueError(f"data.dataset={dataset!r} is unknown; choose one of {sorted(IMAGE_DATASETS)}")
         spec = IMAGE_DATASETS[dataset]
@@ -341,6 +355,7 @@ class ImageDataModule(L.LightningDataModule):
         self.val_size = val_size
         self.random_flip = dataset == "cifar10" if random_flip is None else bool(random_flip)
         self.seed = int(seed)
+        self.on_device = bool(on_device)
         self.train_set: TensorDataset | None = None
         self.val_set: TensorDataset | None = None
         # Cheap (file checks), and it makes missing files fail before any run folder or logger.
@@ -396,6 +411,12 @@ class ImageDataModule(L.LightningDataModule):
 
     def _loader(self, data: TensorDataset, train: bool) -> DataLoader:
         collate = _ToNetwork(self.image_size, self.resize_mode, flip=train and self.random_flip)
+        if self.on_device:
+            from ddpm.data.toy import batch_loader
+
+            trainer = getattr(self, "trainer", None)
+            device = trainer.strategy.root_device if trainer is not None else None
+            return batch_loader(data, trainer, self.batch_size, train, self.seed, collate, device)
         sampler = RandomSampler(data, generator=torch.Generator().manual_seed(self.seed)) if train else None
         return DataLoader(
             data,

@@ -17,7 +17,14 @@ import torch
 from sklearn import datasets as skd
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-__all__ = ["TOY_DATASETS", "ToyDataModule", "load_array", "make_toy_data"]
+__all__ = [
+    "TOY_DATASETS",
+    "ShardedBatchSampler",
+    "ToyDataModule",
+    "batch_loader",
+    "load_array",
+    "make_toy_data",
+]
 
 Generator = Callable[..., np.ndarray]
 TOY_DATASETS: dict[str, Generator] = {}
@@ -206,6 +213,37 @@ class ShardedBatchSampler(DistributedSampler):
             yield mine[b * self.batch_size : (b + 1) * self.batch_size].tolist()
 
 
+def batch_loader(
+    data: TensorDataset,
+    trainer: L.Trainer | None,
+    batch_size: int,
+    train: bool,
+    seed: int,
+    collate_fn: Callable | None = None,
+    device: torch.device | None = None,
+) -> DataLoader:
+    """A DataLoader of whole batches of in-memory tensors, sharded per DDP rank and resumable mid-epoch.
+
+    Whole batches are indexed at once (``batch_size=None``): no per-sample collation. ``device`` moves the
+    tensors there first (data held on the GPU). Under a trainer that has already stepped (a resumed run),
+    the batches the checkpointed run took in this epoch are skipped: the epoch's order is a function of
+    (seed, epoch), so the resumed run continues exactly where it stopped.
+    """
+    if device is not None:
+        data = TensorDataset(*(t.to(device) for t in data.tensors))
+    world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+    sampler = ShardedBatchSampler(
+        len(data), min(batch_size, len(data)), shuffle=train, seed=seed, num_replicas=world, rank=rank
+    )
+    if train and trainer is not None and trainer.global_step > 0:
+        taken = trainer.global_step * trainer.accumulate_grad_batches  # batches, not optimizer steps
+        sampler.resume(trainer.current_epoch, taken % max(1, len(sampler)))
+    # Its own generator: a DataLoader iterator otherwise draws its base seed from the global RNG, and a
+    # resumed run (which creates one mid-epoch) would then draw different t and noise.
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(data, sampler=sampler, batch_size=None, generator=gen, collate_fn=collate_fn)
+
+
 class ToyDataModule(L.LightningDataModule):
     """Toy data generated from a seed, or loaded from a file, with train/val splits and normalisation.
 
@@ -315,21 +353,8 @@ class ToyDataModule(L.LightningDataModule):
         return None
 
     def _loader(self, x: torch.Tensor, train: bool) -> DataLoader:
-        trainer = getattr(self, "trainer", None)
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = ShardedBatchSampler(
-            len(x), min(self.batch_size, len(x)), shuffle=train, seed=self.seed, num_replicas=world, rank=rank
-        )
-        if train and trainer is not None and trainer.global_step > 0:
-            # Resuming: this epoch's order is a function of (seed, epoch), so skipping the batches the
-            # checkpointed run already took continues exactly where it stopped.
-            taken = trainer.global_step * trainer.accumulate_grad_batches  # batches, not optimizer steps
-            sampler.resume(trainer.current_epoch, taken % max(1, len(sampler)))
-        # Whole batches are indexed at once (batch_size=None): no per-sample collation for in-memory data.
-        # Its own generator: a DataLoader iterator otherwise draws its base seed from the global RNG,
-        # and a resumed run (which creates one mid-epoch) would then draw different t and noise.
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(TensorDataset(self.normalize(x)), sampler=sampler, batch_size=None, generator=gen)
+        data = TensorDataset(self.normalize(x))
+        return batch_loader(data, getattr(self, "trainer", None), self.batch_size, train, self.seed)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled, normalised training batches (a 1-tuple of a tensor [B, D])."""
