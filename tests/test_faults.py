@@ -265,3 +265,24 @@ def test_ddp_on_cpu_trains_and_samples_once(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["probe", "run"]  # one run folder, nothing else
     digests = {p.read_text() for p in probe.glob("rank*.txt")}
     assert len(list(probe.glob("rank*.txt"))) == 2 and len(digests) == 1  # EMA identical on both ranks
+
+
+def test_ckpt_path_auto_takes_the_newest_of_last_and_lightnings_slurm_checkpoint(tmp_path: Path) -> None:
+    import os as _os
+
+    from omegaconf import OmegaConf
+
+    from ddpm.cli.train import _resolve_ckpt_path
+
+    cfg = OmegaConf.create({"ckpt_path": "auto"})
+    assert _resolve_ckpt_path(cfg, tmp_path) is None  # nothing yet: a fresh start
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    last.parent.mkdir()
+    last.write_bytes(b"x")
+    assert _resolve_ckpt_path(cfg, tmp_path) == str(last)
+    hpc = tmp_path / "hpc_ckpt_1.ckpt"  # Lightning's SIGUSR1 save before a requeue: later
+    hpc.write_bytes(b"x")
+    _os.utime(last, (1_000_000, 1_000_000))
+    assert _resolve_ckpt_path(cfg, tmp_path) == str(hpc)
+    _os.utime(hpc, (900_000, 900_000))  # last.ckpt saved after it
+    assert _resolve_ckpt_path(cfg, tmp_path) == str(last)

@@ -47,8 +47,11 @@ def _resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
     if ckpt in (None, ""):
         return None
     last = output_dir / "checkpoints" / "last.ckpt"
-    if ckpt == "auto":  # a requeued cluster job: resume when there is something to resume
-        return str(last) if last.is_file() else None
+    if ckpt == "auto":  # a requeued cluster job: resume from the newest checkpoint, if there is one
+        # Lightning's SLURM requeue (SIGUSR1) saves hpc_ckpt_<n>.ckpt in the run folder: newer than
+        # last.ckpt, which is only as recent as the last validation or stop
+        found = [p for p in (last, *output_dir.glob("hpc_ckpt_*.ckpt")) if p.is_file()]
+        return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
     if ckpt == "last":
         if not last.is_file():
             raise ConfigError(f"ckpt_path=last but {last} does not exist")
