@@ -38,11 +38,12 @@ BASE = [
 class PoisonBatches(L.Callback):
     """Test helper: turns the training batch into NaNs at the given optimizer steps."""
 
-    def __init__(self, steps: list[int]) -> None:
+    def __init__(self, steps: list[int], rank: int | None = None) -> None:
         self.steps = set(steps)
+        self.rank = rank
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        if trainer.global_step in self.steps:
+        if trainer.global_step in self.steps and self.rank in (None, trainer.global_rank):
             batch[0].fill_(float("nan"))
 
 
@@ -286,3 +287,22 @@ def test_ckpt_path_auto_takes_the_newest_of_last_and_lightnings_slurm_checkpoint
     assert _resolve_ckpt_path(cfg, tmp_path) == str(hpc)
     _os.utime(hpc, (900_000, 900_000))  # last.ckpt saved after it
     assert _resolve_ckpt_path(cfg, tmp_path) == str(last)
+
+
+@pytest.mark.slow
+def test_ddp_ranks_agree_to_stop_when_the_loss_is_nan_on_one_rank(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    poison = ["+callbacks.poison._target_=tests.test_faults.PoisonBatches", "+callbacks.poison.steps=[25]",
+              "+callbacks.poison.rank=1", "max_nonfinite_skips=1"]  # fmt: skip
+    res = subprocess.run(
+        [str(Path(sys.executable).parent / "ddpm-train"), *BASE, "trainer=ddp_cpu", "trainer.max_steps=40",
+         *poison, f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, env={**env, "WANDB_MODE": "offline", "MPLBACKEND": "Agg"}, capture_output=True,
+        text=True, timeout=400,
+    )  # fmt: skip
+    # both ranks stop (none is left waiting in the gradient all-reduce), saying why the step is not skipped
+    assert res.returncode == 1, res.stderr[-3000:]
+    assert "at step 25; stopped on every rank: under DDP a step cannot be skipped" in res.stderr
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 20  # the last good checkpoint

@@ -192,7 +192,7 @@ class DiffusionModule(L.LightningModule):
         t = self.diffusion.sample_timesteps(x0.shape[0], x0.device)
         losses = self.diffusion.training_loss(self.denoiser, x0, t, reduction="none")
         loss = losses.mean()
-        if not torch.isfinite(loss):  # one host sync per step: a NaN must never be trained on silently
+        if not self._finite_on_every_rank(loss):
             return self._nonfinite(loss)
         if self._logging_step():  # self.log costs more than a small network's step: call it when it writes
             self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
@@ -207,17 +207,33 @@ class DiffusionModule(L.LightningModule):
         trainer = self.trainer
         return (trainer.global_step + 1) % trainer.log_every_n_steps == 0 or trainer.should_stop
 
+    def _finite_on_every_rank(self, loss: torch.Tensor) -> bool:
+        """One host sync per step (a NaN must never be trained on silently), agreed by all DDP ranks:
+        a rank that skipped or stopped alone would leave the others waiting in the gradient all-reduce."""
+        finite = bool(torch.isfinite(loss))
+        if self._trainer is not None and self.trainer.world_size > 1:
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        return finite
+
     def _nonfinite(self, loss: torch.Tensor) -> None:
         """Skip this step or stop, by the ``max_nonfinite_skips`` policy."""
         step = self.trainer.global_step if self._trainer is not None else -1
+        value = "non-finite on another DDP rank" if torch.isfinite(loss) else str(loss.item())
+        distributed = self._trainer is not None and self.trainer.world_size > 1
+        if distributed and self.max_nonfinite_skips:
+            raise NonFiniteLossError(
+                f"training loss is {value} at step {step}; stopped on every rank: under DDP a step cannot be "
+                "skipped (Lightning does not support it), so max_nonfinite_skips applies to one device only; "
+                "the last good checkpoint is kept"
+            )
         if self.nonfinite_skipped >= self.max_nonfinite_skips:
             raise NonFiniteLossError(
-                f"training loss is {loss.item()} at step {step}; stopped (max_nonfinite_skips="
+                f"training loss is {value} at step {step}; stopped (max_nonfinite_skips="
                 f"{self.max_nonfinite_skips}); the last good checkpoint is kept"
             )
         self.nonfinite_skipped += 1
         rank_zero_warn(
-            f"training loss is {loss.item()} at step {step}: step skipped "
+            f"training loss is {value} at step {step}: step skipped "
             f"({self.nonfinite_skipped}/{self.max_nonfinite_skips} allowed)"
         )
         self.log("train/nonfinite_skipped", float(self.nonfinite_skipped), on_step=True, on_epoch=False)
