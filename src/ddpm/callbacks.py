@@ -113,19 +113,18 @@ class LossByTimestepCallback(Callback):
     which part of the chain is still learning; this plot (``plots/loss_by_timestep.png``) shows it.
     """
 
-    KEYS = tuple(f"train/loss_q{k}" for k in range(1, 5))
-
     def __init__(self) -> None:
         self.steps: list[int] = []
-        self.losses: list[list[float]] = [[] for _ in self.KEYS]
+        self.losses: list[list[float]] = [[] for _ in range(4)]  # q1 .. q4
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Read the epoch's quartile means from the module (which logs and resets them after this hook)."""
         quartile_losses = getattr(pl_module, "quartile_losses", None)
-        if quartile_losses is None or pl_module.train_quartiles.update_count == 0:
+        losses = quartile_losses("train") if quartile_losses is not None else None
+        if losses is None:
             return
         self.steps.append(trainer.global_step)
-        for series, value in zip(self.losses, quartile_losses("train"), strict=True):
+        for series, value in zip(self.losses, losses, strict=True):
             series.append(value)
 
     @rank_zero_only

@@ -161,22 +161,22 @@ class DiffusionModule(L.LightningModule):
         """The network output for noisy data at timesteps ``t``."""
         return self.net(x_t, t)
 
-    def _update_quartiles(self, stage: str, losses: torch.Tensor, t: torch.Tensor) -> None:
-        metric = self.train_quartiles if stage == "train" else self.val_quartiles
-        metric.update(losses, t * QUARTILES // self.diffusion.num_timesteps)
+    def _quartiles(self, stage: str) -> BinnedMean:
+        return self.train_quartiles if stage == "train" else self.val_quartiles
 
-    def quartile_losses(self, stage: str) -> list[float]:
-        """This epoch's mean loss by quarter of t (q1: t in the first quarter of [0, T)), all ranks."""
-        metric = self.train_quartiles if stage == "train" else self.val_quartiles
-        return [float(v) for v in metric.compute()]
+    def _update_quartiles(self, stage: str, losses: torch.Tensor, t: torch.Tensor) -> None:
+        self._quartiles(stage).update(losses, t * QUARTILES // self.diffusion.num_timesteps)
+
+    def quartile_losses(self, stage: str) -> list[float] | None:
+        """This epoch's mean loss by quarter of t (q1: t in the first quarter of [0, T)), all ranks;
+        None before the epoch's first step."""
+        metric = self._quartiles(stage)
+        return [float(v) for v in metric.compute()] if metric.update_count else None
 
     def _log_and_reset_quartiles(self, stage: str) -> None:
-        metric = self.train_quartiles if stage == "train" else self.val_quartiles
-        if metric.update_count == 0:
-            return
-        for k, value in enumerate(self.quartile_losses(stage)):
+        for k, value in enumerate(self.quartile_losses(stage) or ()):
             self.log(f"{stage}/loss_q{k + 1}", value, on_step=False, on_epoch=True, rank_zero_only=True)
-        metric.reset()
+        self._quartiles(stage).reset()
 
     def on_train_epoch_end(self) -> None:
         """Log the epoch's loss by quarter of t (``train/loss_q1`` .. ``q4``)."""

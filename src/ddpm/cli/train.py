@@ -143,28 +143,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {"train_seconds": train_seconds, "global_step": trainer.global_step}
     # printed last, after W&B's own closing lines, so the headline ends the output
     summary: list[str] = []
-    if trainer.is_global_zero and cfg.final_samples > 0 and hasattr(datamodule, "reference_data"):
+    if trainer.is_global_zero and cfg.final_samples > 0:
         final = write_results(module, datamodule, output_dir, cfg.final_samples)
         metrics.update(final["metrics"])
         for logger in loggers:
             logger.log_metrics(final["metrics"], step=trainer.global_step)
-        summary.append(f"Quality (EMA weights, {cfg.final_samples} samples): {final['report'].headline()}")
-        if cfg.get("reverse_gif", True):
-            # 2D scatters need many points; chains and signals are drawn a few at a time.
-            n = 300 if tuple(module.data_shape) == (2,) else 32
-            plots = output_dir / "plots"
-            reverse_process_figures(
-                module, datamodule, plots / "reverse_process.png", plots / "reverse_process.gif", n=n
-            )
+        if final["report"] is None:  # images: a grid and uint8 samples, no quality figure
+            npz = output_dir / "samples.npz"
+            summary.append(f"Samples (EMA weights, {cfg.final_samples}): {final['plot']}, {npz}")
+        else:
+            headline = final["report"].headline()
+            summary.append(f"Quality (EMA weights, {cfg.final_samples} samples): {headline}")
+            if cfg.get("reverse_gif", True):
+                # 2D scatters need many points; chains and signals are drawn a few at a time.
+                n = 300 if tuple(module.data_shape) == (2,) else 32
+                plots = output_dir / "plots"
+                reverse_process_figures(
+                    module, datamodule, plots / "reverse_process.png", plots / "reverse_process.gif", n=n
+                )
         if final["moments"]:
             summary.append("Moments: " + ", ".join(f"{k} {v:.4f}" for k, v in final["moments"].items()))
-    elif trainer.is_global_zero and cfg.final_samples > 0:  # images: a grid and uint8 samples, no quality
-        final = write_results(module, datamodule, output_dir, cfg.final_samples)
-        metrics.update(final["metrics"])
-        for logger in loggers:
-            logger.log_metrics(final["metrics"], step=trainer.global_step)
-        npz = output_dir / "samples.npz"
-        summary.append(f"Samples (EMA weights, {cfg.final_samples}): {final['plot']}, {npz}")
     for logger in loggers:
         finalize = getattr(logger, "finalize", None)
         if finalize is not None:
