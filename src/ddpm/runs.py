@@ -9,6 +9,7 @@ defaults.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ddpm.config import ConfigError, first_line, root_cause
 from ddpm.lit_module import DiffusionModule
+from ddpm.safe_loading import load_checkpoint, resolved_config
 
 __all__ = [
     "ConfigError",
@@ -31,6 +33,7 @@ __all__ = [
     "find_checkpoint",
     "load_run",
     "reverse_process_figures",
+    "stored_config",
     "write_results",
 ]
 
@@ -231,6 +234,35 @@ def find_checkpoint(path: str | Path) -> Path:
     return found[-1]
 
 
+def stored_config(ckpt: dict[str, Any], ckpt_path: Path, run_dir: Path) -> DictConfig:
+    """The run config a checkpoint was trained with, resolved and checked against the allow-list.
+
+    From the checkpoint itself (``ddpm_config``, written by every ``ddpm-train``), else from the run
+    folder's ``.hydra/config.yaml`` with its folders pointed at where the run is now.
+
+    Raises:
+        ConfigError: no config found, or it cannot be resolved.
+        UntrustedContentError: it names a class that is not on the allow-list.
+    """
+    if isinstance(ckpt.get("ddpm_config"), dict):
+        return resolved_config(ckpt["ddpm_config"], f"the config stored in {str(ckpt_path)!r}")
+    hydra_yaml = run_dir / ".hydra" / "config.yaml"
+    if not hydra_yaml.is_file():
+        raise ConfigError(f"checkpoint {str(ckpt_path)!r} carries no config and {hydra_yaml} is missing")
+    try:
+        cfg = OmegaConf.load(hydra_yaml)
+    except (OSError, OmegaConfBaseException) as err:
+        raise ConfigError(f"{hydra_yaml} cannot be read: {first_line(err)}") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{hydra_yaml} is not a ddpm-lab run config")
+    if isinstance(cfg.get("paths"), DictConfig):
+        # Hydra saved the folders as ${hydra:...} interpolations, which only resolve inside a Hydra job.
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(run_dir)
+            cfg.paths.root_dir = os.environ.get("DDPM_ROOT", os.getcwd())
+    return resolved_config(cfg, str(hydra_yaml))
+
+
 @dataclass
 class LoadedRun:
     """A trained run rebuilt from its own config, with EMA weights loaded when the run had EMA."""
@@ -257,20 +289,11 @@ def load_run(path: str | Path, map_location: str | torch.device = "cpu") -> Load
         ConfigError: the checkpoint does not match its config (e.g. another model's weights).
     """
     ckpt_path = find_checkpoint(path)
-    try:
-        ckpt = torch.load(ckpt_path, map_location=map_location, weights_only=False)
-    except Exception as err:  # a truncated or foreign file: say which
-        raise ConfigError(f"checkpoint {str(ckpt_path)!r} cannot be read: {first_line(err)}") from err
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+    ckpt = load_checkpoint(ckpt_path, map_location=map_location)  # weights only: runs no code
+    if "state_dict" not in ckpt:
         raise ConfigError(f"checkpoint {str(ckpt_path)!r} is not a Lightning checkpoint (no state_dict)")
     run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
-    if "ddpm_config" in ckpt:
-        cfg = OmegaConf.create(ckpt["ddpm_config"])
-    elif (run_dir / ".hydra" / "config.yaml").is_file():
-        cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    else:
-        raise ConfigError(f"checkpoint {str(ckpt_path)!r} carries no config and {run_dir}/.hydra is missing")
-    assert isinstance(cfg, DictConfig)
+    cfg = stored_config(ckpt, ckpt_path, run_dir)
     datamodule, module = build(cfg)
     try:
         missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)

@@ -125,11 +125,12 @@ def _last_logged(csv_path: Path, name: str) -> float | None:
 
 
 def _checkpoint_monitor_best(ckpt: Path, name: str) -> float | None:
-    import torch
+    from ddpm.config import ConfigError
+    from ddpm.safe_loading import load_checkpoint
 
     try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)
-    except (OSError, RuntimeError, ValueError):
+        state = load_checkpoint(ckpt, mmap=True)
+    except ConfigError:  # unreadable, or refused because it pickles more than weights
         return None
     for key, cb_state in (state.get("callbacks") or {}).items():
         if str(key).startswith("ModelCheckpoint") and isinstance(cb_state, Mapping):
