@@ -1,4 +1,4 @@
-"""Checkpoints that survive faults: atomic writes, and a save when the job is told to stop.
+"""Checkpoints that survive faults: atomic writes, a save every few steps and when the job is told to stop.
 
 Lightning writes a local checkpoint through fsspec's transaction, which stages the file in the system
 temp folder and moves it into place; across filesystems that move is a copy, so a kill during it can
@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-__all__ = ["AtomicCheckpointIO", "SaveOnSigterm", "atomic_torch_save"]
+__all__ = ["AtomicCheckpointIO", "LastCheckpoint", "atomic_torch_save"]
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
@@ -55,27 +55,67 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_torch_save(checkpoint, path)
 
 
-class SaveOnSigterm(Callback):
-    """Keep ``checkpoints/last.ckpt`` current when a run stops: on SIGTERM, and at the end of training.
+class LastCheckpoint(Callback):
+    """Keep ``checkpoints/last.ckpt`` current: every ``every_n_steps`` steps, on SIGTERM and at the end.
+
+    Independent of validation: Lightning's ``ModelCheckpoint`` saves ``last.ckpt`` only when it validates
+    (step 1000 of a toy run), so a run killed before then would leave nothing to resume from. Saving in
+    ``on_train_batch_end`` is what ``ModelCheckpoint(every_n_train_steps=...)`` does too: the model,
+    optimizer and loop state are consistent there, so the checkpoint resumes like any other.
 
     SIGTERM (a scheduler's stop, ``kill``): Lightning turns it into ``SIGTERMException`` at the next batch
-    boundary; at that point the model, optimizer and loop state are consistent, so the checkpoint resumes
-    like any other. End of training: ``ModelCheckpoint`` saves at validations, so a run whose
-    ``max_steps`` falls between two of them would otherwise leave a ``last.ckpt`` of an earlier step than
-    the samples it wrote; this saves the final step too (before EMA copies its average into the model).
+    boundary, where this saves. End of training: a run whose ``max_steps`` falls between two saves would
+    otherwise leave a ``last.ckpt`` of an earlier step than the samples it wrote.
+
+    Args:
+        dirpath: the run's ``checkpoints/`` folder.
+        every_n_steps: optimizer steps between saves; ``"auto"``: a tenth of ``trainer.max_steps`` (at
+            most 5000, 1000 when training has no step limit), so a kill loses at most 10% of a run;
+            ``None`` or 0: only on SIGTERM and at the end.
+        at_train_end: also save the final step.
     """
 
-    def __init__(self, dirpath: str | os.PathLike[str], at_train_end: bool = True) -> None:
+    #: ``every_n_steps="auto"`` never waits longer than this many steps between saves
+    AUTO_MAX_INTERVAL = 5000
+
+    def __init__(
+        self,
+        dirpath: str | os.PathLike[str],
+        every_n_steps: int | str | None = "auto",
+        at_train_end: bool = True,
+    ) -> None:
+        if every_n_steps not in (None, "auto") and (
+            isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 0
+        ):
+            raise ValueError(f"every_n_steps={every_n_steps!r} must be an integer >= 0, 'auto' or null")
         self.dirpath = Path(dirpath)
+        self.every_n_steps = every_n_steps
         self.at_train_end = at_train_end
         self.saved: Path | None = None
         self._saved_step = -1
+
+    def interval(self, max_steps: int) -> int | None:
+        """The number of optimizer steps between saves for a run of ``max_steps`` (-1: no limit)."""
+        if self.every_n_steps == "auto":
+            if max_steps is None or max_steps < 0:
+                return 1000
+            return max(1, min(self.AUTO_MAX_INTERVAL, max_steps // 10))
+        return self.every_n_steps or None  # 0 and None: no periodic saves
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         """Remember the step of the latest checkpoint written."""
         self._saved_step = trainer.global_step
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Save every ``interval`` optimizer steps (not per micro-batch under gradient accumulation)."""
+        every = self.interval(trainer.max_steps)
+        step = trainer.global_step
+        if every and step > 0 and step % every == 0 and step != self._saved_step and not trainer.fast_dev_run:
+            self._save(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Save ``last.ckpt`` at the final step unless a checkpoint of that step was just written."""
