@@ -55,6 +55,26 @@ def validate_config(cfg: DictConfig) -> None:
     max_steps = _get(cfg, "trainer.max_steps")
     if max_steps is not None and max_steps != -1 and max_steps < 1:
         raise ConfigError(f"trainer.max_steps={max_steps!r} is invalid; use an integer >= 1 (or -1)")
+    seed = _get(cfg, "seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ConfigError(f"seed={seed!r} is invalid; it must be an integer in [0, 2**32)")
+    val_every = _get(cfg, "trainer.val_check_interval")
+    if val_every is not None and (
+        isinstance(val_every, bool)
+        or not isinstance(val_every, int | float)
+        or (isinstance(val_every, int) and val_every < 1)
+        or (isinstance(val_every, float) and not 0.0 < val_every <= 1.0)
+    ):
+        raise ConfigError(
+            f"trainer.val_check_interval={val_every!r} is invalid; use an integer >= 1 (steps) or a "
+            "fraction in (0, 1] of an epoch"
+        )
+    every = cfg.get("checkpoint_every_n_steps")
+    if every not in (None, "auto") and (isinstance(every, bool) or not isinstance(every, int) or every < 0):
+        raise ConfigError(
+            f"checkpoint_every_n_steps={every!r} is invalid; use an integer >= 1, auto, or null (0) to "
+            "save only at validations, SIGTERM and the end"
+        )
     final = _get(cfg, "final_samples")
     if not isinstance(final, int) or final < 0:
         raise ConfigError(f"final_samples={final!r} is invalid; it must be an integer >= 0")
@@ -68,14 +88,15 @@ def validate_config(cfg: DictConfig) -> None:
 
 
 def remove_unstarted_run_dir(path: Path) -> bool:
-    """Delete a run folder that holds only what Hydra wrote at start (``.hydra/`` and a log file).
+    """Delete a run folder that holds only what was written at start (``.hydra/``, a log, the claim file).
 
     A config error found before training leaves no half-made run behind; anything else is kept.
     """
     if not path.is_dir():
         return False
     entries = list(path.iterdir())
-    if all(e.name == ".hydra" or (e.suffix == ".log" and e.is_file()) for e in entries):
+    # .ddpm_run: the claim file of ddpm.run_folder
+    if all(e.name in (".hydra", ".ddpm_run") or (e.suffix == ".log" and e.is_file()) for e in entries):
         shutil.rmtree(path)
         return True
     return False

@@ -148,6 +148,16 @@ class GaussianDiffusion(nn.Module):
             "posterior_mean_coef2": (1.0 - abar_prev) * alphas.sqrt() / (1.0 - abar),
             "snr": abar / (1.0 - abar),
         }
+        # float32 holds abar down to ~1e-45 and 1/sqrt(abar) up to ~3e38: a chain that runs far past
+        # pure noise (e.g. T=18000 on the linear schedule) would otherwise train, then sample inf/NaN.
+        tiny = torch.finfo(torch.float32).tiny
+        if abar[-1] < tiny or any(not bool(v.float().isfinite().all()) for v in buffers.values()):
+            last_ok = int((abar >= tiny).sum())
+            raise ValueError(
+                f"T={b.numel()} is too long for this schedule: abar[T-1]={abar[-1].item():.3g} is below "
+                f"float32's normal range ({tiny:.3g}) from t={last_ok} on, so its coefficients overflow; the "
+                "chain is pure noise long before: use a smaller T or schedule.scale_to_T=true"
+            )
         # Derived from the betas, so they are not saved in checkpoints (persistent=False).
         for name, value in buffers.items():
             self.register_buffer(name, value.to(torch.float32), persistent=False)

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ddpm.cli.common import CONF_DIR, check_group_overrides, fail
-from ddpm.config import ConfigError, remove_unstarted_run_dir, validate_config
+from ddpm.config import ConfigError, first_line, remove_unstarted_run_dir, root_cause, validate_config
 
 # torch and Lightning are imported inside train(), after the config checks: a bad value is
 # reported in a second or two instead of after the ~15 s it takes to import them on a small CPU.
@@ -77,22 +78,73 @@ def _quiet_expected_resume_warnings(datamodule: Any) -> None:
         warnings.filterwarnings("ignore", message=r"You.re resuming from a checkpoint that ended before")
 
 
+def _config_for_resume(cfg: DictConfig, ckpt_path: str) -> DictConfig:
+    """The checkpoint's own run config, with what the command line may change on resume applied."""
+    from ddpm.resume import merge_for_resume, override_keys
+    from ddpm.safe_loading import load_checkpoint, resolved_config
+
+    ckpt = load_checkpoint(ckpt_path, mmap=True)  # weights only: runs no code
+    if not isinstance(ckpt.get("ddpm_config"), dict):
+        raise ConfigError(f"ckpt_path={ckpt_path!r} carries no ddpm-lab run config; it cannot be resumed")
+    stored = resolved_config(ckpt["ddpm_config"], f"the config stored in {ckpt_path!r}")
+    from hydra.core.hydra_config import HydraConfig
+
+    typed = override_keys(list(HydraConfig.get().overrides.task), CONF_DIR)
+    merged = merge_for_resume(cfg, OmegaConf.to_container(stored), typed)  # type: ignore[arg-type]
+    OmegaConf.set_struct(merged, True)
+    return merged
+
+
+def _check_trainer(cfg: DictConfig) -> None:
+    """Trainer arguments Lightning does not know, and accelerators this machine does not have."""
+    import inspect
+
+    import lightning as L
+    import torch
+
+    trainer = cfg.get("trainer") or {}
+    known = set(inspect.signature(L.Trainer.__init__).parameters) - {"self"}
+    for key in trainer:
+        if key != "_target_" and key not in known:
+            raise ConfigError(
+                f"trainer.{key} is not an argument of Lightning's Trainer; see "
+                "https://lightning.ai/docs/pytorch/stable/common/trainer.html#trainer-flags"
+            )
+    accelerator = str(trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} but this machine has no CUDA GPU that torch can use; "
+            "use trainer=cpu (or trainer.accelerator=auto)"
+        )
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("trainer.accelerator=mps but MPS is not available here; use trainer=cpu")
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate one composed config; returns the final metrics.
+
+    A resumed run (``ckpt_path``) trains the config stored in its checkpoint: today's command line may
+    change only what :data:`ddpm.resume.SAFE_ON_RESUME` lists.
 
     Raises:
         ConfigError: a bad config value, before any training, logger or checkpoint is created.
     """
     output_dir = Path(cfg.paths.output_dir)
     try:
+        ckpt_path = _resolve_ckpt_path(cfg, output_dir)
+        if ckpt_path:
+            cfg = _config_for_resume(cfg, ckpt_path)
         validate_config(cfg)
+        from ddpm.safe_loading import resolved_config
+
+        resolved_config(cfg, "the run config")  # every _target_ on the allow-list, before any import
         import lightning as L
 
         from ddpm.runs import build, reverse_process_figures, write_results
 
+        _check_trainer(cfg)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule, module = build(cfg)
-        ckpt_path = _resolve_ckpt_path(cfg, output_dir)
         callbacks = _callbacks(cfg)
     except ConfigError:
         remove_unstarted_run_dir(output_dir)
@@ -104,15 +156,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         with open_dict(cfg):  # a resumed run continues its W&B run
             cfg.logger.wandb.id = wandb_id_file.read_text().strip()
             cfg.logger.wandb.resume = "allow"
-    if ckpt_path and cfg.get("logger") and cfg.logger.get("csv"):
-        # Lightning's CSVLogger deletes an existing metrics.csv in its folder: the resumed part gets its own
+    if cfg.get("logger") and cfg.logger.get("csv"):
+        # Lightning's CSVLogger deletes an existing metrics.csv in its folder: a resumed part (or a
+        # requeued job that starts again from step 0) gets its own, and the first part's log is kept
         csv_dir = Path(cfg.logger.csv.save_dir) / cfg.logger.csv.name
-        with open_dict(cfg):
-            cfg.logger.csv.version = f"resumed_{len(list(csv_dir.glob('resumed_*'))) + 1}"
+        if ckpt_path or (csv_dir / "metrics.csv").is_file():
+            with open_dict(cfg):
+                cfg.logger.csv.version = f"resumed_{len(list(csv_dir.glob('resumed_*'))) + 1}"
     if ckpt_path:
         _quiet_expected_resume_warnings(datamodule)
     loggers = _loggers(cfg)
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    try:
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    except InstantiationException as err:  # Lightning's own checks of its arguments
+        remove_unstarted_run_dir(output_dir)
+        raise ConfigError(f"trainer: {first_line(root_cause(err))}") from None
     if trainer.is_global_zero:
         for logger in loggers:
             logger.log_hyperparams(module.run_config or {})
@@ -130,7 +188,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     start = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        # weights_only: a checkpoint to resume from runs no code either (it holds only tensors and
+        # plain containers, see ddpm.safe_loading)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:
         print(
             f"SIGTERM at step {trainer.global_step}: saved {output_dir / 'checkpoints' / 'last.ckpt'}; "
@@ -207,28 +267,26 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return sweeps.objective_value(cfg, metrics) if sweeps.in_multirun() else None
 
 
-def resume_overrides(argv: list[str]) -> list[str]:
-    """``ckpt_path=<run folder or its checkpoint>``: continue in that folder with its own overrides.
+def resume_in_run_folder(argv: list[str]) -> list[str]:
+    """``ckpt_path=<run folder or its checkpoint>``: continue in that run's folder.
 
-    The run's ``.hydra/overrides.yaml`` is replayed (the command line wins where both set a key) and
-    ``hydra.run.dir`` points at the run, so the resumed run writes to the same folder and W&B run.
+    Only the folder is taken from the command line here (``hydra.run.dir``); the run's config comes from
+    its checkpoint (see :func:`train`). A checkpoint outside a run's ``checkpoints/`` folder resumes into
+    a new run folder.
     """
     ckpt = next((a.split("=", 1)[1] for a in argv if a.startswith("ckpt_path=")), None)
     if ckpt in (None, "", "null", "last", "auto") or any(a.startswith("hydra.run.dir=") for a in argv):
         return argv
     path = Path(ckpt)
     run_dir = path if path.is_dir() else path.parent.parent if path.parent.name == "checkpoints" else None
-    if run_dir is None or not (run_dir / ".hydra" / "overrides.yaml").is_file():
+    if run_dir is None or not (run_dir / "checkpoints").is_dir():
         return argv
-    keys = {a.split("=", 1)[0].lstrip("+~") for a in argv if "=" in a}
-    saved = [str(o) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")]
-    kept = [o for o in saved if o.split("=", 1)[0].lstrip("+~") not in keys | {"hydra.run.dir"}]
-    return [*kept, *argv, f"hydra.run.dir={run_dir.resolve()}"]
+    return [*argv, f"hydra.run.dir={run_dir.resolve()}"]
 
 
 def main() -> None:
     """Console entry point: check group choices in one line, then hand over to Hydra."""
     check_group_overrides(sys.argv[1:])
     if "-m" not in sys.argv and "--multirun" not in sys.argv:
-        sys.argv[1:] = resume_overrides(sys.argv[1:])
+        sys.argv[1:] = resume_in_run_folder(sys.argv[1:])
     _hydra_main()
