@@ -310,7 +310,7 @@ def test_ddpm_train_and_sample_commands(tmp_path: Path, capsys) -> None:
 
 def test_ddpm_sample_rejects_a_mismatched_checkpoint(tmp_path: Path) -> None:
     _, run_dir = run_train(tmp_path, SHORT)
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     ckpt["ddpm_config"]["model"]["hidden"] = 64  # config says one network, weights are another
     torch.save(ckpt, tmp_path / "bad.ckpt")
     with pytest.raises(ConfigError, match="does not match its config"):

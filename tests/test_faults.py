@@ -35,6 +35,13 @@ BASE = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _trust_this_modules_callbacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    # configs here add this module's test callbacks; ddpm-lab builds only allow-listed targets
+    # (ddpm.safe_loading), so they are trusted the documented way (subprocesses inherit it)
+    monkeypatch.setenv("DDPM_TRUSTED_TARGETS", "tests.test_faults.")
+
+
 class PoisonBatches(L.Callback):
     """Test helper: turns the training batch into NaNs at the given optimizer steps."""
 
@@ -64,7 +71,7 @@ class EMAProbe(L.Callback):
 
 
 def _weights(ckpt: Path, key: str) -> dict[str, torch.Tensor]:
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)[key]
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)[key]
     return {k: v for k, v in state.items() if k.startswith("net.")}
 
 
@@ -77,13 +84,13 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path: Path
     _, full = run_train(tmp_path / "full", [*BASE, "trainer.max_steps=45"])
     _, part = run_train(tmp_path / "part", [*BASE, "trainer.max_steps=20"])
     ckpt = part / "checkpoints" / "last.ckpt"
-    assert torch.load(ckpt, weights_only=False)["global_step"] == 20
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 20
     # resume in the same run folder, as `ddpm-train ckpt_path=<run>` does
     metrics, resumed = run_train(tmp_path / "part", [*BASE, "trainer.max_steps=45", "ckpt_path=last"])
     assert resumed == part
     assert metrics["global_step"] == 45
     for run in (full, resumed):  # 45 is not a validation step: the final step is saved all the same
-        assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 45
+        assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 45
     for key in ("current_model_state", "state_dict"):  # raw weights, and the EMA weights
         a, b = (
             _weights(full / "checkpoints" / "last.ckpt", key),
@@ -108,7 +115,7 @@ def test_resuming_a_run_that_stopped_before_its_first_validation_keeps_one_curre
     run_train(tmp_path, [*BASE, "trainer.max_steps=5"])  # last.ckpt comes from the end-of-training save
     _, run = run_train(tmp_path, [*BASE, "trainer.max_steps=20", "ckpt_path=last"])  # ends on a validation
     assert sorted(p.name for p in (run / "checkpoints").glob("*.ckpt")) == ["best.ckpt", "last.ckpt"]
-    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 20
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 20
 
 
 def test_same_seed_same_losses_and_samples(tmp_path: Path) -> None:
@@ -130,7 +137,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path)
     poison = ["+callbacks.poison._target_=tests.test_faults.PoisonBatches", "+callbacks.poison.steps=[25]"]
     with pytest.raises(NonFiniteLossError, match="at step 25"):
         run_train(tmp_path, [*BASE, "trainer.max_steps=40", *poison])
-    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 20
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
 
@@ -144,7 +151,7 @@ def test_nonfinite_loss_may_be_skipped_when_allowed(tmp_path: Path) -> None:
         "training loss is nan at step 9",
     ]
     assert metrics["global_step"] == 30
-    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["nonfinite_skipped"] == 2
     rows = list(csv.DictReader((run / "csv" / "metrics.csv").open()))
     assert max(float(r["train/nonfinite_skipped"]) for r in rows if r.get("train/nonfinite_skipped")) == 2
@@ -196,7 +203,7 @@ def test_atomic_checkpoint_survives_sigkill_during_save(tmp_path: Path) -> None:
         time.sleep(float(rng.uniform(0.0, 0.3)))  # then kill it at a random point, usually mid-save
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        ckpt = torch.load(target, weights_only=False)
+        ckpt = torch.load(target, weights_only=True)
         assert torch.equal(ckpt["w"], torch.full((4_000_000,), float(ckpt["i"])))  # complete and consistent
 
 
@@ -217,14 +224,14 @@ def test_sigterm_saves_and_the_run_resumes_in_its_folder(tmp_path: Path) -> None
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-2000:]
     assert "SIGTERM at step" in err
-    step = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    step = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
     assert step > 20
     first_id = (run_dir / ".wandb_id").read_text().strip()
 
     res = cli("ddpm-train", f"ckpt_path={run_dir}", f"trainer.max_steps={step + 10}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert f"Run folder: {run_dir}" in res.stdout
-    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == step + 10
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == step + 10
     assert (run_dir / ".wandb_id").read_text().strip() == first_id
     assert len(list((run_dir / "wandb").glob(f"offline-run-*-{first_id}"))) == 2  # same W&B run, resumed
 
@@ -304,5 +311,5 @@ def test_ddp_ranks_agree_to_stop_when_the_loss_is_nan_on_one_rank(tmp_path: Path
     # both ranks stop (none is left waiting in the gradient all-reduce), saying why the step is not skipped
     assert res.returncode == 1, res.stderr[-3000:]
     assert "at step 25; stopped on every rank: under DDP a step cannot be skipped" in res.stderr
-    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 20  # the last good checkpoint

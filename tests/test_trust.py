@@ -1,0 +1,507 @@
+"""Trust and integrity: opening a run folder runs no code, a resumed run is the same run, one run per folder.
+
+The commands run in-process (their ``main``), so the table-driven cases cost no Lightning import each; two
+tests start real ``ddpm-train`` processes, where only processes can show the property (a race for a folder,
+SIGKILL).
+"""
+
+from __future__ import annotations
+
+import csv
+import errno
+import multiprocessing
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from hydra.core.global_hydra import GlobalHydra
+
+from ddpm.cli.eval import main as eval_main
+from ddpm.cli.sample import main as sample_main
+from ddpm.cli.train import main as train_main
+from ddpm.cli.viz import main as viz_main
+from ddpm.config import ConfigError
+from ddpm.run_folder import RunFolderError, claim_folder
+from ddpm.safe_loading import ALLOWED_TARGETS, UntrustedContentError, check_targets, load_checkpoint
+from tests.test_app import SHORT, run_train
+
+pytestmark = [
+    # T=50 on purpose (not today's default), which stops short of pure noise
+    pytest.mark.filterwarnings("ignore::ddpm.schedules.NotPureNoiseWarning"),
+    # the tests copy run folders, so Lightning sees a moved checkpoint folder, as a user's moved run would
+    pytest.mark.filterwarnings("ignore:The dirpath has changed from"),
+]
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "MPLBACKEND": "Agg"}
+# a T that is not today's default (1000): a resume that fell back to the defaults would show it
+STORED_T = 50
+QUIET = [o for o in SHORT if o != "print_config=false"] + ["print_config=false", "reverse_gif=false"]
+
+
+class Payload:
+    """A pickle that, when loaded without weights_only, creates ``marker``: code from a checkpoint ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (self.marker, "w"))
+
+
+class CrashOnce(L.Callback):
+    """Test helper: raises at ``step`` the first time (a crash between two checkpoints), not on resume."""
+
+    def __init__(self, step: int, flag: str) -> None:
+        self.step, self.flag = step, Path(flag)
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step and not self.flag.exists():
+            self.flag.write_text("crashed")
+            raise RuntimeError(f"simulated crash at step {self.step}")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished toy run (T=50) made by ``ddpm-train`` itself (with its .hydra/), to copy and tamper with."""
+    run = tmp_path_factory.mktemp("trained") / "run"
+    code, _, err = _train_cli([*QUIET, f"T={STORED_T}", f"hydra.run.dir={run}"])
+    assert code == 0, err
+    return run
+
+
+def _copy(run: Path, dest: Path) -> Path:
+    shutil.copytree(run, dest)
+    return dest
+
+
+def _gadget(marker: Path) -> dict[str, Any]:
+    # an innocent-looking library function that writes a file: the first link of a gadget chain
+    return {"_target_": "numpy.savetxt", "fname": str(marker), "X": [1.0]}
+
+
+def _route(route: str, trained: Path, tmp_path: Path, marker: Path) -> Path:
+    """A copy of the trained run with one kind of hostile content."""
+    run = _copy(trained, tmp_path / f"run-{route}")
+    ckpt_file = run / "checkpoints" / "last.ckpt"
+    ckpt = torch.load(ckpt_file, weights_only=True)
+    if route == "pickle":
+        ckpt["extra"] = Payload(marker)
+    elif route == "stored_config":
+        ckpt["ddpm_config"]["model"] = _gadget(marker)
+    elif route == "stored_config_chain":  # numpy writes a file that torch.load would then unpickle
+        ckpt["ddpm_config"]["data"] = {"_target_": "numpy.save", "file": str(marker), "arr": [1]}
+        ckpt["ddpm_config"]["model"] = {"_target_": "torch.load", "f": str(marker), "weights_only": False}
+    elif route == "hydra_config":
+        del ckpt["ddpm_config"]
+        hydra_cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+        hydra_cfg["model"] = _gadget(marker)
+        (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(hydra_cfg))
+    for extra in run.glob("checkpoints/*.ckpt"):
+        extra.unlink()
+    torch.save(ckpt, ckpt_file)
+    return run
+
+
+def _train_cli(argv: list[str], capsys: pytest.CaptureFixture[str] | None = None) -> tuple[int, str, str]:
+    """``ddpm-train ARGV`` in this process (Hydra's real entry point); returns (exit code, stdout, stderr).
+
+    Without ``capsys`` (a module fixture) the output is not captured and comes back empty.
+    """
+    GlobalHydra.instance().clear()
+    old = sys.argv
+    sys.argv = ["ddpm-train", *argv]
+    try:
+        train_main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = old
+        GlobalHydra.instance().clear()
+    if capsys is None:
+        return code, "", ""
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _cli(command: str, argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    mains = {"sample": sample_main, "eval": eval_main, "viz": viz_main}
+    capsys.readouterr()
+    try:
+        code = mains[command](argv)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    return code, capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- loading runs no code
+ROUTES = ["pickle", "stored_config", "stored_config_chain", "hydra_config"]
+COMMANDS = {
+    "sample": lambda run: ("sample", [str(run), "--n", "8"]),
+    "eval": lambda run: ("eval", [str(run), "--n", "8", "--repeats", "1", "--no-wandb"]),
+    "viz": lambda run: ("viz", ["reverse", str(run), "--n", "8", "--no-gif", "--out", str(run / "r.png")]),
+}
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_opening_a_hostile_run_folder_runs_no_code(
+    route: str, command: str, trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    marker = tmp_path / "PWNED"
+    run = _route(route, trained, tmp_path, marker)
+    code, err = _cli(*COMMANDS[command](run), capsys)
+    assert not marker.exists()
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert ("allow-list" in lines[0]) or ("could run code" in lines[0]), lines[0]
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_resuming_a_hostile_run_runs_no_code(
+    route: str, trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "PWNED"
+    run = _route(route, trained, tmp_path, marker)
+    code, _, err = _train_cli([f"ckpt_path={run}", *QUIET], capsys)
+    assert not marker.exists()
+    if route == "hydra_config":
+        # a checkpoint without a stored config cannot be resumed: .hydra/config.yaml is never trusted for it
+        assert code == 2 and "carries no ddpm-lab run config" in err, err
+    else:
+        assert code == 2, err
+        assert "allow-list" in err or "could run code" in err, err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_replayed_overrides_are_not_read_on_resume(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    # .hydra/overrides.yaml once was replayed on resume; the config now comes from the checkpoint only
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "PWNED"
+    run = _copy(trained, tmp_path / "run")
+    gadget = ["+model._target_=numpy.savetxt", f"+model.fname={marker}", "+model.X=[1.0]"]
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(gadget))
+    code, out, err = _train_cli([f"ckpt_path={run}", "trainer.max_steps=6", *QUIET], capsys)
+    assert code == 0, err
+    assert not marker.exists()
+    assert f"Run folder: {run}" in out
+    assert load_checkpoint(run / "checkpoints" / "last.ckpt")["ddpm_config"]["T"] == STORED_T
+
+
+def test_allow_list_covers_every_shipped_config_and_each_target_imports() -> None:
+    import importlib
+
+    shipped = set()
+    for path in (REPO / "conf").rglob("*.yaml"):
+        if "hydra" in path.parts[len(REPO.parts) + 1 :] or "hparams_search" in path.parts:
+            continue  # Hydra's own nodes (launchers, sweepers, callbacks): never built by ddpm-lab
+        for line in path.read_text().splitlines():
+            if line.strip().startswith("_target_:"):
+                shipped.add(line.split(":", 1)[1].strip())
+    assert shipped <= ALLOWED_TARGETS, shipped - ALLOWED_TARGETS
+    for target in ALLOWED_TARGETS:
+        module, _, name = target.rpartition(".")
+        assert callable(getattr(importlib.import_module(module), name)), target
+
+
+def test_allow_list_check_names_the_key_and_honours_the_users_own_trust(monkeypatch) -> None:
+    cfg = {
+        "model": {"_target_": "ddpm.models.MLPDenoiser"},
+        "trainer": {"plugins": [{"_target_": "os.system"}]},
+    }
+    with pytest.raises(UntrustedContentError, match=r"trainer\.plugins\[0\]\._target_='os\.system' in here"):
+        check_targets(cfg, "here")
+    monkeypatch.setenv("DDPM_TRUSTED_TARGETS", "mypkg.nets.,other.Thing")
+    check_targets({"model": {"_target_": "mypkg.nets.Big"}, "x": {"_target_": "other.Thing"}}, "here")
+    with pytest.raises(UntrustedContentError):
+        check_targets({"model": {"_target_": "mypkg.other.Big"}}, "here")
+
+
+def test_a_truncated_checkpoint_is_one_clear_error(trained: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "cut.ckpt"
+    bad.write_bytes((trained / "checkpoints" / "last.ckpt").read_bytes()[:1000])
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_checkpoint(bad)
+
+
+# ----------------------------------------------------------------------------- a resumed run is the same run
+def test_resume_from_a_loose_checkpoint_trains_the_stored_model(trained: Path, tmp_path: Path) -> None:
+    loose = tmp_path / "elsewhere.ckpt"
+    shutil.copy(trained / "checkpoints" / "last.ckpt", loose)
+    stored = load_checkpoint(loose)
+    # no T, data or model on the command line: today's defaults (T=1000) must not leak in
+    metrics, run = run_train(tmp_path / "new", [*QUIET, f"ckpt_path={loose}", "trainer.max_steps=7"])
+    assert metrics["global_step"] == 7
+    resumed = load_checkpoint(run / "checkpoints" / "last.ckpt")
+    for key in ("T", "model", "data", "diffusion", "optimizer"):
+        assert resumed["ddpm_config"][key] == stored["ddpm_config"][key], key
+    assert resumed["ddpm_config"]["trainer"]["max_steps"] == 7  # a safe key the command line set
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("T=1000", f"T=1000 cannot change when resuming: the run was trained with T={STORED_T}"),
+        ("model.hidden=64", "model.hidden=64 cannot change when resuming: the run was trained with model"),
+        ("schedule=cosine", "schedule.name='cosine' cannot change when resuming"),
+        ("optimizer.lr=0.5", "optimizer.lr=0.5 cannot change when resuming"),
+        ("data=circles", "data.dataset='circles' cannot change when resuming"),
+        ("callbacks.ema.decay=0.5", "callbacks.ema.decay=0.5 cannot change when resuming"),
+    ],
+)  # fmt: skip
+def test_resume_refuses_an_override_that_changes_the_run(
+    override: str, message: str, trained: Path, tmp_path: Path
+) -> None:
+    run = _copy(trained, tmp_path / "run")
+    before = (run / "checkpoints" / "last.ckpt").read_bytes()
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        run_train(tmp_path / "new", [*QUIET, f"ckpt_path={run}", override])
+    assert (run / "checkpoints" / "last.ckpt").read_bytes() == before
+
+
+def test_ckpt_path_auto_resumes_the_stored_run_and_keeps_its_config(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    run = _copy(trained, tmp_path / "run")
+    config_yaml = (run / ".hydra" / "config.yaml").read_bytes()
+    overrides_yaml = (run / ".hydra" / "overrides.yaml").read_bytes()
+    steps = load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"]
+    # the run's own overrides are not repeated: the stored config (T=50) is what resumes
+    code, out, err = _train_cli(
+        ["ckpt_path=auto", f"hydra.run.dir={run}", f"trainer.max_steps={steps + 3}", "logger=csv",
+         "print_config=false", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert f"Trained {steps + 3} steps" in out
+    assert (run / ".hydra" / "config.yaml").read_bytes() == config_yaml
+    assert (run / ".hydra" / "overrides.yaml").read_bytes() == overrides_yaml
+    assert load_checkpoint(run / "checkpoints" / "last.ckpt")["ddpm_config"]["T"] == STORED_T
+    assert (run / "csv" / "metrics.csv").is_file() and (run / "csv" / "resumed_1" / "metrics.csv").is_file()
+
+
+# ----------------------------------------------------------------------------- checkpoints by steps
+def _steps(path: Path) -> set[int]:
+    with path.open(newline="") as fh:
+        return {int(row["step"]) for row in csv.DictReader(fh) if row.get("train/loss")}
+
+
+def test_a_crash_between_validations_loses_at_most_one_interval(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("DDPM_TRUSTED_TARGETS", "tests.test_trust.CrashOnce")
+    flag = tmp_path / "crashed"
+    args = [
+        *[o for o in QUIET if not o.startswith(("trainer.max_steps", "trainer.val_check_interval"))],
+        "trainer.max_steps=40",
+        "trainer.val_check_interval=1000",  # no validation before the crash: only the step checkpoints
+        "checkpoint_every_n_steps=10",
+        "+callbacks.crash._target_=tests.test_trust.CrashOnce",
+        "+callbacks.crash.step=25",
+        f"+callbacks.crash.flag={flag}",
+    ]
+    with pytest.raises(RuntimeError, match="simulated crash at step 25"):
+        run_train(tmp_path, args)
+    run = tmp_path / "run"
+    assert load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 20
+    first = _steps(run / "csv" / "metrics.csv")
+    assert first and max(first) >= 20
+    metrics, _ = run_train(tmp_path, [*args, "ckpt_path=last"])
+    assert metrics["global_step"] == 40
+    second = _steps(run / "csv" / "resumed_1" / "metrics.csv")
+    assert (
+        min(second) == 20 and max(second) <= 40
+    )  # from the checkpoint on: the batch after step 20 is redone
+    assert _steps(run / "csv" / "metrics.csv") == first  # the first part's log is kept
+
+
+def test_auto_interval_is_a_tenth_of_the_run() -> None:
+    from ddpm.checkpointing import LastCheckpoint
+
+    cb = LastCheckpoint("x")
+    assert cb.interval(2000) == 200  # the default toy run: a kill loses at most 10%
+    assert cb.interval(800_000) == LastCheckpoint.AUTO_MAX_INTERVAL
+    assert cb.interval(-1) == 1000
+    assert LastCheckpoint("x", every_n_steps=0).interval(2000) is None
+    with pytest.raises(ValueError, match="every_n_steps=-3"):
+        LastCheckpoint("x", every_n_steps=-3)
+
+
+@pytest.mark.slow
+def test_sigkill_then_auto_resumes_from_the_last_step_checkpoint(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    exe = str(Path(sys.executable).parent / "ddpm-train")
+    first = [*QUIET, f"T={STORED_T}", "trainer.max_steps=100000", "trainer.val_check_interval=100000",
+             "checkpoint_every_n_steps=20", "trainer.log_every_n_steps=5"]  # fmt: skip
+    proc = subprocess.Popen(
+        [exe, *first, f"hydra.run.dir={run}"], cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    last = run / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    while not last.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    saved = load_checkpoint(last)["global_step"]
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    killed_log = _steps(run / "csv" / "metrics.csv")
+    lost = max(killed_log) - load_checkpoint(last)["global_step"]
+    assert saved % 20 == 0 and lost <= 20 + 5  # at most one interval (and one logging period) lost
+    config_yaml = (run / ".hydra" / "config.yaml").read_bytes()
+
+    resume_at = load_checkpoint(last)["global_step"]
+    res = subprocess.run(
+        [exe, "ckpt_path=auto", f"hydra.run.dir={run}", f"trainer.max_steps={resume_at + 10}"],
+        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert load_checkpoint(last)["global_step"] == resume_at + 10
+    assert load_checkpoint(last)["ddpm_config"]["T"] == STORED_T  # the run's own config, not today's
+    assert (run / ".hydra" / "config.yaml").read_bytes() == config_yaml
+    assert _steps(run / "csv" / "metrics.csv") == killed_log  # the first part's log is kept
+    assert max(_steps(run / "csv" / "resumed_1" / "metrics.csv")) == resume_at + 10
+
+
+# ----------------------------------------------------------------------------- one run, one folder
+def _claim_one(folder: str, barrier: Any, queue: Any) -> None:
+    barrier.wait()
+    try:
+        queue.put(str(claim_folder(Path(folder), may_rename=True, may_reuse=False)[0]))
+    except RunFolderError as err:
+        queue.put(f"error: {err}")
+
+
+def test_processes_racing_for_one_default_name_get_distinct_folders(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("fork")  # the claim needs no fresh interpreter: quick to start
+    n = 6
+    barrier, queue = ctx.Barrier(n), ctx.Queue()
+    target = tmp_path / "runs" / "2026-12-01_10-00-00"
+    procs = [ctx.Process(target=_claim_one, args=(str(target), barrier, queue)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    got = sorted(queue.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    assert len(set(got)) == n and not any(g.startswith("error") for g in got), got
+    assert sorted(p.name for p in target.parent.iterdir()) == sorted(Path(g).name for g in got)
+
+
+def test_two_ddpm_train_processes_started_together_get_two_folders(tmp_path: Path) -> None:
+    exe = str(Path(sys.executable).parent / "ddpm-train")
+    args = [
+        exe,
+        *QUIET,
+        "trainer.max_steps=2",
+        "task_name=race",
+        "final_samples=16",
+        "callbacks.samples=null",
+    ]
+    procs = [
+        subprocess.Popen(
+            args, cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
+    folders = sorted((tmp_path / "outputs" / "race" / "runs").iterdir())
+    assert len(folders) == 2
+    reported = {o.strip().splitlines()[-1].rsplit("Run folder: ", 1)[1] for o, _ in outs}
+    assert reported == {str(f) for f in folders}
+    for folder in folders:  # each folder holds one whole run: its config, its checkpoint, its samples
+        assert (folder / ".hydra" / "config.yaml").is_file()
+        assert load_checkpoint(folder / "checkpoints" / "last.ckpt")["global_step"] == 2
+        assert (folder / "samples.npz").is_file()
+
+
+def test_a_second_run_into_the_same_folder_is_refused(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    run = _copy(trained, tmp_path / "run")
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    code, _, err = _train_cli([f"hydra.run.dir={run}", *QUIET], capsys)
+    assert code == 2
+    assert err.strip() == (
+        f"error: hydra.run.dir={run} already holds another run; give a new folder, or resume that run "
+        f"with ckpt_path={run}"
+    )
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # nothing touched
+
+
+# ----------------------------------------------------------------------------- bad values: one line
+CUDA = torch.cuda.is_available()
+NO_GPU_CASE = pytest.param(
+    ["trainer=gpu"], "trainer.accelerator=gpu", marks=pytest.mark.skipif(CUDA, reason="has a GPU")
+)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["trainer.val_check_interval=0"], "trainer.val_check_interval=0"),
+        (["seed=abc"], "seed='abc'"),
+        (["+trainer.max_stepz=5"], "trainer.max_stepz"),
+        NO_GPU_CASE,
+        (["T=18000"], "T=18000 is too long for this schedule"),
+        (["diffusion.T=0"], "diffusion.T=0"),
+        (["checkpoint_every_n_steps=-1"], "checkpoint_every_n_steps=-1"),
+        (["schedule=nope"], "schedule=nope"),
+        (["optimizer.lr=-1"], "optimizer.lr=-1"),
+        (["sampler=ddim", "sampler.steps=5000"], "sampler.steps=5000"),
+        (["data=array", "data.path=/no/such/file.npy"], "data.path='/no/such/file.npy'"),
+        (["trainer.enable_progress_bar=false"], "enable_progress_bar=False"),
+        (["ckpt_path=last"], "ckpt_path=last"),
+        (["ckpt_path=/no/such/run"], "ckpt_path='/no/such/run'"),
+        (["model._target_=os.system"], "model._target_='os.system'"),
+    ],
+)  # fmt: skip
+def test_ddpm_train_bad_values_are_one_line_and_leave_no_folder(
+    overrides: list[str], key: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _train_cli([*overrides, "logger=csv", "print_config=false"], capsys)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and key in lines[0], err
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("runs/*"))
+
+
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [
+        ("file", "is a file, where a folder is expected"),
+        (errno.EROFS, "read-only or no permission"),
+        (errno.ENOSPC, "no space left on the device"),
+    ],
+)
+def test_ddpm_train_unwritable_run_folder_is_one_line(
+    where: Any, reason: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    if where == "file":
+        (tmp_path / "blocker").write_text("a file")
+        monkeypatch.setenv("DDPM_ROOT", str(tmp_path / "blocker"))
+    else:  # root ignores permissions and the disk is not full: the failing write is simulated
+
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise OSError(where, os.strerror(where))
+
+        monkeypatch.setattr("ddpm.run_folder.tempfile.mkstemp", refuse)
+    code, _, err = _train_cli(["logger=csv", "print_config=false"], capsys)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and reason in err, err
+    assert not any((tmp_path / "outputs").rglob("runs/*"))
