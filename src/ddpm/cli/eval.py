@@ -18,6 +18,10 @@ Lightning's EMA average, else ``raw``), ``kind`` (``toy`` / ``image``), ``sample
 and ``bpd`` (:meth:`ddpm.likelihood.VariationalBound.as_dict` plus ``seconds``, and for toy data
 ``bits_per_dim_raw_units``). A section that was not computed holds ``{"skipped": "<why>"}``. The numbers
 are also added to the run's W&B run (same id and mode) as summary values under ``eval/<name>/``.
+
+Every value (sampler overrides, ``--device``, ...) and the output folders are checked before the checkpoint
+is loaded: a bad one is a one-line error with exit code 2. The figures are printed before the JSON is
+written, so a failing write (exit code 1) never hides them.
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ from typing import Any
 
 import torch
 
-from ddpm.cli.common import fail
-from ddpm.cli.sample import load_with_sampler
+from ddpm.cli.common import WriteError, check_device, check_seed, ensure_writable, fail, write_file
+from ddpm.cli.sample import check_sampler_overrides, load_with_sampler, run_folder
 from ddpm.runs import ConfigError, LoadedRun
 
 __all__ = ["evaluate", "main"]
@@ -46,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ddpm-eval",
         description="Evaluate a trained ddpm-lab run (run folder or .ckpt) with its EMA weights.",
+        epilog="Values and the output folders' writability are checked before the checkpoint is loaded; "
+        "the figures are printed before the JSON is written.",
     )
     p.add_argument("run", help="a run folder (uses checkpoints/last.ckpt) or a checkpoint file")
     p.add_argument("overrides", nargs="*", help="sampler=ddim sampler.steps=50 sampler.eta=0.0 ...")
@@ -92,6 +98,20 @@ def _check_args(args: argparse.Namespace) -> None:
         fail("--no-quality without --bpd leaves nothing to evaluate")
     if args.out is not None and args.out.suffix != ".json":
         fail(f"--out={str(args.out)!r} must end in .json")
+    check_seed(args.seed, draws=max(args.repeats, 1))  # draw k uses seed + k
+    check_device(args.device)
+    check_sampler_overrides(args.overrides)
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Before the checkpoint is read: the JSON's folder, and the run's W&B folder when results go there."""
+    run_dir = run_folder(args.run)
+    if args.out is not None:
+        ensure_writable(args.out.parent, "the evaluation")
+    else:
+        ensure_writable(run_dir / "eval", "the evaluation", "; choose another place with --out")
+    if not args.no_wandb and (run_dir / ".wandb_id").is_file():
+        ensure_writable(run_dir / "wandb", "the W&B summary", "; pass --no-wandb to skip it")
 
 
 def _weights_kind(checkpoint: Path) -> str:
@@ -332,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
     args = _parser().parse_args(argv)
     _check_args(args)
+    _check_outputs(args)
     run, sampler = load_with_sampler(args.run, args.device, args.overrides)
     print(f"Evaluating {run.checkpoint} with {sampler!r}")
     log: list[str] = []
@@ -343,15 +364,23 @@ def main(argv: list[str] | None = None) -> int:
     name = type(sampler).__name__.removesuffix("Sampler").lower() + str(steps)
     tag = f"{name}_n{result.get('n') or 0}_k{args.repeats}_seed{args.seed}" + ("_bpd" if args.bpd else "")
     out = args.out or run.run_dir / "eval" / f"{tag}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, allow_nan=True) + "\n")
-    if not args.no_wandb:
-        log.append(log_to_wandb(run, result, tag))
+    # The figures first: they are on screen even if a write below fails.
     ema = "the EMA average" if result["weights"] == "ema" else "no EMA in this checkpoint"
     print(f"Weights: {result['weights']} ({ema})")
     for line in log:
         print(line)
+    text = json.dumps(result, indent=2, allow_nan=True) + "\n"
+    try:
+        write_file(out, lambda path: path.write_text(text))
+    except WriteError as err:
+        fail(str(err), code=1)
     print(f"Wrote {out}")
+    if not args.no_wandb:
+        try:
+            print(log_to_wandb(run, result, tag))
+        except OSError as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            fail(f"could not add the results to the run's W&B run: {reason}", code=1)
     return 0
 
 

@@ -7,22 +7,51 @@
     ddpm-viz reverse outputs/<task>/runs/<time>   # a trained run: reverse-process figure + GIF
 
 Every value is checked before any work: a bad one gives a one-line error naming it and exit code 2.
+That includes sizes whose arrays and figure would need more memory than :func:`memory_limit` allows
+(the smaller of 2 GiB and half the memory available), and an output folder that cannot be written. A
+write that still fails at the end is a one-line error with exit code 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ddpm.cli.common import WriteError, seed_problem, writable_problem, write_file, write_files
 from ddpm.schedules import SCHEDULES
 
-__all__ = ["build_parser", "main"]
+__all__ = ["MAX_BYTES", "build_parser", "main", "memory_limit"]
 
 PROG = "ddpm-viz"
 DEFAULT_DIR = Path("outputs") / "viz"
+
+#: The most memory a command may plan for its arrays and figure (on top of the ~0.6 GB its imports take),
+#: unless half the memory available is less (see :func:`memory_limit`).
+MAX_BYTES = 2 * 1024**3
+
+# Bytes per unit of each size option, measured on a CPU (peak RSS, figure drawn and written) and rounded up:
+# the schedule (betas, abar, the diffusion's buffers, the curves drawn) per timestep; forward-chain's
+# one-step tensors kept until they are stacked, per step; one drawn value (data, float64 copies, the
+# matplotlib path); one value of a reverse trajectory (float32 chain and x0-hat, their float64 copies); one
+# GIF frame (a quantised 512 x 384 image); one pixel of the RGBA canvas.
+_PER_T = 200
+_PER_CHAIN_STEP = 1000
+_PER_POINT = 80
+_PER_TRAJECTORY_VALUE = 32
+_PER_GIF_FRAME = 256 * 1024
+_PER_PIXEL = 4
+
+EPILOG = (
+    f"Sizes are checked before the arrays are made: a command whose arrays and figure would need more "
+    f"than the smaller of {MAX_BYTES / 1024**3:g} GiB and half the memory available is refused in one line "
+    f"naming the options to lower (--T, --n, --draws, --length, --timesteps, --dpi, --frames). The output "
+    f"folder is checked for writability first too."
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -67,10 +96,12 @@ def _add_schedule_options(
 def build_parser() -> argparse.ArgumentParser:
     """The ``ddpm-viz`` argument parser with its five subcommands."""
     names = ", ".join(sorted(SCHEDULES))
-    parser = _Parser(prog=PROG, description="Pictures of the diffusion process, written as PNG/GIF files.")
+    parser = _Parser(
+        prog=PROG, description="Pictures of the diffusion process, written as PNG/GIF files.", epilog=EPILOG
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("schedules", help="beta_t, abar_t and log-SNR of several schedules")
+    p = sub.add_parser("schedules", help="beta_t, abar_t and log-SNR of several schedules", epilog=EPILOG)
     p.add_argument(
         "--schedule",
         nargs="+",
@@ -82,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_schedule_options(p, T=1000, seed=0, beta=None)
     p.set_defaults(handler=_cmd_schedules)
 
-    p = sub.add_parser("forward-1d", help="seed 000: a sine wave noised by q(x_t | x_0)")
+    p = sub.add_parser("forward-1d", help="seed 000: a sine wave noised by q(x_t | x_0)", epilog=EPILOG)
     p.add_argument("--schedule", default="linear", help=f"one of {names} (default linear)")
     p.add_argument(
         "--timesteps", type=int, nargs="+", metavar="T", help="t to show (default 0, T/10, ..., T-1)"
@@ -92,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_schedule_options(p, T=1000, seed=0, beta=(1e-4, 0.02))
     p.set_defaults(handler=_cmd_forward_1d)
 
-    p = sub.add_parser("forward-2d", help="seed 003: 2D Gaussian points noised by q(x_t | x_0)")
+    p = sub.add_parser(
+        "forward-2d", help="seed 003: 2D Gaussian points noised by q(x_t | x_0)", epilog=EPILOG
+    )
     p.add_argument("--schedule", default="linear", help=f"one of {names} (default linear)")
     p.add_argument(
         "--timesteps", type=int, nargs="+", metavar="T", help="t to show (default 0, T/4, T/2, 3T/4, T-1)"
@@ -104,14 +137,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_schedule_options(p, T=100, seed=3, beta=(1e-3, 0.02))
     p.set_defaults(handler=_cmd_forward_2d)
 
-    p = sub.add_parser("forward-chain", help="seeds 001/004: x0 through the one-step Markov chain")
+    p = sub.add_parser(
+        "forward-chain", help="seeds 001/004: x0 through the one-step Markov chain", epilog=EPILOG
+    )
     p.add_argument("--schedule", default="linear", help=f"one of {names} (default linear)")
     p.add_argument("--x0", type=float, default=5.0, help="starting value (default 5)")
     p.add_argument("--draws", type=int, default=8, help="independent chains (default 8)")
     _add_schedule_options(p, T=50, seed=1, beta=(1e-4, 0.01))
     p.set_defaults(handler=_cmd_forward_chain)
 
-    p = sub.add_parser("reverse", help="a trained run's reverse process: a figure and a GIF")
+    p = sub.add_parser("reverse", help="a trained run's reverse process: a figure and a GIF", epilog=EPILOG)
     p.add_argument("run_dir", type=Path, help="a run folder written by ddpm-train (or its checkpoint)")
     p.add_argument("--n", type=int, default=16, help="samples to draw (default 16)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
@@ -155,6 +190,106 @@ def _check_timesteps(timesteps: Sequence[int] | None, T: int) -> list[int] | Non
         raise _BadInput(str(err)) from None
 
 
+def _check_values(args: argparse.Namespace) -> None:
+    """Checks every command shares: numbers are finite, the seed fits torch."""
+    for dest, value in vars(args).items():
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            shown = " ".join(f"{v:g}" for v in values)
+            raise _BadInput(f"--{dest.replace('_', '-')}={shown} is invalid; give finite numbers")
+    problem = seed_problem(args.seed)
+    if problem is not None:
+        raise _BadInput(problem)
+
+
+def memory_limit() -> int:
+    """The most bytes a command may plan for: the smaller of :data:`MAX_BYTES` and half the memory
+    available now (Linux ``MemAvailable``; else the free pages; else :data:`MAX_BYTES` alone)."""
+    available: int | None = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):  # no such sysconf name (macOS, Windows)
+            return MAX_BYTES
+    return min(MAX_BYTES, available // 2)
+
+
+def _size(n: float) -> str:
+    return f"{n / 1024**3:.1f} GiB" if n >= 1024**3 else f"{n / 1024**2:.0f} MiB"
+
+
+def _data_terms(args: argparse.Namespace, run_chain: tuple[int, int] | None = None) -> list[tuple[int, str]]:
+    """``(bytes, the options that set them)`` for each large array a command will allocate.
+
+    Reverse needs ``run_chain``, the run's (sampling steps, values per sample), known once it is loaded;
+    before that the smallest (1 step, 1 value) gives a lower bound, enough to refuse an absurd ``--n`` early.
+    """
+
+    def pos(v: int) -> int:  # a negative size is refused by the command's own checks, not here
+        return max(int(v), 0)
+
+    if args.command == "reverse":
+        steps, dims = run_chain or (1, 1)
+        chain = (steps + 1) * pos(args.n) * dims * _PER_TRAJECTORY_VALUE
+        frames = 0 if args.no_gif else min(steps + 1, pos(args.frames)) * _PER_GIF_FRAME
+        known = f" (the run's chain: {steps + 1} states of {dims} values per sample)" if run_chain else ""
+        return [
+            (chain, f"--n={args.n}{known}"),
+            (frames, f"--frames={args.frames}"),
+        ]
+    T = pos(args.T)
+    if args.command == "schedules":
+        return [(len(args.schedules) * T * _PER_T, f"--T={args.T} ({len(args.schedules)} schedules)")]
+    if args.command == "forward-chain":
+        return [
+            (T * _PER_CHAIN_STEP, f"--T={args.T}"),
+            (pos(args.draws) * (T + 1) * _PER_POINT, f"--T={args.T} and --draws={args.draws}"),
+        ]
+    given = args.timesteps is not None
+    shown = len(args.timesteps) if given else 6  # the default timesteps: at most 6 (forward-1d), 5 (2d)
+    per_t, what = (args.length, "--length") if args.command == "forward-1d" else (args.n, "--n")
+    options = f"{what}={per_t}" + (f" and {shown} --timesteps" if given else "")
+    return [(T * _PER_T, f"--T={args.T}"), (shown * pos(per_t) * _PER_POINT, options)]
+
+
+def _check_memory(terms: list[tuple[int, str]]) -> None:
+    """Refuse, in one line naming the options, a plan that needs more than :func:`memory_limit`."""
+    need = sum(b for b, _ in terms)
+    limit = memory_limit()
+    if need > limit:
+        _, options = max(terms)
+        raise _BadInput(
+            f"{options} would need about {_size(need)} of memory, over the limit of {_size(limit)} "
+            f"(the smaller of {MAX_BYTES / 1024**3:g} GiB and half the memory available); use smaller values"
+        )
+
+
+def _check_canvas(fig: Any, dpi: int) -> None:
+    """The figure's pixels at ``--dpi``, checked before matplotlib allocates them."""
+    width, height = fig.get_size_inches()
+    pixels = int(width * dpi) * int(height * dpi)
+    _check_memory([(pixels * _PER_PIXEL, f"--dpi={dpi} ({int(width * dpi)} x {int(height * dpi)} pixels)")])
+
+
+def _out_folder(args: argparse.Namespace) -> Path:
+    return args.out.parent if args.out is not None else DEFAULT_DIR
+
+
+def _check_writable(args: argparse.Namespace) -> None:
+    hint = "" if args.out is not None else "; choose another place with --out"
+    problem = writable_problem(_out_folder(args), "the figure", hint)
+    if problem is not None:
+        raise _BadInput(problem)
+
+
 def _check_common(args: argparse.Namespace) -> None:
     _require(args.dpi >= 10, f"--dpi={args.dpi} is invalid; use an integer >= 10")
     if args.out is not None:
@@ -171,7 +306,9 @@ def _out_path(args: argparse.Namespace, name: str) -> Path:
 def _finish(fig: Any, args: argparse.Namespace, name: str) -> int:
     from ddpm import viz
 
-    path = viz.save_figure(fig, _out_path(args, name), dpi=args.dpi)
+    _check_canvas(fig, args.dpi)
+    path = _out_path(args, name)
+    write_file(path, lambda tmp: viz.save_figure(fig, tmp, dpi=args.dpi))
     print(f"wrote {path}")
     if args.show and not viz.show_figure(fig):
         print("--show: no display available; the figure was only written to file", file=sys.stderr)
@@ -274,13 +411,25 @@ def _cmd_reverse(args: argparse.Namespace) -> Callable[[], int]:
         except (FileNotFoundError, ValueError) as err:  # no checkpoint there, or it does not fit its config
             print(f"{PROG} reverse: error: {err}", file=sys.stderr)
             return 2
+        module = loaded.module
+        sampler = getattr(module, "sampler", None)  # the run's own; without one, DDPM's T steps
+        steps = (
+            len(sampler.timesteps(module.diffusion))
+            if sampler is not None
+            else module.diffusion.num_timesteps
+        )
+        _check_memory(_data_terms(args, (steps, math.prod(module.data_shape))))
         name = f"reverse-{args.run_dir.resolve().name}"
         png = _out_path(args, name)
         gif = None if args.no_gif else png.with_suffix(".gif")
-        png, gif = reverse_process_figures(
-            loaded.module, loaded.datamodule, png, gif, n=args.n, seed=args.seed, fps=args.fps,
-            max_frames=args.frames,
-        )  # fmt: skip
+
+        def write(tmp: list[Path]) -> None:
+            reverse_process_figures(
+                module, loaded.datamodule, tmp[0], tmp[1] if gif else None, n=args.n, seed=args.seed,
+                fps=args.fps, max_frames=args.frames,
+            )  # fmt: skip
+
+        write_files([png] if gif is None else [png, gif], write)
         print(f"wrote {png}")
         if gif is not None:
             print(f"wrote {gif}")
@@ -299,11 +448,17 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # argparse exits on --help and on syntax errors; return its code instead
         return exc.code if isinstance(exc.code, int) else 0
     try:
+        _check_values(args)
+        _check_memory(_data_terms(args))  # before the commands' own checks: those build the schedule
         run = args.handler(args)
+        _check_writable(args)
+        return run()
     except _BadInput as err:
         print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
         return 2
-    return run()
+    except WriteError as err:  # the checks passed, yet the final write failed (disk full meanwhile, ...)
+        print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
