@@ -505,3 +505,62 @@ def test_ddpm_train_unwritable_run_folder_is_one_line(
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and reason in err, err
     assert not any((tmp_path / "outputs").rglob("runs/*"))
+
+
+def test_a_full_disk_at_the_end_still_shows_the_computed_figures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    def full_disk(file: Any, *args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file))
+
+    monkeypatch.setattr("ddpm.runs.np.savez_compressed", full_disk)
+    code, _, err = _train_cli([*QUIET, f"hydra.run.dir={tmp_path / 'run'}"], capsys)
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "could not write the results" in lines[0] and "No space left on device" in lines[0]
+    assert "computed: Quality (EMA weights, 64 samples): energy distance" in lines[0]
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 4  # kept
+
+
+def test_merge_for_resume_keeps_the_run_and_takes_only_safe_overrides() -> None:
+    from omegaconf import OmegaConf
+
+    from ddpm.resume import merge_for_resume
+
+    stored = {
+        "T": 50,
+        "paths": {"output_dir": "/old/place/run"},
+        "trainer": {"max_steps": 500, "default_root_dir": "/old/place/run"},
+        "model": {"hidden": 128},
+        "lr_scheduler": None,
+        "callbacks": {"samples": {"n": 10}, "ema": {"decay": 0.999}},
+    }
+    today = OmegaConf.create(
+        {
+            "T": 1000,  # today's default, not set on the command line
+            "paths": {"output_dir": "${hydra:runtime.output_dir}"},
+            "trainer": {"max_steps": 900, "default_root_dir": "${paths.output_dir}"},
+            "model": {"hidden": 128},
+            "lr_scheduler": {"warmup_steps": 5},
+            "callbacks": {"ema": {"decay": 0.999}},
+            "checkpoint_every_n_steps": "auto",  # a key newer than the run
+        }
+    )
+    merged = merge_for_resume(today, stored, typed=["trainer.max_steps", "callbacks.samples"])
+    assert merged.T == 50 and merged.model.hidden == 128 and merged.lr_scheduler is None
+    assert merged.trainer.max_steps == 900  # set on the command line, and safe
+    assert (
+        OmegaConf.to_container(merged.trainer)["default_root_dir"] == "${paths.output_dir}"
+    )  # where it is now
+    assert "samples" not in merged.callbacks  # removed on the command line
+    assert merged.checkpoint_every_n_steps == "auto"
+    no_schedule = r"lr_scheduler=\{'warmup_steps': 5\} cannot change when resuming: .* with lr_scheduler=None"
+    with pytest.raises(ConfigError, match=no_schedule):
+        merge_for_resume(today, stored, typed=["lr_scheduler"])  # the run had no LR schedule
+    with pytest.raises(
+        ConfigError, match="T=1000 cannot change when resuming: the run was trained with T=50"
+    ):
+        merge_for_resume(today, stored, typed=["T"])

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from ddpm.config import ConfigError
 
@@ -123,6 +123,14 @@ def _is_location(raw: Any) -> bool:
     return isinstance(raw, str) and ("${paths." in raw or "${hydra:" in raw)
 
 
+def _node(cfg: DictConfig, key: str) -> Any:
+    """The value at ``key`` as plain data (a whole node where the other side has a leaf), or absent."""
+    value = OmegaConf.select(cfg, key, default=_ABSENT)
+    return (
+        OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
+    )
+
+
 def _show(value: Any) -> str:
     return "(not set)" if value is _ABSENT else repr(value)
 
@@ -147,22 +155,27 @@ def merge_for_resume(today: DictConfig, stored: Mapping[str, Any], typed: list[s
     merged = OmegaConf.create(dict(stored))
     assert isinstance(merged, DictConfig)
     for key, raw in today_raw.items():
-        if (_is_location(raw) or _under(key, typed) or key not in stored_flat) and not _under_a_stored_leaf(
-            key, stored_flat
-        ):
+        if not (_is_location(raw) or _under(key, typed) or key not in stored_flat):
+            continue  # the run's own value
+        above = _stored_leaf_above(key, stored_flat)
+        if above is None:
             OmegaConf.update(merged, key, raw, merge=False, force_add=True)
+        elif _under(key, typed):  # e.g. lr_scheduler=warmup where the run had none: today's whole node
+            node = OmegaConf.select(today, above)
+            value = OmegaConf.to_container(node, resolve=False) if isinstance(node, DictConfig) else node
+            OmegaConf.update(merged, above, value, merge=False, force_add=True)
     for key in stored_flat:  # nodes the command line removed (~callbacks.samples): drop them whole
-        if key not in today_raw and _under(key, typed):
-            parts = key.split(".")
-            top = next(
-                ".".join(parts[:i])
-                for i in range(1, len(parts) + 1)
-                if OmegaConf.select(today, ".".join(parts[:i]), default=_ABSENT) is _ABSENT
-            )
-            parent, _, name = top.rpartition(".")
-            node = OmegaConf.select(merged, parent) if parent else merged
-            if isinstance(node, DictConfig) and name in node:
-                del node[name]
+        if key in today_raw or not _under(key, typed):
+            continue
+        parts = key.split(".")
+        prefixes = (".".join(parts[:i]) for i in range(1, len(parts) + 1))
+        top = next((p for p in prefixes if OmegaConf.select(today, p, default=_ABSENT) is _ABSENT), None)
+        if top is None:
+            continue  # today holds a node there (a group that had none): replaced above, not removed
+        parent, _, name = top.rpartition(".")
+        node = OmegaConf.select(merged, parent) if parent else merged
+        if isinstance(node, DictConfig) and name in node:
+            del node[name]
     # Compare resolved values: schedule.T is ${diffusion.T}, so `schedule=linear` on a T=100 run means
     # T=100 there, as the merged config resolves it.
     resolved = dict(_leaves(OmegaConf.to_container(merged, resolve=True)))
@@ -176,6 +189,7 @@ def merge_for_resume(today: DictConfig, stored: Mapping[str, Any], typed: list[s
             continue
         new, old = resolved.get(key, _ABSENT), stored_flat.get(key, _ABSENT)
         if new != old:
+            new, old = _node(merged, key), _node(OmegaConf.create(dict(stored)), key)
             raise ConfigError(
                 f"{key}={_show(new)} cannot change when resuming: the run was trained with "
                 f"{key}={_show(old)}; drop the override, or start a new run without ckpt_path"
@@ -183,7 +197,9 @@ def merge_for_resume(today: DictConfig, stored: Mapping[str, Any], typed: list[s
     return merged
 
 
-def _under_a_stored_leaf(key: str, stored_flat: Mapping[str, Any]) -> bool:
-    """Whether ``key`` lies inside a value the stored config holds as one leaf (a null group, a list)."""
+def _stored_leaf_above(key: str, stored_flat: Mapping[str, Any]) -> str | None:
+    """The key above ``key`` that the stored config holds as one leaf (a null group, a list), if any."""
     parts = key.split(".")
-    return any(".".join(parts[:i]) in stored_flat for i in range(1, len(parts)))
+    return next(
+        (".".join(parts[:i]) for i in range(1, len(parts)) if ".".join(parts[:i]) in stored_flat), None
+    )

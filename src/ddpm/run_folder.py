@@ -159,6 +159,14 @@ def resumes_in(ckpt_path: Any, folder: Path) -> bool:
     return run is not None and run == folder.resolve()
 
 
+def _is_first_rank() -> bool:
+    # Lightning's DDP launcher starts ranks > 0 as new processes of the same command, and srun starts one
+    # per task: they all run this callback, and only the first may claim the folder.
+    return all(
+        int(os.environ.get(var) or 0) == 0 for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "NODE_RANK")
+    )
+
+
 def _user_set(config: DictConfig, key: str) -> bool:
     return any(str(o).split("=", 1)[0].lstrip("+~") == key for o in config.hydra.overrides.hydra)
 
@@ -174,6 +182,8 @@ class ClaimRunFolder(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Claim ``hydra.run.dir``; a resumed run keeps its folder's stored ``.hydra`` files."""
+        if not _is_first_rank():
+            return  # DDP / SLURM tasks of one run: rank 0 claimed the folder they share
         HydraConfig.instance().set_config(config)  # as run_job does next: ${hydra:runtime.cwd} resolves
         folder = Path(str(config.hydra.run.dir)).absolute()
         resume = resumes_in(config.get("ckpt_path"), folder)

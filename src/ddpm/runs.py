@@ -8,9 +8,11 @@ defaults.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from ddpm.safe_loading import load_checkpoint, resolved_config
 __all__ = [
     "ConfigError",
     "LoadedRun",
+    "ResultsNotWrittenError",
     "build",
     "find_checkpoint",
     "load_run",
@@ -121,6 +124,22 @@ def sample_quality(module: DiffusionModule, datamodule: Any, n: int, seed: int =
     return out
 
 
+class ResultsNotWrittenError(OSError):
+    """The final results were computed but could not be written; the message carries the figures."""
+
+
+@contextlib.contextmanager
+def _figures_kept_on_failure(figures: str) -> Iterator[None]:
+    """A failed write (a full disk, a folder gone read-only) becomes an error that still shows the figures."""
+    try:
+        yield
+    except OSError as err:
+        where = f" {err.filename}" if getattr(err, "filename", None) else ""
+        raise ResultsNotWrittenError(
+            f"could not write the results{where}: {err.strerror or err}; computed: {figures}"
+        ) from err
+
+
 #: the most images ``plots/samples_grid.png`` shows (all ``n`` go to ``samples.npz``)
 GRID_IMAGES = 256
 
@@ -144,10 +163,11 @@ def _write_image_results(
     finally:
         module.to(home)
     images = datamodule.denormalize(x).cpu()
-    np.savez_compressed(output_dir / "samples.npz", samples=to_uint8(images))
-    grid = save_image_grid(images[:GRID_IMAGES], output_dir / "plots" / "samples_grid.png")
     metrics = {"final/n": n, "final/sample_seconds": seconds}
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    with _figures_kept_on_failure(f"{n} samples drawn in {seconds:.1f} s"):
+        np.savez_compressed(output_dir / "samples.npz", samples=to_uint8(images))
+        grid = save_image_grid(images[:GRID_IMAGES], output_dir / "plots" / "samples_grid.png")
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return {"metrics": metrics, "report": None, "plot": grid, "moments": None}
 
 
@@ -165,18 +185,19 @@ def write_results(module: DiffusionModule, datamodule: Any, output_dir: Path, n:
         return _write_image_results(module, datamodule, output_dir, n)
     result = sample_quality(module, datamodule, n, seed=12345)
     report = result["report"]
-    np.savez_compressed(
-        output_dir / "samples.npz",
-        samples=result["samples"].numpy(),
-        held_out=result["held_out"].numpy(),
-    )
     metrics = {f"final/{k}": v for k, v in report.as_dict().items()}
     for k, v in result.get("moments", {}).items():
         metrics[f"final/{k}"] = v
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True) + "\n")
-    fig = viz.plot_samples_vs_data(result["samples"].numpy(), result["held_out"].numpy())
     plot_path = output_dir / "plots" / "samples_vs_data.png"
-    viz.save_figure(fig, plot_path)
+    with _figures_kept_on_failure(f"Quality (EMA weights, {n} samples): {report.headline()}"):
+        np.savez_compressed(
+            output_dir / "samples.npz",
+            samples=result["samples"].numpy(),
+            held_out=result["held_out"].numpy(),
+        )
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True) + "\n")
+        fig = viz.plot_samples_vs_data(result["samples"].numpy(), result["held_out"].numpy())
+        viz.save_figure(fig, plot_path)
     return {"metrics": metrics, "report": report, "plot": plot_path, "moments": result.get("moments")}
 
 

@@ -80,6 +80,8 @@ def _quiet_expected_resume_warnings(datamodule: Any) -> None:
 
 def _config_for_resume(cfg: DictConfig, ckpt_path: str) -> DictConfig:
     """The checkpoint's own run config, with what the command line may change on resume applied."""
+    from hydra.core.hydra_config import HydraConfig
+
     from ddpm.resume import merge_for_resume, override_keys
     from ddpm.safe_loading import load_checkpoint, resolved_config
 
@@ -87,8 +89,6 @@ def _config_for_resume(cfg: DictConfig, ckpt_path: str) -> DictConfig:
     if not isinstance(ckpt.get("ddpm_config"), dict):
         raise ConfigError(f"ckpt_path={ckpt_path!r} carries no ddpm-lab run config; it cannot be resumed")
     stored = resolved_config(ckpt["ddpm_config"], f"the config stored in {ckpt_path!r}")
-    from hydra.core.hydra_config import HydraConfig
-
     typed = override_keys(list(HydraConfig.get().overrides.task), CONF_DIR)
     merged = merge_for_resume(cfg, OmegaConf.to_container(stored), typed)  # type: ignore[arg-type]
     OmegaConf.set_struct(merged, True)
@@ -252,12 +252,14 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     except Exception as err:
         # imported here, not before train(): a bad config value is reported before Lightning loads
         from ddpm.lit_module import NonFiniteLossError
+        from ddpm.runs import ResultsNotWrittenError
 
         sweeps.finish_wandb_run(failed=True)
         if sweeps.in_multirun():
-            sweeps.job_failed(cfg, err, with_traceback=not isinstance(err, NonFiniteLossError))
+            expected = isinstance(err, NonFiniteLossError | ResultsNotWrittenError)
+            sweeps.job_failed(cfg, err, with_traceback=not expected)
             return None
-        if isinstance(err, NonFiniteLossError):
+        if isinstance(err, NonFiniteLossError | ResultsNotWrittenError):
             fail(str(err), code=1)
         raise
     # the basic launcher runs a sweep's jobs in this process: each job gets its own W&B run
