@@ -115,7 +115,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 
 def _weights_kind(checkpoint: Path) -> str:
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+    # weights_only, like load_run, which has read this file already: a checkpoint never runs code.
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
     # Lightning's WeightAveraging moves the live weights to current_model_state and saves the average.
     return "ema" if "current_model_state" in ckpt else "raw"
 
