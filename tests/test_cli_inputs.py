@@ -158,7 +158,7 @@ def test_unwritable_outputs_are_one_line_before_any_work(
         argv += ["--out", str(where / ("x.npz" if command == "sample" else "x.json"))]
     else:  # root writes anywhere, so a chmod would prove nothing: the probe's own write fails instead
         code = {"read-only": errno.EROFS, "no-permission": errno.EACCES, "disk-full": errno.ENOSPC}[case]
-        monkeypatch.setattr(common, "_write_probe_file", _raise(code))
+        monkeypatch.setattr(common, "write_probe", _raise(code))
     before = _left_behind(fake_run.parent)
     code, err = _exits(main, argv, capsys)
     assert code == 2
@@ -270,9 +270,7 @@ def test_viz_unwritable_output_before_any_work(
     case: str,
     needle: str,
 ) -> None:
-    monkeypatch.setattr(
-        common, "_write_probe_file", _raise(errno.EROFS if case == "read-only" else errno.ENOSPC)
-    )
+    monkeypatch.setattr(common, "write_probe", _raise(errno.EROFS if case == "read-only" else errno.ENOSPC))
     monkeypatch.setattr("ddpm.viz.forward_chain", lambda *a, **k: pytest.fail("computed before the check"))
     assert viz_main(["forward-chain"]) == 2
     line = _one_line(capsys.readouterr().err)

@@ -484,8 +484,8 @@ def test_ddpm_train_bad_values_are_one_line_and_leave_no_folder(
     ("where", "reason"),
     [
         ("file", "is a file, where a folder is expected"),
-        (errno.EROFS, "read-only or no permission"),
-        (errno.ENOSPC, "no space left on the device"),
+        (errno.EROFS, "read-only file system"),
+        (errno.ENOSPC, "no space left on device"),
     ],
 )
 def test_ddpm_train_unwritable_run_folder_is_one_line(
@@ -500,7 +500,7 @@ def test_ddpm_train_unwritable_run_folder_is_one_line(
         def refuse(*args: Any, **kwargs: Any) -> Any:
             raise OSError(where, os.strerror(where))
 
-        monkeypatch.setattr("ddpm.run_folder.tempfile.mkstemp", refuse)
+        monkeypatch.setattr("ddpm.run_folder.write_probe", refuse)
     code, _, err = _train_cli(["logger=csv", "print_config=false"], capsys)
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and reason in err, err

@@ -20,17 +20,17 @@ imports it at every start.
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
+
+from ddpm.cli.common import os_error_reason, write_probe
 
 __all__ = ["CLAIM_FILE", "ClaimRunFolder", "RunFolderError", "claim_folder", "probe_writable", "resumes_in"]
 
@@ -40,31 +40,15 @@ class RunFolderError(OSError):
 
 
 def probe_writable(folder: Path) -> None:
-    """Create and delete a small file in ``folder``.
+    """Write and delete a small file in ``folder`` (see :func:`ddpm.cli.common.write_probe`).
 
     Raises:
         RunFolderError: read-only, not a folder, no space left, ..., in one line naming ``folder``.
     """
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".ddpm-write-check-", dir=folder)
-        try:
-            os.write(fd, b"x" * 4096)  # a full disk refuses data, not always the empty file
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            os.unlink(tmp)
+        write_probe(folder)
     except OSError as err:
-        raise RunFolderError(f"{folder} cannot be written: {_reason(err)}") from None
-
-
-def _reason(err: OSError) -> str:
-    if err.errno == errno.ENOSPC:
-        return "no space left on the device"
-    if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        return "read-only or no permission"
-    if err.errno == errno.ENOTDIR:
-        return "a file stands where a folder is expected"
-    return err.strerror or type(err).__name__
+        raise RunFolderError(f"{folder} cannot be written: {os_error_reason(err)}") from None
 
 
 def _file_in_the_way(folder: Path) -> Path | None:
@@ -110,7 +94,7 @@ def claim_folder(folder: Path, *, may_rename: bool, may_reuse: bool) -> tuple[Pa
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise RunFolderError(f"{folder.parent} cannot be created: {_reason(err)}") from None
+        raise RunFolderError(f"{folder.parent} cannot be created: {os_error_reason(err)}") from None
     candidate, n = folder, 1
     while True:
         try:
@@ -119,7 +103,7 @@ def claim_folder(folder: Path, *, may_rename: bool, may_reuse: bool) -> tuple[Pa
         except FileExistsError:
             created = False
         except OSError as err:
-            raise RunFolderError(f"{candidate} cannot be created: {_reason(err)}") from None
+            raise RunFolderError(f"{candidate} cannot be created: {os_error_reason(err)}") from None
         if may_reuse and not created:
             existed = True
             break
@@ -128,7 +112,7 @@ def claim_folder(folder: Path, *, may_rename: bool, may_reuse: bool) -> tuple[Pa
                 candidate
             )
         except OSError as err:
-            raise RunFolderError(f"{candidate} cannot be written: {_reason(err)}") from None
+            raise RunFolderError(f"{candidate} cannot be written: {os_error_reason(err)}") from None
         if taken:
             existed = not created
             break

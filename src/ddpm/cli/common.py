@@ -22,10 +22,12 @@ __all__ = [
     "ensure_writable",
     "fail",
     "find_conf_dir",
+    "os_error_reason",
     "seed_problem",
     "writable_problem",
     "write_file",
     "write_files",
+    "write_probe",
 ]
 
 
@@ -137,7 +139,7 @@ def check_seed(seed: int, flag: str = "--seed", draws: int = 1) -> None:
 
 
 # ---------------------------------------------------------------------------- output folders and files
-def _reason(err: OSError) -> str:
+def os_error_reason(err: OSError) -> str:
     """An OSError in words, without the path (the caller's message names it)."""
     if err.errno == errno.ENOTDIR:
         return "a part of the path is a file, not a folder"
@@ -148,7 +150,7 @@ def _reason(err: OSError) -> str:
     return str(err) or type(err).__name__
 
 
-def _write_probe_file(folder: Path) -> None:
+def write_probe(folder: Path) -> None:
     """Create, fill, flush and delete a small file in ``folder`` (raises OSError when that fails).
 
     Some bytes are written and synced because a full disk often still accepts an empty file.
@@ -181,9 +183,9 @@ def writable_problem(folder: Path, what: str, hint: str = "") -> str | None:
             where = "it is" if existing == folder else f"{str(existing)!r} is"
             return f"cannot write {what} to {str(folder)!r}: {where} a file, not a folder{hint}"
         folder.mkdir(parents=True, exist_ok=True)
-        _write_probe_file(folder)
+        write_probe(folder)
     except OSError as err:
-        return f"cannot write {what} to {str(folder)!r}: {_reason(err)}{hint}"
+        return f"cannot write {what} to {str(folder)!r}: {os_error_reason(err)}{hint}"
     finally:
         for path in created:  # deepest first
             try:
@@ -237,7 +239,7 @@ def write_files(paths: Sequence[Path], write: Callable[[list[Path]], object]) ->
         named = [t for t, p in zip(targets, partials, strict=True) if err.filename in (str(p), str(t))]
         # Without a file name (a write that ran out of space) any of them may be the one that failed.
         failed = " or ".join(str(t) for t in (named or targets))
-        raise WriteError(f"could not write {failed}: {_reason(err)}") from err
+        raise WriteError(f"could not write {failed}: {os_error_reason(err)}") from err
     finally:
         for partial in partials:  # left only when something failed
             # A failed clean-up must not hide the write's own error, raised above.
