@@ -372,7 +372,8 @@ def test_sigkill_then_auto_resumes_from_the_last_step_checkpoint(tmp_path: Path)
     assert load_checkpoint(last)["ddpm_config"]["T"] == STORED_T  # the run's own config, not today's
     assert (run / ".hydra" / "config.yaml").read_bytes() == config_yaml
     assert _steps(run / "csv" / "metrics.csv") == killed_log  # the first part's log is kept
-    assert max(_steps(run / "csv" / "resumed_1" / "metrics.csv")) == resume_at + 10
+    resumed_log = _steps(run / "csv" / "resumed_1" / "metrics.csv")  # the stored log_every_n_steps=5
+    assert resume_at <= min(resumed_log) and resume_at + 5 <= max(resumed_log) <= resume_at + 10
 
 
 # ----------------------------------------------------------------------------- one run, one folder
