@@ -333,6 +333,7 @@ def test_auto_interval_is_a_tenth_of_the_run() -> None:
     cb = LastCheckpoint("x")
     assert cb.interval(2000) == 200  # the default toy run: a kill loses at most 10%
     assert cb.interval(800_000) == LastCheckpoint.AUTO_MAX_INTERVAL
+    assert cb.interval(40) == LastCheckpoint.AUTO_MIN_INTERVAL  # a smoke test is not saved every step
     assert cb.interval(-1) == 1000
     assert LastCheckpoint("x", every_n_steps=0).interval(2000) is None
     with pytest.raises(ValueError, match="every_n_steps=-3"):
@@ -400,6 +401,7 @@ def test_processes_racing_for_one_default_name_get_distinct_folders(tmp_path: Pa
     assert sorted(p.name for p in target.parent.iterdir()) == sorted(Path(g).name for g in got)
 
 
+@pytest.mark.slow  # two Lightning imports at once; the fast suite races claim_folder in 6 processes above
 def test_two_ddpm_train_processes_started_together_get_two_folders(tmp_path: Path) -> None:
     exe = str(Path(sys.executable).parent / "ddpm-train")
     args = [

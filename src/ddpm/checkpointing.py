@@ -69,14 +69,17 @@ class LastCheckpoint(Callback):
 
     Args:
         dirpath: the run's ``checkpoints/`` folder.
-        every_n_steps: optimizer steps between saves; ``"auto"``: a tenth of ``trainer.max_steps`` (at
-            most 5000, 1000 when training has no step limit), so a kill loses at most 10% of a run;
+        every_n_steps: optimizer steps between saves; ``"auto"``: a tenth of ``trainer.max_steps``, from
+            50 to 5000 (1000 when training has no step limit), so a kill loses at most 10% of a run of
+            500 steps or more;
             ``None`` or 0: only on SIGTERM and at the end.
         at_train_end: also save the final step.
     """
 
     #: ``every_n_steps="auto"`` never waits longer than this many steps between saves
     AUTO_MAX_INTERVAL = 5000
+    #: ...nor saves more often: a short run (a smoke test) is cheaper to redo than to checkpoint each step
+    AUTO_MIN_INTERVAL = 50
 
     def __init__(
         self,
@@ -99,7 +102,7 @@ class LastCheckpoint(Callback):
         if self.every_n_steps == "auto":
             if max_steps is None or max_steps < 0:
                 return 1000
-            return max(1, min(self.AUTO_MAX_INTERVAL, max_steps // 10))
+            return min(self.AUTO_MAX_INTERVAL, max(self.AUTO_MIN_INTERVAL, max_steps // 10))
         return self.every_n_steps or None  # 0 and None: no periodic saves
 
     def on_save_checkpoint(
