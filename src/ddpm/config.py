@@ -95,8 +95,9 @@ def remove_unstarted_run_dir(path: Path) -> bool:
     if not path.is_dir():
         return False
     entries = list(path.iterdir())
-    # .ddpm_run: the claim file of ddpm.run_folder
-    if all(e.name in (".hydra", ".ddpm_run") or (e.suffix == ".log" and e.is_file()) for e in entries):
+    from ddpm.run_folder import CLAIM_FILE
+
+    if all(e.name in (".hydra", CLAIM_FILE) or (e.suffix == ".log" and e.is_file()) for e in entries):
         shutil.rmtree(path)
         return True
     return False

@@ -32,7 +32,15 @@ from omegaconf import DictConfig, open_dict, read_write
 
 from ddpm.cli.common import os_error_reason, write_probe
 
-__all__ = ["CLAIM_FILE", "ClaimRunFolder", "RunFolderError", "claim_folder", "probe_writable", "resumes_in"]
+__all__ = [
+    "CLAIM_FILE",
+    "ClaimRunFolder",
+    "RunFolderError",
+    "claim_folder",
+    "probe_writable",
+    "resumes_in",
+    "run_dir_of",
+]
 
 
 class RunFolderError(OSError):
@@ -132,14 +140,21 @@ def claim_folder(folder: Path, *, may_rename: bool, may_reuse: bool) -> tuple[Pa
     return candidate, existed
 
 
+def run_dir_of(path: Path) -> Path | None:
+    """The run folder of ``path``: the folder itself, or the run a ``<run>/checkpoints/*.ckpt`` file belongs
+    to; None for a checkpoint that lies outside a run's ``checkpoints/`` folder."""
+    if path.is_dir():
+        return path
+    return path.parent.parent if path.parent.name == "checkpoints" else None
+
+
 def resumes_in(ckpt_path: Any, folder: Path) -> bool:
     """Whether ``ckpt_path`` (the config value) continues a run that lives in ``folder``."""
     if ckpt_path in (None, ""):
         return False
     if ckpt_path in ("auto", "last"):
         return True
-    path = Path(str(ckpt_path)).resolve()
-    run = path if path.is_dir() else path.parent.parent if path.parent.name == "checkpoints" else None
+    run = run_dir_of(Path(str(ckpt_path)).resolve())
     return run is not None and run == folder.resolve()
 
 

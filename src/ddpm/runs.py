@@ -26,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ddpm.config import ConfigError, first_line, root_cause
 from ddpm.lit_module import DiffusionModule
+from ddpm.run_folder import run_dir_of
 from ddpm.safe_loading import load_checkpoint, resolved_config
 
 __all__ = [
@@ -313,7 +314,7 @@ def load_run(path: str | Path, map_location: str | torch.device = "cpu") -> Load
     ckpt = load_checkpoint(ckpt_path, map_location=map_location)  # weights only: runs no code
     if "state_dict" not in ckpt:
         raise ConfigError(f"checkpoint {str(ckpt_path)!r} is not a Lightning checkpoint (no state_dict)")
-    run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+    run_dir = run_dir_of(ckpt_path) or ckpt_path.parent
     cfg = stored_config(ckpt, ckpt_path, run_dir)
     datamodule, module = build(cfg)
     try:

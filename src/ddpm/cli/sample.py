@@ -38,6 +38,7 @@ from ddpm.cli.common import (
     fail,
     write_file,
 )
+from ddpm.run_folder import run_dir_of
 from ddpm.runs import ConfigError, LoadedRun, find_checkpoint, load_run
 from ddpm.samplers import Sampler
 
@@ -165,7 +166,7 @@ def run_folder(run_path: str) -> Path:
     except FileNotFoundError as err:
         fail(str(err))
     # As load_run: a checkpoint in <run>/checkpoints/ belongs to <run>, any other to its own folder.
-    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    return run_dir_of(ckpt) or ckpt.parent
 
 
 def load_with_sampler(run_path: str, device: str, overrides: list[str]) -> tuple[LoadedRun, Sampler]:

@@ -279,8 +279,9 @@ def resume_in_run_folder(argv: list[str]) -> list[str]:
     ckpt = next((a.split("=", 1)[1] for a in argv if a.startswith("ckpt_path=")), None)
     if ckpt in (None, "", "null", "last", "auto") or any(a.startswith("hydra.run.dir=") for a in argv):
         return argv
-    path = Path(ckpt)
-    run_dir = path if path.is_dir() else path.parent.parent if path.parent.name == "checkpoints" else None
+    from ddpm.run_folder import run_dir_of
+
+    run_dir = run_dir_of(Path(ckpt))
     if run_dir is None or not (run_dir / "checkpoints").is_dir():
         return argv
     return [*argv, f"hydra.run.dir={run_dir.resolve()}"]
