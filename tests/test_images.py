@@ -9,6 +9,7 @@ import hashlib
 import json
 import pickle
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from ddpm.cli.train import train
 from ddpm.data import ImageDataModule, to_uint8
 from ddpm.models import UNet
 from ddpm.runs import ConfigError, build, load_run
-from tests.digits_classifier import CACHE_DIR
+from tests.digits_classifier import CACHE_DIR, digits_metric
 from tests.test_app import make_cfg, run_train
 
 # A few real steps with a short chain: checkpoints, a validation with a grid, final samples.
@@ -164,7 +165,8 @@ def test_digits(tmp_path: Path) -> None:
     assert dm.data_shape == (1, 8, 8) and not dm.random_flip
     x, _ = all_batches(dm.train_dataloader())
     xv, yv = all_batches(dm.val_dataloader())
-    assert x.shape == (1600 // 64 * 64, 1, 8, 8) and xv.shape == (197, 1, 8, 8)
+    # val_source=train (the constructor's default): 197 held out of the 1,437 of the training split
+    assert x.shape == ((1437 - 197) // 64 * 64, 1, 8, 8) and xv.shape == (197, 1, 8, 8)
     # Pixel counts 0..16 scaled to [-1, 1]: both ends occur, and the levels are multiples of 1/8.
     assert x.min() == -1 and x.max() == 1
     assert torch.allclose((x + 1) * 8, ((x + 1) * 8).round(), atol=1e-5)
@@ -192,13 +194,52 @@ def test_digits_enlarged_and_uint8_output() -> None:
         ({"channels": 3}, r"data\.channels=3 but digits images have 1 channel"),
         ({"image_size": 0}, r"data\.image_size=0"),
         ({"image_size": 11, "resize_mode": "pad"}, r"data\.image_size=11 cannot be reached by padding"),
-        ({"val_source": "test"}, "digits has no official test split"),
         ({"batch_size": 0}, r"data\.batch_size=0"),
     ],
 )
 def test_bad_arguments(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         ImageDataModule(**{"dataset": "digits", **kwargs})
+
+
+def test_val_source_test_needs_an_official_test_split(monkeypatch) -> None:
+    from ddpm.data.images import IMAGE_DATASETS
+
+    # Every dataset here has one (digits' is fixed in ddpm.data.images); a dataset without one is refused.
+    monkeypatch.setitem(IMAGE_DATASETS, "digits", replace(IMAGE_DATASETS["digits"], has_test=False))
+    with pytest.raises(ValueError, match="digits has no official test split"):
+        ImageDataModule("digits", val_source="test")
+
+
+def _image_set(images: torch.Tensor, labels: torch.Tensor) -> list[tuple]:
+    """Images with their labels as a sorted list (an order-free multiset that can be compared)."""
+    return sorted(zip(map(tuple, images.flatten(1).tolist()), labels.tolist(), strict=True))
+
+
+def test_digits_runs_validate_on_the_classifier_metrics_held_out_images(tmp_path: Path) -> None:
+    """One split of digits: a digits run (conf/data/digits.yaml) trains on the classifier metric's training
+    split and validates on exactly its held-out images, whatever the seed; with val_source=train the
+    validation images are held out of the training split, and no digits run ever trains on held-out ones."""
+    from hydra.utils import instantiate
+
+    data = digits_metric().data
+    held_out, train = _image_set(data.test_x, data.test_y), _image_set(data.train_x, data.train_y)
+    assert (len(held_out), len(train)) == (360, 1437)
+    assert not {x for x, _ in held_out} & {x for x, _ in train}  # disjoint images
+    for seed in (0, 1):
+        cfg = make_cfg(tmp_path / str(seed), ["experiment=digits", f"seed={seed}"])
+        dm = instantiate(cfg.data)
+        dm.setup()
+        assert _image_set(*dm.val_set.tensors) == held_out
+        assert _image_set(*dm.train_set.tensors) == train
+        xv, yv = all_batches(dm.val_dataloader())  # as the run sees them, back on the [0, 1] scale
+        assert _image_set(dm.denormalize(xv), yv) == held_out
+
+        own = ImageDataModule("digits", val_source="train", val_size=197, seed=seed)
+        own.setup()
+        own_val, own_train = _image_set(*own.val_set.tensors), _image_set(*own.train_set.tensors)
+        assert (len(own_val), len(own_train)) == (197, 1437 - 197)
+        assert sorted(own_val + own_train) == train
 
 
 @pytest.mark.parametrize(
@@ -408,7 +449,7 @@ def test_on_device_batches_are_whole_slices_of_the_same_images() -> None:
     held = ImageDataModule("digits", val_size=197, batch_size=64, seed=3, on_device=True)
     x_plain, y_plain = all_batches(plain.train_dataloader())
     x_held, y_held = all_batches(held.train_dataloader())
-    assert x_held.shape == x_plain.shape == (1600 // 64 * 64, 1, 8, 8)
+    assert x_held.shape == x_plain.shape == ((1437 - 197) // 64 * 64, 1, 8, 8)
     # the same training images (the same seeded split), each once per epoch, in another order
     key = lambda x: sorted(map(tuple, x.flatten(1).tolist()))  # noqa: E731
     assert key(x_held) == key(x_plain) and sorted(y_held.tolist()) == sorted(y_plain.tolist())

@@ -1,8 +1,12 @@
 """Image datasets (MNIST, CIFAR-10, scikit-learn's 8x8 digits) as one LightningDataModule, and image output.
 
 MNIST and CIFAR-10 are read by torchvision's own dataset classes from ``data_dir``; ``digits`` is the
-1,797-image set bundled with scikit-learn (no download). Images reach the network scaled to [-1, 1]
-(DDPM sec. 3.3); :meth:`ImageDataModule.denormalize` maps the network's scale back to [0, 1].
+1,797-image set bundled with scikit-learn (no download), given here a fixed official split: a stratified
+360 test images and 1,437 training images, the same for every run and seed. :meth:`ImageSplits.load` is
+the one reader of each dataset's official splits, for the DataModule and for the offline classifier metric
+(:mod:`ddpm.evaluation.classifier`), so the metric's held-out images are the ones no run trains on. Images
+reach the network scaled to [-1, 1] (DDPM sec. 3.3); :meth:`ImageDataModule.denormalize` maps the
+network's scale back to [0, 1].
 
 The files torchvision expects, under ``data_dir``:
 
@@ -18,7 +22,7 @@ import gzip
 import math
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import lightning as L
@@ -28,8 +32,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 __all__ = [
+    "DIGITS_SPLIT_SEED",
+    "DIGITS_TEST_SIZE",
     "IMAGE_DATASETS",
     "ImageDataModule",
+    "ImageSplits",
     "ensure_files",
     "expected_files",
     "image_grid",
@@ -49,8 +56,13 @@ class _Spec:
 IMAGE_DATASETS: dict[str, _Spec] = {
     "mnist": _Spec(channels=1, size=28, has_test=True),
     "cifar10": _Spec(channels=3, size=32, has_test=True),
-    "digits": _Spec(channels=1, size=8, has_test=False),
+    "digits": _Spec(channels=1, size=8, has_test=True),
 }
+
+#: digits' official test split (scikit-learn ships none): 360 of the 1,797 images (20%), stratified by class
+#: with a fixed seed, so every run and seed holds out the same images; the other 1,437 are the training split
+DIGITS_TEST_SIZE = 360
+DIGITS_SPLIT_SEED = 0
 
 RESIZE_MODES = ("pad", "bilinear", "nearest")
 VAL_SOURCES = ("train", "test")
@@ -179,27 +191,93 @@ def ensure_files(dataset: str, data_dir: str | os.PathLike[str], download: bool)
     )
 
 
-def _load_split(dataset: str, data_dir: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images [N, C, H, W], labels [N]) of one official split, through torchvision's parsers.
+def _to_unit(images: torch.Tensor) -> torch.Tensor:
+    """Images as float32 in [0, 1]: uint8 (0..255) divided by 255, float images as they are."""
+    return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
 
-    MNIST and CIFAR-10 stay uint8 (0..255); digits become float32 in [0, 1].
+
+@dataclass(frozen=True)
+class ImageSplits:
+    """One dataset's official training and test splits, as :meth:`load` reads them.
+
+    Images are [N, C, H, W]: uint8 (0..255) for MNIST and CIFAR-10, as torchvision reads them, float32 in
+    [0, 1] for digits (:meth:`as_float` gives float32 in [0, 1] for all). Labels are int64 [N].
     """
-    if dataset == "digits":
-        from sklearn.datasets import load_digits
 
-        bunch = load_digits()
-        # Pixel values are counts 0..16 (of a 4x4 block of the 32x32 original), so 16 is full ink.
-        images = torch.from_numpy(bunch.images.astype(np.float32) / 16.0)[:, None]
-        return images, torch.from_numpy(bunch.target).long()
+    name: str
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W)."""
+        return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
+
+    def as_float(self) -> ImageSplits:
+        """The same splits with the images as float32 in [0, 1]."""
+        return replace(self, train_x=_to_unit(self.train_x), test_x=_to_unit(self.test_x))
+
+    @classmethod
+    def load(cls, dataset: str, data_dir: str | os.PathLike[str] | None = None) -> ImageSplits:
+        """Read ``dataset``'s official splits: ``digits`` from scikit-learn (the fixed stratified 1,437 /
+        360 split, see :data:`DIGITS_TEST_SIZE`), ``mnist`` and ``cifar10`` through torchvision's parsers
+        from the files in ``data_dir`` (nothing is downloaded or unpacked here: see :func:`ensure_files`).
+
+        Raises:
+            ValueError: an unknown dataset.
+            FileNotFoundError: torchvision cannot read the files (missing or corrupted); the one-line
+                message names the folder and the files.
+        """
+        if dataset == "digits":
+            return _read_digits()
+        if dataset not in IMAGE_DATASETS:
+            raise ValueError(f"data.dataset={dataset!r} is unknown; choose one of {sorted(IMAGE_DATASETS)}")
+        if data_dir is None:
+            raise FileNotFoundError(
+                f"data.dataset={dataset}: no data_dir given to read torchvision's files from"
+            )
+        return _read_torchvision(dataset, Path(data_dir))
+
+
+def _read_digits() -> ImageSplits:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()  # shipped inside scikit-learn: no download
+    # Pixel values are counts 0..16 (of a 4x4 block of the 32x32 original), so 16 is full ink.
+    images = torch.from_numpy(bunch.images.astype(np.float32) / 16.0)[:, None]
+    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    train, test = train_test_split(
+        np.arange(len(labels)),
+        test_size=DIGITS_TEST_SIZE,
+        stratify=bunch.target,
+        random_state=DIGITS_SPLIT_SEED,
+    )
+    return ImageSplits("digits", images[train], labels[train], images[test], labels[test])
+
+
+def _read_torchvision(dataset: str, data_dir: Path) -> ImageSplits:
+    """MNIST or CIFAR-10's two splits through torchvision's parsers, images uint8 [N, C, H, W]."""
     from torchvision import datasets as tvd
 
     try:
         if dataset == "mnist":
-            ds = tvd.MNIST(str(data_dir), train=train, download=False)
-            return ds.data[:, None].contiguous(), ds.targets.long()
-        ds = tvd.CIFAR10(str(data_dir), train=train, download=False)
-        images = torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
-        return images, torch.as_tensor(ds.targets, dtype=torch.long)
+            train, test = (tvd.MNIST(str(data_dir), train=t, download=False) for t in (True, False))
+            return ImageSplits(
+                dataset, train.data[:, None].contiguous(), train.targets.long(),
+                test.data[:, None].contiguous(), test.targets.long(),
+            )  # fmt: skip
+        train, test = (tvd.CIFAR10(str(data_dir), train=t, download=False) for t in (True, False))
+
+        def images(ds: tvd.CIFAR10) -> torch.Tensor:  # [N, H, W, C] -> [N, C, H, W]
+            return torch.from_numpy(np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)))
+
+        def labels(ds: tvd.CIFAR10) -> torch.Tensor:
+            return torch.as_tensor(ds.targets, dtype=torch.long)
+
+        return ImageSplits(dataset, images(train), labels(train), images(test), labels(test))
     except RuntimeError as err:  # torchvision's "not found or corrupted" (a checksum mismatch)
         folder, names = expected_files(dataset, data_dir)
         raise FileNotFoundError(
@@ -228,8 +306,7 @@ class _ToNetwork:
         else:
             images = torch.stack([item[0] for item in items])
             labels = torch.stack([item[1] for item in items])
-        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        x = _resize(x, self.image_size, self.resize_mode)
+        x = _resize(_to_unit(images), self.image_size, self.resize_mode)
         if self.flip:
             # DDPM sec. 4: random horizontal flips for CIFAR-10, one coin per image.
             mask = torch.rand(x.shape[0], device=x.device) < 0.5
@@ -270,8 +347,9 @@ class ImageDataModule(L.LightningDataModule):
         num_workers: DataLoader worker processes.
         pin_memory: pin batches in page-locked memory (for GPU training).
         val_source: where validation images come from: ``train`` holds ``val_size`` images out of the
-            training split (a seeded permutation; the only choice for digits), ``test`` takes a seeded
-            subset of the official test split and trains on the whole training split (DDPM's setting).
+            training split (a seeded permutation), ``test`` takes a seeded subset of the official test split
+            and trains on the whole training split (DDPM's setting; for digits, the 360 held-out images the
+            classifier metric compares with).
         val_size: number of validation images; None with ``val_source=test`` takes the whole test split.
         random_flip: random horizontal flips of training images (never of validation images); None turns
             them on for cifar10 only (flipping a digit makes a different symbol).
@@ -381,11 +459,15 @@ class ImageDataModule(L.LightningDataModule):
         ensure_files(self.dataset, self.data_dir, self.download)
 
     def setup(self, stage: str | None = None) -> None:
-        """Read the images through torchvision (or scikit-learn) and make the seeded train/val split."""
+        """Read the official splits (:meth:`ImageSplits.load`) and pick the seeded validation images.
+
+        Training images only ever come from the training split.
+        """
         if self.train_set is not None:
             return
         gen = torch.Generator().manual_seed(self.seed)
-        images, labels = _load_split(self.dataset, self.data_dir, train=True)
+        splits = ImageSplits.load(self.dataset, self.data_dir)
+        images, labels = splits.train_x, splits.train_y
         if self.val_source == "train":
             assert self.val_size is not None
             if self.val_size >= len(images):
@@ -398,7 +480,7 @@ class ImageDataModule(L.LightningDataModule):
             self.train_set = TensorDataset(images[train_idx], labels[train_idx])
             self.val_set = TensorDataset(images[val_idx], labels[val_idx])
             return
-        test_images, test_labels = _load_split(self.dataset, self.data_dir, train=False)
+        test_images, test_labels = splits.test_x, splits.test_y
         n_val = len(test_images) if self.val_size is None else self.val_size
         if n_val > len(test_images):
             raise ValueError(

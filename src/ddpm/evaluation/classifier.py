@@ -2,7 +2,10 @@
 
 Inception weights cannot be downloaded here, so image quality is also measured with a classifier that
 needs nothing from the network: scikit-learn's digits (1,797 real 8x8 images shipped with the package),
-or MNIST / CIFAR-10 when torchvision's files are already on disk. From the classifier:
+or MNIST / CIFAR-10 when torchvision's files are already on disk. The classifier trains on a dataset's
+official training split and its held-out images are the official test split, both read by the data layer
+(:meth:`ddpm.data.images.ImageSplits.load`, the reader the training DataModule uses): a run's
+``val_source=test`` validation images are among them, and no run trains on them. From the classifier:
 
 - **Fréchet distance** of its penultimate features (FID's recipe with another feature extractor) between the
   images and the training split, reported beside the **floor**: the same distance for held-out real images
@@ -15,7 +18,8 @@ or MNIST / CIFAR-10 when torchvision's files are already on disk. From the class
 
 Every function takes images as float tensors [N, C, H, W] with values in **[0, 1]** (what an image
 DataModule's ``denormalize`` returns). Other sizes or channel counts are resized / converted to the
-classifier's input. Plain PyTorch: no Lightning, no Hydra.
+classifier's input. Plain PyTorch: no Lightning, no Hydra (importing this module; loading a dataset goes
+through :mod:`ddpm.data`, whose package imports Lightning).
 """
 
 from __future__ import annotations
@@ -30,7 +34,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,13 +42,13 @@ from ddpm.evaluation.toy import spread
 from ddpm.metrics import feature_statistics, frechet_distance
 
 if TYPE_CHECKING:  # torchmetrics (and the matplotlib it pulls in) only when the streaming metric is asked for
+    from ddpm.data.images import ImageSplits
     from ddpm.evaluation.features import FeatureFrechetDistance
 
 __all__ = [
     "CLASSIFIER_DATASETS",
     "ClassifierScores",
     "ImageClassifierMetric",
-    "LabelledImages",
     "SmallCNN",
     "default_cache_dir",
     "evaluate_image_draws",
@@ -60,8 +63,6 @@ DEFAULT_EPOCHS = {"digits": 40, "mnist": 3, "cifar10": 15}
 #: peak learning rate of the one-cycle schedule
 PEAK_LR = {"digits": 1e-2, "mnist": 3e-3, "cifar10": 3e-3}
 BATCH_SIZE = 128
-#: digits' held-out split: 20% of 1,797, stratified, fixed seed
-DIGITS_TEST_SIZE = 360
 #: how far outside [0, 1] an image may stray (sampling overshoot) before it is taken for a scale mistake
 RANGE_SLACK = 0.05
 
@@ -74,76 +75,33 @@ def default_cache_dir() -> Path:
     return base / "ddpm-lab"
 
 
-@dataclass
-class LabelledImages:
-    """A dataset's training and held-out splits: images [N, C, H, W] float32 in [0, 1], labels [N]."""
-
-    name: str
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(C, H, W)."""
-        return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
-
-
-def _digits() -> LabelledImages:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    bunch = load_digits()  # shipped inside scikit-learn: no download
-    x = torch.from_numpy(bunch.images.astype(np.float32) / 16.0)[:, None]  # 0..16 -> [0, 1]
-    y = torch.from_numpy(bunch.target.astype(np.int64))
-    idx_train, idx_test = train_test_split(
-        np.arange(len(y)), test_size=DIGITS_TEST_SIZE, stratify=bunch.target, random_state=0
-    )
-    return LabelledImages("digits", x[idx_train], y[idx_train], x[idx_test], y[idx_test])
-
-
-def _torchvision(name: str, data_dir: str | Path | None) -> LabelledImages:
-    from torchvision import datasets
-
-    cls = {"mnist": datasets.MNIST, "cifar10": datasets.CIFAR10}[name]
-    roots = [Path(data_dir), Path(data_dir) / name] if data_dir is not None else []
-    for root in roots:
-        try:
-            train = cls(str(root), train=True, download=False)
-            test = cls(str(root), train=False, download=False)
-        except RuntimeError:  # torchvision: "Dataset not found or corrupted"
-            continue
-
-        def to_tensor(ds: Any) -> tuple[torch.Tensor, torch.Tensor]:
-            data = torch.as_tensor(np.asarray(ds.data))
-            x = (
-                data[:, None] if data.ndim == 3 else data.permute(0, 3, 1, 2)
-            )  # MNIST [N,H,W], CIFAR [N,H,W,C]
-            return x.float() / 255.0, torch.as_tensor(np.asarray(ds.targets), dtype=torch.long)
-
-        (trx, try_), (tex, tey) = to_tensor(train), to_tensor(test)
-        return LabelledImages(name, trx, try_, tex, tey)
-    where = ", ".join(str(r) for r in roots) or "(no data_dir given)"
-    raise FileNotFoundError(
-        f"{name} files not found under {where}; nothing is downloaded here: put torchvision's {name} "
-        "files there or use dataset=digits"
-    )
-
-
-def load_labelled_images(dataset: str, data_dir: str | Path | None = None) -> LabelledImages:
-    """Load a dataset's splits in [0, 1]: ``digits`` (scikit-learn, always offline; a fixed stratified
-    1,437 / 360 split), or ``mnist`` / ``cifar10`` from torchvision files already under ``data_dir``.
+def load_labelled_images(dataset: str, data_dir: str | Path | None = None) -> ImageSplits:
+    """A dataset's official splits (:meth:`ImageSplits.load`) with the images as float32 in [0, 1]:
+    ``digits`` (scikit-learn, always offline; the fixed stratified 1,437 / 360 split digits runs train and
+    validate on), or ``mnist`` / ``cifar10`` from torchvision files already under ``data_dir`` or
+    ``data_dir/<dataset>``.
 
     Raises:
         ValueError: unknown dataset.
         FileNotFoundError: MNIST / CIFAR-10 files are not on disk.
     """
+    if dataset not in CLASSIFIER_DATASETS:
+        raise ValueError(f"dataset={dataset!r} has no classifier metric; choose one of {CLASSIFIER_DATASETS}")
+    from ddpm.data.images import ImageSplits  # the data package imports Lightning: only when data is read
+
     if dataset == "digits":
-        return _digits()
-    if dataset in ("mnist", "cifar10"):
-        return _torchvision(dataset, data_dir)
-    raise ValueError(f"dataset={dataset!r} has no classifier metric; choose one of {CLASSIFIER_DATASETS}")
+        return ImageSplits.load(dataset).as_float()
+    roots = [Path(data_dir), Path(data_dir) / dataset] if data_dir is not None else []
+    for root in roots:
+        try:
+            return ImageSplits.load(dataset, root).as_float()
+        except FileNotFoundError:  # torchvision: "Dataset not found or corrupted"; try the next folder
+            continue
+    where = ", ".join(str(r) for r in roots) or "(no data_dir given)"
+    raise FileNotFoundError(
+        f"{dataset} files not found under {where}; nothing is downloaded here: put torchvision's {dataset} "
+        "files there or use dataset=digits"
+    )
 
 
 class SmallCNN(nn.Module):
@@ -200,7 +158,7 @@ class ClassifierScores:
         return asdict(self)
 
 
-def _fingerprint(data: LabelledImages) -> str:
+def _fingerprint(data: ImageSplits) -> str:
     h = hashlib.sha1()
     for t in (data.train_x, data.train_y, data.test_x, data.test_y):
         h.update(str(tuple(t.shape)).encode())
@@ -209,7 +167,7 @@ def _fingerprint(data: LabelledImages) -> str:
 
 
 def _train(
-    data: LabelledImages, epochs: int, seed: int, device: torch.device, log: Callable[[str], None]
+    data: ImageSplits, epochs: int, seed: int, device: torch.device, log: Callable[[str], None]
 ) -> tuple[SmallCNN, float]:
     threads = torch.get_num_threads()
     # leave the caller's RNG state alone; train with gradients even when called from validation
@@ -253,7 +211,7 @@ class ImageClassifierMetric:
     """
 
     def __init__(
-        self, data: LabelledImages, model: SmallCNN, test_accuracy: float, path: Path | None = None
+        self, data: ImageSplits, model: SmallCNN, test_accuracy: float, path: Path | None = None
     ) -> None:
         self.data = data
         self.model = model.eval()
