@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import scipy.linalg
 import torch
 
-from ddpm.evaluation.classifier import ImageClassifierMetric, evaluate_image_draws
+from ddpm.evaluation.classifier import (
+    ImageClassifierMetric,
+    _fingerprint,
+    evaluate_image_draws,
+    load_labelled_images,
+)
 from ddpm.evaluation.features import FeatureFrechetDistance
 from ddpm.evaluation.fid import fid_unavailable_reason
 from ddpm.evaluation.toy import repeated_quality, spread
@@ -123,6 +129,24 @@ def test_digits_classifier_is_accurate_and_cached() -> None:
     assert again.path == metric.path
     assert again.test_accuracy == metric.test_accuracy
     assert torch.allclose(again.train_mean, metric.train_mean)
+
+
+def test_classifier_cache_key_follows_the_split() -> None:
+    """The cache key fingerprints the splits' contents: the same split gives the same key, and moving one
+    image between the splits gives another, even for two images of one class and equal ink (which the
+    splits' shapes and pixel sums would not tell apart)."""
+    data = load_labelled_images("digits")
+    assert _fingerprint(load_labelled_images("digits")) == _fingerprint(data)
+    ink = data.train_x.flatten(1).sum(1)
+    j, i = next(
+        (j, i)
+        for j in range(len(data.test_y))
+        for i in torch.nonzero((ink == data.test_x[j].sum()) & (data.train_y == data.test_y[j])).flatten()
+    )
+    train_x, test_x = data.train_x.clone(), data.test_x.clone()
+    train_x[i], test_x[j] = data.test_x[j], data.train_x[i]
+    assert not torch.equal(train_x, data.train_x)
+    assert _fingerprint(replace(data, train_x=train_x, test_x=test_x)) != _fingerprint(data)
 
 
 def test_classifier_metric_separates_real_digits_from_noise_and_collapse() -> None:
