@@ -13,7 +13,7 @@ and each figure is the median over rounds.
 What is measured:
 
 * Toy MLP on CPU: training samples/s of a plain hand-written loop, of Lightning running a minimal
-  LightningModule doing the same math, and of ddpm-lab's ``DiffusionModule`` (its per-step loss-by-quartile
+  LightningModule doing the same math, and of ddpm-lab's ``DiffusionModule`` (its per-step loss-by-quarter
   metrics and gradient-norm logging included); all three with AdamW, gradient clipping at 1.0 and an EMA of
   the weights, on the same DataLoader. Sampling samples/s for DDPM (all T steps) and DDIM-50.
 * A small UNet (``ddpm.models.UNet``, unet_tiny's settings) on 8x8 images on CPU, the same way.

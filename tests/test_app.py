@@ -17,10 +17,11 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-from ddpm.cli.common import CONF_DIR, check_group_overrides
+from ddpm.build import load_run
+from ddpm.cli.common import check_group_overrides
 from ddpm.cli.sample import main as sample_main
 from ddpm.cli.train import train
-from ddpm.runs import ConfigError, load_run
+from ddpm.config import CONF_DIR, ConfigError
 from ddpm.schedules import NotPureNoiseWarning
 from tests.wandb_records import logged_history
 
@@ -115,10 +116,9 @@ def test_every_schedule_and_sampler_trains_a_step(schedule: str, sampler: str, t
 
 
 def test_T_in_one_word(tmp_path: Path) -> None:
-    assert make_cfg(tmp_path, ["T=123"]).diffusion.T == 123
-    cfg = make_cfg(tmp_path, ["diffusion.T=77"])
-    assert cfg.diffusion.T == 77
-    assert cfg.schedule.T == 77
+    cfg = make_cfg(tmp_path, ["T=123"])
+    assert cfg.schedule.T == 123
+    assert "T" not in cfg.diffusion  # stated once: the schedule makes T betas, the diffusion takes them
 
 
 def test_default_config_is_toy2d_on_cpu(tmp_path: Path) -> None:
@@ -191,8 +191,8 @@ def test_toy2d_default_reaches_its_quality_threshold(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
-        (["diffusion.T=0"], r"diffusion\.T=0"),
-        (["T=-5"], r"diffusion\.T=-5"),
+        (["T=0"], r"T=0 is invalid"),
+        (["T=-5"], r"T=-5 is invalid"),
         (["optimizer.lr=-0.001"], r"optimizer\.lr=-0\.001"),
         (["data=array", "data.path=/no/such/file.npy"], r"data\.path='/no/such/file\.npy' does not exist"),
         (["data=array"], r"data\.path"),
@@ -251,7 +251,7 @@ def test_ddpm_train_and_sample_commands(tmp_path: Path, capsys) -> None:
     res = cli(
         "ddpm-train",
         "schedule=cosine",
-        "diffusion.T=100",
+        "T=100",
         "trainer.max_steps=30",
         "trainer.val_check_interval=15",
         "trainer.log_every_n_steps=5",
@@ -319,7 +319,13 @@ def test_ddpm_sample_rejects_a_mismatched_checkpoint(tmp_path: Path) -> None:
 
 def test_ddpm_train_rejects_bad_values_in_one_line(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    for args, key in ((["schedule=nope"], "schedule=nope"), (["diffusion.T=0"], "diffusion.T=0")):
+    cases = (
+        (["schedule=nope"], "schedule=nope"),
+        (["T=0"], "T=0 is invalid"),
+        (["diffusion.T=0"], "diffusion.T is not a key of the run config; set T=0 instead"),
+        (["model.compile=true"], "set module.compile=true instead"),
+    )
+    for args, key in cases:
         res = cli("ddpm-train", *args, f"hydra.run.dir={run_dir}", cwd=tmp_path)
         assert res.returncode == 2, res.stderr[-2000:]
         assert key in res.stderr

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm.cli import common
+from ddpm import safe_writes
 from ddpm.cli.eval import main as eval_main
 from ddpm.cli.sample import main as sample_main
 from ddpm.cli.viz import MAX_BYTES, memory_limit
@@ -39,8 +39,7 @@ def fake_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     def never(*args: object, **kwargs: object) -> None:
         pytest.fail("work started before the inputs were checked")
 
-    monkeypatch.setattr("ddpm.cli.sample.load_run", never)
-    monkeypatch.setattr("ddpm.runs.load_run", never)
+    monkeypatch.setattr("ddpm.build.load_run", never)
     monkeypatch.setattr(Sampler, "sample", never)
     monkeypatch.chdir(tmp_path)  # ddpm-viz writes to ./outputs/viz by default
     return run
@@ -158,7 +157,7 @@ def test_unwritable_outputs_are_one_line_before_any_work(
         argv += ["--out", str(where / ("x.npz" if command == "sample" else "x.json"))]
     else:  # root writes anywhere, so a chmod would prove nothing: the probe's own write fails instead
         code = {"read-only": errno.EROFS, "no-permission": errno.EACCES, "disk-full": errno.ENOSPC}[case]
-        monkeypatch.setattr(common, "write_probe", _raise(code))
+        monkeypatch.setattr(safe_writes, "write_probe", _raise(code))
     before = _left_behind(fake_run.parent)
     code, err = _exits(main, argv, capsys)
     assert code == 2
@@ -199,7 +198,7 @@ def test_the_probe_writes_data_and_leaves_nothing(tmp_path: Path, monkeypatch: p
     written: list[int] = []
     real_write = os.write
     monkeypatch.setattr(os, "write", lambda fd, data: written.append(len(data)) or real_write(fd, data))
-    assert common.writable_problem(tmp_path / "a" / "b", "x") is None
+    assert safe_writes.writable_problem(tmp_path / "a" / "b", "x") is None
     assert written and written[0] > 0  # a full disk often still accepts an empty file
     assert list(tmp_path.iterdir()) == []
 
@@ -253,7 +252,7 @@ def test_viz_refuses_a_runs_oversized_chain_before_sampling(
     diffusion = GaussianDiffusion(make_beta_schedule("linear", 1000))
     module = types.SimpleNamespace(diffusion=diffusion, data_shape=(3, 32, 32), sample=Sampler.sample)
     loaded = types.SimpleNamespace(module=module, datamodule=None)
-    monkeypatch.setattr("ddpm.runs.load_run", lambda path: loaded)
+    monkeypatch.setattr("ddpm.build.load_run", lambda path: loaded)
     assert viz_main(["reverse", str(fake_run), "--n", "1000"]) == 2
     line = _one_line(capsys.readouterr().err)
     assert "--n=1000 (the run's chain: 1001 states of 3072 values per sample) would need about" in line
@@ -270,7 +269,8 @@ def test_viz_unwritable_output_before_any_work(
     case: str,
     needle: str,
 ) -> None:
-    monkeypatch.setattr(common, "write_probe", _raise(errno.EROFS if case == "read-only" else errno.ENOSPC))
+    code = errno.EROFS if case == "read-only" else errno.ENOSPC
+    monkeypatch.setattr(safe_writes, "write_probe", _raise(code))
     monkeypatch.setattr("ddpm.viz.forward_chain", lambda *a, **k: pytest.fail("computed before the check"))
     assert viz_main(["forward-chain"]) == 2
     line = _one_line(capsys.readouterr().err)
@@ -303,8 +303,8 @@ def test_an_old_file_survives_a_failed_write(tmp_path: Path) -> None:
         path.write_text("half")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    with pytest.raises(common.WriteError, match=f"could not write {out}: no space left on device"):
-        common.write_file(out, half)
+    with pytest.raises(safe_writes.WriteError, match=f"could not write {out}: no space left on device"):
+        safe_writes.write_file(out, half)
     assert out.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
 
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from ddpm.build import LoadedRun
 from ddpm.cli.eval import evaluate
 from ddpm.cli.eval import main as eval_main
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.runs import LoadedRun
 from ddpm.samplers import DDIMSampler
 from ddpm.schedules import NotPureNoiseWarning, make_beta_schedule
 from tests.digits_classifier import CACHE_DIR, digits_metric
@@ -147,10 +147,15 @@ class StandInModule:
 
 
 class StandInImageData:
-    """What ddpm-eval uses of an image DataModule: [-1, 1] network scale, denormalize -> [0, 1]."""
+    """What ddpm-eval uses of an image DataModule: held-out images in [0, 1], the [-1, 1] network scale."""
+
+    kind = "image"
 
     def __init__(self, held_out: torch.Tensor) -> None:
-        self.val_raw = held_out
+        self.images = held_out
+
+    def held_out(self, n: int | None = None) -> torch.Tensor:
+        return self.images[:n]
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return x * 2 - 1
@@ -169,6 +174,7 @@ def image_run(tmp_path: Path, images: torch.Tensor) -> LoadedRun:
         config=OmegaConf.create({"data": {"dataset": "digits"}}),
         checkpoint=ckpt,
         run_dir=tmp_path,
+        sampler=DDIMSampler(steps=5),
     )
 
 

@@ -168,7 +168,7 @@ def test_bf16_mixed_trains_on_cpu_with_float32_diffusion_math(tmp_path: Path) ->
     rows = list(csv.DictReader((run / "csv" / "metrics.csv").open()))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert all(np.isfinite(losses)) and np.mean(losses[-5:]) < np.mean(losses[:5])
-    from ddpm.runs import load_run
+    from ddpm.build import load_run
 
     loaded = load_run(run)
     # fused AdamW cannot have its gradients clipped under mixed precision: torch's default is used

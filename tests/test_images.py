@@ -18,11 +18,12 @@ import torch
 from PIL import Image
 from torchvision import datasets as tvd
 
+from ddpm.build import build, load_run
 from ddpm.cli.sample import main as sample_main
 from ddpm.cli.train import train
+from ddpm.config import ConfigError
 from ddpm.data import ImageDataModule, to_uint8
 from ddpm.models import UNet
-from ddpm.runs import ConfigError, build, load_run
 from tests.digits_classifier import CACHE_DIR, digits_metric
 from tests.test_app import make_cfg, run_train
 
@@ -171,7 +172,7 @@ def test_digits(tmp_path: Path) -> None:
     assert x.min() == -1 and x.max() == 1
     assert torch.allclose((x + 1) * 8, ((x + 1) * 8).round(), atol=1e-5)
     assert set(yv.tolist()) == set(range(10))
-    assert not hasattr(dm, "reference_data")  # toy quality figures do not apply to images
+    assert dm.kind == "image"  # toy quality figures do not apply to images
     # The split is seeded: same seed, same validation images; another seed, others.
     again, _ = all_batches(ImageDataModule("digits", val_size=197, seed=0).val_dataloader())
     other, _ = all_batches(ImageDataModule("digits", val_size=197, seed=1).val_dataloader())
@@ -298,7 +299,7 @@ def test_missing_files_fail_before_any_run_folder(tmp_path: Path) -> None:
 def test_cifar10_ddpm_is_the_paper_recipe(tmp_path: Path, monkeypatch) -> None:
     write_tiny_cifar(tmp_path / "data", monkeypatch)
     cfg = make_cfg(tmp_path, ["experiment=cifar10_ddpm"])
-    assert cfg.diffusion.T == 1000 and cfg.schedule.name == "linear"
+    assert cfg.T == cfg.schedule.T == 1000 and cfg.schedule.name == "linear"
     assert (cfg.schedule.beta_start, cfg.schedule.beta_end) == (1e-4, 0.02)
     assert cfg.diffusion.objective == "eps" and cfg.diffusion.variance == "fixed_large"
     assert cfg.diffusion.loss == "mse" and cfg.diffusion.clip_denoised is True

@@ -82,7 +82,7 @@ def test_model_compile_trains_through_the_compiled_network(tmp_path, monkeypatch
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert any(k.startswith("net.") for k in state)
     assert not any("_orig_mod" in k for k in state)  # the checkpoint loads into a plain network
-    from ddpm.runs import load_run
+    from ddpm.build import load_run
 
     assert load_run(run).module.compile_net  # the run's own setting comes back with it
 
@@ -93,7 +93,7 @@ def test_channels_last_images(tmp_path) -> None:
     overrides = [*SHORT, "experiment=digits", "model.channels_last=true", "callbacks.samples=null"]
     metrics, run = run_train(tmp_path, [*overrides, "final_samples=4"])
     assert metrics["global_step"] == 4
-    from ddpm.runs import load_run
+    from ddpm.build import load_run
 
     module = load_run(run).module
     assert module.channels_last

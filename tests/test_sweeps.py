@@ -22,9 +22,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ddpm.cli.common import CONF_DIR, check_group_overrides
+from ddpm.cli.common import check_group_overrides
 from ddpm.cli.train import main as train_main
-from ddpm.config import validate_config
+from ddpm.config import CONF_DIR, validate_config
 from ddpm.sweeps import JOB_RECORD, SweepSummary, find_metric, write_summary
 from ddpm.sweeps import main as sweeps_main
 from tests.test_app import cli
@@ -104,13 +104,13 @@ def run_app_in_process(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
 
 # ----------------------------------------------------------------------------- grids and their summary
 def test_grid_sweep_runs_each_combination_in_its_own_folder_and_writes_a_summary(tmp_path: Path) -> None:
-    """``ddpm-train -m schedule=linear,cosine diffusion.T=20,40``: 4 jobs, 4 folders, one summary."""
+    """``ddpm-train -m schedule=linear,cosine T=20,40``: 4 jobs, 4 folders, one summary."""
     sweep = tmp_path / "sweep"
     res = cli(
         "ddpm-train",
         "-m",
         "schedule=linear,cosine",
-        "diffusion.T=20,40",
+        "T=20,40",
         *TINY,
         f"hydra.sweep.dir={sweep}",
         cwd=tmp_path,
@@ -125,24 +125,24 @@ def test_grid_sweep_runs_each_combination_in_its_own_folder_and_writes_a_summary
         over = job_overrides(job)
         saved = OmegaConf.load(job / ".hydra" / "config.yaml")
         assert saved.schedule.name == over["schedule"]
-        assert int(over["diffusion.T"]) == saved.diffusion.T
+        assert int(over["T"]) == saved.T
         metrics = json.loads((job / "metrics.json").read_text())
         assert math.isfinite(metrics["final/ratio"]) and metrics["final/n"] == 32
         record = json.loads((job / JOB_RECORD).read_text())
         assert record["status"] == "completed" and record["job"] == num
-        combos.add((over["schedule"], over["diffusion.T"]))
+        combos.add((over["schedule"], over["T"]))
     assert combos == {(s, t) for s in ("linear", "cosine") for t in ("20", "40")}
     assert not list(sweep.glob("*/wandb"))  # logger=csv: no W&B
 
     rows = read_csv(sweep / "summary.csv")
     assert len(rows) == 4
     # only what differs between jobs gets a column; everything else is on the common line of summary.md
-    assert list(rows[0])[:4] == ["job", "status", "schedule", "diffusion.T"]
+    assert list(rows[0])[:4] == ["job", "status", "schedule", "T"]
     for row in rows:
         job = sweep / row["run_dir"]
         over = job_overrides(job)
         assert row["status"] == "completed"
-        assert (row["schedule"], row["diffusion.T"]) == (over["schedule"], over["diffusion.T"])
+        assert (row["schedule"], row["T"]) == (over["schedule"], over["T"])
         saved = json.loads((job / "metrics.json").read_text())
         assert float(row["final/ratio"]) == pytest.approx(saved["final/ratio"])
         assert row["overrides"].split() == [str(o) for o in OmegaConf.load(job / ".hydra/overrides.yaml")]
@@ -161,19 +161,19 @@ def test_a_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path: Path, monkeypa
     the sweeper gets is the last one the job logged.
     """
     sweep = tmp_path / "sweep"
-    argv = ["-m", "diffusion.T=0,20", *TINY, "optimized_metric=val/loss", f"hydra.sweep.dir={sweep}"]
+    argv = ["-m", "T=0,20", *TINY, "optimized_metric=val/loss", f"hydra.sweep.dir={sweep}"]
     code = run_app_in_process([*argv, f"paths.root_dir={tmp_path}"], monkeypatch)
     assert code == 1  # fail_on_error: after the summary, as Hydra's basic sweeper would
     failed = json.loads((sweep / "0" / JOB_RECORD).read_text())
     assert failed["status"] == "failed"
-    assert "diffusion.T=0 is invalid" in failed["error"]
-    assert "diffusion.T=0" in failed["overrides"]
+    assert "T=0 is invalid" in failed["error"]
+    assert "T=0" in failed["overrides"]
     assert not (sweep / "0" / "checkpoints").exists()  # nothing ran
     assert (sweep / "1" / "checkpoints" / "last.ckpt").is_file()  # the job after it did
     rows = {r["job"]: r for r in read_csv(sweep / "summary.csv")}
-    assert rows["0"]["status"] == "failed" and "diffusion.T=0 is invalid" in rows["0"]["error"]
+    assert rows["0"]["status"] == "failed" and "T=0 is invalid" in rows["0"]["error"]
     assert rows["1"]["status"] == "completed" and math.isfinite(float(rows["1"]["final/ratio"]))
-    assert (rows["0"]["diffusion.T"], rows["1"]["diffusion.T"]) == ("0", "20")
+    assert (rows["0"]["T"], rows["1"]["T"]) == ("0", "20")
     logged = [
         float(r["val/loss"]) for r in read_csv(sweep / "1" / "csv" / "metrics.csv") if r.get("val/loss")
     ]
@@ -206,7 +206,7 @@ def test_summary_of_completed_failed_and_unfinished_jobs(tmp_path: Path, capsys)
         tmp_path / "1",
         1,
         ["optimizer.lr=0.001", "schedule=linear", *common],
-        {"status": "failed", "objective": None, "error": "ConfigError: diffusion.T=0 is invalid"},
+        {"status": "failed", "objective": None, "error": "ConfigError: T=0 is invalid"},
         None,
     )
     _job(tmp_path / "2", 2, ["optimizer.lr=0.002", "schedule=cosine", *common], None, None)  # killed
@@ -232,7 +232,7 @@ def test_summary_of_completed_failed_and_unfinished_jobs(tmp_path: Path, capsys)
         "error",
         "run_dir",
     ]
-    assert rows[1]["error"] == "ConfigError: diffusion.T=0 is invalid"
+    assert rows[1]["error"] == "ConfigError: T=0 is invalid"
     assert "killed" in rows[2]["error"] and rows[2]["optimizer.lr"] == "0.002"
     assert float(rows[3]["final/energy"]) == 0.01
     md = (tmp_path / "summary.md").read_text()
@@ -312,14 +312,14 @@ def test_optuna_config_composes_and_its_search_space_is_made_of_config_keys(tmp_
     assert not fixed
     assert isinstance(dists["optimizer.lr"], LogUniformDistribution)
     assert (dists["optimizer.lr"].low, dists["optimizer.lr"].high) == (1e-4, 1e-2)
-    for key in ("schedule", "diffusion.T", "diffusion.objective"):
+    for key in ("schedule", "T", "diffusion.objective"):
         assert isinstance(dists[key], CategoricalDistribution)
     assert set(dists["diffusion.objective"].choices) == {"eps", "x0", "v"}
     # every point of the space is a valid ddpm-train config
     for schedule in dists["schedule"].choices:
         for objective in dists["diffusion.objective"].choices:
             point = [f"schedule={schedule}", f"diffusion.objective={objective}", "optimizer.lr=0.001"]
-            point += [f"diffusion.T={dists['diffusion.T'].choices[0]}"]
+            point += [f"T={dists['T'].choices[0]}"]
             cfg = compose_cfg(point, tmp_path)
             validate_config(cfg)
             assert cfg.schedule.name == schedule and cfg.diffusion.objective == objective
@@ -333,7 +333,7 @@ def test_optuna_search_records_failed_trials_and_goes_on(tmp_path: Path) -> None
         "ddpm-train",
         "hparams_search=optuna",
         "hydra.sweeper.n_trials=3",
-        "diffusion.T=choice(20,40)",  # a command-line search space replaces the config's entry
+        "T=choice(20,40)",  # a command-line search space replaces the config's entry
         "diffusion.objective=choice(eps,v,score)",
         *TINY,
         "logger=wandb",
@@ -345,7 +345,7 @@ def test_optuna_search_records_failed_trials_and_goes_on(tmp_path: Path) -> None
     assert len(rows) == 3
     for row in rows:
         job = sweep / row["run_dir"]
-        assert row["diffusion.T"] in ("20", "40") and 1e-4 <= float(row["optimizer.lr"]) <= 1e-2
+        assert row["T"] in ("20", "40") and 1e-4 <= float(row["optimizer.lr"]) <= 1e-2
         if row["diffusion.objective"] == "score":
             assert row["status"] == "failed" and "objective='score' is unknown" in row["error"]
             assert row["objective"] == ""
@@ -377,7 +377,7 @@ def test_local_submitit_sweep_runs_each_job_in_its_own_process(tmp_path: Path) -
         "-m",
         "hydra/launcher=local_submitit",
         "schedule=linear,cosine",
-        "diffusion.T=20",
+        "T=20",
         *TINY,
         f"hydra.sweep.dir={sweep}",
         cwd=tmp_path,

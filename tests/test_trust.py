@@ -460,7 +460,7 @@ NO_GPU_CASE = pytest.param(
         (["+trainer.max_stepz=5"], "trainer.max_stepz"),
         NO_GPU_CASE,
         (["T=18000"], "T=18000 is too long for this schedule"),
-        (["diffusion.T=0"], "diffusion.T=0"),
+        (["T=0"], "T=0 is invalid"),
         (["checkpoint_every_n_steps=-1"], "checkpoint_every_n_steps=-1"),
         (["schedule=nope"], "schedule=nope"),
         (["optimizer.lr=-1"], "optimizer.lr=-1"),
@@ -518,7 +518,7 @@ def test_a_full_disk_at_the_end_still_shows_the_computed_figures(
     def full_disk(file: Any, *args: Any, **kwargs: Any) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file))
 
-    monkeypatch.setattr("ddpm.runs.np.savez_compressed", full_disk)
+    monkeypatch.setattr("ddpm.results.np.savez_compressed", full_disk)
     code, _, err = _train_cli([*QUIET, f"hydra.run.dir={tmp_path / 'run'}"], capsys)
     assert code == 1
     lines = err.strip().splitlines()

@@ -6,10 +6,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ddpm.cli.common import CONF_DIR
+from ddpm.build import build_model
+from ddpm.config import CONF_DIR
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.models import UNet
-from ddpm.runs import build_model
 from ddpm.schedules import make_beta_schedule
 
 TINY = {
@@ -34,7 +34,7 @@ def model_from_yaml(name: str, channels: int, image_size: int) -> torch.nn.Modul
             "model": OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml"),
         }
     )
-    return build_model(cfg.model)[0]
+    return build_model(cfg)
 
 
 @pytest.mark.parametrize("size", [8, 28, 32])

@@ -332,7 +332,7 @@ def test_cli_reverse_writes_png_and_gif(
         loaded.append(Path(path))
         return types.SimpleNamespace(module=_FakeModule(shape, mu, 0.5), datamodule=None, data_shape=shape)
 
-    monkeypatch.setattr("ddpm.runs.load_run", load_run)
+    monkeypatch.setattr("ddpm.build.load_run", load_run)
     out = tmp_path / "rev.png"
     assert (
         main(["reverse", str(run_dir), "--n", "6", "--frames", "5", "--out", str(out), "--dpi", str(DPI)])

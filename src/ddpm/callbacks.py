@@ -58,11 +58,11 @@ class SampleQualityCallback(Callback):
         if (self._validations - 1) % self.every_n_validations:
             return
         datamodule = trainer.datamodule
-        if not hasattr(datamodule, "reference_data"):
+        if getattr(datamodule, "kind", None) != "toy":
             return
-        from ddpm.runs import sample_quality
+        from ddpm.evaluation.toy import sample_quality
 
-        result = sample_quality(pl_module, datamodule, self.num_samples, seed=trainer.global_step)  # type: ignore[arg-type]
+        result = sample_quality(pl_module, datamodule, self.num_samples, seed=trainer.global_step)
         report = result["report"]
         metrics = {
             "val/quality_ratio": report.ratio,
@@ -107,7 +107,7 @@ class EMA(EMAWeightAveraging):
 
 
 class LossByTimestepCallback(Callback):
-    """Records the training loss per timestep quartile each epoch and plots it when training ends.
+    """Records the training loss by quarter of [0, T) each epoch and plots it when training ends.
 
     Under eps-prediction the loss at small t is far larger than at large t, so the mean loss hides
     which part of the chain is still learning; this plot (``plots/loss_by_timestep.png``) shows it.
@@ -118,9 +118,9 @@ class LossByTimestepCallback(Callback):
         self.losses: list[list[float]] = [[] for _ in range(4)]  # q1 .. q4
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Read the epoch's quartile means from the module (which logs and resets them after this hook)."""
-        quartile_losses = getattr(pl_module, "quartile_losses", None)
-        losses = quartile_losses("train") if quartile_losses is not None else None
+        """Read the epoch's means by quarter from the module (which logs and resets them after this hook)."""
+        loss_by_quarter = getattr(pl_module, "loss_by_quarter", None)
+        losses = loss_by_quarter("train") if loss_by_quarter is not None else None
         if losses is None:
             return
         self.steps.append(trainer.global_step)
@@ -154,8 +154,8 @@ class ImageSampleCallback(Callback):
 
     Place it before ``EMAWeightAveraging`` in the callback list (``ddpm-train`` orders them so): EMA swaps
     its average in for validation and out again at the end of validation. At the end of training the
-    average is copied into the model for good, so the final grid also uses the EMA weights. Data without
-    an image shape [C, H, W] is left alone.
+    average is copied into the model for good, so the final grid also uses the EMA weights. A DataModule
+    whose ``kind`` is not ``"image"`` is left alone.
 
     Args:
         num_samples: images in the grid.
@@ -219,8 +219,8 @@ class ImageSampleCallback(Callback):
         self.scores: dict[int, dict[str, float]] = {}
 
     @staticmethod
-    def _is_image(pl_module: L.LightningModule) -> bool:
-        return len(getattr(pl_module, "data_shape", ())) == 3
+    def _is_image(trainer: L.Trainer) -> bool:
+        return getattr(trainer.datamodule, "kind", None) == "image"
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Check the figures' sampler against the run's chain (e.g. DDIM steps > T) before any training."""
@@ -237,7 +237,7 @@ class ImageSampleCallback(Callback):
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Draw the figures at every n-th validation (not during the sanity check)."""
-        if trainer.sanity_checking or not self._is_image(pl_module):
+        if trainer.sanity_checking or not self._is_image(trainer):
             return
         self._validations += 1
         if (self._validations - 1) % self.every_n_validations:
@@ -247,7 +247,7 @@ class ImageSampleCallback(Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Draw with the final (EMA) weights, on the device training used."""
-        if not (self.at_end and trainer.is_global_zero and self._is_image(pl_module)):
+        if not (self.at_end and trainer.is_global_zero and self._is_image(trainer)):
             return
         if trainer.global_step == 0 or self._last_step == trainer.global_step:
             return

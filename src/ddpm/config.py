@@ -11,10 +11,33 @@ from pathlib import Path
 from typing import Any
 
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-__all__ = ["ConfigError", "first_line", "remove_unstarted_run_dir", "root_cause", "validate_config"]
+__all__ = [
+    "CONF_DIR",
+    "MOVED_KEYS",
+    "ConfigError",
+    "find_conf_dir",
+    "first_line",
+    "remove_unstarted_run_dir",
+    "root_cause",
+    "upgrade_stored_config",
+    "validate_config",
+]
+
+
+def find_conf_dir() -> Path:
+    """The ``conf/`` folder: the repository's (editable install) or a copy shipped inside the package."""
+    here = Path(__file__).resolve()
+    for candidate in (here.parents[2] / "conf", here.parent / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise RuntimeError(f"ddpm-lab's conf/ folder was not found near {here}")
+
+
+#: the config groups ``ddpm-train`` composes from (``conf/train.yaml`` and one folder per group)
+CONF_DIR = find_conf_dir()
 
 
 class ConfigError(ValueError):
@@ -22,13 +45,47 @@ class ConfigError(ValueError):
 
 
 def first_line(err: BaseException) -> str:
+    """The first line of an error's message (its type's name when the message is empty)."""
     return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
 
 
 def root_cause(err: BaseException) -> BaseException:
+    """The error Hydra's InstantiationException wraps (the class's own message names the bad value)."""
     while isinstance(err, InstantiationException) and err.__cause__ is not None:
         err = err.__cause__
     return err
+
+
+#: ``model`` keys that say how the DiffusionModule runs the network; runs before 2026-12 kept them under
+#: ``model``, today they are under ``module`` so that the ``model`` node builds the network on its own
+MODULE_KEYS = ("compile", "channels_last")
+
+#: keys of earlier layouts and where they are now, so that an old command line gets a one-line answer
+MOVED_KEYS = {
+    "diffusion.T": "T",
+    "schedule.T": "T",
+    "model.compile": "module.compile",
+    "model.channels_last": "module.channels_last",
+}
+
+
+def upgrade_stored_config(cfg: DictConfig) -> DictConfig:
+    """A resolved run config written by an earlier ddpm-lab, in today's layout (in place, and returned).
+
+    ``model.compile`` / ``model.channels_last`` move to ``module.*``; ``diffusion.T`` and
+    ``diffusion.betas`` go (T is stated once, at the root, and the schedule builds the betas), and
+    ``diffusion`` becomes a partial that takes the betas.
+    """
+    with open_dict(cfg):
+        model, diffusion = cfg.get("model"), cfg.get("diffusion")
+        if isinstance(model, DictConfig) and any(key in model for key in MODULE_KEYS):
+            module = cfg.get("module") or {}
+            cfg.module = {**{key: bool(model.pop(key, False)) for key in MODULE_KEYS}, **module}
+        if isinstance(diffusion, DictConfig):
+            diffusion.pop("T", None)
+            diffusion.pop("betas", None)
+            diffusion._partial_ = True
+    return cfg
 
 
 def _get(cfg: DictConfig, key: str) -> Any:
@@ -40,9 +97,9 @@ def _get(cfg: DictConfig, key: str) -> Any:
 
 def validate_config(cfg: DictConfig) -> None:
     """Check the values people get wrong, naming the key, before anything is built or written."""
-    T = _get(cfg, "diffusion.T")
+    T = _get(cfg, "T")
     if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise ConfigError(f"diffusion.T={T!r} is invalid; T must be an integer >= 1")
+        raise ConfigError(f"T={T!r} is invalid; T must be an integer >= 1")
     lr = _get(cfg, "optimizer.lr")
     if lr is not None and (not isinstance(lr, int | float) or not math.isfinite(lr) or lr <= 0):
         raise ConfigError(f"optimizer.lr={lr!r} is invalid; the learning rate must be a number > 0")

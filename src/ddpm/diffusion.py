@@ -73,8 +73,6 @@ class GaussianDiffusion(nn.Module):
         loss: ``mse`` (L_simple), ``l1`` or ``huber``.
         loss_weighting: ``none`` or ``min_snr`` (Hang et al. 2023) with ``min_snr_gamma``.
         min_snr_gamma: the gamma of min-SNR weighting.
-        T: the expected chain length; when given it must equal ``len(betas)`` (configs state T once
-            and build the schedule from it, so a mismatch means a broken config).
     """
 
     betas: torch.Tensor
@@ -100,7 +98,6 @@ class GaussianDiffusion(nn.Module):
         loss: str = "mse",
         loss_weighting: str = "none",
         min_snr_gamma: float = 5.0,
-        T: int | None = None,
     ) -> None:
         super().__init__()
         self.objective = _parse_enum(Objective, "objective", objective)
@@ -123,8 +120,6 @@ class GaussianDiffusion(nn.Module):
             raise ValueError(
                 f"betas span [{b.min().item():.3g}, {b.max().item():.3g}]; all must lie in (0, 1)"
             )
-        if T is not None and b.numel() != T:
-            raise ValueError(f"T={T!r} but the schedule has {b.numel()} betas; they must agree")
         self.num_timesteps = b.numel()
 
         alphas = 1.0 - b

@@ -19,7 +19,8 @@ from ddpm.samplers import Sampler, SampleResult
 
 __all__ = ["DiffusionModule", "NonFiniteLossError"]
 
-QUARTILES = 4
+#: the loss is also reported by quarter of [0, T): under eps-prediction small t dominates the mean
+QUARTERS = 4
 
 
 def _rng_states() -> dict[str, Any]:
@@ -131,8 +132,8 @@ class DiffusionModule(L.LightningModule):
         self.nonfinite_skipped = 0
         #: the composed run config, stored in every checkpoint so a lone .ckpt can be rebuilt
         self.run_config: dict | None = None
-        self.train_quartiles = BinnedMean(QUARTILES)
-        self.val_quartiles = BinnedMean(QUARTILES)
+        self.train_loss_by_quarter = BinnedMean(QUARTERS)
+        self.val_loss_by_quarter = BinnedMean(QUARTERS)
 
     def setup(self, stage: str) -> None:
         """Memory format and compilation, once the module is on its device.
@@ -161,30 +162,30 @@ class DiffusionModule(L.LightningModule):
         """The network output for noisy data at timesteps ``t``."""
         return self.net(x_t, t)
 
-    def _quartiles(self, stage: str) -> BinnedMean:
-        return self.train_quartiles if stage == "train" else self.val_quartiles
+    def _by_quarter(self, stage: str) -> BinnedMean:
+        return self.train_loss_by_quarter if stage == "train" else self.val_loss_by_quarter
 
-    def _update_quartiles(self, stage: str, losses: torch.Tensor, t: torch.Tensor) -> None:
-        self._quartiles(stage).update(losses, t * QUARTILES // self.diffusion.num_timesteps)
+    def _update_loss_by_quarter(self, stage: str, losses: torch.Tensor, t: torch.Tensor) -> None:
+        self._by_quarter(stage).update(losses, t * QUARTERS // self.diffusion.num_timesteps)
 
-    def quartile_losses(self, stage: str) -> list[float] | None:
+    def loss_by_quarter(self, stage: str) -> list[float] | None:
         """This epoch's mean loss by quarter of t (q1: t in the first quarter of [0, T)), all ranks;
         None before the epoch's first step."""
-        metric = self._quartiles(stage)
+        metric = self._by_quarter(stage)
         return [float(v) for v in metric.compute()] if metric.update_count else None
 
-    def _log_and_reset_quartiles(self, stage: str) -> None:
-        for k, value in enumerate(self.quartile_losses(stage) or ()):
+    def _log_and_reset_loss_by_quarter(self, stage: str) -> None:
+        for k, value in enumerate(self.loss_by_quarter(stage) or ()):
             self.log(f"{stage}/loss_q{k + 1}", value, on_step=False, on_epoch=True, rank_zero_only=True)
-        self._quartiles(stage).reset()
+        self._by_quarter(stage).reset()
 
     def on_train_epoch_end(self) -> None:
         """Log the epoch's loss by quarter of t (``train/loss_q1`` .. ``q4``)."""
-        self._log_and_reset_quartiles("train")
+        self._log_and_reset_loss_by_quarter("train")
 
     def on_validation_epoch_end(self) -> None:
         """Log the validation loss by quarter of t (``val/loss_q1`` .. ``q4``)."""
-        self._log_and_reset_quartiles("val")
+        self._log_and_reset_loss_by_quarter("val")
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """L_simple on a batch with t ~ U{0..T-1} per sample."""
@@ -196,7 +197,7 @@ class DiffusionModule(L.LightningModule):
             return self._nonfinite(loss)
         if self._logging_step():  # self.log costs more than a small network's step: call it when it writes
             self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        self._update_quartiles("train", losses, t)
+        self._update_loss_by_quarter("train", losses, t)
         return loss
 
     def _logging_step(self) -> bool:
@@ -250,7 +251,7 @@ class DiffusionModule(L.LightningModule):
         losses = self.diffusion.training_loss(self.denoiser, x0, t, noise, reduction="none")
         loss = losses.mean()
         self.log("val/loss", loss, prog_bar=True, on_step=False, on_epoch=True, sync_dist=True)
-        self._update_quartiles("val", losses, t)
+        self._update_loss_by_quarter("val", losses, t)
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:

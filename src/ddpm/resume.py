@@ -34,8 +34,8 @@ SAFE_ON_RESUME = (
     "callbacks.",
     "sampler.",
     "sampler",
-    "model.compile",
-    "model.channels_last",
+    "module.compile",
+    "module.channels_last",
     "data.num_workers",
     "data.pin_memory",
     "data.on_device",
@@ -176,7 +176,7 @@ def merge_for_resume(today: DictConfig, stored: Mapping[str, Any], typed: list[s
         node = OmegaConf.select(merged, parent) if parent else merged
         if isinstance(node, DictConfig) and name in node:
             del node[name]
-    # Compare resolved values: schedule.T is ${diffusion.T}, so `schedule=linear` on a T=100 run means
+    # Compare resolved values: schedule.T is ${T}, so `schedule=linear` on a T=100 run means
     # T=100 there, as the merged config resolves it.
     resolved = dict(_leaves(OmegaConf.to_container(merged, resolve=True)))
     # a value that changed is named before one that appeared or vanished (schedule=cosine: its name first)

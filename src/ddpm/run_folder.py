@@ -30,13 +30,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
 
-from ddpm.cli.common import os_error_reason, write_probe
+from ddpm.safe_writes import os_error_reason, write_probe
 
 __all__ = [
     "CLAIM_FILE",
     "ClaimRunFolder",
     "RunFolderError",
     "claim_folder",
+    "find_checkpoint",
     "probe_writable",
     "resumes_in",
     "run_dir_of",
@@ -48,7 +49,7 @@ class RunFolderError(OSError):
 
 
 def probe_writable(folder: Path) -> None:
-    """Write and delete a small file in ``folder`` (see :func:`ddpm.cli.common.write_probe`).
+    """Write and delete a small file in ``folder`` (see :func:`ddpm.safe_writes.write_probe`).
 
     Raises:
         RunFolderError: read-only, not a folder, no space left, ..., in one line naming ``folder``.
@@ -213,3 +214,25 @@ class ClaimRunFolder(Callback):
             return
         with read_write(config.hydra), open_dict(config.hydra):
             config.hydra.sweep.dir = str(claimed)
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run folder's ``checkpoints/last.ckpt`` (else its only .ckpt).
+
+    Raises:
+        FileNotFoundError: neither a checkpoint nor a run folder with one; the message says which.
+    """
+    p = Path(path)
+    if p.is_file():
+        return p
+    if not p.is_dir():
+        raise FileNotFoundError(f"run={str(path)!r} is neither a run folder nor a checkpoint file")
+    ckpts = p / "checkpoints"
+    if (ckpts / "last.ckpt").is_file():
+        return ckpts / "last.ckpt"
+    found = sorted(ckpts.glob("*.ckpt")) if ckpts.is_dir() else []
+    if not found:
+        raise FileNotFoundError(
+            f"no checkpoint in {str(ckpts)!r}; expected last.ckpt (did the run finish a step?)"
+        )
+    return found[-1]

@@ -1,6 +1,6 @@
 """Sweeps: one record per job, a summary table per sweep, and the objective a sweeper optimises.
 
-``ddpm-train -m schedule=linear,cosine diffusion.T=100,1000`` runs each combination in its own folder under
+``ddpm-train -m schedule=linear,cosine T=100,1000`` runs each combination in its own folder under
 the sweep folder (``hydra.sweep.dir``). :class:`SweepSummary`, a Hydra callback registered in
 ``conf/hydra/default.yaml``, then
 

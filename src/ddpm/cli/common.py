@@ -1,46 +1,33 @@
-"""Shared pieces of the console entry points: where the configs live, one-line errors, devices, and
-output folders checked before the work and files written whole after it."""
+"""Shared pieces of the console entry points: one-line errors, group options, devices, seeds, output
+folders checked before the work, and the arguments and loading of the commands that read a trained run."""
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import os
+import argparse
 import sys
-import tempfile
-from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
+
+from ddpm.config import CONF_DIR, ConfigError
+from ddpm.safe_writes import writable_problem
+
+if TYPE_CHECKING:  # ddpm.build imports torch and Lightning: only the commands that load a run need it
+    from ddpm.build import LoadedRun
 
 __all__ = [
-    "CONF_DIR",
     "SEED_RANGE",
-    "WriteError",
+    "add_run_arguments",
     "check_device",
     "check_group_overrides",
+    "check_moved_keys",
+    "check_sampler_overrides",
     "check_seed",
     "ensure_writable",
     "fail",
-    "find_conf_dir",
-    "os_error_reason",
+    "load_run_or_fail",
+    "run_folder",
     "seed_problem",
-    "writable_problem",
-    "write_file",
-    "write_files",
-    "write_probe",
 ]
-
-
-def find_conf_dir() -> Path:
-    """The ``conf/`` folder: the repository's (editable install) or the copy shipped in the wheel."""
-    here = Path(__file__).resolve()
-    for candidate in (here.parents[3] / "conf", here.parents[1] / "conf"):
-        if (candidate / "train.yaml").is_file():
-            return candidate
-    raise RuntimeError(f"ddpm-lab's conf/ folder was not found near {here}")
-
-
-CONF_DIR = find_conf_dir()
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -53,7 +40,18 @@ def _options(group: str) -> list[str] | None:
     folder = CONF_DIR / group
     if not folder.is_dir():
         return None
-    return sorted(p.stem for p in folder.glob("*.yaml"))
+    return sorted(p.stem for p in folder.glob("*.yaml") if not p.stem.startswith("_"))  # _x: a base
+
+
+def check_moved_keys(argv: list[str]) -> None:
+    """Reject an override of a key that has moved (``diffusion.T=...``), naming where it is now."""
+    from ddpm.config import MOVED_KEYS
+
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        key = key.lstrip("+~")
+        if sep and key in MOVED_KEYS:
+            fail(f"{key} is not a key of the run config; set {MOVED_KEYS[key]}={value} instead")
 
 
 def check_group_overrides(argv: list[str]) -> None:
@@ -139,64 +137,6 @@ def check_seed(seed: int, flag: str = "--seed", draws: int = 1) -> None:
 
 
 # ---------------------------------------------------------------------------- output folders and files
-def os_error_reason(err: OSError) -> str:
-    """An OSError in words, without the path (the caller's message names it)."""
-    if err.errno == errno.ENOTDIR:
-        return "a part of the path is a file, not a folder"
-    if err.errno == errno.EEXIST:
-        return "it exists and is not a folder"
-    if err.errno is not None:
-        return os.strerror(err.errno).lower()
-    return str(err) or type(err).__name__
-
-
-def write_probe(folder: Path) -> None:
-    """Create, fill, flush and delete a small file in ``folder`` (raises OSError when that fails).
-
-    Some bytes are written and synced because a full disk often still accepts an empty file.
-    """
-    fd, name = tempfile.mkstemp(prefix=".ddpm-write-check-", dir=folder)
-    try:
-        os.write(fd, b"\0" * 4096)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-        os.unlink(name)
-
-
-def writable_problem(folder: Path, what: str, hint: str = "") -> str | None:
-    """Why ``what`` cannot be written to ``folder`` (one line naming the folder and ending in ``hint``),
-    or None when it can.
-
-    The folder and any missing parents are created, a small file is written and deleted in it, and the
-    folders this made are removed again: a check never leaves anything behind, even when a later check
-    refuses the command. The final write creates them for good.
-    """
-    folder = Path(folder)
-    created: list[Path] = []
-    try:
-        existing = folder
-        while not existing.exists() and not existing.is_symlink() and existing.parent != existing:
-            created.append(existing)
-            existing = existing.parent
-        if existing.exists() and not existing.is_dir():
-            where = "it is" if existing == folder else f"{str(existing)!r} is"
-            return f"cannot write {what} to {str(folder)!r}: {where} a file, not a folder{hint}"
-        folder.mkdir(parents=True, exist_ok=True)
-        write_probe(folder)
-    except OSError as err:
-        return f"cannot write {what} to {str(folder)!r}: {os_error_reason(err)}{hint}"
-    finally:
-        for path in created:  # deepest first
-            try:
-                path.rmdir()
-            except FileNotFoundError:
-                continue  # mkdir stopped above it
-            except OSError:
-                break  # something else wrote into it meanwhile: not ours to remove
-    return None
-
-
 def ensure_writable(folder: Path, what: str, hint: str = "") -> None:
     """Exit with a one-line error (status 2) unless ``what`` can be written to ``folder``.
 
@@ -208,45 +148,47 @@ def ensure_writable(folder: Path, what: str, hint: str = "") -> None:
         fail(problem)
 
 
-def _partial_path(path: Path) -> Path:
-    # Same folder (so os.replace is atomic) and same suffix (numpy and matplotlib pick the format by it).
-    return path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
+# ---------------------------------------------------------------------------- commands that read a run
+def add_run_arguments(parser: argparse.ArgumentParser, seed_help: str) -> None:
+    """The arguments of every command that reads a trained run: the run, sampler overrides, ``--seed``,
+    ``--batch-size`` and ``--device``."""
+    parser.add_argument("run", help="a run folder (uses checkpoints/last.ckpt) or a checkpoint file")
+    parser.add_argument("overrides", nargs="*", help="sampler=ddim sampler.steps=50 sampler.eta=0.0 ...")
+    parser.add_argument("--seed", type=int, default=0, help=seed_help)
+    parser.add_argument("--batch-size", type=int, default=None, help="sample in chunks of this size")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
 
 
-class WriteError(OSError):
-    """A result file could not be written; ``str()`` is the one-line message, ``could not write <path>:
-    <reason>``. The commands exit with status 1: the results were computed and printed, only the file
-    is missing."""
+def check_sampler_overrides(overrides: list[str]) -> None:
+    """:func:`ddpm.sampler_overrides.check_sampler_overrides`, as a one-line error (status 2)."""
+    from ddpm.sampler_overrides import check_sampler_overrides as check
 
-
-def write_files(paths: Sequence[Path], write: Callable[[list[Path]], object]) -> None:
-    """Call ``write`` with a temporary path beside each of ``paths``, then move each into place.
-
-    A failed write leaves no truncated file behind and keeps any older file at the path.
-
-    Raises:
-        WriteError: a write or a move failed (read-only, full disk, ...), naming the file.
-    """
-    targets = [Path(p) for p in paths]
-    partials = [_partial_path(p) for p in targets]
     try:
-        for target in targets:
-            target.parent.mkdir(parents=True, exist_ok=True)
-        write(partials)
-        for partial, target in zip(partials, targets, strict=True):
-            os.replace(partial, target)
-    except OSError as err:
-        named = [t for t, p in zip(targets, partials, strict=True) if err.filename in (str(p), str(t))]
-        # Without a file name (a write that ran out of space) any of them may be the one that failed.
-        failed = " or ".join(str(t) for t in (named or targets))
-        raise WriteError(f"could not write {failed}: {os_error_reason(err)}") from err
-    finally:
-        for partial in partials:  # left only when something failed
-            # A failed clean-up must not hide the write's own error, raised above.
-            with contextlib.suppress(OSError):
-                partial.unlink(missing_ok=True)
+        check(overrides)
+    except ConfigError as err:
+        fail(str(err))
 
 
-def write_file(path: Path, write: Callable[[Path], object]) -> None:
-    """:func:`write_files` for one file: ``write(tmp)`` writes it, then it is moved to ``path``."""
-    write_files([path], lambda tmp: write(tmp[0]))
+def run_folder(run_path: str) -> Path:
+    """The run folder of a run folder or checkpoint path (where ``samples/`` and ``eval/`` go), found
+    without reading the checkpoint; a one-line error (status 2) when there is no checkpoint there."""
+    from ddpm.run_folder import find_checkpoint, run_dir_of
+
+    try:
+        ckpt = find_checkpoint(run_path)
+    except FileNotFoundError as err:
+        fail(str(err))
+    # As load_run: a checkpoint in <run>/checkpoints/ belongs to <run>, any other to its own folder.
+    return run_dir_of(ckpt) or ckpt.parent
+
+
+def load_run_or_fail(run_path: str, device: str, overrides: list[str]) -> LoadedRun:
+    """:func:`ddpm.build.load_run` with sampler overrides, a missing or mismatched run being a one-line
+    error (status 2) before any sampling. Call :func:`check_sampler_overrides` and
+    :func:`~ddpm.cli.common.check_device` first to refuse bad values before the checkpoint is read."""
+    from ddpm import build
+
+    try:
+        return build.load_run(run_path, map_location=device, sampler_overrides=overrides)
+    except (ConfigError, FileNotFoundError) as err:
+        fail(str(err))

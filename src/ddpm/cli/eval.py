@@ -31,13 +31,25 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ddpm.cli.common import WriteError, check_device, check_seed, ensure_writable, fail, write_file
-from ddpm.cli.sample import check_sampler_overrides, load_with_sampler, run_folder
-from ddpm.runs import ConfigError, LoadedRun
+from ddpm.cli.common import (
+    add_run_arguments,
+    check_device,
+    check_sampler_overrides,
+    check_seed,
+    ensure_writable,
+    fail,
+    load_run_or_fail,
+    run_folder,
+)
+from ddpm.config import ConfigError
+from ddpm.safe_writes import WriteError, write_file
+
+if TYPE_CHECKING:
+    from ddpm.build import LoadedRun
 
 __all__ = ["evaluate", "main"]
 
@@ -53,15 +65,11 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Values and the output folders' writability are checked before the checkpoint is loaded; "
         "the figures are printed before the JSON is written.",
     )
-    p.add_argument("run", help="a run folder (uses checkpoints/last.ckpt) or a checkpoint file")
-    p.add_argument("overrides", nargs="*", help="sampler=ddim sampler.steps=50 sampler.eta=0.0 ...")
+    add_run_arguments(p, seed_help="RNG seed; draw k uses seed + k (default 0)")
     p.add_argument(
         "--n", type=int, default=None, help="samples per draw (toy: 2000; images: the held-out size)"
     )
     p.add_argument("--repeats", type=int, default=5, help="independent sample draws (default 5)")
-    p.add_argument("--seed", type=int, default=0, help="RNG seed; draw k uses seed + k (default 0)")
-    p.add_argument("--batch-size", type=int, default=None, help="sample in chunks of this size")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
     p.add_argument("--no-quality", action="store_true", help="skip sampling and the quality metrics")
     p.add_argument("--bpd", action="store_true", help="also compute the variational bound in bits/dim")
     p.add_argument("--bpd-n", type=int, default=1000, help="held-out samples for --bpd (default 1000)")
@@ -115,37 +123,21 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 
 def _weights_kind(checkpoint: Path) -> str:
-    # weights_only, like load_run, which has read this file already: a checkpoint never runs code.
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    from ddpm.safe_loading import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint, mmap=True)  # weights only, like load_run: runs no code
     # Lightning's WeightAveraging moves the live weights to current_model_state and saves the average.
     return "ema" if "current_model_state" in ckpt else "raw"
-
-
-def _held_out(run: LoadedRun, n: int) -> torch.Tensor:
-    """Up to n held-out samples on the network's scale."""
-    dm = run.datamodule
-    if getattr(dm, "val_raw", None) is not None and hasattr(dm, "normalize"):
-        return dm.normalize(dm.val_raw[:n])
-    from ddpm.lit_module import batch_data
-
-    dm.setup("validate")
-    chunks, total = [], 0
-    for batch in dm.val_dataloader():
-        x = batch_data(batch)
-        chunks.append(x)
-        total += len(x)
-        if total >= n:
-            break
-    if not chunks:
-        raise ConfigError("the run's DataModule has no validation data for --bpd")
-    return torch.cat(chunks)[:n]
 
 
 def _bpd(run: LoadedRun, args: argparse.Namespace, log: list[str]) -> dict[str, Any]:
     from ddpm.likelihood import infer_bins, variational_bound
 
-    x = _held_out(run, args.bpd_n).to(run.module.device)
-    if len(run.data_shape) == 3:
+    dm = run.datamodule
+    x = dm.normalize(dm.held_out(args.bpd_n)).to(run.module.device)  # the bound is on the network's scale
+    if len(x) == 0:
+        raise ConfigError("the run's DataModule has no validation data for --bpd")
+    if dm.kind == "image":
         bins = infer_bins(x)
         decoder = "discretized" if bins else "gaussian"
         if bins is None:
@@ -168,8 +160,8 @@ def _bpd(run: LoadedRun, args: argparse.Namespace, log: list[str]) -> dict[str, 
     )
     out = {**vb.as_dict(), "seconds": time.perf_counter() - start}
     log.append(f"Bits/dim: {vb.headline()}")
-    std = getattr(run.datamodule, "std", None)
-    if decoder == "gaussian" and isinstance(std, torch.Tensor) and std.numel() in (1, vb.dims):
+    std = dm.std if dm.kind == "toy" else None
+    if decoder == "gaussian" and std is not None and std.numel() in (1, vb.dims):
         # -log p_raw(x) = -log p_net(z) + sum_d log std_d for z = (x - mean) / std.
         log_std = std.double().log().expand(vb.dims).mean() / math.log(2)
         out["bits_per_dim_raw_units"] = vb.bits_per_dim + float(log_std)
@@ -180,11 +172,7 @@ def _bpd(run: LoadedRun, args: argparse.Namespace, log: list[str]) -> dict[str, 
 def _toy_quality(run: LoadedRun, draw, n: int, repeats: int, log: list[str]) -> dict[str, Any]:
     from ddpm.evaluation.toy import repeated_quality
 
-    dm = run.datamodule
-    if getattr(dm, "val_raw", None) is not None and getattr(dm, "train_raw", None) is not None:
-        held_out, pool = dm.val_raw, dm.train_raw
-    else:
-        held_out, pool = dm.reference_data(n)
+    held_out, pool = run.datamodule.held_out(), run.datamodule.training_data()
     n = min(n, len(held_out), len(pool))  # sample only what the floor can match
     result = repeated_quality(lambda k: draw(k, n), held_out, pool, n, repeats)
     log.append(f"Quality: {result.headline()}")
@@ -252,12 +240,12 @@ def evaluate(run: LoadedRun, sampler: Any, args: argparse.Namespace, log: list[s
     """Run the requested evaluations on a loaded run; lines for the person go to ``log``."""
     module = run.module
     steps = len(sampler.timesteps(module.diffusion))
-    image = len(run.data_shape) == 3
+    image = run.datamodule.kind == "image"
     result: dict[str, Any] = {
         "run_dir": str(run.run_dir),
         "checkpoint": str(run.checkpoint),
         "weights": _weights_kind(run.checkpoint),
-        "kind": "image" if image else "toy",
+        "kind": run.datamodule.kind,
         "sampler": repr(sampler),
         "steps": steps,
         "repeats": args.repeats,
@@ -354,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _check_args(args)
     _check_outputs(args)
-    run, sampler = load_with_sampler(args.run, args.device, args.overrides)
+    run = load_run_or_fail(args.run, args.device, args.overrides)
+    sampler = run.sampler
     print(f"Evaluating {run.checkpoint} with {sampler!r}")
     log: list[str] = []
     try:

@@ -3,7 +3,7 @@
 ddpm-train                                   # experiment=toy2d on CPU, about a minute
 ddpm-train experiment=seed_point             # seed 001: learn x0 = 5 and regenerate it
 ddpm-train schedule=cosine T=200 sampler=ddim sampler.steps=50
-ddpm-train -m schedule=linear,cosine diffusion.T=100,1000   # a sweep
+ddpm-train -m schedule=linear,cosine T=100,1000   # a sweep
 """
 
 from __future__ import annotations
@@ -18,8 +18,15 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ddpm.cli.common import CONF_DIR, check_group_overrides, fail
-from ddpm.config import ConfigError, first_line, remove_unstarted_run_dir, root_cause, validate_config
+from ddpm.cli.common import check_group_overrides, check_moved_keys, fail
+from ddpm.config import (
+    CONF_DIR,
+    ConfigError,
+    first_line,
+    remove_unstarted_run_dir,
+    root_cause,
+    validate_config,
+)
 
 # torch and Lightning are imported inside train(), after the config checks: a bad value is
 # reported in a second or two instead of after the ~15 s it takes to import them on a small CPU.
@@ -140,7 +147,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         resolved_config(cfg, "the run config")  # every _target_ on the allow-list, before any import
         import lightning as L
 
-        from ddpm.runs import build, reverse_process_figures, write_results
+        from ddpm.build import build
+        from ddpm.results import reverse_process_figures, write_results
 
         _check_trainer(cfg)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -252,7 +260,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     except Exception as err:
         # imported here, not before train(): a bad config value is reported before Lightning loads
         from ddpm.lit_module import NonFiniteLossError
-        from ddpm.runs import ResultsNotWrittenError
+        from ddpm.results import ResultsNotWrittenError
 
         sweeps.finish_wandb_run(failed=True)
         if sweeps.in_multirun():
@@ -290,6 +298,7 @@ def resume_in_run_folder(argv: list[str]) -> list[str]:
 def main() -> None:
     """Console entry point: check group choices in one line, then hand over to Hydra."""
     check_group_overrides(sys.argv[1:])
+    check_moved_keys(sys.argv[1:])
     if "-m" not in sys.argv and "--multirun" not in sys.argv:
         sys.argv[1:] = resume_in_run_folder(sys.argv[1:])
     _hydra_main()

@@ -22,7 +22,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ddpm.cli.common import WriteError, seed_problem, writable_problem, write_file, write_files
+from ddpm.cli.common import seed_problem
+from ddpm.safe_writes import WriteError, writable_problem, write_file, write_files
 from ddpm.schedules import SCHEDULES
 
 __all__ = ["MAX_BYTES", "build_parser", "main", "memory_limit"]
@@ -398,7 +399,9 @@ def _cmd_reverse(args: argparse.Namespace) -> Callable[[], int]:
     _require(args.fps >= 1, f"--fps={args.fps} is invalid; use an integer >= 1")
 
     def run() -> int:
-        from ddpm.runs import load_run, reverse_process_figures  # imported here: they pull in Lightning
+        # imported here: they pull in Lightning
+        from ddpm.build import load_run
+        from ddpm.results import reverse_process_figures
 
         # load_run(run_dir) rebuilds the run from its own config and weights. It returns an object with
         #   .module      whose .module.sample(n, return_trajectory=True, generator=...) gives a SampleResult

@@ -359,6 +359,9 @@ class ImageDataModule(L.LightningDataModule):
             per step (MNIST is 47 MB, CIFAR-10 150 MB). Needs ``num_workers=0``.
     """
 
+    #: what the data is, for the code that draws and scores samples: ``"toy"`` or ``"image"``
+    kind = "image"
+
     def __init__(
         self,
         dataset: str = "digits",
@@ -452,6 +455,14 @@ class ImageDataModule(L.LightningDataModule):
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """The network's [-1, 1] scale -> images in [0, 1], clipped (for saving and plotting)."""
         return ((x + 1.0) / 2.0).clamp(0.0, 1.0)  # DDPM sec. 3.3 inverted; samples may overshoot [-1, 1]
+
+    def held_out(self, n: int | None = None) -> torch.Tensor:
+        """Up to ``n`` (default all) validation images in [0, 1], at the size the network sees, unflipped."""
+        self.setup()
+        assert self.val_set is not None
+        images, labels = self.val_set.tensors
+        x, _ = _ToNetwork(self.image_size, self.resize_mode, flip=False)((images[:n], labels[:n]))
+        return self.denormalize(x)
 
     # ------------------------------------------------------------------ Lightning hooks
     def prepare_data(self) -> None:

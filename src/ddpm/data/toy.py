@@ -247,6 +247,9 @@ def batch_loader(
 class ToyDataModule(L.LightningDataModule):
     """Toy data generated from a seed, or loaded from a file, with train/val splits and normalisation.
 
+    ``kind`` is ``"toy"``: samples are vectors [D] (points, signals, scalars), scored against
+    :meth:`held_out` data with the energy distance (:mod:`ddpm.evaluation.toy`).
+
     Args:
         dataset: a name in :data:`TOY_DATASETS`, or ``array`` to load ``path``.
         data_dim: values per sample (2 for points, L for signals, 1 for scalars); None infers it.
@@ -259,6 +262,9 @@ class ToyDataModule(L.LightningDataModule):
         val_fraction: share of an ``array`` file held out for validation.
         params: options of the generator (e.g. ``noise`` for moons, ``value`` for point).
     """
+
+    #: what the data is, for the code that draws and scores samples: ``"toy"`` or ``"image"``
+    kind = "toy"
 
     def __init__(
         self,
@@ -366,8 +372,12 @@ class ToyDataModule(L.LightningDataModule):
         assert self.val_raw is not None
         return self._loader(self.val_raw, train=False)
 
-    def reference_data(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(held-out, training) raw samples of equal size n, for a quality figure and its noise floor."""
-        assert self.train_raw is not None and self.val_raw is not None
-        n = min(n, len(self.val_raw), len(self.train_raw))
-        return self.val_raw[:n], self.train_raw[:n]
+    def held_out(self, n: int | None = None) -> torch.Tensor:
+        """Up to ``n`` (default all) held-out samples in raw units: what a quality figure compares with."""
+        assert self.val_raw is not None
+        return self.val_raw[:n]
+
+    def training_data(self, n: int | None = None) -> torch.Tensor:
+        """Up to ``n`` (default all) training samples in raw units: the data-vs-data floor's second draw."""
+        assert self.train_raw is not None
+        return self.train_raw[:n]

@@ -1,0 +1,207 @@
+"""From a composed config to a run's objects, and from a finished run folder back to them.
+
+This is the one place that knows how the config groups combine: the ``schedule`` node builds the betas the
+``diffusion`` node takes, ``data`` says the shape ``model`` and the module see, ``optimizer`` and
+``lr_scheduler`` are partials the module calls. :func:`build` makes a new run's DataModule and
+DiffusionModule; :func:`load_run` rebuilds a trained one from its checkpoint with its own config (never
+today's defaults), and its sampler with any ``sampler=...`` overrides applied.
+
+A run folder (``outputs/<task>/runs/<timestamp>/``) holds ``.hydra/config.yaml`` (the composed config),
+``checkpoints/`` (``last.ckpt``, ``best.ckpt``), the loggers' files, and what :mod:`ddpm.results` writes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
+
+from ddpm.config import ConfigError, first_line, root_cause, upgrade_stored_config
+from ddpm.lit_module import DiffusionModule
+from ddpm.run_folder import find_checkpoint, run_dir_of
+from ddpm.safe_loading import load_checkpoint, resolved_config
+from ddpm.sampler_overrides import sampler_config
+from ddpm.samplers import Sampler
+
+__all__ = ["LoadedRun", "build", "build_model", "load_run", "stored_config"]
+
+
+def _instantiate(cfg: DictConfig, key: str, **completion: Any) -> Any:
+    """``cfg[key]`` built; a partial node is then called with ``completion`` (what other nodes built)."""
+    try:
+        built = instantiate(cfg[key])
+        return built(**completion) if completion else built
+    except (InstantiationException, ValueError, TypeError, FileNotFoundError, OmegaConfBaseException) as err:
+        raise ConfigError(f"{key}: {first_line(root_cause(err))}") from err
+
+
+def build_model(cfg: DictConfig) -> torch.nn.Module:
+    """The network of a config's ``model`` node.
+
+    Raises:
+        ConfigError: a bad value, with the key it came from.
+    """
+    return _instantiate(cfg, "model")
+
+
+def build(cfg: DictConfig) -> tuple[Any, DiffusionModule]:
+    """Instantiate the DataModule and the DiffusionModule (net, diffusion, sampler, optimizer) of a config.
+
+    Raises:
+        ConfigError: a bad value, with the config key it came from.
+    """
+    datamodule = _instantiate(cfg, "data")
+    if "data_dim" in cfg.data and cfg.data.data_dim is None:
+        with open_dict(cfg):
+            cfg.data.data_dim = datamodule.data_dim  # inferred from the user's file
+    net = build_model(cfg)
+    if (
+        cfg.optimizer.get("fused")
+        and "mixed" in str(cfg.trainer.get("precision"))
+        and cfg.trainer.get("gradient_clip_val")
+    ):
+        with open_dict(cfg):  # Lightning cannot clip a fused optimizer's gradients under mixed precision
+            cfg.optimizer.fused = None  # torch's default: foreach on GPUs
+    betas = _instantiate(cfg, "schedule")  # on its own first, so an error names the schedule
+    diffusion = _instantiate(cfg, "diffusion", betas=betas)  # a partial: the schedule's betas complete it
+    sampler = _instantiate(cfg, "sampler")
+    optimizer = _instantiate(cfg, "optimizer")
+    lr_scheduler = _instantiate(cfg, "lr_scheduler") if cfg.get("lr_scheduler") else None
+    if lr_scheduler is not None:  # the partial's own checks run now, not after the trainer starts
+        try:
+            lr_scheduler(optimizer=torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0))
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"lr_scheduler: {first_line(err)}") from err
+    module_options = OmegaConf.to_container(cfg.get("module") or {}, resolve=True)
+    module = DiffusionModule(
+        net=net,
+        diffusion=diffusion,
+        sampler=sampler,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        data_shape=datamodule.data_shape,
+        max_nonfinite_skips=int(cfg.get("max_nonfinite_skips", 0)),
+        **module_options,  # type: ignore[arg-type]
+    )
+    module.run_config = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    return datamodule, module
+
+
+def stored_config(ckpt: dict[str, Any], ckpt_path: Path, run_dir: Path) -> DictConfig:
+    """The run config a checkpoint was trained with, resolved, checked against the allow-list, and in
+    today's layout (:func:`~ddpm.config.upgrade_stored_config`).
+
+    From the checkpoint itself (``ddpm_config``, written by every ``ddpm-train``), else from the run
+    folder's ``.hydra/config.yaml`` with its folders pointed at where the run is now.
+
+    Raises:
+        ConfigError: no config found, or it cannot be resolved.
+        UntrustedContentError: it names a class that is not on the allow-list.
+    """
+    if isinstance(ckpt.get("ddpm_config"), dict):
+        cfg = resolved_config(ckpt["ddpm_config"], f"the config stored in {str(ckpt_path)!r}")
+        return upgrade_stored_config(cfg)
+    hydra_yaml = run_dir / ".hydra" / "config.yaml"
+    if not hydra_yaml.is_file():
+        raise ConfigError(f"checkpoint {str(ckpt_path)!r} carries no config and {hydra_yaml} is missing")
+    try:
+        cfg = OmegaConf.load(hydra_yaml)
+    except (OSError, OmegaConfBaseException) as err:
+        raise ConfigError(f"{hydra_yaml} cannot be read: {first_line(err)}") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{hydra_yaml} is not a ddpm-lab run config")
+    if isinstance(cfg.get("paths"), DictConfig):
+        # Hydra saved the folders as ${hydra:...} interpolations, which only resolve inside a Hydra job.
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(run_dir)
+            cfg.paths.root_dir = os.environ.get("DDPM_ROOT", os.getcwd())
+    return upgrade_stored_config(resolved_config(cfg, str(hydra_yaml)))
+
+
+@dataclass
+class LoadedRun:
+    """A trained run rebuilt from its own config, with EMA weights loaded when the run had EMA.
+
+    ``sampler`` is the run's own sampler, or the one the overrides given to :func:`load_run` chose.
+    """
+
+    module: DiffusionModule
+    datamodule: Any
+    config: DictConfig
+    checkpoint: Path
+    run_dir: Path
+    sampler: Sampler
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        """Shape of one sample."""
+        return self.module.data_shape
+
+
+def _sampler(cfg: DictConfig, overrides: Sequence[str], module: DiffusionModule) -> Sampler:
+    """The run's sampler with ``sampler=<option>`` / ``sampler.<key>=<value>`` applied, checked against
+    the run's chain (steps > T fails here, before any sampling)."""
+    if not overrides:
+        return module.sampler
+    node = sampler_config(OmegaConf.to_container(cfg.sampler), list(overrides))  # type: ignore[arg-type]
+    try:
+        sampler = instantiate(node)
+        sampler.timesteps(module.diffusion)
+    except InstantiationException as err:  # Hydra wraps the sampler's own error; report that one
+        cause = err.__cause__ if isinstance(err.__cause__, ValueError | TypeError) else err
+        raise ConfigError(f"sampler: {str(cause).strip().splitlines()[-1]}") from err
+    except ValueError as err:
+        raise ConfigError(f"sampler: {err}") from err
+    return sampler
+
+
+def load_run(
+    path: str | Path, map_location: str | torch.device = "cpu", sampler_overrides: Sequence[str] = ()
+) -> LoadedRun:
+    """Rebuild a run from a run folder or a checkpoint written by ``ddpm-train``.
+
+    The config comes from the checkpoint (``ddpm_config``) or the run folder's ``.hydra/config.yaml``; the
+    checkpoint is read with ``weights_only=True`` and the config's classes must be on the allow-list, so
+    loading runs none of the run's code.
+
+    Args:
+        path: a run folder (its ``checkpoints/last.ckpt``) or a checkpoint file.
+        map_location: the device the module is put on.
+        sampler_overrides: ``sampler=<option>`` / ``sampler.<key>=<value>`` for :attr:`LoadedRun.sampler`
+            (see :mod:`ddpm.sampler_overrides`); none keeps the run's sampler.
+
+    Raises:
+        FileNotFoundError: no checkpoint there.
+        ConfigError: the checkpoint does not match its config (e.g. another model's weights), or a
+            sampler override does not fit the run's sampler or chain.
+    """
+    ckpt_path = find_checkpoint(path)
+    ckpt = load_checkpoint(ckpt_path, map_location=map_location)  # weights only: runs no code
+    if "state_dict" not in ckpt:
+        raise ConfigError(f"checkpoint {str(ckpt_path)!r} is not a Lightning checkpoint (no state_dict)")
+    run_dir = run_dir_of(ckpt_path) or ckpt_path.parent
+    cfg = stored_config(ckpt, ckpt_path, run_dir)
+    datamodule, module = build(cfg)
+    try:
+        missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
+    except RuntimeError as err:  # same names, other shapes
+        detail = str(err).strip().splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
+        raise ConfigError(
+            f"checkpoint {str(ckpt_path)!r} does not match its config's model: {detail}"
+        ) from None
+    if missing or unexpected:
+        raise ConfigError(
+            f"checkpoint {str(ckpt_path)!r} does not match its config's model: "
+            f"missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}"
+        )
+    module.to(map_location).eval()
+    sampler = _sampler(cfg, sampler_overrides, module)
+    return LoadedRun(module, datamodule, cfg, ckpt_path, run_dir, sampler)

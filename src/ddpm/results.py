@@ -1,0 +1,144 @@
+"""What a finished training run writes into its folder: final samples, figures and ``metrics.json``.
+
+Toy runs: ``samples.npz`` (raw-unit samples and the held-out data), the quality report in
+``metrics.json``, ``plots/samples_vs_data.png``, and the reverse process as a PNG and a GIF. Image runs:
+``samples.npz`` (uint8 [N, H, W, C]), ``plots/samples_grid.png`` and the sampling time in ``metrics.json``.
+A write that fails (a full disk, a folder gone read-only) raises :class:`ResultsNotWrittenError`, whose
+message still carries the figures that were computed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ddpm.lit_module import DiffusionModule
+
+__all__ = ["GRID_IMAGES", "ResultsNotWrittenError", "reverse_process_figures", "write_results"]
+
+#: the most images ``plots/samples_grid.png`` shows (all ``n`` go to ``samples.npz``)
+GRID_IMAGES = 256
+
+
+class ResultsNotWrittenError(OSError):
+    """The final results were computed but could not be written; the message carries the figures."""
+
+
+@contextlib.contextmanager
+def _figures_kept_on_failure(figures: str) -> Iterator[None]:
+    """A failed write becomes an error that still shows the figures."""
+    try:
+        yield
+    except OSError as err:
+        where = f" {err.filename}" if getattr(err, "filename", None) else ""
+        raise ResultsNotWrittenError(
+            f"could not write the results{where}: {err.strerror or err}; computed: {figures}"
+        ) from err
+
+
+def _write_image_results(
+    module: DiffusionModule, datamodule: Any, output_dir: Path, n: int, batch_size: int = 256
+) -> dict[str, Any]:
+    """Images: ``samples.npz`` (uint8 [N, H, W, C]), ``plots/samples_grid.png`` and ``metrics.json``."""
+    from ddpm.data.images import save_image_grid, to_uint8
+
+    # Lightning's teardown leaves the module on the CPU after fit; sampling T steps of a UNet there
+    # would take hours for CIFAR-10, so use the GPU when there is one.
+    home = module.device
+    device = torch.device("cuda") if torch.cuda.is_available() else home
+    module.to(device)
+    try:
+        gen = torch.Generator(device=device).manual_seed(12345)
+        start = time.perf_counter()
+        x = module.sample(n, generator=gen, batch_size=batch_size)
+        seconds = time.perf_counter() - start
+    finally:
+        module.to(home)
+    images = datamodule.denormalize(x).cpu()
+    metrics = {"final/n": n, "final/sample_seconds": seconds}
+    with _figures_kept_on_failure(f"{n} samples drawn in {seconds:.1f} s"):
+        np.savez_compressed(output_dir / "samples.npz", samples=to_uint8(images))
+        grid = save_image_grid(images[:GRID_IMAGES], output_dir / "plots" / "samples_grid.png")
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return {"metrics": metrics, "report": None, "plot": grid, "moments": None}
+
+
+def _write_toy_results(module: DiffusionModule, datamodule: Any, output_dir: Path, n: int) -> dict[str, Any]:
+    """Toy data: ``samples.npz`` (samples, held-out data), ``metrics.json``, the samples-vs-data plot."""
+    from ddpm import viz
+    from ddpm.evaluation.toy import sample_quality
+
+    result = sample_quality(module, datamodule, n, seed=12345)
+    report = result["report"]
+    metrics = {f"final/{k}": v for k, v in report.as_dict().items()}
+    for k, v in result.get("moments", {}).items():
+        metrics[f"final/{k}"] = v
+    plot_path = output_dir / "plots" / "samples_vs_data.png"
+    with _figures_kept_on_failure(f"Quality (EMA weights, {n} samples): {report.headline()}"):
+        np.savez_compressed(
+            output_dir / "samples.npz",
+            samples=result["samples"].numpy(),
+            held_out=result["held_out"].numpy(),
+        )
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True) + "\n")
+        fig = viz.plot_samples_vs_data(result["samples"].numpy(), result["held_out"].numpy())
+        viz.save_figure(fig, plot_path)
+    return {"metrics": metrics, "report": report, "plot": plot_path, "moments": result.get("moments")}
+
+
+def write_results(module: DiffusionModule, datamodule: Any, output_dir: Path, n: int) -> dict[str, Any]:
+    """After training: ``n`` samples with the module's (EMA) weights -> ``samples.npz``, ``metrics.json``
+    and a plot, by the DataModule's ``kind``.
+
+    Returns:
+        ``metrics`` (the ``final/*`` figures), ``report`` (the toy quality report; None for images),
+        ``plot`` (the figure's path) and ``moments`` (toy data with known moments, else None).
+
+    Raises:
+        ResultsNotWrittenError: a file could not be written; the message carries the figures.
+    """
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if datamodule.kind == "image":
+        return _write_image_results(module, datamodule, output_dir, n)
+    return _write_toy_results(module, datamodule, output_dir, n)
+
+
+def reverse_process_figures(
+    module: DiffusionModule,
+    datamodule: Any,
+    png: Path,
+    gif: Path | None,
+    n: int = 500,
+    seed: int = 0,
+    fps: int = 10,
+    max_frames: int = 60,
+) -> tuple[Path, Path | None]:
+    """Sample with the whole chain kept and draw it: a PNG of the reverse process and an animated GIF.
+
+    Toy data are shown in raw units (``datamodule.denormalize``); images stay on the network's [-1, 1]
+    scale and get a denoising strip of the predicted x0.
+    """
+    from ddpm import viz
+
+    gen = torch.Generator(device=module.device).manual_seed(seed)
+    result = module.sample(n, return_trajectory=True, generator=gen)
+    traj, timesteps = result.trajectory, result.timesteps
+    shape = tuple(module.data_shape)
+    if datamodule.kind == "image":
+        layout = "image"
+        fig = viz.plot_denoising_strip(result.pred_x0 if result.pred_x0 is not None else traj, timesteps)
+    else:
+        traj = datamodule.denormalize(traj.reshape(-1, *shape)).reshape(traj.shape)
+        layout = "2d" if shape == (2,) else "1d"  # a 2D scatter, else each sample as a curve
+        fig = viz.plot_reverse_2d(traj, timesteps) if layout == "2d" else viz.plot_reverse_1d(traj, timesteps)
+    viz.save_figure(fig, png)
+    if gif is None:
+        return png, None
+    return png, viz.save_reverse_gif(traj, timesteps, gif, kind=layout, fps=fps, max_frames=max_frames)

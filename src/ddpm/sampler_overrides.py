@@ -1,0 +1,146 @@
+"""Choosing the sampler of a trained run from the command line: ``sampler=<option> sampler.<key>=<value>``.
+
+The options are the files of ``conf/sampler/``; the keys are the arguments of the chosen sampler class;
+values are typed as a Hydra override would type them (``5`` an int, ``null`` None). Everything here can be
+checked before a checkpoint is read (:func:`check_sampler_overrides`), so ``ddpm-sample`` and ``ddpm-eval``
+refuse a bad value in one line before any work. No torch, no Lightning: OmegaConf and the sampler classes.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from functools import cache
+from typing import Any
+
+from hydra.utils import get_class
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ddpm.config import CONF_DIR, ConfigError
+
+__all__ = ["check_sampler_overrides", "sampler_config", "sampler_options"]
+
+
+def sampler_options() -> list[str]:
+    """The options of the ``sampler`` config group (``ddpm``, ``ddim``, ...)."""
+    return sorted(p.stem for p in (CONF_DIR / "sampler").glob("*.yaml"))
+
+
+def _option_config(option: str) -> dict[str, Any]:
+    """``conf/sampler/<option>.yaml`` as a dict."""
+    path = CONF_DIR / "sampler" / f"{option}.yaml"
+    if not path.is_file():
+        choices = ", ".join(sampler_options())
+        raise ConfigError(
+            f"sampler={option} is not an option of config group 'sampler'; choose one of {choices}"
+        )
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # type: ignore[return-value]
+
+
+@cache
+def _init_params(cls: type) -> tuple[str, ...]:
+    """The keyword arguments a sampler class takes: the keys its config may set."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    return tuple(p.name for p in params if p.name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD)
+
+
+@cache
+def _option_classes() -> tuple[type, ...]:
+    """The sampler classes of ``conf/sampler/*.yaml`` (what a run's sampler is, unless customised)."""
+    return tuple(get_class(_option_config(option)["_target_"]) for option in sampler_options())
+
+
+def _split(overrides: list[str]) -> tuple[str | None, list[tuple[str, str]]]:
+    """``sampler=<option>`` (or None) and the ``(key, raw value)`` pairs of ``sampler.<key>=<value>``.
+
+    Like Hydra, the option is applied first and the keys on top, whatever their order on the command line.
+    """
+    option: str | None = None
+    keys: list[tuple[str, str]] = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} is not key=value; use e.g. sampler=ddim sampler.steps=50")
+        if key == "sampler":
+            if option is not None and option != value:
+                raise ConfigError(f"sampler= is given twice (sampler={option}, sampler={value}); give one")
+            option = value
+        elif key.startswith("sampler.") and key != "sampler.":
+            keys.append((key.removeprefix("sampler."), value))
+        else:
+            raise ConfigError(
+                f"override {key!r} is not supported here; only sampler=... and sampler.<key>=..."
+            )
+    return option, keys
+
+
+def _parse_value(key: str, raw: str) -> Any:
+    """A command-line value with the type a Hydra override would give it."""
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist([f"v={raw}"]), resolve=True)["v"]  # type: ignore[index]
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"sampler.{key}={raw} cannot be read: {str(err).strip().splitlines()[0]}") from None
+
+
+def _value_problem(cls: type, key: str, raw: str, value: Any) -> str | None:
+    """Why ``cls(key=value)`` is refused, in one line naming ``sampler.<key>=<raw>``; None when it is not."""
+    try:
+        cls(**{key: value})
+    except (ValueError, TypeError) as err:
+        message = str(err).strip().splitlines()[0]
+        own = f"{key}={value!r} "  # the sampler names the value itself: say it as it was typed instead
+        if message.startswith(own):
+            return f"sampler.{key}={raw} {message.removeprefix(own)}"
+        return f"sampler.{key}={raw} is invalid: {message}"
+    return None
+
+
+def _unknown_key(cls_names: str, key: str, raw: str, takes: list[str]) -> str:
+    return (
+        f"sampler.{key}={raw} is not an option of {cls_names}; it takes {', '.join(takes)} "
+        f"(choose another sampler with sampler=<{'|'.join(sampler_options())}>)"
+    )
+
+
+def check_sampler_overrides(overrides: list[str]) -> None:
+    """Check ``sampler=<option>`` / ``sampler.<key>=<value>`` before a run is loaded.
+
+    Each key must be an argument of the sampler class and each value one it accepts (the class's own
+    checks decide). With ``sampler=<option>`` the class is known; without, the run's sampler is not known
+    before its checkpoint is read, so a key or value passes when any sampler of ``conf/sampler/`` takes it
+    and :func:`sampler_config` checks the rest.
+
+    Raises:
+        ConfigError: one line naming the bad override and what is allowed.
+    """
+    option, keys = _split(overrides)
+    classes = (get_class(_option_config(option)["_target_"]),) if option else _option_classes()
+    for key, raw in keys:
+        takers = [cls for cls in classes if key in _init_params(cls)]
+        if not takers:
+            names = " or ".join(cls.__name__ for cls in classes)
+            takes = sorted({p for cls in classes for p in _init_params(cls)})
+            raise ConfigError(_unknown_key(names, key, raw, takes))
+        value = _parse_value(key, raw)
+        problems = [_value_problem(cls, key, raw, value) for cls in takers]
+        if all(problems):
+            raise ConfigError(problems[0])  # type: ignore[arg-type]
+
+
+def sampler_config(run_sampler: Mapping[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A run's sampler config with ``sampler=<option>`` / ``sampler.<key>=<value>`` applied.
+
+    Raises:
+        ConfigError: a key the chosen sampler does not take, or a value that cannot be read.
+    """
+    option, keys = _split(overrides)
+    cfg = dict(_option_config(option) if option else run_sampler)
+    cls = get_class(cfg["_target_"])
+    takes = _init_params(cls)
+    for key, raw in keys:
+        if key not in takes:
+            source = f"sampler={option}" if option else "the run's sampler"
+            raise ConfigError(_unknown_key(f"{cls.__name__} ({source})", key, raw, list(takes)))
+        cfg[key] = _parse_value(key, raw)
+    return cfg

@@ -1,0 +1,104 @@
+"""The layering of docs/architecture.md: every module has a layer, and no import goes up a layer."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+#: docs/architecture.md's layers, by module (a package's name covers its modules)
+LAYERS = {
+    # 0. the math: plain PyTorch
+    "ddpm.schedules": 0,
+    "ddpm.diffusion": 0,
+    "ddpm.samplers": 0,
+    "ddpm.models": 0,
+    "ddpm.oracle": 0,
+    "ddpm.optim": 0,
+    "ddpm.metrics": 0,
+    "ddpm.likelihood": 0,
+    "ddpm.evaluation": 0,
+    # 1. plain support: configs, files, figures; no Lightning
+    "ddpm.config": 1,
+    "ddpm.safe_loading": 1,
+    "ddpm.safe_writes": 1,
+    "ddpm.sampler_overrides": 1,
+    "ddpm.resume": 1,
+    "ddpm.run_folder": 1,
+    "ddpm.viz": 1,
+    # 2. Lightning
+    "ddpm.lit_module": 2,
+    "ddpm.data": 2,
+    "ddpm.callbacks": 2,
+    "ddpm.checkpointing": 2,
+    "ddpm.sweeps": 2,
+    # 3. assembly
+    "ddpm.build": 3,
+    "ddpm.results": 3,
+    # 4. commands
+    "ddpm.cli": 4,
+    "ddpm": 4,  # the package's lazy exports
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SRC).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _layer(module: str) -> int | None:
+    while module:
+        if module in LAYERS:
+            return LAYERS[module]
+        module = module.rpartition(".")[0]
+    return None
+
+
+def _ddpm_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every ``ddpm`` import in a file, inside functions and TYPE_CHECKING blocks too."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "ddpm"]
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.level == 0
+            and (node.module or "").split(".")[0] == "ddpm"
+        ):
+            # `from ddpm import viz` imports the module ddpm.viz; `from ddpm.x import name` the module ddpm.x
+            names = (
+                [f"{node.module}.{a.name}" for a in node.names] if node.module == "ddpm" else [node.module]
+            )
+            found += [(node.lineno, name) for name in names]
+    return found
+
+
+MODULES = sorted(SRC.joinpath("ddpm").rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: _module_name(p))
+def test_every_module_has_a_layer_and_imports_only_downwards(path: Path) -> None:
+    name = _module_name(path)
+    layer = _layer(name)
+    assert layer is not None, f"{name} has no layer: add it to LAYERS here and to docs/architecture.md"
+    upward = [
+        f"line {line}: {imported} (layer {_layer(imported)})"
+        for line, imported in _ddpm_imports(path)
+        if (_layer(imported) or 0) > layer
+    ]
+    assert not upward, f"{name} (layer {layer}) imports upwards: " + "; ".join(upward)
+
+
+def test_the_architecture_document_names_every_layered_module() -> None:
+    text = (SRC.parents[0] / "docs" / "architecture.md").read_text()
+    missing = [
+        m
+        for m in LAYERS
+        if m != "ddpm"
+        and f"`{m.removeprefix('ddpm.')}`" not in text
+        and f"`{m.removeprefix('ddpm.')}/`" not in text
+    ]
+    assert not missing, f"docs/architecture.md does not name {missing}"
