@@ -19,9 +19,10 @@ from torchvision import datasets as tvd
 
 from ddpm.cli.sample import main as sample_main
 from ddpm.cli.train import train
-from ddpm.data import ImageDataModule, to_uint8
+from ddpm.data import ImageDataModule
 from ddpm.models import UNet
 from ddpm.runs import ConfigError, build, load_run
+from ddpm.viz.grid import to_uint8
 from tests.digits_classifier import CACHE_DIR
 from tests.test_app import make_cfg, run_train
 

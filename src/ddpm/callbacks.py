@@ -262,7 +262,7 @@ class ImageSampleCallback(Callback):
         import torch
 
         from ddpm import viz
-        from ddpm.data.images import save_image_grid
+        from ddpm.viz.grid import save_image_grid
 
         step = trainer.global_step
         plots = Path(trainer.default_root_dir) / "plots"

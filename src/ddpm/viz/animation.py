@@ -16,14 +16,12 @@ from ddpm.viz.figures import (
     ArrayLike,
     _check_trajectory,
     _evenly,
-    _image_grid,
     _new_figure,
     _np,
     _square_limits,
     reverse_positions,
 )
-
-__all__ = ["save_reverse_gif"]
+from ddpm.viz.grid import image_grid
 
 
 def _animate(fig: Figure, n_frames: int, update: Any, moving: Sequence[Any]) -> list[Any]:
@@ -157,13 +155,13 @@ def save_reverse_gif(
     else:
         count = min(n_items, traj.shape[1])
         nrow = math.ceil(math.sqrt(count))
-        image = ax.imshow(_image_grid(traj[0][:count], nrow, value_range), interpolation="nearest")
+        image = ax.imshow(image_grid(traj[0][:count], nrow, value_range), interpolation="nearest")
         ax.set_axis_off()
 
         moving = [image, ax.title]
 
         def update(i: int) -> None:
-            image.set_data(_image_grid(traj[shown[i]][:count], nrow, value_range))
+            image.set_data(image_grid(traj[shown[i]][:count], nrow, value_range))
             ax.set_title(title(i))
 
     frames = _animate(fig, len(shown), update, moving)

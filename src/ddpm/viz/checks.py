@@ -11,8 +11,6 @@ import torch
 
 from ddpm.schedules import SCHEDULES, make_beta_schedule
 
-__all__ = ["check_timesteps", "resolve_schedule_kwargs"]
-
 
 def resolve_schedule_kwargs(
     name: str, defaults: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None

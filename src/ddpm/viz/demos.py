@@ -27,23 +27,6 @@ from ddpm.schedules import alphas_cumprod
 from ddpm.viz.checks import _betas, check_timesteps, resolve_schedule_kwargs
 from ddpm.viz.figures import ArrayLike, _new_figure, _np
 
-__all__ = [
-    "FORWARD_1D_FRACTIONS",
-    "FORWARD_2D_FRACTIONS",
-    "SEED_000_SCHEDULE",
-    "SEED_001_SCHEDULE",
-    "SEED_003_SCHEDULE",
-    "default_timesteps",
-    "forward_1d",
-    "forward_2d",
-    "forward_chain",
-    "plot_forward_1d",
-    "plot_forward_2d",
-    "plot_forward_chain",
-    "plot_schedules",
-    "schedule_curves",
-]
-
 #: The seeds' settings, used when a caller gives no schedule options of its own.
 SEED_000_SCHEDULE = {"beta_start": 1e-4, "beta_end": 0.02}
 SEED_003_SCHEDULE = {"beta_start": 1e-3, "beta_end": 0.02}

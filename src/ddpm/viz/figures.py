@@ -23,17 +23,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = [
-    "DEFAULT_DPI",
-    "plot_denoising_strip",
-    "plot_loss_by_quartile",
-    "plot_reverse_1d",
-    "plot_reverse_2d",
-    "plot_samples_vs_data",
-    "reverse_positions",
-    "save_figure",
-    "show_figure",
-]
+from ddpm.viz.grid import GRID_PADDING, image_grid
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence[float]
 
@@ -92,20 +82,6 @@ def _square_limits(*arrays: np.ndarray, margin: float = 0.08) -> tuple[float, fl
     low, high = np.percentile(pts, [0.2, 99.8])
     pad = (high - low) * margin + 1e-6
     return float(low - pad), float(high + pad)
-
-
-def _to_unit(images: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
-    low, high = value_range
-    return np.clip((images - low) / (high - low), 0.0, 1.0)
-
-
-def _image_grid(images: np.ndarray, nrow: int, value_range: tuple[float, float]) -> np.ndarray:
-    """[B, C, H, W] -> an [H', W', 3] grid in [0, 1] laid out by torchvision's make_grid."""
-    from torchvision.utils import make_grid  # torchvision is slow to import and only images need it
-
-    unit = torch.from_numpy(_to_unit(images, value_range)).float()
-    grid = make_grid(unit, nrow=nrow, padding=2, pad_value=1.0)
-    return grid.permute(1, 2, 0).numpy()
 
 
 def _data_kind(shape: tuple[int, ...]) -> Literal["scalar", "signal", "points", "image"]:
@@ -237,7 +213,7 @@ def plot_denoising_strip(
     n_columns: int = 8,
     value_range: tuple[float, float] = (-1.0, 1.0),
 ) -> Figure:
-    """Rows = images, columns = chosen reverse steps, laid out with ``torchvision.utils.make_grid``.
+    """Rows = images, columns = chosen reverse steps, laid out as one :func:`~ddpm.viz.grid.image_grid`.
 
     Args:
         images: [S+1, N, C, H, W] (``SampleResult.trajectory``, x_t) or [S, N, C, H, W]
@@ -267,13 +243,13 @@ def plot_denoising_strip(
             raise ValueError(f"step index {s} is outside [0, {arr.shape[0] - 1}]")
     rows = min(n_images, arr.shape[1])
     _, _, C, H, W = arr.shape
-    # [rows, cols, C, H, W] flattened row-major, so make_grid(nrow=cols) puts one image per row.
+    # [rows, cols, C, H, W] flattened row-major, so image_grid(nrow=cols) puts one image per row.
     tiles = arr[idx][:, :rows].transpose(1, 0, 2, 3, 4).reshape(-1, C, H, W)
-    grid = _image_grid(tiles, nrow=len(idx), value_range=value_range)
+    grid = image_grid(tiles, nrow=len(idx), value_range=value_range)
     fig = _new_figure(max(5.0, min(1.1 * len(idx) + 1.2, 14.0)), min(1.1 * rows + 1.0, 12.0))
     ax = fig.subplots()
     ax.imshow(grid, interpolation="nearest")
-    pad = 2
+    pad = GRID_PADDING
     ax.set_xticks(
         [pad + j * (W + pad) + W / 2 for j in range(len(idx))], [labels[s] for s in idx], fontsize=8
     )
@@ -369,7 +345,7 @@ def plot_samples_vs_data(
         for ax, arr, name in ((axes[0], ref, "data"), (axes[1], gen, "samples")):
             count = min(n_show * n_show, len(arr))
             nrow = min(n_show, math.ceil(math.sqrt(count)))
-            ax.imshow(_image_grid(arr[:count], nrow, value_range), interpolation="nearest")
+            ax.imshow(image_grid(arr[:count], nrow, value_range), interpolation="nearest")
             ax.set_title(f"{name}: {count} of {len(arr)}")
             ax.set_axis_off()
         fig.suptitle("Samples vs data")
