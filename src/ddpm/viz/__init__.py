@@ -26,7 +26,14 @@ from typing import Any
 #: The public names, by the module that owns them: the one list of what ``ddpm.viz`` exports.
 _MODULES: dict[str, tuple[str, ...]] = {
     "animation": ("save_reverse_gif",),
-    "checks": ("check_timesteps", "resolve_schedule_kwargs"),
+    "checks": (
+        "FORWARD_1D_LAYOUTS",
+        "check_arguments",
+        "check_timesteps",
+        "resolve_schedule",
+        "resolve_schedule_kwargs",
+        "resolve_schedules",
+    ),
     "demos": (
         "FORWARD_1D_FRACTIONS",
         "FORWARD_2D_FRACTIONS",
@@ -42,6 +49,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "plot_forward_chain",
         "plot_schedules",
         "schedule_curves",
+        "sine_wave",
     ),
     "figures": (
         "DEFAULT_DPI",

@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ddpm.viz.checks import check_arguments
 from ddpm.viz.figures import (
     ArrayLike,
     _check_trajectory,
@@ -83,10 +84,7 @@ def save_reverse_gif(
         The path written. The GIF has ``min(S + 1, max_frames)`` frames.
     """
     traj = _check_trajectory(trajectory, timesteps)
-    if fps < 1:
-        raise ValueError(f"fps={fps!r} is invalid; fps must be >= 1")
-    if max_frames < 1:
-        raise ValueError(f"max_frames={max_frames!r} is invalid; max_frames must be >= 1")
+    check_arguments({"fps": fps, "max_frames": max_frames})
     if kind not in ("1d", "2d", "image"):
         raise ValueError(f"kind={kind!r} is unknown; choose '1d', '2d' or 'image'")
     if kind == "2d" and (traj.ndim != 3 or traj.shape[-1] != 2):

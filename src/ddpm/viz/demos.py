@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +24,13 @@ from matplotlib.figure import Figure
 
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.schedules import alphas_cumprod
-from ddpm.viz.checks import _betas, check_timesteps, resolve_schedule_kwargs
+from ddpm.viz.checks import (
+    Forward1DLayout,
+    check_arguments,
+    check_timesteps,
+    resolve_schedule,
+    resolve_schedules,
+)
 from ddpm.viz.figures import ArrayLike, _new_figure, _np
 
 #: The seeds' settings, used when a caller gives no schedule options of its own.
@@ -72,14 +78,8 @@ def schedule_curves(
     Raises:
         ValueError: an unknown name, T < 1, bad options, or an option no listed schedule accepts.
     """
-    if not names:
-        raise ValueError("names is empty; give at least one schedule")
-    used: set[str] = set()
     out: dict[str, dict[str, Any]] = {}
-    for name in names:
-        opts = resolve_schedule_kwargs(name, defaults=kwargs)
-        used.update(opts)
-        betas = _betas(name, T, opts)
+    for name, (betas, opts) in resolve_schedules(names, T, kwargs).items():
         abar = alphas_cumprod(betas)
         out[name] = {
             "t": np.arange(T),
@@ -89,9 +89,6 @@ def schedule_curves(
             "log_snr": (abar.log() - torch.log1p(-abar)).numpy(),
             "kwargs": opts,
         }
-    unused = sorted(set(kwargs) - used)
-    if unused:
-        raise ValueError(f"schedule option(s) {unused} are not taken by any of {list(names)}")
     return out
 
 
@@ -124,6 +121,12 @@ def plot_schedules(curves: Mapping[str, Mapping[str, Any]]) -> Figure:
 
 
 # ------------------------------------------------------------ forward process
+def sine_wave(length: int = 100) -> np.ndarray:
+    """Seed 000's 1D signal: two periods of a sine, ``sin(linspace(0, 4 pi, length))``."""
+    check_arguments({"length": length})
+    return np.sin(np.linspace(0.0, 4.0 * math.pi, length))
+
+
 def forward_1d(
     signal: ArrayLike | None = None,
     T: int = 1000,
@@ -135,7 +138,7 @@ def forward_1d(
     """Seed 000: a 1D signal noised by the closed form q(x_t | x_0) at a few timesteps.
 
     Args:
-        signal: x0 of shape [L]; default ``sin(linspace(0, 4 pi, 100))``.
+        signal: x0 of shape [L]; default :func:`sine_wave` of 100 points.
         T: chain length.
         schedule: schedule name.
         timesteps: 0-based t to show; default 0, T/10, T/4, T/2, 3T/4, T-1 (seed 000's for T = 1000).
@@ -145,11 +148,11 @@ def forward_1d(
     Returns:
         ``{"x": positions [L], "x0": [L], "timesteps": [K], "xt": [K, L], "abar": [K], "schedule": label}``.
     """
-    x0 = np.sin(np.linspace(0.0, 4.0 * math.pi, 100)) if signal is None else _np(signal)
+    x0 = sine_wave() if signal is None else _np(signal)
     if x0.ndim != 1:
         raise ValueError(f"signal must be 1D [L], got shape {x0.shape}")
-    opts = resolve_schedule_kwargs(schedule, SEED_000_SCHEDULE, schedule_kwargs)
-    diffusion = GaussianDiffusion(_betas(schedule, T, opts))
+    betas, opts = resolve_schedule(schedule, T, SEED_000_SCHEDULE, schedule_kwargs)
+    diffusion = GaussianDiffusion(betas)
     ts = check_timesteps(default_timesteps(T) if timesteps is None else timesteps, T)
     gen = torch.Generator().manual_seed(seed)
     x0_batch = torch.from_numpy(x0).float().expand(len(ts), -1)
@@ -166,7 +169,7 @@ def forward_1d(
     }
 
 
-def plot_forward_1d(data: Mapping[str, Any], layout: Literal["overlay", "panels"] = "overlay") -> Figure:
+def plot_forward_1d(data: Mapping[str, Any], layout: Forward1DLayout = "overlay") -> Figure:
     """The noised signals x_t against position, with the clean x0 highlighted.
 
     Args:
@@ -174,6 +177,7 @@ def plot_forward_1d(data: Mapping[str, Any], layout: Literal["overlay", "panels"
         layout: ``overlay`` draws one line per t on one axes (dark to light as noise grows) under a thick
             x0, as seed 000 does; ``panels`` gives each t its own panel over a thin x0, easier to read.
     """
+    check_arguments({"layout": layout})
     ts, cmap = data["timesteps"], colormaps["plasma"]
     colors = [cmap(0.1 + 0.75 * i / max(1, len(ts) - 1)) for i in range(len(ts))]
     labels = [rf"t = {t}, $\bar\alpha$ = {_abar_label(a)}" for t, a in zip(ts, data["abar"], strict=True)]
@@ -186,7 +190,7 @@ def plot_forward_1d(data: Mapping[str, Any], layout: Literal["overlay", "panels"
         ax.set(xlabel="position in the signal", ylabel="value")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
-    elif layout == "panels":
+    else:  # panels
         ncols = min(3, len(ts))
         nrows = math.ceil(len(ts) / ncols)
         fig = _new_figure(4.0 * ncols, 2.6 * nrows + 0.6)
@@ -202,8 +206,6 @@ def plot_forward_1d(data: Mapping[str, Any], layout: Literal["overlay", "panels"
             ax.set_xlabel("position")
         for ax in axes[::ncols]:
             ax.set_ylabel("value")
-    else:
-        raise ValueError(f"layout={layout!r} is unknown; choose 'overlay' or 'panels'")
     fig.suptitle(f"Forward process $q(x_t | x_0)$ on a 1D signal\n{data['schedule']}, T = {data['T']}")
     return fig
 
@@ -238,15 +240,12 @@ def forward_2d(
         "var_t": [K]}`` where ``mean_t = sqrt(abar) mean`` and ``var_t = abar std^2 + 1 - abar`` are the
         closed-form moments of x_t.
     """
-    if n < 1:
-        raise ValueError(f"n={n!r} is invalid; n must be >= 1")
-    if std < 0:
-        raise ValueError(f"std={std!r} is negative")
+    check_arguments({"n": n, "std": std})
     mu = _np(mean)
     if mu.shape != (2,):
         raise ValueError(f"mean must be 2 numbers, got {list(mu.ravel())}")
-    opts = resolve_schedule_kwargs(schedule, SEED_003_SCHEDULE, schedule_kwargs)
-    diffusion = GaussianDiffusion(_betas(schedule, T, opts))
+    betas, opts = resolve_schedule(schedule, T, SEED_003_SCHEDULE, schedule_kwargs)
+    diffusion = GaussianDiffusion(betas)
     ts = check_timesteps(default_timesteps(T, FORWARD_2D_FRACTIONS) if timesteps is None else timesteps, T)
     gen = torch.Generator().manual_seed(seed)
     x0 = torch.randn(n, 2, generator=gen, dtype=torch.float64) * std + torch.from_numpy(mu)
@@ -274,6 +273,7 @@ def plot_forward_2d(data: Mapping[str, Any], lim: float = 4.0) -> Figure:
         data: the output of :func:`forward_2d`.
         lim: half-width of every panel's axes (seed 003 uses 4).
     """
+    check_arguments({"lim": lim})
     k = len(data["timesteps"])
     fig = _new_figure(max(3.0 * k, 7.0), 4.2)
     axes = np.atleast_1d(fig.subplots(1, k, sharex=True, sharey=True))
@@ -324,10 +324,9 @@ def forward_chain(
     Returns:
         ``{"k": [T+1], "paths": [n_draws, T+1], "mean": [T+1], "std": [T+1], "abar": [T+1], "x0": x0}``.
     """
-    if n_draws < 1:
-        raise ValueError(f"n_draws={n_draws!r} is invalid; n_draws must be >= 1")
-    opts = resolve_schedule_kwargs(schedule, SEED_001_SCHEDULE, schedule_kwargs)
-    diffusion = GaussianDiffusion(_betas(schedule, T, opts))
+    check_arguments({"n_draws": n_draws})
+    betas, opts = resolve_schedule(schedule, T, SEED_001_SCHEDULE, schedule_kwargs)
+    diffusion = GaussianDiffusion(betas)
     gen = torch.Generator().manual_seed(seed)
     x = torch.full((n_draws,), float(x0))
     paths = [x]
