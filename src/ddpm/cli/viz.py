@@ -347,7 +347,7 @@ def _cmd_forward_1d(args: argparse.Namespace) -> Callable[[], int]:
     from ddpm import viz
 
     _check_common(args)
-    opts = _check_schedule(args, viz.SEED_000_SCHEDULE)
+    opts = _check_schedule(args, viz.SINE_DEMO_BETA_RANGE)
     timesteps = _check_timesteps(args.timesteps, args.T)
     _check_arguments(args, "length", "layout")
 
@@ -363,7 +363,7 @@ def _cmd_forward_2d(args: argparse.Namespace) -> Callable[[], int]:
     from ddpm import viz
 
     _check_common(args)
-    opts = _check_schedule(args, viz.SEED_003_SCHEDULE)
+    opts = _check_schedule(args, viz.GAUSSIAN_DEMO_BETA_RANGE)
     timesteps = _check_timesteps(args.timesteps, args.T)
     _check_arguments(args, "n", "std", "lim")
 
@@ -380,7 +380,7 @@ def _cmd_forward_chain(args: argparse.Namespace) -> Callable[[], int]:
     from ddpm import viz
 
     _check_common(args)
-    opts = _check_schedule(args, viz.SEED_001_SCHEDULE)
+    opts = _check_schedule(args, viz.CHAIN_DEMO_BETA_RANGE)
     _check_arguments(args, "n_draws")
 
     def run() -> int:

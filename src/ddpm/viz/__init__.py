@@ -11,7 +11,7 @@ Everything public is importable from here::
 
     from ddpm import viz
 
-    data = viz.forward_2d()                      # seed 003: N((2, 2), 0.5^2 I), T = 100
+    data = viz.forward_2d()                      # seed tutorial 003: N((2, 2), 0.5^2 I), T = 100
     viz.save_figure(viz.plot_forward_2d(data), "outputs/viz/forward-2d.png")
 
 A module is imported when one of its names is first used, so ``ddpm.viz.grid`` (and ``viz.to_uint8``)
@@ -37,9 +37,11 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "demos": (
         "FORWARD_1D_FRACTIONS",
         "FORWARD_2D_FRACTIONS",
-        "SEED_000_SCHEDULE",
-        "SEED_001_SCHEDULE",
-        "SEED_003_SCHEDULE",
+        "CHAIN_DEMO_BETA_RANGE",
+        "CHAIN_DEMO_RNG_SEED",
+        "GAUSSIAN_DEMO_BETA_RANGE",
+        "GAUSSIAN_DEMO_RNG_SEED",
+        "SINE_DEMO_BETA_RANGE",
         "default_timesteps",
         "forward_1d",
         "forward_2d",

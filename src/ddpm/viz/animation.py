@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,7 +25,7 @@ from ddpm.viz.figures import (
 from ddpm.viz.grid import image_grid
 
 
-def _animate(fig: Figure, n_frames: int, update: Any, moving: Sequence[Any]) -> list[Any]:
+def _animate(fig: Figure, n_frames: int, update: Callable[[int], None], moving: Sequence[Any]) -> list[Any]:
     """Render ``update(i)`` for each frame, redrawing only the ``moving`` artists over a fixed background."""
     from PIL import Image
 

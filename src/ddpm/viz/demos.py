@@ -1,5 +1,5 @@
-"""The seed tutorials' demonstrations: noise schedules and the forward process on a sine wave, a 2D
-Gaussian and the one-step Markov chain.
+"""The seed tutorials' demonstrations: noise schedules and the forward process on a sine wave (seed
+tutorial 000), a 2D Gaussian (003) and the one-step Markov chain (001 and 004).
 
 Every demo comes in two halves: a data function that returns numpy arrays (so the numbers can be tested
 against the closed forms) and a plot function that returns a :class:`matplotlib.figure.Figure`.
@@ -7,8 +7,10 @@ against the closed forms) and a plot function that returns a :class:`matplotlib.
 Timesteps follow the library's 0-based convention: ``abar[t] = prod_{s<=t} (1 - beta[s])`` and
 ``q_sample(x0, t)`` uses ``abar[t]``, so ``t = 0`` has already taken one (tiny) noising step.
 
-None of these functions emit :class:`~ddpm.schedules.NotPureNoiseWarning`: the seed demos deliberately use
-short chains that end far from noise (seed 003 ends at abar = 0.35), and every figure states abar itself.
+None of these functions emit :class:`~ddpm.schedules.NotPureNoiseWarning`: the tutorials deliberately use
+short chains that end far from noise (tutorial 003's ends at abar = 0.35), and every figure states abar.
+
+"Seed" names a tutorial in prose (seed tutorial 003) and an RNG seed in code (``seed=3``), never both.
 """
 
 from __future__ import annotations
@@ -33,13 +35,20 @@ from ddpm.viz.checks import (
 )
 from ddpm.viz.figures import ArrayLike, _new_figure, _np
 
-#: The seeds' settings, used when a caller gives no schedule options of its own.
-SEED_000_SCHEDULE = {"beta_start": 1e-4, "beta_end": 0.02}
-SEED_003_SCHEDULE = {"beta_start": 1e-3, "beta_end": 0.02}
-SEED_001_SCHEDULE = {"beta_start": 1e-4, "beta_end": 0.01}
+#: Each demo's beta range, filled in where its schedule takes ``beta_start`` / ``beta_end`` and the caller
+#: gives none: the range of the seed tutorial the demo comes from, so the default figures match the tutorials.
+SINE_DEMO_BETA_RANGE = {"beta_start": 1e-4, "beta_end": 0.02}  # seed tutorial 000 (DDPM sec. 4's range)
+GAUSSIAN_DEMO_BETA_RANGE = {"beta_start": 1e-3, "beta_end": 0.02}  # seed tutorial 003
+CHAIN_DEMO_BETA_RANGE = {"beta_start": 1e-4, "beta_end": 0.01}  # seed tutorials 001 and 004
+
+#: Default RNG seeds of the demos' random draws. Each is the number of the demo's seed tutorial, a label
+#: rather than a tuned value; kept so that the default figures stay the same.
+GAUSSIAN_DEMO_RNG_SEED = 3  # from seed tutorial 003
+CHAIN_DEMO_RNG_SEED = 1  # from seed tutorial 001
 
 #: Where the default timesteps sit as fractions of T (the last one is always T - 1). With T = 1000 the
-#: first gives seed 000's 0, 100, 250, 500, 750, 999; with T = 100 the second seed 003's 0, 25, 50, 75, 99.
+#: first gives seed tutorial 000's 0, 100, 250, 500, 750, 999; with T = 100 the second tutorial 003's
+#: 0, 25, 50, 75, 99.
 FORWARD_1D_FRACTIONS = (0.0, 0.1, 0.25, 0.5, 0.75)
 FORWARD_2D_FRACTIONS = (0.0, 0.25, 0.5, 0.75)
 
@@ -80,12 +89,13 @@ def schedule_curves(
     """
     out: dict[str, dict[str, Any]] = {}
     for name, (betas, opts) in resolve_schedules(names, T, kwargs).items():
-        abar = alphas_cumprod(betas)
+        abar = alphas_cumprod(betas)  # DDPM eq. 4: abar_t = prod_{s<=t} (1 - beta_s)
         out[name] = {
             "t": np.arange(T),
             "beta": betas.numpy(),
             "abar": abar.numpy(),
-            # log(abar) - log1p(-abar) keeps precision where abar is within 1e-5 of 1 (cosine at t = 0).
+            # VDM (Kingma et al. 2021) eq. 2, SNR = alpha^2 / sigma^2 = abar / (1 - abar); log1p(-abar) keeps
+            # precision where abar is within 1e-5 of 1 (cosine at t = 0).
             "log_snr": (abar.log() - torch.log1p(-abar)).numpy(),
             "kwargs": opts,
         }
@@ -122,7 +132,7 @@ def plot_schedules(curves: Mapping[str, Mapping[str, Any]]) -> Figure:
 
 # ------------------------------------------------------------ forward process
 def sine_wave(length: int = 100) -> np.ndarray:
-    """Seed 000's 1D signal: two periods of a sine, ``sin(linspace(0, 4 pi, length))``."""
+    """Seed tutorial 000's 1D signal: two periods of a sine, ``sin(linspace(0, 4 pi, length))``."""
     check_arguments({"length": length})
     return np.sin(np.linspace(0.0, 4.0 * math.pi, length))
 
@@ -135,15 +145,15 @@ def forward_1d(
     seed: int = 0,
     schedule_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Seed 000: a 1D signal noised by the closed form q(x_t | x_0) at a few timesteps.
+    """Seed tutorial 000: a 1D signal noised by the closed form q(x_t | x_0) at a few timesteps.
 
     Args:
         signal: x0 of shape [L]; default :func:`sine_wave` of 100 points.
         T: chain length.
         schedule: schedule name.
-        timesteps: 0-based t to show; default 0, T/10, T/4, T/2, 3T/4, T-1 (seed 000's for T = 1000).
-        seed: torch seed for the noise (one independent draw per t).
-        schedule_kwargs: schedule options; ``beta_start=1e-4, beta_end=0.02`` fill in where accepted.
+        timesteps: 0-based t to show; default 0, T/10, T/4, T/2, 3T/4, T-1 (tutorial 000's for T = 1000).
+        seed: torch RNG seed for the noise (one independent draw per t).
+        schedule_kwargs: schedule options; :data:`SINE_DEMO_BETA_RANGE` fills in the ones left out.
 
     Returns:
         ``{"x": positions [L], "x0": [L], "timesteps": [K], "xt": [K, L], "abar": [K], "schedule": label}``.
@@ -151,13 +161,13 @@ def forward_1d(
     x0 = sine_wave() if signal is None else _np(signal)
     if x0.ndim != 1:
         raise ValueError(f"signal must be 1D [L], got shape {x0.shape}")
-    betas, opts = resolve_schedule(schedule, T, SEED_000_SCHEDULE, schedule_kwargs)
+    betas, opts = resolve_schedule(schedule, T, SINE_DEMO_BETA_RANGE, schedule_kwargs)
     diffusion = GaussianDiffusion(betas)
     ts = check_timesteps(default_timesteps(T) if timesteps is None else timesteps, T)
     gen = torch.Generator().manual_seed(seed)
     x0_batch = torch.from_numpy(x0).float().expand(len(ts), -1)
     noise = torch.randn(x0_batch.shape, generator=gen)
-    xt = diffusion.q_sample(x0_batch, torch.tensor(ts), noise)
+    xt = diffusion.q_sample(x0_batch, torch.tensor(ts), noise)  # DDPM eq. 4
     return {
         "x": np.arange(x0.size),
         "x0": x0,
@@ -175,7 +185,8 @@ def plot_forward_1d(data: Mapping[str, Any], layout: Forward1DLayout = "overlay"
     Args:
         data: the output of :func:`forward_1d`.
         layout: ``overlay`` draws one line per t on one axes (dark to light as noise grows) under a thick
-            x0, as seed 000 does; ``panels`` gives each t its own panel over a thin x0, easier to read.
+            x0, as seed tutorial 000 does; ``panels`` gives each t its own panel over a thin x0, easier to
+            read.
     """
     check_arguments({"layout": layout})
     ts, cmap = data["timesteps"], colormaps["plasma"]
@@ -217,12 +228,12 @@ def forward_2d(
     T: int = 100,
     schedule: str = "linear",
     timesteps: Sequence[int] | None = None,
-    seed: int = 3,
+    seed: int = GAUSSIAN_DEMO_RNG_SEED,
     schedule_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Seed 003: n points of N(mean, std^2 I) noised by the closed form at a few timesteps.
+    """Seed tutorial 003: n points of N(mean, std^2 I) noised by the closed form at a few timesteps.
 
-    Seed 003 itself uses ``abar[t-1]`` and shows the clean data at t = 0; here t is the library's 0-based
+    The tutorial itself uses ``abar[t-1]`` and shows the clean data at t = 0; here t is the library's 0-based
     index throughout, so t = 0 is one step in (abar = 0.999) and t = 99 is the chain's end (abar = 0.347).
 
     Args:
@@ -231,9 +242,9 @@ def forward_2d(
         std: the data standard deviation per coordinate.
         T: chain length.
         schedule: schedule name.
-        timesteps: 0-based t to show; default 0, T/4, T/2, 3T/4, T-1 (seed 003's for T = 100).
-        seed: torch seed for x0 and the noise (a fresh draw per t).
-        schedule_kwargs: schedule options; ``beta_start=1e-3, beta_end=0.02`` fill in where accepted.
+        timesteps: 0-based t to show; default 0, T/4, T/2, 3T/4, T-1 (tutorial 003's for T = 100).
+        seed: torch RNG seed for x0 and the noise (a fresh draw per t).
+        schedule_kwargs: schedule options; :data:`GAUSSIAN_DEMO_BETA_RANGE` fills in the ones left out.
 
     Returns:
         ``{"x0": [n, 2], "timesteps": [K], "xt": [K, n, 2], "abar": [K], "mean_t": [K, 2],
@@ -244,14 +255,15 @@ def forward_2d(
     mu = _np(mean)
     if mu.shape != (2,):
         raise ValueError(f"mean must be 2 numbers, got {list(mu.ravel())}")
-    betas, opts = resolve_schedule(schedule, T, SEED_003_SCHEDULE, schedule_kwargs)
+    betas, opts = resolve_schedule(schedule, T, GAUSSIAN_DEMO_BETA_RANGE, schedule_kwargs)
     diffusion = GaussianDiffusion(betas)
     ts = check_timesteps(default_timesteps(T, FORWARD_2D_FRACTIONS) if timesteps is None else timesteps, T)
     gen = torch.Generator().manual_seed(seed)
     x0 = torch.randn(n, 2, generator=gen, dtype=torch.float64) * std + torch.from_numpy(mu)
     x0 = x0.float()
-    xt = torch.stack([diffusion.q_sample(x0, t, torch.randn(n, 2, generator=gen)) for t in ts])
+    xt = torch.stack([diffusion.q_sample(x0, t, torch.randn(n, 2, generator=gen)) for t in ts])  # DDPM eq. 4
     abar = _np(diffusion.alphas_cumprod[ts])
+    # DDPM eq. 4 with x0 ~ N(mean, std^2 I): x_t ~ N(sqrt(abar) mean, (abar std^2 + 1 - abar) I).
     return {
         "x0": _np(x0),
         "timesteps": np.asarray(ts),
@@ -271,7 +283,7 @@ def plot_forward_2d(data: Mapping[str, Any], lim: float = 4.0) -> Figure:
 
     Args:
         data: the output of :func:`forward_2d`.
-        lim: half-width of every panel's axes (seed 003 uses 4).
+        lim: half-width of every panel's axes (seed tutorial 003 uses 4).
     """
     check_arguments({"lim": lim})
     k = len(data["timesteps"])
@@ -281,7 +293,7 @@ def plot_forward_2d(data: Mapping[str, Any], lim: float = 4.0) -> Figure:
     for i, ax in enumerate(axes):
         pts, m, var = data["xt"][i], data["mean_t"][i], data["var_t"][i]
         ax.scatter(pts[:, 0], pts[:, 1], s=6, alpha=0.45, color="C0", linewidths=0, label=r"$x_t$")
-        r = 2.0 * math.sqrt(var)
+        r = 2.0 * math.sqrt(var)  # var is per coordinate, so the circle's radius is 2 std in every direction
         circle_x, circle_y = m[0] + r * np.cos(circle), m[1] + r * np.sin(circle)
         ax.plot(circle_x, circle_y, color="C3", lw=1.0, ls="--", label="closed-form 2 std")
         ax.plot(*m, marker="x", ls="", color="C3", ms=9, mew=2.5, label="closed-form mean")
@@ -304,10 +316,10 @@ def forward_chain(
     T: int = 50,
     schedule: str = "linear",
     n_draws: int = 8,
-    seed: int = 1,
+    seed: int = CHAIN_DEMO_RNG_SEED,
     schedule_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Seeds 001/004: the scalar x0 pushed through the one-step Markov chain, several independent draws.
+    """Seed tutorials 001/004: the scalar x0 pushed through the one-step Markov chain, in independent draws.
 
     Column k of ``paths`` is the state after the steps t = 0 .. k-1 (``GaussianDiffusion.q_step``), so it
     is distributed as ``q_sample(x0, k - 1)``: mean ``sqrt(abar[k-1]) x0``, std ``sqrt(1 - abar[k-1])``,
@@ -318,22 +330,23 @@ def forward_chain(
         T: chain length.
         schedule: schedule name.
         n_draws: number of independent chains.
-        seed: torch seed for the noise.
-        schedule_kwargs: schedule options; ``beta_start=1e-4, beta_end=0.01`` fill in where accepted.
+        seed: torch RNG seed for the noise.
+        schedule_kwargs: schedule options; :data:`CHAIN_DEMO_BETA_RANGE` fills in the ones left out.
 
     Returns:
         ``{"k": [T+1], "paths": [n_draws, T+1], "mean": [T+1], "std": [T+1], "abar": [T+1], "x0": x0}``.
     """
     check_arguments({"n_draws": n_draws})
-    betas, opts = resolve_schedule(schedule, T, SEED_001_SCHEDULE, schedule_kwargs)
+    betas, opts = resolve_schedule(schedule, T, CHAIN_DEMO_BETA_RANGE, schedule_kwargs)
     diffusion = GaussianDiffusion(betas)
     gen = torch.Generator().manual_seed(seed)
     x = torch.full((n_draws,), float(x0))
     paths = [x]
     for t in range(T):
-        x = diffusion.q_step(x, t, torch.randn(n_draws, generator=gen))
+        x = diffusion.q_step(x, t, torch.randn(n_draws, generator=gen))  # DDPM eq. 2
         paths.append(x)
-    abar = np.concatenate([[1.0], _np(diffusion.alphas_cumprod)])
+    abar = np.concatenate([[1.0], _np(diffusion.alphas_cumprod)])  # k = 0 has taken no step: abar = 1
+    # DDPM eq. 4: after k steps, x ~ N(sqrt(abar) x0, 1 - abar).
     return {
         "k": np.arange(T + 1),
         "paths": _np(torch.stack(paths, dim=1)),
@@ -361,7 +374,7 @@ def plot_forward_chain(data: Mapping[str, Any]) -> Figure:
     ax.plot(k, mean, color="C3", lw=2.2, label=r"closed-form mean $\sqrt{\bar\alpha}\,x_0$")
     ax.axhline(data["x0"], color="0.3", lw=1.0, ls="--", label=f"$x_0$ = {data['x0']:g}")
     ax.set(xlabel="Markov steps taken k (k = 0 is $x_0$)", ylabel="value", xlim=(0, k[-1]))
-    fig.suptitle(
+    fig.suptitle(  # the title states DDPM eq. 2, the step each draw takes
         f"Forward Markov chain $x_k = \\sqrt{{1-\\beta}}\\,x_{{k-1}} + \\sqrt{{\\beta}}\\,\\epsilon$, "
         f"{len(data['paths'])} draws\n{data['schedule']}, T = {data['T']}, "
         rf"final $\bar\alpha$ = {_abar_label(data['abar'][-1])}"

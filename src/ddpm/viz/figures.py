@@ -25,13 +25,13 @@ from matplotlib.figure import Figure
 
 from ddpm.viz.grid import GRID_PADDING, image_grid
 
+#: What the viz functions accept as numbers: a sampler's tensors as they come, or numpy arrays.
 ArrayLike = np.ndarray | torch.Tensor | Sequence[float]
-
 
 #: dpi used by :func:`save_figure`: a 6.4 x 4.8 in figure comes out 768 x 576 px.
 DEFAULT_DPI = 120
 
-
+#: matplotlib backends that cannot open a window: :func:`show_figure` returns False under them.
 _NON_INTERACTIVE = {"agg", "pdf", "ps", "svg", "pgf", "cairo", "template"}
 
 
@@ -44,6 +44,8 @@ def _np(x: ArrayLike) -> np.ndarray:
 
 
 def _new_figure(width: float, height: float) -> Figure:
+    """A figure of ``width`` x ``height`` inches, made without pyplot; the constrained layout fits labels
+    without a tight bounding box, so the saved size is exactly the figure's."""
     return Figure(figsize=(width, height), layout="constrained")
 
 
@@ -66,6 +68,7 @@ def _evenly(n_total: int, k: int) -> list[int]:
 
 
 def _check_trajectory(trajectory: ArrayLike, timesteps: Sequence[int]) -> np.ndarray:
+    """``trajectory`` as a numpy array [S+1, N, ...], or a ValueError when it does not fit ``timesteps``."""
     traj = _np(trajectory)
     if traj.ndim < 2:
         raise ValueError(f"trajectory must be [S+1, N, ...], got shape {traj.shape}")
@@ -78,6 +81,10 @@ def _check_trajectory(trajectory: ArrayLike, timesteps: Sequence[int]) -> np.nda
 
 
 def _square_limits(*arrays: np.ndarray, margin: float = 0.08) -> tuple[float, float]:
+    """One (low, high) for both axes that holds the 2D points of ``arrays``, plus a margin.
+
+    Percentiles rather than min/max, so a few far-out noise samples do not shrink everything else.
+    """
     pts = np.concatenate([a.reshape(-1, 2) for a in arrays])
     low, high = np.percentile(pts, [0.2, 99.8])
     pad = (high - low) * margin + 1e-6
@@ -110,7 +117,7 @@ def plot_reverse_1d(
 ) -> Figure:
     """The reverse chain of scalar or 1D-signal samples.
 
-    Scalars ([S+1, N] or [S+1, N, 1]): value against t for ``n_chains`` chains, as seed 001 plots it,
+    Scalars ([S+1, N] or [S+1, N, 1]): value against t for ``n_chains`` chains, as seed tutorial 001 plots it,
     from x_T at the left to the sample at t = 0 on the right. Signals ([S+1, N, L]): ``n_snapshots``
     snapshots of signal ``index``, from noise (light) to the final sample (dark, thick).
 
@@ -249,7 +256,7 @@ def plot_denoising_strip(
     fig = _new_figure(max(5.0, min(1.1 * len(idx) + 1.2, 14.0)), min(1.1 * rows + 1.0, 12.0))
     ax = fig.subplots()
     ax.imshow(grid, interpolation="nearest")
-    pad = GRID_PADDING
+    pad = GRID_PADDING  # the grid starts with a pad and puts one after every tile: ticks at tile centres
     ax.set_xticks(
         [pad + j * (W + pad) + W / 2 for j in range(len(idx))], [labels[s] for s in idx], fontsize=8
     )
