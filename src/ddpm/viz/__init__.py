@@ -81,4 +81,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
+    """The loaded names and every public one, loaded or not (for completion in a shell)."""
     return sorted({*globals(), *__all__})

@@ -20,8 +20,8 @@ def resolve_schedule_kwargs(
 ) -> dict[str, Any]:
     """Options for ``make_beta_schedule(name, ...)``: the ``defaults`` it accepts, updated by ``overrides``.
 
-    Defaults a schedule does not take (``beta_start`` for ``cosine``) are dropped, so a demo's seed settings
-    do not break another schedule; an override it does not take is an error.
+    Defaults a schedule does not take (``beta_start`` for ``cosine``) are dropped, so a demo's beta range
+    does not break another schedule; an override it does not take is an error.
 
     Raises:
         ValueError: ``name`` is not a registered schedule, or an override is not one of its options.
@@ -102,8 +102,8 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 
 def check_arguments(values: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> None:
-    """Raise ``ValueError("<name>=<value> is invalid; <what is allowed>")`` for the first value that breaks
-    its rule.
+    """Raise a ValueError, ``<name>=<value> is invalid; <what is allowed>``, for the first value that
+    breaks its rule.
 
     Args:
         values: argument values by parameter name: ``length``, ``n``, ``std``, ``lim``, ``n_draws``,
