@@ -22,8 +22,9 @@ from ddpm.build import build, load_run
 from ddpm.cli.sample import main as sample_main
 from ddpm.cli.train import train
 from ddpm.config import ConfigError
-from ddpm.data import ImageDataModule, to_uint8
+from ddpm.data import ImageDataModule
 from ddpm.models import UNet
+from ddpm.viz.grid import to_uint8
 from tests.digits_classifier import CACHE_DIR, digits_metric
 from tests.test_app import make_cfg, run_train
 

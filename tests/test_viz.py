@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import types
 import warnings
 from pathlib import Path
@@ -21,6 +23,7 @@ from ddpm.cli.viz import main
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.samplers import DDIMSampler, DDPMSampler, SampleResult
 from ddpm.schedules import make_beta_schedule
+from ddpm.viz.grid import image_grid, save_image_grid
 
 DPI = 60  # small renders keep the file fast; sizes are checked at this dpi
 
@@ -153,6 +156,40 @@ def test_reverse_positions_and_bad_inputs() -> None:
         viz.plot_samples_vs_data(np.zeros((5, 2)), np.zeros((5, 3)))
 
 
+# ---------------------------------------------------------------------------- the package, grid and checks
+def test_every_public_name_resolves_and_the_grid_loads_no_matplotlib() -> None:
+    for name in viz.__all__:
+        assert getattr(viz, name) is not None, name
+    code = (
+        "import sys, ddpm.viz.grid; from ddpm.viz import save_image_grid, to_uint8; "
+        "sys.exit('matplotlib' in sys.modules)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_image_grid_scales_enlarges_and_saves(tmp_path: Path) -> None:
+    images = torch.linspace(-1, 1, 4).reshape(4, 1, 1, 1).expand(4, 1, 8, 8)
+    grid = image_grid(images, nrow=2, value_range=(-1.0, 1.0))
+    assert grid.shape == (2 + 2 * (8 + 2), 2 + 2 * (8 + 2), 3)  # 2 px padding around every tile
+    assert grid[2, 2].tolist() == [0.0, 0.0, 0.0] and grid[-3, -3].tolist() == [1.0, 1.0, 1.0]
+    assert grid[0, 0].tolist() == [1.0, 1.0, 1.0]  # white padding
+    path = save_image_grid((images + 1) / 2, tmp_path / "a" / "g.png")  # 8 px tiles enlarged to 64 px
+    with Image.open(path) as im:
+        assert im.size == (2 * 66 + 2, 2 * 66 + 2)
+    with pytest.raises(ValueError, match="N >= 1"):
+        image_grid(torch.zeros(0, 1, 8, 8))
+
+
+def test_a_check_names_the_value_as_the_caller_knows_it() -> None:
+    with pytest.raises(ValueError, match=r"^n_draws=0 is invalid; give at least 1 chain$"):
+        viz.forward_chain(n_draws=0)
+    with pytest.raises(ValueError, match=r"^--draws=0 is invalid; give at least 1 chain$"):
+        viz.check_arguments({"n_draws": 0}, labels={"n_draws": "--draws"})
+    with pytest.raises(ValueError, match=r"layout='x' is unknown; choose one of \['overlay', 'panels'\]"):
+        viz.plot_forward_1d(viz.forward_1d(T=10), layout="x")  # type: ignore[arg-type]
+
+
 # ---------------------------------------------------------------------------- the files
 def _fig_cases() -> dict[str, object]:
     scalar = _reverse((64,), 5.0, 0.0)
@@ -179,7 +216,7 @@ def _fig_cases() -> dict[str, object]:
         "vs-signal": lambda: viz.plot_samples_vs_data(signal.samples, signal.samples + 0.1),
         "vs-points": lambda: viz.plot_samples_vs_data(points.samples, rng.normal(2, 0.5, (300, 2))),
         "vs-images": lambda: viz.plot_samples_vs_data(images.samples, images.samples.flip(-1)),
-        "loss-by-quartile": lambda: viz.plot_loss_by_quartile(steps, losses, T=1000),
+        "loss-by-quarter": lambda: viz.plot_loss_by_quarter(steps, losses, T=1000),
     }
 
 

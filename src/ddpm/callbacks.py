@@ -135,7 +135,7 @@ class LossByTimestepCallback(Callback):
         from ddpm import viz
 
         T = getattr(getattr(pl_module, "diffusion", None), "num_timesteps", None)
-        fig = viz.plot_loss_by_quartile(self.steps, self.losses, T=T)
+        fig = viz.plot_loss_by_quarter(self.steps, self.losses, T=T)
         log_figure(
             trainer,
             "train/loss_by_timestep",
@@ -262,7 +262,7 @@ class ImageSampleCallback(Callback):
         import torch
 
         from ddpm import viz
-        from ddpm.data.images import save_image_grid
+        from ddpm.viz.grid import save_image_grid
 
         step = trainer.global_step
         plots = Path(trainer.default_root_dir) / "plots"

@@ -47,7 +47,7 @@ def _write_image_results(
     module: DiffusionModule, datamodule: Any, output_dir: Path, n: int, batch_size: int = 256
 ) -> dict[str, Any]:
     """Images: ``samples.npz`` (uint8 [N, H, W, C]), ``plots/samples_grid.png`` and ``metrics.json``."""
-    from ddpm.data.images import save_image_grid, to_uint8
+    from ddpm.viz.grid import save_image_grid, to_uint8
 
     # Lightning's teardown leaves the module on the CPU after fit; sampling T steps of a UNet there
     # would take hours for CIFAR-10, so use the GPU when there is one.

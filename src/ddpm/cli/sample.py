@@ -81,7 +81,7 @@ def _write_outputs(
         WriteError: a file could not be written.
     """
     if image:
-        from ddpm.data.images import save_image_grid, to_uint8
+        from ddpm.viz.grid import save_image_grid, to_uint8
 
         images = to_uint8(samples)  # uint8 [N, H, W, C], as image tools expect
         write_file(out, lambda path: np.savez_compressed(path, samples=images))

@@ -20,13 +20,15 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ddpm.cli.common import seed_problem
 from ddpm.safe_writes import WriteError, writable_problem, write_file, write_files
 from ddpm.schedules import SCHEDULES
 
 __all__ = ["MAX_BYTES", "build_parser", "main", "memory_limit"]
+
+_T = TypeVar("_T")
 
 PROG = "ddpm-viz"
 DEFAULT_DIR = Path("outputs") / "viz"
@@ -167,28 +169,38 @@ def _require(ok: bool, message: str) -> None:
         raise _BadInput(message)
 
 
-def _check_schedule(name: str, T: int, options: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """The schedule options the demo will use; building the betas is cheap and runs every check."""
-    from ddpm import viz
-    from ddpm.schedules import make_beta_schedule
+#: The command-line options that set a viz argument under another name, for viz's messages.
+_OPTION_OF = {"n_draws": "--draws", "max_frames": "--frames"}
 
+
+def _checked(check: Callable[..., _T], *args: Any) -> _T:
+    """Run one of viz's own checks; its ValueError becomes the command's one-line error."""
     try:
-        opts = viz.resolve_schedule_kwargs(name, defaults, options)
-        make_beta_schedule(name, T, warn=False, **opts)
+        return check(*args)
     except ValueError as err:
         raise _BadInput(str(err)) from None
-    return opts
+
+
+def _check_arguments(args: argparse.Namespace, *names: str) -> None:
+    """viz's rules for the arguments ``names``, named in the message as the options that set them."""
+    from ddpm import viz
+
+    options = {name: _OPTION_OF.get(name, f"--{name}") for name in names}
+    values = {name: getattr(args, option.removeprefix("--")) for name, option in options.items()}
+    _checked(viz.check_arguments, values, options)
+
+
+def _check_schedule(args: argparse.Namespace, defaults: dict[str, Any]) -> dict[str, Any]:
+    """The schedule options the demo will use, checked by viz (it builds the betas: cheap, T numbers)."""
+    from ddpm import viz
+
+    return _checked(viz.resolve_schedule, args.schedule, args.T, defaults, _schedule_options(args))[1]
 
 
 def _check_timesteps(timesteps: Sequence[int] | None, T: int) -> list[int] | None:
     from ddpm import viz
 
-    if timesteps is None:
-        return None
-    try:
-        return viz.check_timesteps(timesteps, T)
-    except ValueError as err:
-        raise _BadInput(str(err)) from None
+    return None if timesteps is None else _checked(viz.check_timesteps, timesteps, T)
 
 
 def _check_values(args: argparse.Namespace) -> None:
@@ -318,17 +330,13 @@ def _finish(fig: Any, args: argparse.Namespace, name: str) -> int:
 
 # ---------------------------------------------------------------------------- commands
 def _cmd_schedules(args: argparse.Namespace) -> Callable[[], int]:
+    from ddpm import viz
+
     _check_common(args)
     options = _schedule_options(args)
-    used: set[str] = set()
-    for name in args.schedules:  # each schedule takes the options it accepts and ignores the others
-        used.update(_check_schedule(name, args.T, {}, options))
-    extra = sorted(set(options) - used)
-    _require(not extra, f"option(s) {extra} are not taken by any of the schedules {args.schedules}")
+    _checked(viz.resolve_schedules, args.schedules, args.T, options)
 
     def run() -> int:
-        from ddpm import viz
-
         return _finish(
             viz.plot_schedules(viz.schedule_curves(args.schedules, args.T, **options)), args, "schedules"
         )
@@ -340,16 +348,12 @@ def _cmd_forward_1d(args: argparse.Namespace) -> Callable[[], int]:
     from ddpm import viz
 
     _check_common(args)
-    opts = _check_schedule(args.schedule, args.T, _schedule_options(args), viz.SEED_000_SCHEDULE)
+    opts = _check_schedule(args, viz.SINE_DEMO_BETA_RANGE)
     timesteps = _check_timesteps(args.timesteps, args.T)
-    _require(args.length >= 2, f"--length={args.length} is invalid; the signal needs >= 2 points")
-    layouts = ("overlay", "panels")
-    _require(args.layout in layouts, f"--layout={args.layout!r} is unknown; choose one of {list(layouts)}")
+    _check_arguments(args, "length", "layout")
 
     def run() -> int:
-        import numpy as np
-
-        signal = np.sin(np.linspace(0.0, 4.0 * np.pi, args.length))
+        signal = viz.sine_wave(args.length)
         data = viz.forward_1d(signal, args.T, args.schedule, timesteps, args.seed, schedule_kwargs=opts)
         return _finish(viz.plot_forward_1d(data, layout=args.layout), args, "forward-1d")
 
@@ -360,11 +364,9 @@ def _cmd_forward_2d(args: argparse.Namespace) -> Callable[[], int]:
     from ddpm import viz
 
     _check_common(args)
-    opts = _check_schedule(args.schedule, args.T, _schedule_options(args), viz.SEED_003_SCHEDULE)
+    opts = _check_schedule(args, viz.GAUSSIAN_DEMO_BETA_RANGE)
     timesteps = _check_timesteps(args.timesteps, args.T)
-    _require(args.n >= 1, f"--n={args.n} is invalid; give at least 1 point")
-    _require(args.std >= 0, f"--std={args.std} is invalid; a standard deviation must be >= 0")
-    _require(args.lim > 0, f"--lim={args.lim} is invalid; the axes half-width must be > 0")
+    _check_arguments(args, "n", "std", "lim")
 
     def run() -> int:
         data = viz.forward_2d(
@@ -379,8 +381,8 @@ def _cmd_forward_chain(args: argparse.Namespace) -> Callable[[], int]:
     from ddpm import viz
 
     _check_common(args)
-    opts = _check_schedule(args.schedule, args.T, _schedule_options(args), viz.SEED_001_SCHEDULE)
-    _require(args.draws >= 1, f"--draws={args.draws} is invalid; give at least 1 chain")
+    opts = _check_schedule(args, viz.CHAIN_DEMO_BETA_RANGE)
+    _check_arguments(args, "n_draws")
 
     def run() -> int:
         data = viz.forward_chain(args.x0, args.T, args.schedule, args.draws, args.seed, schedule_kwargs=opts)
@@ -395,8 +397,7 @@ def _cmd_reverse(args: argparse.Namespace) -> Callable[[], int]:
         args.run_dir.exists(), f"run_dir={str(args.run_dir)!r} does not exist; give a ddpm-train run folder"
     )
     _require(args.n >= 1, f"--n={args.n} is invalid; draw at least 1 sample")
-    _require(args.frames >= 1, f"--frames={args.frames} is invalid; use an integer >= 1")
-    _require(args.fps >= 1, f"--fps={args.fps} is invalid; use an integer >= 1")
+    _check_arguments(args, "max_frames", "fps")  # the GIF's, checked before the run is loaded and sampled
 
     def run() -> int:
         # imported here: they pull in Lightning

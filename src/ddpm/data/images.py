@@ -1,4 +1,4 @@
-"""Image datasets (MNIST, CIFAR-10, scikit-learn's 8x8 digits) as one LightningDataModule, and image output.
+"""Image datasets (MNIST, CIFAR-10, scikit-learn's 8x8 digits) as one LightningDataModule.
 
 MNIST and CIFAR-10 are read by torchvision's own dataset classes from ``data_dir``; ``digits`` is the
 1,797-image set bundled with scikit-learn (no download), given here a fixed official split: a stratified
@@ -19,7 +19,6 @@ The files torchvision expects, under ``data_dir``:
 from __future__ import annotations
 
 import gzip
-import math
 import os
 import shutil
 from dataclasses import dataclass, replace
@@ -39,9 +38,6 @@ __all__ = [
     "ImageSplits",
     "ensure_files",
     "expected_files",
-    "image_grid",
-    "save_image_grid",
-    "to_uint8",
 ]
 
 
@@ -66,52 +62,6 @@ DIGITS_SPLIT_SEED = 0
 
 RESIZE_MODES = ("pad", "bilinear", "nearest")
 VAL_SOURCES = ("train", "test")
-
-
-# ----------------------------------------------------------------------------- image output
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[N, C, H, W] images in [0, 1] -> uint8 [N, H, W, C] (the layout of image files and FID tools)."""
-    if images.ndim != 4:
-        raise ValueError(f"images must be [N, C, H, W], got shape {tuple(images.shape)}")
-    # DDPM's convention: round(x * 255) after clipping, as the released samples were written.
-    pixels = (images.detach().float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
-    return pixels.permute(0, 2, 3, 1).cpu().numpy()
-
-
-def image_grid(images: torch.Tensor, nrow: int | None = None, min_tile: int = 64) -> np.ndarray:
-    """[N, C, H, W] images in [0, 1] -> one uint8 [H', W', 3] grid laid out by torchvision's make_grid.
-
-    Small images are enlarged by an integer factor (nearest neighbour, no smoothing) so that each tile is
-    at least ``min_tile`` pixels high: an 8x8 digit becomes 64x64 and stays readable in a viewer.
-
-    Args:
-        images: [N, C, H, W] in [0, 1] (``ImageDataModule.denormalize`` of the network's output).
-        nrow: images per row; default a near-square grid.
-        min_tile: the smallest tile height in pixels.
-    """
-    from torchvision.utils import make_grid  # torchvision is slow to import; only image paths need it
-
-    if images.ndim != 4 or images.shape[0] < 1:
-        raise ValueError(f"images must be [N, C, H, W] with N >= 1, got shape {tuple(images.shape)}")
-    x = images.detach().float().cpu().clamp(0.0, 1.0)
-    scale = max(1, math.ceil(min_tile / x.shape[-2]))
-    if scale > 1:
-        x = x.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
-    nrow = nrow or math.ceil(math.sqrt(x.shape[0]))
-    grid = make_grid(x, nrow=nrow, padding=2, pad_value=1.0)
-    return (grid * 255.0).round().to(torch.uint8).permute(1, 2, 0).numpy()
-
-
-def save_image_grid(
-    images: torch.Tensor, path: str | os.PathLike[str], nrow: int | None = None, min_tile: int = 64
-) -> Path:
-    """Write :func:`image_grid` of ``images`` (in [0, 1]) to a PNG file, creating parent folders."""
-    from PIL import Image
-
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image_grid(images, nrow=nrow, min_tile=min_tile)).save(out, format="PNG")
-    return out
 
 
 # ----------------------------------------------------------------------------- files

@@ -1,0 +1,448 @@
+"""Figures of sampling and training runs, how figures are written and shown, and the helpers every viz
+figure shares.
+
+Figures are built with ``Figure()`` rather than pyplot, so drawing and saving never needs a display or a
+GUI backend; :func:`show_figure` is the one place pyplot is imported.
+
+The reverse-process plots place a sampler's states on the paper's 1-based t axis (x_T = pure noise at
+``T``, the final sample at ``0``), while the library's timesteps are 0-based; see :func:`reverse_positions`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ddpm.viz.grid import GRID_PADDING, image_grid
+
+#: What the viz functions accept as numbers: a sampler's tensors as they come, or numpy arrays.
+ArrayLike = np.ndarray | torch.Tensor | Sequence[float]
+
+#: dpi used by :func:`save_figure`: a 6.4 x 4.8 in figure comes out 768 x 576 px.
+DEFAULT_DPI = 120
+
+#: matplotlib backends that cannot open a window: :func:`show_figure` returns False under them.
+_NON_INTERACTIVE = {"agg", "pdf", "ps", "svg", "pgf", "cairo", "template"}
+
+
+# ------------------------------------------------------------ helpers
+def _np(x: ArrayLike) -> np.ndarray:
+    """A float64 numpy copy of a tensor or array (detached, on the CPU)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    """A figure of ``width`` x ``height`` inches, made without pyplot; the constrained layout fits labels
+    without a tight bounding box, so the saved size is exactly the figure's."""
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def reverse_positions(timesteps: Sequence[int]) -> np.ndarray:
+    """Where each state of a sampler's trajectory sits on the paper's 1-based t axis.
+
+    ``trajectory[i]`` (``i < S``) is the input to the step at ``timesteps[i]``, i.e. a sample at noise level
+    ``abar[timesteps[i]]`` = the paper's x_{t+1}; ``trajectory[S]`` is the final sample x_0. For all T
+    ancestral steps this is ``T, T-1, ..., 1, 0``; for DDIM (T=1000, S=10) ``1000, 889, ..., 1, 0``.
+    """
+    return np.asarray([int(t) + 1 for t in timesteps] + [0], dtype=np.int64)
+
+
+def _evenly(n_total: int, k: int) -> list[int]:
+    """``k`` indices spread over ``0 .. n_total-1``, always including both ends."""
+    k = max(1, min(k, n_total))
+    if k == 1:
+        return [n_total - 1]
+    return sorted({round(i * (n_total - 1) / (k - 1)) for i in range(k)})
+
+
+def _check_trajectory(trajectory: ArrayLike, timesteps: Sequence[int]) -> np.ndarray:
+    """``trajectory`` as a numpy array [S+1, N, ...], or a ValueError when it does not fit ``timesteps``."""
+    traj = _np(trajectory)
+    if traj.ndim < 2:
+        raise ValueError(f"trajectory must be [S+1, N, ...], got shape {traj.shape}")
+    if traj.shape[0] != len(timesteps) + 1:
+        raise ValueError(
+            f"trajectory has {traj.shape[0]} states but timesteps has {len(timesteps)} entries; "
+            "expected len(trajectory) == len(timesteps) + 1 (index 0 holds x_T)"
+        )
+    return traj
+
+
+def _square_limits(*arrays: np.ndarray, margin: float = 0.08) -> tuple[float, float]:
+    """One (low, high) for both axes that holds the 2D points of ``arrays``, plus a margin.
+
+    Percentiles rather than min/max, so a few far-out noise samples do not shrink everything else.
+    """
+    pts = np.concatenate([a.reshape(-1, 2) for a in arrays])
+    low, high = np.percentile(pts, [0.2, 99.8])
+    pad = (high - low) * margin + 1e-6
+    return float(low - pad), float(high + pad)
+
+
+def _data_kind(shape: tuple[int, ...]) -> Literal["scalar", "signal", "points", "image"]:
+    """What one item of a batch is, from the batch shape [N, ...]."""
+    item = shape[1:]
+    if len(item) == 0 or (len(item) == 1 and item[0] == 1):
+        return "scalar"
+    if len(item) == 1:
+        return "points" if item[0] == 2 else "signal"
+    if len(item) == 3:
+        return "image"
+    raise ValueError(
+        f"cannot tell what items of shape {item} are; expected a scalar [N] or [N, 1], a 1D signal [N, L], "
+        "a 2D point [N, 2] or an image [N, C, H, W]"
+    )
+
+
+# ------------------------------------------------------------ reverse process
+def plot_reverse_1d(
+    trajectory: ArrayLike,
+    timesteps: Sequence[int],
+    target: float | ArrayLike | None = None,
+    n_chains: int = 8,
+    n_snapshots: int = 5,
+    index: int = 0,
+) -> Figure:
+    """The reverse chain of scalar or 1D-signal samples.
+
+    Scalars ([S+1, N] or [S+1, N, 1]): value against t for ``n_chains`` chains, as seed tutorial 001 plots it,
+    from x_T at the left to the sample at t = 0 on the right. Signals ([S+1, N, L]): ``n_snapshots``
+    snapshots of signal ``index``, from noise (light) to the final sample (dark, thick).
+
+    Args:
+        trajectory: ``SampleResult.trajectory``; index 0 holds x_T.
+        timesteps: ``SampleResult.timesteps`` (descending, S entries).
+        target: a reference drawn dashed: the x0 value (scalars) or a signal [L].
+        n_chains: chains to draw for scalar data.
+        n_snapshots: snapshots to draw for signals.
+        index: which signal to follow.
+    """
+    traj = _check_trajectory(trajectory, timesteps)
+    pos = reverse_positions(timesteps)
+    fig = _new_figure(9.0, 4.8)
+    ax = fig.subplots()
+    item = int(np.prod(traj.shape[2:], dtype=np.int64))
+    if item == 1:
+        values = traj.reshape(traj.shape[0], -1)[:, :n_chains]
+        for j in range(values.shape[1]):
+            ax.plot(pos, values[:, j], lw=1.0, alpha=0.75, label="reverse chains" if j == 0 else None)
+        ax.set(xlabel="t  (x_T = noise on the left, sample at t = 0 on the right)", ylabel="value")
+        ax.set_xlim(pos[0], pos[-1])
+        if target is not None:
+            ax.axhline(float(_np(target).ravel()[0]), color="C3", ls="--", lw=1.5, label="target $x_0$")
+        ax.set_title(f"Reverse process: {values.shape[1]} chains, {len(timesteps)} steps")
+    else:
+        signals = traj.reshape(traj.shape[0], traj.shape[1], -1)[:, index]
+        snaps = _evenly(traj.shape[0], n_snapshots)
+        cmap = colormaps["viridis_r"]
+        for j, s in enumerate(snaps):
+            last = s == traj.shape[0] - 1
+            ax.plot(
+                signals[s],
+                color=cmap(0.15 + 0.85 * j / max(1, len(snaps) - 1)),
+                lw=2.6 if last else 1.1,
+                alpha=1.0 if last else 0.7,
+                label=f"t = {pos[s]}" + (" (sample)" if last else " (x_T)" if s == 0 else ""),
+            )
+        if target is not None:
+            ax.plot(_np(target).ravel(), color="C3", ls="--", lw=1.5, label="reference")
+        ax.set(xlabel="position in the signal", ylabel="value")
+        ax.set_title(f"Reverse process of signal {index}: {len(timesteps)} steps")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small", loc="best")
+    return fig
+
+
+def plot_reverse_2d(
+    trajectory: ArrayLike,
+    timesteps: Sequence[int],
+    steps: Sequence[int] | None = None,
+    data: ArrayLike | None = None,
+    n_panels: int = 5,
+    lim: tuple[float, float] | None = None,
+) -> Figure:
+    """Scatter of 2D samples at a few states of the reverse chain, on shared axes.
+
+    Args:
+        trajectory: [S+1, N, 2]; index 0 holds x_T.
+        timesteps: the S descending timesteps.
+        steps: indices into ``trajectory`` to show; default ``n_panels`` evenly spaced from x_T to the sample.
+        data: training points [M, 2], drawn in grey under every panel.
+        n_panels: how many panels when ``steps`` is None.
+        lim: axis limits for both coordinates; default fits x_T, the sample and the data.
+    """
+    traj = _check_trajectory(trajectory, timesteps)
+    if traj.shape[-1] != 2 or traj.ndim != 3:
+        raise ValueError(f"plot_reverse_2d needs a trajectory [S+1, N, 2], got shape {traj.shape}")
+    pos = reverse_positions(timesteps)
+    idx = _evenly(traj.shape[0], n_panels) if steps is None else [int(s) for s in steps]
+    for s in idx:
+        if not 0 <= s < traj.shape[0]:
+            raise ValueError(
+                f"step index {s} is outside [0, {traj.shape[0] - 1}] (trajectory has S+1 states)"
+            )
+    ref = _np(data) if data is not None else None
+    if lim is None:
+        lim = _square_limits(traj[0], traj[-1], *([ref] if ref is not None else []))
+    fig = _new_figure(max(3.0 * len(idx), 6.0), 3.7)
+    axes = np.atleast_1d(fig.subplots(1, len(idx), sharex=True, sharey=True))
+    for ax, s in zip(axes, idx, strict=True):
+        if ref is not None:
+            ax.scatter(ref[:, 0], ref[:, 1], s=4, color="0.7", alpha=0.5, linewidths=0, label="data")
+        ax.scatter(traj[s][:, 0], traj[s][:, 1], s=5, color="C0", alpha=0.6, linewidths=0, label="samples")
+        suffix = " ($x_T$)" if s == 0 else " (sample)" if s == traj.shape[0] - 1 else ""
+        ax.set_title(f"t = {pos[s]}{suffix}")
+        ax.set(xlim=lim, ylim=lim, aspect="equal", xlabel="$x_1$")
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("$x_2$")
+    axes[-1].legend(loc="lower right", fontsize="x-small", markerscale=2)
+    fig.suptitle(f"Reverse process: {traj.shape[1]} samples, {len(timesteps)} steps")
+    return fig
+
+
+def plot_denoising_strip(
+    images: ArrayLike,
+    timesteps: Sequence[int],
+    steps: Sequence[int] | None = None,
+    n_images: int = 4,
+    n_columns: int = 8,
+    value_range: tuple[float, float] = (-1.0, 1.0),
+) -> Figure:
+    """Rows = images, columns = chosen reverse steps, laid out as one :func:`~ddpm.viz.grid.image_grid`.
+
+    Args:
+        images: [S+1, N, C, H, W] (``SampleResult.trajectory``, x_t) or [S, N, C, H, W]
+            (``SampleResult.pred_x0``, the x0 predicted at each ``timesteps[i]``).
+        timesteps: the S descending timesteps.
+        steps: indices into ``images`` to show; default ``n_columns`` evenly spaced, first and last included.
+        n_images: rows (images followed).
+        n_columns: columns when ``steps`` is None.
+        value_range: the pixel range, mapped to black .. white.
+    """
+    arr = _np(images)
+    if arr.ndim != 5:
+        raise ValueError(f"images must be [S(+1), N, C, H, W], got shape {arr.shape}")
+    S = len(timesteps)
+    if arr.shape[0] == S + 1:
+        kind, labels = "$x_t$", [f"t={p}" for p in reverse_positions(timesteps)]
+    elif arr.shape[0] == S:
+        # pred_x0[i] is made from trajectory[i], which sits at reverse_positions(timesteps)[i].
+        kind, labels = r"predicted $\hat x_0$", [f"t={p}" for p in reverse_positions(timesteps)[:-1]]
+    else:
+        raise ValueError(
+            f"images has {arr.shape[0]} steps; expected S={S} (pred_x0) or S+1={S + 1} (trajectory)"
+        )
+    idx = _evenly(arr.shape[0], n_columns) if steps is None else [int(s) for s in steps]
+    for s in idx:
+        if not 0 <= s < arr.shape[0]:
+            raise ValueError(f"step index {s} is outside [0, {arr.shape[0] - 1}]")
+    rows = min(n_images, arr.shape[1])
+    _, _, C, H, W = arr.shape
+    # [rows, cols, C, H, W] flattened row-major, so image_grid(nrow=cols) puts one image per row.
+    tiles = arr[idx][:, :rows].transpose(1, 0, 2, 3, 4).reshape(-1, C, H, W)
+    grid = image_grid(tiles, nrow=len(idx), value_range=value_range)
+    fig = _new_figure(max(5.0, min(1.1 * len(idx) + 1.2, 14.0)), min(1.1 * rows + 1.0, 12.0))
+    ax = fig.subplots()
+    ax.imshow(grid, interpolation="nearest")
+    pad = GRID_PADDING  # the grid starts with a pad and puts one after every tile: ticks at tile centres
+    ax.set_xticks(
+        [pad + j * (W + pad) + W / 2 for j in range(len(idx))], [labels[s] for s in idx], fontsize=8
+    )
+    ax.set_yticks(
+        [pad + r * (H + pad) + H / 2 for r in range(rows)], [f"#{r}" for r in range(rows)], fontsize=8
+    )
+    ax.tick_params(length=0)
+    ax.set_xlabel("t  (the reverse process runs left to right)")
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.set_title(f"Denoising, {kind}: {len(timesteps)} steps")
+    return fig
+
+
+# ------------------------------------------------------------ training runs
+def plot_samples_vs_data(
+    samples: ArrayLike,
+    data: ArrayLike,
+    n_show: int = 8,
+    value_range: tuple[float, float] = (-1.0, 1.0),
+) -> Figure:
+    """Generated samples next to training data, drawn according to the item shape.
+
+    Scalars [N] / [N, 1]: overlaid histograms (constant data as a vertical line); 1D signals [N, L]: a few
+    signals each in two panels; 2D points [N, 2]: both scattered on shared axes; images [N, C, H, W]: a
+    data grid and a sample grid side by side (``n_show`` x ``n_show`` at most).
+
+    Args:
+        samples: generated items.
+        data: training items of the same item shape.
+        n_show: signals per panel, or images per grid row.
+        value_range: pixel range of images.
+    """
+    gen, ref = _np(samples), _np(data)
+    kind = _data_kind(ref.shape)
+    if _data_kind(gen.shape) != kind or (kind != "scalar" and gen.shape[1:] != ref.shape[1:]):
+        raise ValueError(f"samples {gen.shape} and data {ref.shape} do not have the same item shape")
+
+    if kind == "scalar":
+        fig = _new_figure(7.5, 4.6)
+        ax = fig.subplots()
+        g, d = gen.ravel(), ref.ravel()
+        if np.ptp(d) < 1e-9:
+            ax.axvline(d[0], color="C3", lw=2.5, label=f"data (constant {d[0]:.4g})")
+            bins = np.histogram_bin_edges(g, bins=40)
+        else:
+            bins = np.histogram_bin_edges(np.concatenate([g, d]), bins=40)
+            ax.hist(
+                d,
+                bins=bins,
+                density=True,
+                alpha=0.5,
+                color="C3",
+                label=f"data: {d.mean():.3g} ± {d.std():.3g}",
+            )
+        ax.hist(
+            g,
+            bins=bins,
+            density=True,
+            alpha=0.5,
+            color="C0",
+            label=f"samples: {g.mean():.3g} ± {g.std():.3g}",
+        )
+        ax.set(xlabel="value", ylabel="density", title=f"Samples (n={g.size}) vs data (n={d.size})")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    elif kind == "points":
+        fig = _new_figure(6.4, 5.6)
+        ax = fig.subplots()
+        ax.scatter(
+            ref[:, 0], ref[:, 1], s=5, alpha=0.4, color="C3", linewidths=0, label=f"data (n={len(ref)})"
+        )
+        ax.scatter(
+            gen[:, 0], gen[:, 1], s=5, alpha=0.4, color="C0", linewidths=0, label=f"samples (n={len(gen)})"
+        )
+        lim = _square_limits(ref, gen)
+        ax.set(xlim=lim, ylim=lim, aspect="equal", xlabel="$x_1$", ylabel="$x_2$", title="Samples vs data")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small", markerscale=3, loc="upper left")
+    elif kind == "signal":
+        fig = _new_figure(11.0, 4.2)
+        axes = fig.subplots(1, 2, sharey=True)
+        for ax, arr, name in ((axes[0], ref, "data"), (axes[1], gen, "samples")):
+            for j in range(min(n_show, len(arr))):
+                ax.plot(arr[j], lw=1.0, alpha=0.8)
+            ax.set(title=f"{name}: {min(n_show, len(arr))} of {len(arr)}", xlabel="position in the signal")
+            ax.grid(True, alpha=0.3)
+        axes[0].set_ylabel("value")
+        fig.suptitle("Samples vs data")
+    else:
+        fig = _new_figure(11.0, 5.8)
+        axes = fig.subplots(1, 2)
+        for ax, arr, name in ((axes[0], ref, "data"), (axes[1], gen, "samples")):
+            count = min(n_show * n_show, len(arr))
+            nrow = min(n_show, math.ceil(math.sqrt(count)))
+            ax.imshow(image_grid(arr[:count], nrow, value_range), interpolation="nearest")
+            ax.set_title(f"{name}: {count} of {len(arr)}")
+            ax.set_axis_off()
+        fig.suptitle("Samples vs data")
+    return fig
+
+
+def plot_loss_by_quarter(
+    steps: ArrayLike,
+    losses_by_quarter: Sequence[ArrayLike] | Mapping[str, ArrayLike],
+    T: int | None = None,
+    log_scale: bool = True,
+) -> Figure:
+    """Training loss split by where t falls in [0, T), one line per quarter, against the training step.
+
+    Args:
+        steps: training steps [K].
+        losses_by_quarter: four sequences of length K (t in the first .. last quarter of [0, T)), or a
+            mapping from label to sequence. NaN marks a step with no sample in that quarter; it is skipped.
+        T: chain length, used to label the quarters with their t range.
+        log_scale: log y axis (the quarters' losses differ by orders of magnitude under eps prediction).
+    """
+    x = _np(steps)
+    if isinstance(losses_by_quarter, Mapping):
+        items = [(str(k), _np(v)) for k, v in losses_by_quarter.items()]
+    else:
+        series = [_np(v) for v in losses_by_quarter]
+        if len(series) != 4:
+            raise ValueError(f"losses_by_quarter has {len(series)} series; expected 4 (one per quarter of t)")
+        if T is not None:
+            bounds = [q * T // 4 for q in range(5)]
+            names = [f"t ∈ [{bounds[q]}, {bounds[q + 1]})" for q in range(4)]
+        else:
+            names = [f"quarter {q + 1} of t" + (" (least noise)" if q == 0 else "") for q in range(4)]
+        items = list(zip(names, series, strict=True))
+    fig = _new_figure(8.0, 4.6)
+    ax = fig.subplots()
+    cmap = colormaps["viridis"]
+    for q, (name, y) in enumerate(items):
+        if y.shape != x.shape:
+            raise ValueError(f"loss series {name!r} has shape {y.shape}; steps has {x.shape}")
+        ok = np.isfinite(y)
+        ax.plot(x[ok], y[ok], lw=1.5, color=cmap(q / max(1, len(items) - 1) * 0.9), label=name)
+    if log_scale:
+        ax.set_yscale("log")
+    ax.set(xlabel="training step", ylabel="loss", title="Training loss by timestep quarter")
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend(fontsize="small")
+    return fig
+
+
+# ------------------------------------------------------------ output
+def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = DEFAULT_DPI) -> Path:
+    """Write ``fig`` to ``path`` (PNG unless the suffix says otherwise), creating parent folders.
+
+    The image is exactly ``fig.get_size_inches() * dpi`` pixels: no tight bounding box, since constrained
+    layout already fits the labels and a fixed size keeps figures comparable between runs.
+    """
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi, format=out.suffix.lstrip(".").lower() or "png")
+    return out
+
+
+def _render(fig: Figure) -> Any:
+    """The figure as a PIL RGB image at its own dpi."""
+    from PIL import Image  # Pillow comes with matplotlib
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
+
+
+def show_figure(fig: Figure) -> bool:
+    """Open ``fig`` in a window and block until it is closed; False (nothing shown) without a display."""
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
+        return False
+    import matplotlib.pyplot as plt
+
+    if plt.get_backend().lower() in _NON_INTERACTIVE:
+        return False
+    try:
+        plt.figure(fig)  # matplotlib >= 3.10 adopts a Figure made without pyplot
+    except (TypeError, ValueError):
+        # Older matplotlib cannot adopt it: show a rendered copy instead.
+        image = _render(fig)
+        w, h = fig.get_size_inches()
+        view = plt.figure(figsize=(w, h))
+        view.add_axes((0, 0, 1, 1)).imshow(np.asarray(image))
+        view.axes[0].set_axis_off()
+    plt.show()
+    return True
