@@ -205,9 +205,9 @@ def test_bad_arguments(kwargs: dict, match: str) -> None:
 
 
 def test_val_source_test_needs_an_official_test_split(monkeypatch) -> None:
-    from ddpm.data.images import IMAGE_DATASETS
+    from ddpm.data.image_sets import IMAGE_DATASETS
 
-    # Every dataset here has one (digits' is fixed in ddpm.data.images); a dataset without one is refused.
+    # Every dataset here has one (digits' is fixed in ddpm.data.image_sets); a dataset without one is refused.
     monkeypatch.setitem(IMAGE_DATASETS, "digits", replace(IMAGE_DATASETS["digits"], has_test=False))
     with pytest.raises(ValueError, match="digits has no official test split"):
         ImageDataModule("digits", val_source="test")

@@ -1,7 +1,14 @@
-"""LightningDataModules: toy 1D/2D data, the user's own arrays, and images."""
+"""The data: toy 1D/2D sets and the user's own arrays (:mod:`ddpm.data.toy`), image sets on disk
+(:mod:`ddpm.data.image_sets`), and their LightningDataModules.
 
-from ddpm.data.images import IMAGE_DATASETS, ImageDataModule
-from ddpm.data.toy import TOY_DATASETS, ToyDataModule, load_array, make_toy_data
+Every DataModule says what it holds: ``kind`` (``"toy"`` or ``"image"``), ``data_shape``, ``normalize`` /
+``denormalize`` between raw units and the network's scale, and ``held_out(n)`` (raw units).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = [
     "IMAGE_DATASETS",
@@ -11,3 +18,19 @@ __all__ = [
     "load_array",
     "make_toy_data",
 ]
+
+_EXPORTS = {
+    "IMAGE_DATASETS": "ddpm.data.image_sets",
+    "ImageDataModule": "ddpm.data.images",
+    "TOY_DATASETS": "ddpm.data.toy",
+    "ToyDataModule": "ddpm.data.toy",
+    "load_array": "ddpm.data.toy",
+    "make_toy_data": "ddpm.data.toy",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that reading an image set (ddpm.data.image_sets) does not import Lightning.
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'ddpm.data' has no attribute {name!r}")

@@ -4,7 +4,7 @@ Inception weights cannot be downloaded here, so image quality is also measured w
 needs nothing from the network: scikit-learn's digits (1,797 real 8x8 images shipped with the package),
 or MNIST / CIFAR-10 when torchvision's files are already on disk. The classifier trains on a dataset's
 official training split and its held-out images are the official test split, both read by the data layer
-(:meth:`ddpm.data.images.ImageSplits.load`, the reader the training DataModule uses): a run's
+(:meth:`ddpm.data.image_sets.ImageSplits.load`, the reader the training DataModule uses): a run's
 ``val_source=test`` validation images are among them, and no run trains on them. From the classifier:
 
 - **Fréchet distance** of its penultimate features (FID's recipe with another feature extractor) between the
@@ -38,11 +38,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ddpm.data.image_sets import ImageSplits
 from ddpm.evaluation.toy import spread
 from ddpm.metrics import feature_statistics, frechet_distance
 
 if TYPE_CHECKING:  # torchmetrics (and the matplotlib it pulls in) only when the streaming metric is asked for
-    from ddpm.data.images import ImageSplits
     from ddpm.evaluation.features import FeatureFrechetDistance
 
 __all__ = [
@@ -87,8 +87,6 @@ def load_labelled_images(dataset: str, data_dir: str | Path | None = None) -> Im
     """
     if dataset not in CLASSIFIER_DATASETS:
         raise ValueError(f"dataset={dataset!r} has no classifier metric; choose one of {CLASSIFIER_DATASETS}")
-    from ddpm.data.images import ImageSplits  # the data package imports Lightning: only when data is read
-
     if dataset == "digits":
         return ImageSplits.load(dataset).as_float()
     roots = [Path(data_dir), Path(data_dir) / dataset] if data_dir is not None else []
