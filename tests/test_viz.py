@@ -367,7 +367,10 @@ def test_cli_reverse_writes_png_and_gif(
 
     def load_run(path: Path) -> object:
         loaded.append(Path(path))
-        return types.SimpleNamespace(module=_FakeModule(shape, mu, 0.5), datamodule=None, data_shape=shape)
+        kind = "image" if len(shape) == 3 else "toy"
+        datamodule = types.SimpleNamespace(kind=kind, denormalize=lambda x: x)
+        module = _FakeModule(shape, mu, 0.5)
+        return types.SimpleNamespace(module=module, datamodule=datamodule, data_shape=shape)
 
     monkeypatch.setattr("ddpm.build.load_run", load_run)
     out = tmp_path / "rev.png"
@@ -378,6 +381,7 @@ def test_cli_reverse_writes_png_and_gif(
     assert loaded == [run_dir]
     with Image.open(out) as im:
         assert im.format == "PNG"
+        assert im.info["dpi"] == pytest.approx((DPI, DPI), abs=0.5)  # --dpi reaches the PNG
     with Image.open(out.with_suffix(".gif")) as im:
         assert im.format == "GIF"
         assert im.n_frames == 5

@@ -119,11 +119,13 @@ def reverse_process_figures(
     seed: int = 0,
     fps: int = 10,
     max_frames: int = 60,
+    dpi: int | None = None,
 ) -> tuple[Path, Path | None]:
     """Sample with the whole chain kept and draw it: a PNG of the reverse process and an animated GIF.
 
     Toy data are shown in raw units (``datamodule.denormalize``); images stay on the network's [-1, 1]
-    scale and get a denoising strip of the predicted x0.
+    scale and get a denoising strip of the predicted x0. ``dpi`` sets the PNG's resolution (default:
+    :data:`ddpm.viz.figures.DEFAULT_DPI`).
     """
     from ddpm import viz
 
@@ -138,7 +140,7 @@ def reverse_process_figures(
         traj = datamodule.denormalize(traj.reshape(-1, *shape)).reshape(traj.shape)
         layout = "2d" if shape == (2,) else "1d"  # a 2D scatter, else each sample as a curve
         fig = viz.plot_reverse_2d(traj, timesteps) if layout == "2d" else viz.plot_reverse_1d(traj, timesteps)
-    viz.save_figure(fig, png)
+    viz.save_figure(fig, png, dpi=dpi or viz.DEFAULT_DPI)
     if gif is None:
         return png, None
     return png, viz.save_reverse_gif(traj, timesteps, gif, kind=layout, fps=fps, max_frames=max_frames)

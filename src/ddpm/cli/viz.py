@@ -409,7 +409,7 @@ def _cmd_reverse(args: argparse.Namespace) -> Callable[[], int]:
         #                (samples, trajectory [S+1, n, ...] with x_T first, pred_x0 [S, n, ...], timesteps),
         #                on the network's scale;
         #   .data_shape  the shape of one sample: () or (1,) scalar, (L,) signal, (2,) point, (C, H, W) image;
-        #   .datamodule  (optional) with .denormalize(x), to show toy data in raw units.
+        #   .datamodule  its kind ("toy" / "image") and .denormalize(x), to show toy data in raw units.
         try:
             loaded = load_run(args.run_dir)
         except (FileNotFoundError, ValueError) as err:  # no checkpoint there, or it does not fit its config
@@ -430,7 +430,7 @@ def _cmd_reverse(args: argparse.Namespace) -> Callable[[], int]:
         def write(tmp: list[Path]) -> None:
             reverse_process_figures(
                 module, loaded.datamodule, tmp[0], tmp[1] if gif else None, n=args.n, seed=args.seed,
-                fps=args.fps, max_frames=args.frames,
+                fps=args.fps, max_frames=args.frames, dpi=args.dpi,
             )  # fmt: skip
 
         write_files([png] if gif is None else [png, gif], write)
