@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.oracle import GaussianOracle
 from ddpm.schedules import NotPureNoiseWarning, make_beta_schedule
 
 
@@ -202,8 +203,6 @@ def test_min_snr_weights(objective: str, weight) -> None:
 
 def test_training_loss_decreases_with_a_better_model() -> None:
     # The loss ranks models: the Gaussian-oracle eps beats a zero predictor.
-    from tests.conftest import GaussianOracle
-
     torch.manual_seed(3)
     d = _diffusion()
     mu, sigma = torch.tensor([0.5, 0.0]), torch.tensor([[0.3, 0.1], [0.1, 0.2]])
@@ -242,7 +241,10 @@ FRAMEWORKS = ("lightning", "pytorch_lightning", "hydra", "wandb")
 @pytest.mark.parametrize(
     ("modules", "banned"),
     [
-        ("ddpm.schedules, ddpm.diffusion, ddpm.samplers, ddpm.models", (*FRAMEWORKS, "matplotlib")),
+        (
+            "ddpm.schedules, ddpm.diffusion, ddpm.samplers, ddpm.models, ddpm.oracle",
+            (*FRAMEWORKS, "matplotlib"),
+        ),
         # torchmetrics (feature accumulation) may pull in matplotlib for its plots; no framework though
         ("ddpm.metrics, ddpm.likelihood, ddpm.evaluation.classifier, ddpm.evaluation.features", FRAMEWORKS),
     ],

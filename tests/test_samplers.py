@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.oracle import GaussianOracle
 from ddpm.samplers import (
     DDIMSampler,
     DDPMSampler,
@@ -14,7 +15,6 @@ from ddpm.samplers import (
     make_timesteps,
 )
 from ddpm.schedules import make_beta_schedule
-from tests.conftest import GaussianOracle
 
 N = 20_000
 # Stated tolerances. Monte-Carlo: ~5 standard errors of the mean at N = 20k for unit-scale data.
