@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
 
 from ddpm.cli.common import CONF_DIR, check_group_overrides
 from ddpm.cli.sample import main as sample_main
 from ddpm.cli.train import train
 from ddpm.runs import ConfigError, load_run
 from ddpm.schedules import NotPureNoiseWarning
+from tests.helpers import SHORT, cli, compose_cfg, run_train
 from tests.wandb_records import logged_history
 
 # Image experiments (digits, mnist, cifar10_ddpm) write grids, not toy plots: tests/test_images.py runs them.
@@ -33,53 +27,6 @@ EXPERIMENTS = sorted(
 )
 SCHEDULES = sorted(p.stem for p in (CONF_DIR / "schedule").glob("*.yaml"))
 SAMPLERS = sorted(p.stem for p in (CONF_DIR / "sampler").glob("*.yaml"))
-
-# A few real steps: checkpoints, a validation with samples and plots, final results.
-SHORT = [
-    "trainer.max_steps=4",
-    "trainer.val_check_interval=2",
-    "trainer.log_every_n_steps=1",
-    "final_samples=64",
-    "callbacks.samples.num_samples=64",
-    "callbacks.progress_bar=null",
-    "trainer.enable_progress_bar=false",
-    "logger=csv",
-    "print_config=false",
-]
-
-
-def make_cfg(tmp_path: Path, overrides: list[str]) -> DictConfig:
-    """Compose conf/train.yaml as ddpm-train would, with the run folder under tmp_path."""
-    GlobalHydra.instance().clear()
-    run_dir = tmp_path / "run"
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            config_name="train",
-            overrides=[f"hydra.run.dir={run_dir}", f"paths.root_dir={tmp_path}", *overrides],
-            return_hydra_config=True,
-        )
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return cfg
-
-
-def run_train(tmp_path: Path, overrides: list[str]) -> tuple[dict, Path]:
-    cfg = make_cfg(tmp_path, overrides)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotPureNoiseWarning)  # seed settings warn on purpose
-        metrics = train(cfg)
-    return metrics, Path(cfg.paths.output_dir)
-
-
-def cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "MPLBACKEND": "Agg"}
-    exe = Path(sys.executable).parent
-    return subprocess.run(
-        [str(exe / args[0]), *args[1:]], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -115,14 +62,14 @@ def test_every_schedule_and_sampler_trains_a_step(schedule: str, sampler: str, t
 
 
 def test_T_in_one_word(tmp_path: Path) -> None:
-    assert make_cfg(tmp_path, ["T=123"]).diffusion.T == 123
-    cfg = make_cfg(tmp_path, ["diffusion.T=77"])
+    assert compose_cfg(tmp_path, ["T=123"]).diffusion.T == 123
+    cfg = compose_cfg(tmp_path, ["diffusion.T=77"])
     assert cfg.diffusion.T == 77
     assert cfg.schedule.T == 77
 
 
 def test_default_config_is_toy2d_on_cpu(tmp_path: Path) -> None:
-    cfg = make_cfg(tmp_path, [])
+    cfg = compose_cfg(tmp_path, [])
     assert cfg.task_name == "toy2d"
     assert cfg.trainer.accelerator == "cpu"
     assert cfg.data.dataset == "moons"
@@ -203,7 +150,7 @@ def test_toy2d_default_reaches_its_quality_threshold(tmp_path: Path) -> None:
     ],
 )
 def test_bad_config_fails_before_work_and_leaves_no_run_folder(overrides, match, tmp_path: Path) -> None:
-    cfg = make_cfg(tmp_path, [*overrides, *SHORT])
+    cfg = compose_cfg(tmp_path, [*overrides, *SHORT])
     run_dir = Path(cfg.paths.output_dir)
     (run_dir / ".hydra").mkdir(parents=True)  # what Hydra writes before the task starts
     with pytest.raises(ConfigError, match=match):
@@ -212,7 +159,7 @@ def test_bad_config_fails_before_work_and_leaves_no_run_folder(overrides, match,
 
 
 def test_config_error_keeps_a_folder_with_real_results(tmp_path: Path) -> None:
-    cfg = make_cfg(tmp_path, ["ckpt_path=last", *SHORT])
+    cfg = compose_cfg(tmp_path, ["ckpt_path=last", *SHORT])
     run_dir = Path(cfg.paths.output_dir)
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "samples.npz").write_bytes(b"keep me")
