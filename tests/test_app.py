@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -193,8 +194,13 @@ def test_array_data_from_a_user_file(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- the commands
-def test_ddpm_train_and_sample_commands(tmp_path: Path, capsys) -> None:
-    run_dir = tmp_path / "run"
+# One ddpm-train and one ddpm-sample process for the whole module (each new process pays ~15 s of imports on a
+# small CPU); each test checks one thing they did, and runs in-process from there.
+@pytest.fixture(scope="module")
+def trained_by_command(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
+    """``ddpm-train`` as a command: cosine schedule, T = 100, 30 steps; (its finished process, run folder)."""
+    cwd = tmp_path_factory.mktemp("commands")
+    run_dir = cwd / "run"
     res = cli(
         "ddpm-train",
         "schedule=cosine",
@@ -205,16 +211,43 @@ def test_ddpm_train_and_sample_commands(tmp_path: Path, capsys) -> None:
         "final_samples=200",
         "callbacks.samples.num_samples=200",
         f"hydra.run.dir={run_dir}",
-        cwd=tmp_path,
+        cwd=cwd,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "name: cosine" in res.stdout  # the composed config is printed
+    return res, run_dir
+
+
+@pytest.fixture(scope="module")
+def sampled_by_command(trained_by_command) -> tuple[subprocess.CompletedProcess, Path]:
+    """``ddpm-sample RUN sampler=ddim sampler.steps=20 --n 300`` as a command; (its process, the .npz)."""
+    _, run_dir = trained_by_command
+    res = cli(
+        "ddpm-sample", str(run_dir), "sampler=ddim", "sampler.steps=20", "--n", "300", cwd=run_dir.parent
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res, run_dir / "samples" / "ddim20_n300_seed0.npz"
+
+
+def test_ddpm_train_prints_the_composed_config(trained_by_command) -> None:
+    res, _ = trained_by_command
+    assert "name: cosine" in res.stdout
+
+
+def test_ddpm_train_names_the_run_folder_and_the_quality(trained_by_command) -> None:
+    res, run_dir = trained_by_command
     assert f"Run folder: {run_dir}" in res.stdout
     assert "x the data-vs-data floor" in res.stdout
+
+
+def test_ddpm_train_keeps_the_hydra_config_and_the_best_checkpoint(trained_by_command) -> None:
+    _, run_dir = trained_by_command
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
 
-    # W&B ran offline inside the run folder, and its file holds the logged metrics.
+
+def test_ddpm_train_logs_to_an_offline_wandb_run_in_the_run_folder(trained_by_command) -> None:
+    """W&B ran offline inside the run folder, and its file holds the logged metrics."""
+    _, run_dir = trained_by_command
     wandb_files = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(wandb_files) == 1
     history = logged_history(wandb_files[0])
@@ -222,34 +255,53 @@ def test_ddpm_train_and_sample_commands(tmp_path: Path, capsys) -> None:
     assert "val/loss" in history and "val/quality_ratio" in history and "final/ratio" in history
     assert history["val/energy"][-1] > 0
 
-    res = cli("ddpm-sample", str(run_dir), "sampler=ddim", "sampler.steps=20", "--n", "300", cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
+
+def test_ddpm_sample_reports_its_throughput(sampled_by_command) -> None:
+    res, _ = sampled_by_command
     assert "Throughput:" in res.stdout
-    out = run_dir / "samples" / "ddim20_n300_seed0.npz"
+
+
+def test_ddpm_sample_writes_samples_a_plot_and_a_summary(sampled_by_command) -> None:
+    _, out = sampled_by_command
     with np.load(out) as npz:
         assert npz["samples"].shape == (300, 2)
     assert out.with_suffix(".png").is_file()
     summary = json.loads(out.with_suffix(".json").read_text())
     assert summary["n"] == 300 and summary["energy"] >= 0
 
-    # in-process from here (each new process pays ~15 s of imports on a small CPU)
+
+def test_ddpm_sample_from_a_checkpoint_with_the_same_seed_gives_the_same_samples(
+    trained_by_command, sampled_by_command, tmp_path: Path
+) -> None:
+    _, run_dir = trained_by_command
+    _, out = sampled_by_command
     again = tmp_path / "again.npz"
     args = [str(run_dir / "checkpoints" / "last.ckpt"), "sampler=ddim", "sampler.steps=20", "--n", "300"]
     assert sample_main([*args, "--out", str(again), "--no-plot"]) == 0
     with np.load(out) as a, np.load(again) as b:
         assert np.array_equal(a["samples"], b["samples"])  # same seed, same samples
 
-    for bad, key in (
+
+@pytest.mark.parametrize(
+    ("bad", "key"),
+    [
         (["sampler=ddim", "sampler.steps=500"], "steps=500 > T=100"),
         (["sampler=euler"], "sampler=euler is not an option"),
         (["--n", "0"], "--n=0"),
-    ):
-        capsys.readouterr()  # drop the progress bars of earlier calls
-        with pytest.raises(SystemExit) as exc:
-            sample_main([str(run_dir), *bad])
-        assert exc.value.code == 2
-        err = capsys.readouterr().err.strip()
-        assert key in err and len(err.splitlines()) == 1, err
+    ],
+)
+def test_ddpm_sample_rejects_bad_values_in_one_line(
+    bad: list[str], key: str, trained_by_command, capsys
+) -> None:
+    _, run_dir = trained_by_command
+    with pytest.raises(SystemExit) as exc:
+        sample_main([str(run_dir), *bad])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert key in err and len(err.splitlines()) == 1, err
+
+
+def test_ddpm_sample_rejects_a_path_that_is_no_run(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         sample_main([str(tmp_path / "nothing")])
     assert "neither a run folder nor a checkpoint" in capsys.readouterr().err
