@@ -105,7 +105,8 @@ def test_training_reduces_the_loss_and_logs_csv(tmp_path: Path) -> None:
 
 
 def test_gaussian2d_learns_the_moments(tmp_path: Path) -> None:
-    """Seed 003's N((2, 2), 0.5^2 I): after a short CPU run the samples' moments are close."""
+    """conf/experiment/seed_gaussian2d.yaml's N((2, 2), 0.5^2 I), T = 100: after a short CPU run the samples'
+    moments are close."""
     overrides = [
         o for o in SHORT if not o.startswith(("trainer.max_steps", "trainer.val_check", "final_samples"))
     ]

@@ -78,7 +78,8 @@ def test_q_sample_mixed_timesteps_per_sample() -> None:
 
 @pytest.mark.parametrize("k", [0, 9, 49])
 def test_q_step_chain_matches_closed_form(k: int) -> None:
-    # Seed 004: iterating x_t = sqrt(1 - beta) x_{t-1} + sqrt(beta) eps gives the closed form.
+    # Iterating DDPM eq. 2, x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) eps, gives DDPM eq. 4's closed form:
+    # the means multiply to sqrt(abar_t) x0 and the variances add up to 1 - abar_t.
     torch.manual_seed(1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotPureNoiseWarning)
@@ -152,7 +153,9 @@ def test_reverse_variances() -> None:
     var_s, _ = small.reverse_variance(t, x)
     var_l, log_l = large.reverse_variance(t, x)
     assert torch.allclose(var_s[:, 0], small.posterior_variance)
-    expected = torch.cat([large.posterior_variance[1:2], large.betas[1:]])  # seed 002
+    # improved-diffusion's FIXED_LARGE: np.append(posterior_variance[1], betas[1:]) (beta_0 is replaced
+    # "to get a better decoder log likelihood", as its comment says)
+    expected = torch.cat([large.posterior_variance[1:2], large.betas[1:]])
     assert torch.allclose(var_l[:, 0], expected)
     assert torch.allclose(log_l[:, 0], expected.log())
 
