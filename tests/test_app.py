@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
 
 from ddpm.build import load_run
 from ddpm.cli.common import check_group_overrides
@@ -23,6 +17,7 @@ from ddpm.cli.sample import main as sample_main
 from ddpm.cli.train import train
 from ddpm.config import CONF_DIR, ConfigError
 from ddpm.schedules import NotPureNoiseWarning
+from tests.helpers import SHORT, cli, compose_cfg, run_train
 from tests.wandb_records import logged_history
 
 # Image experiments (digits, mnist, cifar10_ddpm) write grids, not toy plots: tests/test_images.py runs them.
@@ -34,53 +29,6 @@ EXPERIMENTS = sorted(
 )
 SCHEDULES = sorted(p.stem for p in (CONF_DIR / "schedule").glob("*.yaml"))
 SAMPLERS = sorted(p.stem for p in (CONF_DIR / "sampler").glob("*.yaml"))
-
-# A few real steps: checkpoints, a validation with samples and plots, final results.
-SHORT = [
-    "trainer.max_steps=4",
-    "trainer.val_check_interval=2",
-    "trainer.log_every_n_steps=1",
-    "final_samples=64",
-    "callbacks.samples.num_samples=64",
-    "callbacks.progress_bar=null",
-    "trainer.enable_progress_bar=false",
-    "logger=csv",
-    "print_config=false",
-]
-
-
-def make_cfg(tmp_path: Path, overrides: list[str]) -> DictConfig:
-    """Compose conf/train.yaml as ddpm-train would, with the run folder under tmp_path."""
-    GlobalHydra.instance().clear()
-    run_dir = tmp_path / "run"
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            config_name="train",
-            overrides=[f"hydra.run.dir={run_dir}", f"paths.root_dir={tmp_path}", *overrides],
-            return_hydra_config=True,
-        )
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return cfg
-
-
-def run_train(tmp_path: Path, overrides: list[str]) -> tuple[dict, Path]:
-    cfg = make_cfg(tmp_path, overrides)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotPureNoiseWarning)  # seed settings warn on purpose
-        metrics = train(cfg)
-    return metrics, Path(cfg.paths.output_dir)
-
-
-def cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "MPLBACKEND": "Agg"}
-    exe = Path(sys.executable).parent
-    return subprocess.run(
-        [str(exe / args[0]), *args[1:]], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -116,13 +64,13 @@ def test_every_schedule_and_sampler_trains_a_step(schedule: str, sampler: str, t
 
 
 def test_T_in_one_word(tmp_path: Path) -> None:
-    cfg = make_cfg(tmp_path, ["T=123"])
+    cfg = compose_cfg(tmp_path, ["T=123"])
     assert cfg.schedule.T == 123
     assert "T" not in cfg.diffusion  # stated once: the schedule makes T betas, the diffusion takes them
 
 
 def test_default_config_is_toy2d_on_cpu(tmp_path: Path) -> None:
-    cfg = make_cfg(tmp_path, [])
+    cfg = compose_cfg(tmp_path, [])
     assert cfg.task_name == "toy2d"
     assert cfg.trainer.accelerator == "cpu"
     assert cfg.data.dataset == "moons"
@@ -157,7 +105,8 @@ def test_training_reduces_the_loss_and_logs_csv(tmp_path: Path) -> None:
 
 
 def test_gaussian2d_learns_the_moments(tmp_path: Path) -> None:
-    """Seed 003's N((2, 2), 0.5^2 I): after a short CPU run the samples' moments are close."""
+    """conf/experiment/seed_gaussian2d.yaml's N((2, 2), 0.5^2 I), T = 100: after a short CPU run the samples'
+    moments are close."""
     overrides = [
         o for o in SHORT if not o.startswith(("trainer.max_steps", "trainer.val_check", "final_samples"))
     ]
@@ -203,7 +152,7 @@ def test_toy2d_default_reaches_its_quality_threshold(tmp_path: Path) -> None:
     ],
 )
 def test_bad_config_fails_before_work_and_leaves_no_run_folder(overrides, match, tmp_path: Path) -> None:
-    cfg = make_cfg(tmp_path, [*overrides, *SHORT])
+    cfg = compose_cfg(tmp_path, [*overrides, *SHORT])
     run_dir = Path(cfg.paths.output_dir)
     (run_dir / ".hydra").mkdir(parents=True)  # what Hydra writes before the task starts
     with pytest.raises(ConfigError, match=match):
@@ -212,7 +161,7 @@ def test_bad_config_fails_before_work_and_leaves_no_run_folder(overrides, match,
 
 
 def test_config_error_keeps_a_folder_with_real_results(tmp_path: Path) -> None:
-    cfg = make_cfg(tmp_path, ["ckpt_path=last", *SHORT])
+    cfg = compose_cfg(tmp_path, ["ckpt_path=last", *SHORT])
     run_dir = Path(cfg.paths.output_dir)
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "samples.npz").write_bytes(b"keep me")
@@ -246,8 +195,13 @@ def test_array_data_from_a_user_file(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- the commands
-def test_ddpm_train_and_sample_commands(tmp_path: Path, capsys) -> None:
-    run_dir = tmp_path / "run"
+# One ddpm-train and one ddpm-sample process for the whole module (each new process pays ~15 s of imports on a
+# small CPU); each test checks one thing they did, and runs in-process from there.
+@pytest.fixture(scope="module")
+def trained_by_command(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
+    """``ddpm-train`` as a command: cosine schedule, T = 100, 30 steps; (its finished process, run folder)."""
+    cwd = tmp_path_factory.mktemp("commands")
+    run_dir = cwd / "run"
     res = cli(
         "ddpm-train",
         "schedule=cosine",
@@ -258,16 +212,43 @@ def test_ddpm_train_and_sample_commands(tmp_path: Path, capsys) -> None:
         "final_samples=200",
         "callbacks.samples.num_samples=200",
         f"hydra.run.dir={run_dir}",
-        cwd=tmp_path,
+        cwd=cwd,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "name: cosine" in res.stdout  # the composed config is printed
+    return res, run_dir
+
+
+@pytest.fixture(scope="module")
+def sampled_by_command(trained_by_command) -> tuple[subprocess.CompletedProcess, Path]:
+    """``ddpm-sample RUN sampler=ddim sampler.steps=20 --n 300`` as a command; (its process, the .npz)."""
+    _, run_dir = trained_by_command
+    res = cli(
+        "ddpm-sample", str(run_dir), "sampler=ddim", "sampler.steps=20", "--n", "300", cwd=run_dir.parent
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res, run_dir / "samples" / "ddim20_n300_seed0.npz"
+
+
+def test_ddpm_train_prints_the_composed_config(trained_by_command) -> None:
+    res, _ = trained_by_command
+    assert "name: cosine" in res.stdout
+
+
+def test_ddpm_train_names_the_run_folder_and_the_quality(trained_by_command) -> None:
+    res, run_dir = trained_by_command
     assert f"Run folder: {run_dir}" in res.stdout
     assert "x the data-vs-data floor" in res.stdout
+
+
+def test_ddpm_train_keeps_the_hydra_config_and_the_best_checkpoint(trained_by_command) -> None:
+    _, run_dir = trained_by_command
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     assert (run_dir / "checkpoints" / "best.ckpt").is_file()
 
-    # W&B ran offline inside the run folder, and its file holds the logged metrics.
+
+def test_ddpm_train_logs_to_an_offline_wandb_run_in_the_run_folder(trained_by_command) -> None:
+    """W&B ran offline inside the run folder, and its file holds the logged metrics."""
+    _, run_dir = trained_by_command
     wandb_files = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(wandb_files) == 1
     history = logged_history(wandb_files[0])
@@ -275,34 +256,53 @@ def test_ddpm_train_and_sample_commands(tmp_path: Path, capsys) -> None:
     assert "val/loss" in history and "val/quality_ratio" in history and "final/ratio" in history
     assert history["val/energy"][-1] > 0
 
-    res = cli("ddpm-sample", str(run_dir), "sampler=ddim", "sampler.steps=20", "--n", "300", cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
+
+def test_ddpm_sample_reports_its_throughput(sampled_by_command) -> None:
+    res, _ = sampled_by_command
     assert "Throughput:" in res.stdout
-    out = run_dir / "samples" / "ddim20_n300_seed0.npz"
+
+
+def test_ddpm_sample_writes_samples_a_plot_and_a_summary(sampled_by_command) -> None:
+    _, out = sampled_by_command
     with np.load(out) as npz:
         assert npz["samples"].shape == (300, 2)
     assert out.with_suffix(".png").is_file()
     summary = json.loads(out.with_suffix(".json").read_text())
     assert summary["n"] == 300 and summary["energy"] >= 0
 
-    # in-process from here (each new process pays ~15 s of imports on a small CPU)
+
+def test_ddpm_sample_from_a_checkpoint_with_the_same_seed_gives_the_same_samples(
+    trained_by_command, sampled_by_command, tmp_path: Path
+) -> None:
+    _, run_dir = trained_by_command
+    _, out = sampled_by_command
     again = tmp_path / "again.npz"
     args = [str(run_dir / "checkpoints" / "last.ckpt"), "sampler=ddim", "sampler.steps=20", "--n", "300"]
     assert sample_main([*args, "--out", str(again), "--no-plot"]) == 0
     with np.load(out) as a, np.load(again) as b:
         assert np.array_equal(a["samples"], b["samples"])  # same seed, same samples
 
-    for bad, key in (
+
+@pytest.mark.parametrize(
+    ("bad", "key"),
+    [
         (["sampler=ddim", "sampler.steps=500"], "steps=500 > T=100"),
         (["sampler=euler"], "sampler=euler is not an option"),
         (["--n", "0"], "--n=0"),
-    ):
-        capsys.readouterr()  # drop the progress bars of earlier calls
-        with pytest.raises(SystemExit) as exc:
-            sample_main([str(run_dir), *bad])
-        assert exc.value.code == 2
-        err = capsys.readouterr().err.strip()
-        assert key in err and len(err.splitlines()) == 1, err
+    ],
+)
+def test_ddpm_sample_rejects_bad_values_in_one_line(
+    bad: list[str], key: str, trained_by_command, capsys
+) -> None:
+    _, run_dir = trained_by_command
+    with pytest.raises(SystemExit) as exc:
+        sample_main([str(run_dir), *bad])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert key in err and len(err.splitlines()) == 1, err
+
+
+def test_ddpm_sample_rejects_a_path_that_is_no_run(tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         sample_main([str(tmp_path / "nothing")])
     assert "neither a run folder nor a checkpoint" in capsys.readouterr().err

@@ -312,7 +312,7 @@ def test_an_old_file_survives_a_failed_write(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Four training steps of the default toy config with T = 50."""
-    from tests.test_app import SHORT, run_train
+    from tests.helpers import SHORT, run_train
 
     _, run_dir = run_train(
         tmp_path_factory.mktemp("toy"), [*SHORT, "T=50", "callbacks.samples=null", "final_samples=0"]

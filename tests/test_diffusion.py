@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.oracle import GaussianOracle
 from ddpm.schedules import NotPureNoiseWarning, make_beta_schedule
 
 
@@ -77,7 +78,8 @@ def test_q_sample_mixed_timesteps_per_sample() -> None:
 
 @pytest.mark.parametrize("k", [0, 9, 49])
 def test_q_step_chain_matches_closed_form(k: int) -> None:
-    # Seed 004: iterating x_t = sqrt(1 - beta) x_{t-1} + sqrt(beta) eps gives the closed form.
+    # Iterating DDPM eq. 2, x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) eps, gives DDPM eq. 4's closed form:
+    # the means multiply to sqrt(abar_t) x0 and the variances add up to 1 - abar_t.
     torch.manual_seed(1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotPureNoiseWarning)
@@ -151,7 +153,9 @@ def test_reverse_variances() -> None:
     var_s, _ = small.reverse_variance(t, x)
     var_l, log_l = large.reverse_variance(t, x)
     assert torch.allclose(var_s[:, 0], small.posterior_variance)
-    expected = torch.cat([large.posterior_variance[1:2], large.betas[1:]])  # seed 002
+    # improved-diffusion's FIXED_LARGE: np.append(posterior_variance[1], betas[1:]) (beta_0 is replaced
+    # "to get a better decoder log likelihood", as its comment says)
+    expected = torch.cat([large.posterior_variance[1:2], large.betas[1:]])
     assert torch.allclose(var_l[:, 0], expected)
     assert torch.allclose(log_l[:, 0], expected.log())
 
@@ -202,8 +206,6 @@ def test_min_snr_weights(objective: str, weight) -> None:
 
 def test_training_loss_decreases_with_a_better_model() -> None:
     # The loss ranks models: the Gaussian-oracle eps beats a zero predictor.
-    from tests.conftest import GaussianOracle
-
     torch.manual_seed(3)
     d = _diffusion()
     mu, sigma = torch.tensor([0.5, 0.0]), torch.tensor([[0.3, 0.1], [0.1, 0.2]])
@@ -242,7 +244,10 @@ FRAMEWORKS = ("lightning", "pytorch_lightning", "hydra", "wandb")
 @pytest.mark.parametrize(
     ("modules", "banned"),
     [
-        ("ddpm.schedules, ddpm.diffusion, ddpm.samplers, ddpm.models", (*FRAMEWORKS, "matplotlib")),
+        (
+            "ddpm.schedules, ddpm.diffusion, ddpm.samplers, ddpm.models, ddpm.oracle",
+            (*FRAMEWORKS, "matplotlib"),
+        ),
         # torchmetrics (feature accumulation) may pull in matplotlib for its plots; no framework though
         ("ddpm.metrics, ddpm.likelihood, ddpm.evaluation.classifier, ddpm.evaluation.features", FRAMEWORKS),
     ],

@@ -19,7 +19,7 @@ from ddpm.diffusion import GaussianDiffusion
 from ddpm.samplers import DDIMSampler
 from ddpm.schedules import NotPureNoiseWarning, make_beta_schedule
 from tests.digits_classifier import CACHE_DIR, digits_metric
-from tests.test_app import SHORT, run_train
+from tests.helpers import SHORT, run_train
 from tests.wandb_records import logged_history, logged_summary
 
 

@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
 
 from ddpm.lit_module import NonFiniteLossError
-from tests.test_app import SHORT, cli, run_train
+from tests.helpers import CLI_ENV, SHORT, cli, run_train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -210,7 +210,7 @@ def test_atomic_checkpoint_survives_sigkill_during_save(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_sigterm_saves_and_the_run_resumes_in_its_folder(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "MPLBACKEND": "Agg"}
+    env = {**os.environ, **CLI_ENV}
     args = [str(Path(sys.executable).parent / "ddpm-train"), *BASE, "trainer.max_steps=100000",
             "logger=many", f"hydra.run.dir={run_dir}"]  # fmt: skip
     proc = subprocess.Popen(
@@ -253,13 +253,7 @@ def test_ddp_on_cpu_trains_and_samples_once(tmp_path: Path) -> None:
             f"hydra.run.dir={run_dir}",
         ],
         cwd=tmp_path,
-        env={
-            **os.environ,
-            "PYTHONPATH": env_path,
-            "WANDB_MODE": "offline",
-            "WANDB_SILENT": "true",
-            "MPLBACKEND": "Agg",
-        },
+        env={**os.environ, "PYTHONPATH": env_path, **CLI_ENV},
         capture_output=True,
         text=True,
         timeout=400,

@@ -26,7 +26,7 @@ from ddpm.data import ImageDataModule
 from ddpm.models import UNet
 from ddpm.viz.grid import to_uint8
 from tests.digits_classifier import CACHE_DIR, digits_metric
-from tests.test_app import make_cfg, run_train
+from tests.helpers import compose_cfg, run_train
 
 # A few real steps with a short chain: checkpoints, a validation with a grid, final samples.
 SHORT = [
@@ -229,7 +229,7 @@ def test_digits_runs_validate_on_the_classifier_metrics_held_out_images(tmp_path
     assert (len(held_out), len(train)) == (360, 1437)
     assert not {x for x, _ in held_out} & {x for x, _ in train}  # disjoint images
     for seed in (0, 1):
-        cfg = make_cfg(tmp_path / str(seed), ["experiment=digits", f"seed={seed}"])
+        cfg = compose_cfg(tmp_path / str(seed), ["experiment=digits", f"seed={seed}"])
         dm = instantiate(cfg.data)
         dm.setup()
         assert _image_set(*dm.val_set.tensors) == held_out
@@ -286,7 +286,7 @@ def test_failed_download_is_one_line(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_missing_files_fail_before_any_run_folder(tmp_path: Path) -> None:
-    cfg = make_cfg(tmp_path, ["experiment=mnist", "trainer=cpu", *SHORT])
+    cfg = compose_cfg(tmp_path, ["experiment=mnist", "trainer=cpu", *SHORT])
     run_dir = Path(cfg.paths.output_dir)
     (run_dir / ".hydra").mkdir(parents=True)  # what Hydra writes before the task starts
     with pytest.raises(ConfigError, match=r"^data: data\.dataset=mnist: 4 of 4 files missing in") as exc:
@@ -299,7 +299,7 @@ def test_missing_files_fail_before_any_run_folder(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- configs
 def test_cifar10_ddpm_is_the_paper_recipe(tmp_path: Path, monkeypatch) -> None:
     write_tiny_cifar(tmp_path / "data", monkeypatch)
-    cfg = make_cfg(tmp_path, ["experiment=cifar10_ddpm"])
+    cfg = compose_cfg(tmp_path, ["experiment=cifar10_ddpm"])
     assert cfg.T == cfg.schedule.T == 1000 and cfg.schedule.name == "linear"
     assert (cfg.schedule.beta_start, cfg.schedule.beta_end) == (1e-4, 0.02)
     assert cfg.diffusion.objective == "eps" and cfg.diffusion.variance == "fixed_large"

@@ -17,8 +17,8 @@ from ddpm.likelihood import (
     prior_kl,
     variational_bound,
 )
+from ddpm.oracle import GaussianOracle
 from ddpm.schedules import make_beta_schedule
-from tests.conftest import GaussianOracle
 
 BITS = 1.0 / math.log(2.0)
 

@@ -74,7 +74,7 @@ def _compile_eager(monkeypatch: pytest.MonkeyPatch) -> list[torch.nn.Module]:
 
 
 def test_model_compile_trains_through_the_compiled_network(tmp_path, monkeypatch) -> None:
-    from tests.test_app import SHORT, run_train
+    from tests.helpers import SHORT, run_train
 
     compiled = _compile_eager(monkeypatch)
     metrics, run = run_train(tmp_path, [*SHORT, "model.compile=true", "reverse_gif=false"])
@@ -88,7 +88,7 @@ def test_model_compile_trains_through_the_compiled_network(tmp_path, monkeypatch
 
 
 def test_channels_last_images(tmp_path) -> None:
-    from tests.test_app import SHORT, run_train
+    from tests.helpers import SHORT, run_train
 
     overrides = [*SHORT, "experiment=digits", "model.channels_last=true", "callbacks.samples=null"]
     metrics, run = run_train(tmp_path, [*overrides, "final_samples=4"])
@@ -107,7 +107,7 @@ def test_channels_last_images(tmp_path) -> None:
 def test_loss_and_grad_norm_are_logged_on_the_loggers_steps(tmp_path) -> None:
     import csv
 
-    from tests.test_app import SHORT, run_train
+    from tests.helpers import SHORT, run_train
 
     overrides = [o for o in SHORT if not o.startswith(("trainer.max_steps", "trainer.log_every"))]
     quick = ["callbacks.samples=null", "final_samples=0", "reverse_gif=false"]
@@ -122,7 +122,7 @@ def test_loss_by_quarter_of_t_is_logged_each_epoch_and_plotted(tmp_path) -> None
 
     from PIL import Image
 
-    from tests.test_app import SHORT, run_train
+    from tests.helpers import SHORT, run_train
 
     overrides = [o for o in SHORT if not o.startswith(("trainer.max_steps", "trainer.val_check"))]
     small = ["data.n_train=512", "data.batch_size=128", "trainer.max_steps=12"]

@@ -47,7 +47,8 @@ def test_mlp_rejects_wrong_width() -> None:
 
 
 def test_seed_001_point_end_to_end() -> None:
-    """Seed 001: learn x0 = 5.0 with T = 50, linear 1e-4..0.01, and regenerate it from noise."""
+    """Seed 001 (conf/experiment/seed_point.yaml): learn x0 = 5.0 with T = 50, linear 1e-4..0.01, and
+    regenerate it from noise."""
     torch.manual_seed(0)
     with pytest.warns(NotPureNoiseWarning):  # the seed's chain ends at abar = 0.776
         betas = make_beta_schedule("linear", 50, beta_start=1e-4, beta_end=0.01)

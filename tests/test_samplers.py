@@ -1,4 +1,12 @@
-"""Samplers against the Gaussian oracle (no training) and the reference's step rules."""
+"""Samplers against the Gaussian oracle (ddpm.oracle, the exact denoiser, no training) and published rules.
+
+Timestep lists (T = 1000, S = 10, 0-based): "linspace" 999, 888, ..., 0, "leading" 900, 800, ..., 0 and
+"trailing" 999, 899, ..., 99, the three spacings compared by Lin et al. 2023, "Common Diffusion Noise
+Schedules and Sample Steps are Flawed", sec. 3.3 (1-based there). DDIM (Song et al. 2021, eq. 12):
+x_{t'} = sqrt(abar_t') x0_hat + sqrt(1 - abar_t' - sigma^2) eps_hat + sigma z, with
+sigma = eta sqrt((1 - abar_t') / (1 - abar_t)) sqrt(1 - abar_t / abar_t') (eq. 16); with eta = 1 and every
+step it is DDPM's ancestral step with the posterior variance (fixed_small).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,7 @@ import pytest
 import torch
 
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.oracle import GaussianOracle
 from ddpm.samplers import (
     DDIMSampler,
     DDPMSampler,
@@ -14,7 +23,6 @@ from ddpm.samplers import (
     make_timesteps,
 )
 from ddpm.schedules import make_beta_schedule
-from tests.conftest import GaussianOracle
 
 N = 20_000
 # Stated tolerances. Monte-Carlo: ~5 standard errors of the mean at N = 20k for unit-scale data.

@@ -1,4 +1,21 @@
-"""Schedules against the reference figures (shared/reference/ddpm-formulas.md)."""
+"""Schedules against their published definitions, through figures computed from them.
+
+The definitions, with 0-based t = 0 .. T-1 and abar[t] = prod_{s<=t} (1 - beta[s]) (DDPM eq. 4's alpha-bar):
+
+- linear (Ho et al. 2020, "Denoising Diffusion Probabilistic Models", sec. 4):
+  beta = linspace(beta_start, beta_end, T), defaults 1e-4 and 0.02; ``scale_to_T`` multiplies both ends by
+  1000 / T (openai/improved-diffusion's ``get_named_beta_schedule``) so that short chains end near pure noise.
+- quadratic (the DDPM code's "quad", diffusers' "scaled_linear"):
+  beta = linspace(sqrt(beta_start), sqrt(beta_end), T) ** 2.
+- cosine (Nichol & Dhariwal 2021, "Improved DDPM", eq. 17): f(u) = cos(((u + s) / (1 + s)) pi / 2) ** 2 with
+  s = 0.008, beta[i] = min(1 - f((i + 1) / T) / f(i / T), 0.999).
+- sigmoid (GeoDiff, Xu et al. 2022, as in diffusers):
+  beta = sigmoid(linspace(-6, 6, T)) * (beta_end - beta_start) + beta_start.
+
+REFERENCE holds abar at T = 1000 with the default options, evaluated from these definitions in float64 by a
+separate NumPy script (e.g. linear: np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))[[0, 499, 999]]), not by
+ddpm.schedules: a schedule that drifts from its definition misses them.
+"""
 
 from __future__ import annotations
 
@@ -63,7 +80,8 @@ def test_monotone(name: str, T: int) -> None:
 
 
 def test_seed_003_exercise_exact_product() -> None:
-    # beta_t = 0.02 t / T for t = 1..100 with T = 1000; the seed's 0.998^100 = 0.819 is an approximation.
+    # beta_t = 0.02 t / T for t = 1..100 with T = 1000: abar_100 = prod_t (1 - beta_t) = 0.9039 exactly.
+    # (A worked exercise approximates it as 0.998^100 = 0.819, treating every beta_t as the last one, 0.002.)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotPureNoiseWarning)
         betas = make_beta_schedule("linear", 100, beta_start=2e-5, beta_end=2e-3)
@@ -72,7 +90,8 @@ def test_seed_003_exercise_exact_product() -> None:
 
 @pytest.mark.parametrize(
     ("T", "beta_start", "beta_end", "final"),
-    [(50, 1e-4, 0.01, 0.776), (100, 1e-3, 0.02, 0.347)],  # seeds 001 and 003
+    # the chains of conf/experiment/seed_point.yaml and seed_gaussian2d.yaml: abar[T-1] = prod (1 - beta)
+    [(50, 1e-4, 0.01, 0.776), (100, 1e-3, 0.02, 0.347)],
 )
 def test_warns_when_x_T_is_not_pure_noise(T, beta_start, beta_end, final) -> None:
     with pytest.warns(NotPureNoiseWarning, match=f"{final}"):

@@ -16,18 +16,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from ddpm.cli.common import check_group_overrides
 from ddpm.cli.train import main as train_main
 from ddpm.config import CONF_DIR, validate_config
 from ddpm.sweeps import JOB_RECORD, SweepSummary, find_metric, write_summary
 from ddpm.sweeps import main as sweeps_main
-from tests.test_app import cli
+from tests.helpers import cli, compose_cfg
 
 REPO = CONF_DIR.parent
 SCRIPTS = REPO / "scripts"
@@ -65,17 +63,6 @@ def job_overrides(job_dir: Path) -> dict[str, str]:
     """``key=value`` overrides Hydra saved for a job, as a dict."""
     items = [str(o) for o in OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")]
     return dict(item.split("=", 1) for item in items)
-
-
-def compose_cfg(overrides: list[str], root: Path) -> DictConfig:
-    """Compose conf/train.yaml with the Hydra node, as ddpm-train would, with paths under ``root``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            config_name="train", overrides=[f"paths.root_dir={root}", *overrides], return_hydra_config=True
-        )
-    HydraConfig.instance().set_config(cfg)
-    return cfg
 
 
 def run_app_in_process(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
@@ -288,7 +275,7 @@ def test_optuna_config_composes_and_its_search_space_is_made_of_config_keys(tmp_
     from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
     from optuna.distributions import CategoricalDistribution, LogUniformDistribution
 
-    cfg = compose_cfg(["hparams_search=optuna"], tmp_path)
+    cfg = compose_cfg(tmp_path, ["hparams_search=optuna"], run_folder=False)
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper")
     assert cfg.optimized_metric == "final/ratio" and sweeper.direction == "minimize"
@@ -297,13 +284,17 @@ def test_optuna_config_composes_and_its_search_space_is_made_of_config_keys(tmp_
     assert sweeper.n_trials == 20 and sweeper.max_failure_rate == 1.0
     assert cfg.hydra.callbacks.sweep_summary.fail_on_error is False
     assert (
-        compose_cfg(["hparams_search=optuna", "hydra.sweeper.n_trials=3"], tmp_path).hydra.sweeper.n_trials
+        compose_cfg(
+            tmp_path, ["hparams_search=optuna", "hydra.sweeper.n_trials=3"], run_folder=False
+        ).hydra.sweeper.n_trials
         == 3
     )
-    assert compose_cfg([], tmp_path).optimized_metric is None  # no search: no objective
+    assert compose_cfg(tmp_path, [], run_folder=False).optimized_metric is None  # no search: no objective
     # an experiment names its own metric, which wins over the search's default (images: val/loss)
     assert (
-        compose_cfg(["hparams_search=optuna", "experiment=digits"], tmp_path).optimized_metric
+        compose_cfg(
+            tmp_path, ["hparams_search=optuna", "experiment=digits"], run_folder=False
+        ).optimized_metric
         == "val/classifier_ratio"
     )
 
@@ -320,7 +311,7 @@ def test_optuna_config_composes_and_its_search_space_is_made_of_config_keys(tmp_
         for objective in dists["diffusion.objective"].choices:
             point = [f"schedule={schedule}", f"diffusion.objective={objective}", "optimizer.lr=0.001"]
             point += [f"T={dists['T'].choices[0]}"]
-            cfg = compose_cfg(point, tmp_path)
+            cfg = compose_cfg(tmp_path, point, run_folder=False)
             validate_config(cfg)
             assert cfg.schedule.name == schedule and cfg.diffusion.objective == objective
 
@@ -410,7 +401,7 @@ def test_slurm_launcher_config_composes_into_an_sbatch_script(tmp_path: Path, mo
         "trainer=ddp",
         "trainer.num_nodes=2",
     ]
-    cfg = compose_cfg(overrides, tmp_path)
+    cfg = compose_cfg(tmp_path, overrides, run_folder=False)
     launcher_cfg = cfg.hydra.launcher
     assert launcher_cfg._target_.endswith("SlurmLauncher")
     assert (launcher_cfg.partition, launcher_cfg.nodes, launcher_cfg.gpus_per_node) == ("gpu", 2, 4)
@@ -459,7 +450,7 @@ def test_slurm_launcher_config_composes_into_an_sbatch_script(tmp_path: Path, mo
     ):
         assert f"#SBATCH {line}\n" in script, line
 
-    local = compose_cfg(["hydra/launcher=local_submitit"], tmp_path).hydra.launcher
+    local = compose_cfg(tmp_path, ["hydra/launcher=local_submitit"], run_folder=False).hydra.launcher
     assert local._target_.endswith("submitit_launcher.LocalLauncher") and local.tasks_per_node == 1
 
 
@@ -505,7 +496,7 @@ def test_wandb_sweep_file_parses_and_its_command_composes(tmp_path: Path, monkey
 
     monkeypatch.setenv("WANDB_SWEEP_ID", "sw33p")
     monkeypatch.setenv("WANDB_RUN_ID", "run42")
-    cfg = compose_cfg(overrides, tmp_path)
+    cfg = compose_cfg(tmp_path, overrides, run_folder=False)
     validate_config(cfg)
     for key, value in point.items():
         if (CONF_DIR / key).is_dir():  # a config group
@@ -551,7 +542,7 @@ def test_slurm_multinode_scripts_compose_a_2x4_ddp_run(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     (call,) = _calls(log)
     assert call[:4] == ["uv", "run", "ddpm-train", "-m"]
-    cfg = compose_cfg(call[4:], tmp_path)
+    cfg = compose_cfg(tmp_path, call[4:], run_folder=False)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu"
     assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node) == (2, 4, 4)
@@ -581,7 +572,7 @@ def test_slurm_multinode_scripts_compose_a_2x4_ddp_run(tmp_path: Path) -> None:
     sync, srun = _calls(log)
     assert sync == ["uv", "sync", "--frozen"]
     assert srun[:3] == ["srun", "--kill-on-bad-exit=1", ".venv/bin/ddpm-train"]
-    cfg = compose_cfg(srun[3:], tmp_path)
+    cfg = compose_cfg(tmp_path, srun[3:], run_folder=False)
     assert (cfg.trainer.strategy, cfg.trainer.num_nodes, cfg.trainer.devices) == ("ddp", 2, 4)
     assert cfg.ckpt_path == "auto" and cfg.schedule.name == "cosine"
     assert cfg.hydra.run.dir == "outputs/ddp/slurm/4242"  # the same folder after a requeue

@@ -32,7 +32,7 @@ from ddpm.cli.viz import main as viz_main
 from ddpm.config import ConfigError
 from ddpm.run_folder import RunFolderError, claim_folder
 from ddpm.safe_loading import ALLOWED_TARGETS, UntrustedContentError, check_targets, load_checkpoint
-from tests.test_app import SHORT, run_train
+from tests.helpers import CLI_ENV, SHORT, run_train
 
 pytestmark = [
     # T=50 on purpose (not today's default), which stops short of pure noise
@@ -41,7 +41,7 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:The dirpath has changed from"),
 ]
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "MPLBACKEND": "Agg"}
+ENV = {**os.environ, **CLI_ENV}
 # a T that is not today's default (1000): a resume that fell back to the defaults would show it
 STORED_T = 50
 QUIET = [o for o in SHORT if o != "print_config=false"] + ["print_config=false", "reverse_gif=false"]
