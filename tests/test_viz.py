@@ -21,6 +21,7 @@ from PIL import Image
 from ddpm import viz
 from ddpm.cli.viz import main
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.oracle import GaussianOracle
 from ddpm.samplers import DDIMSampler, DDPMSampler, SampleResult
 from ddpm.schedules import make_beta_schedule
 from ddpm.viz.grid import image_grid, save_image_grid
@@ -35,18 +36,13 @@ def _headless(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
 
 
-class IsotropicOracle:
-    """The exact eps-network for x0 ~ N(mu, s^2 I).
-
-    eps* = sqrt(1 - abar) (x_t - sqrt(abar) mu) / (abar s^2 + 1 - abar).
-    """
-
-    def __init__(self, diffusion: GaussianDiffusion, mu: torch.Tensor | float, s: float) -> None:
-        self.diffusion, self.mu, self.s = diffusion, mu, s
-
-    def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        abar = self.diffusion.alphas_cumprod[t].reshape(-1, *([1] * (x_t.ndim - 1)))
-        return (1 - abar).sqrt() * (x_t - abar.sqrt() * self.mu) / (abar * self.s**2 + 1 - abar)
+def isotropic_oracle(
+    diffusion: GaussianDiffusion, sample_shape: tuple[int, ...], mu: torch.Tensor | float, s: float
+) -> GaussianOracle:
+    """The exact eps-network for samples of ``sample_shape`` drawn from N(mu, s^2 I)."""
+    d = math.prod(sample_shape)
+    mean = torch.as_tensor(mu, dtype=torch.float64).expand(sample_shape).reshape(d)
+    return GaussianOracle(diffusion, mean, s**2 * torch.eye(d, dtype=torch.float64))
 
 
 def _diffusion(T: int, **kwargs: float) -> GaussianDiffusion:
@@ -60,7 +56,12 @@ def _reverse(
     sampler = DDIMSampler(steps=ddim) if ddim else DDPMSampler()
     gen = torch.Generator().manual_seed(0)
     out = sampler.sample(
-        IsotropicOracle(diffusion, mu, s), diffusion, shape, gen, return_trajectory=True, progress=False
+        isotropic_oracle(diffusion, shape[1:], mu, s),
+        diffusion,
+        shape,
+        gen,
+        return_trajectory=True,
+        progress=False,
     )
     assert isinstance(out, SampleResult)
     return out
@@ -338,7 +339,7 @@ class _FakeModule:
         self.shape = shape
         self.data_shape = shape
         self.diffusion = _diffusion(20, beta_start=1e-3, beta_end=0.3)
-        self.oracle = IsotropicOracle(self.diffusion, mu, s)
+        self.oracle = isotropic_oracle(self.diffusion, shape, mu, s)
 
     def sample(
         self, n: int, return_trajectory: bool = False, generator: torch.Generator | None = None

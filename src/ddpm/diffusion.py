@@ -288,7 +288,8 @@ class GaussianDiffusion(nn.Module):
         if self.variance is VarianceType.FIXED_SMALL:
             var, log_var = self.posterior_variance, self.posterior_log_variance_clipped
         else:
-            # DDPM sec. 3.2, sigma^2 = beta; the t=0 entry uses post_var[1] (seed 002, DDPM code).
+            # DDPM sec. 3.2, sigma^2 = beta; the t=0 entry uses post_var[1], as DDPM's code and
+            # improved-diffusion's FIXED_LARGE do: it gives a better decoder log-likelihood.
             var = torch.cat([self.posterior_variance[1:2], self.betas[1:]])
             log_var = var.log()
         return self.extract(var, t, x_t), self.extract(log_var, t, x_t)
