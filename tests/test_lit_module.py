@@ -77,7 +77,7 @@ def test_model_compile_trains_through_the_compiled_network(tmp_path, monkeypatch
     from tests.helpers import SHORT, run_train
 
     compiled = _compile_eager(monkeypatch)
-    metrics, run = run_train(tmp_path, [*SHORT, "model.compile=true", "reverse_gif=false"])
+    metrics, run = run_train(tmp_path, [*SHORT, "module.compile=true", "reverse_gif=false"])
     assert metrics["global_step"] == 4 and len(compiled) == 1
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert any(k.startswith("net.") for k in state)
@@ -90,7 +90,7 @@ def test_model_compile_trains_through_the_compiled_network(tmp_path, monkeypatch
 def test_channels_last_images(tmp_path) -> None:
     from tests.helpers import SHORT, run_train
 
-    overrides = [*SHORT, "experiment=digits", "model.channels_last=true", "callbacks.samples=null"]
+    overrides = [*SHORT, "experiment=digits", "module.channels_last=true", "callbacks.samples=null"]
     metrics, run = run_train(tmp_path, [*overrides, "final_samples=4"])
     assert metrics["global_step"] == 4
     from ddpm.build import load_run

@@ -5,27 +5,23 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import math
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from ddpm.cli.common import check_group_overrides
-from ddpm.cli.train import main as train_main
 from ddpm.config import CONF_DIR, validate_config
 from ddpm.sweeps import JOB_RECORD, SweepSummary, find_metric, write_summary
 from ddpm.sweeps import main as sweeps_main
-from tests.helpers import cli, compose_cfg
+from tests.helpers import cli, compose_cfg, train_in_process
 
 REPO = CONF_DIR.parent
 SCRIPTS = REPO / "scripts"
@@ -63,30 +59,6 @@ def job_overrides(job_dir: Path) -> dict[str, str]:
     """``key=value`` overrides Hydra saved for a job, as a dict."""
     items = [str(o) for o in OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")]
     return dict(item.split("=", 1) for item in items)
-
-
-def run_app_in_process(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
-    """Run ``ddpm-train ARGV`` in this process (no 15 s of imports); returns its exit code.
-
-    Hydra points the root logger at each job's log file; the handlers it adds are closed afterwards.
-    """
-    monkeypatch.setattr(sys, "argv", ["ddpm-train", *argv])
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    GlobalHydra.instance().clear()
-    try:
-        train_main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    finally:
-        for handler in root.handlers:
-            if handler not in handlers:
-                handler.close()
-        root.handlers[:] = handlers
-        root.setLevel(level)
-        GlobalHydra.instance().clear()
-    return code
 
 
 # ----------------------------------------------------------------------------- grids and their summary
@@ -149,7 +121,7 @@ def test_a_failed_job_is_recorded_and_the_sweep_goes_on(tmp_path: Path, monkeypa
     """
     sweep = tmp_path / "sweep"
     argv = ["-m", "T=0,20", *TINY, "optimized_metric=val/loss", f"hydra.sweep.dir={sweep}"]
-    code = run_app_in_process([*argv, f"paths.root_dir={tmp_path}"], monkeypatch)
+    code = train_in_process([*argv, f"paths.root_dir={tmp_path}"])
     assert code == 1  # fail_on_error: after the summary, as Hydra's basic sweeper would
     failed = json.loads((sweep / "0" / JOB_RECORD).read_text())
     assert failed["status"] == "failed"

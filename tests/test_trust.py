@@ -23,16 +23,14 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from hydra.core.global_hydra import GlobalHydra
 
 from ddpm.cli.eval import main as eval_main
 from ddpm.cli.sample import main as sample_main
-from ddpm.cli.train import main as train_main
 from ddpm.cli.viz import main as viz_main
 from ddpm.config import ConfigError
 from ddpm.run_folder import RunFolderError, claim_folder
 from ddpm.safe_loading import ALLOWED_TARGETS, UntrustedContentError, check_targets, load_checkpoint
-from tests.helpers import CLI_ENV, SHORT, run_train
+from tests.helpers import CLI_ENV, SHORT, run_train, train_in_process
 
 pytestmark = [
     # T=50 on purpose (not today's default), which stops short of pure noise
@@ -116,17 +114,7 @@ def _train_cli(argv: list[str], capsys: pytest.CaptureFixture[str] | None = None
 
     Without ``capsys`` (a module fixture) the output is not captured and comes back empty.
     """
-    GlobalHydra.instance().clear()
-    old = sys.argv
-    sys.argv = ["ddpm-train", *argv]
-    try:
-        train_main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = old
-        GlobalHydra.instance().clear()
+    code = train_in_process(argv)
     if capsys is None:
         return code, "", ""
     out = capsys.readouterr()

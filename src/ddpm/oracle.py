@@ -93,7 +93,8 @@ class GaussianOracle:
         abar = self._abar(t, len(x), x.device)
         mean, cov = self._moments(abar)
         abar = abar[:, None]
-        sol = torch.linalg.solve(cov, (x - mean).unsqueeze(-1)).squeeze(-1)  # C_t^{-1} (x_t - E[x_t])
+        # C_t^{-1} (x_t - E[x_t]) by Cholesky: C_t is symmetric positive definite (1 - abar_t > 0)
+        sol = torch.cholesky_solve((x - mean).unsqueeze(-1), torch.linalg.cholesky(cov)).squeeze(-1)
         eps = (1 - abar).sqrt() * sol  # PRML eq. 2.81 with Cov(eps, x_t) = sqrt(1 - abar_t) I
         x0 = (x - (1 - abar).sqrt() * eps) / abar.sqrt()  # DDPM eq. 4 solved for x0, in expectation (Tweedie)
         return eps, x0
