@@ -232,9 +232,9 @@ def test_every_figure_writes_a_png_of_the_expected_size(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kind", "shape", "mu", "ddim", "max_frames", "size"),
     [
-        ("1d", (16,), 5.0, None, 8, (6.4, 4.8)),  # scalar chains, 21 states -> 8 frames
-        ("1d", (3, 24), 0.0, 5, 30, (6.4, 4.8)),  # signals, 6 states -> 6 frames
-        ("2d", (200, 2), 1.0, None, 6, (6.4, 4.8)),
+        ("scalar", (16,), 5.0, None, 8, (6.4, 4.8)),  # scalar chains, 21 states -> 8 frames
+        ("signal", (3, 24), 0.0, 5, 30, (6.4, 4.8)),  # signals, 6 states -> 6 frames
+        ("points", (200, 2), 1.0, None, 6, (6.4, 4.8)),
         ("image", (4, 1, 8, 8), 0.0, 6, 30, (5.0, 5.4)),
     ],
 )
@@ -248,11 +248,11 @@ def test_reverse_gif_frames_and_size(
     size: tuple[float, float],
 ) -> None:
     result = _reverse(shape, mu, 0.5, ddim=ddim)
+    assert viz.item_kind(result.trajectory.shape[1:]) == kind  # how the GIF draws the items
     path = viz.save_reverse_gif(
         result.trajectory,
         result.timesteps,
         tmp_path / "a" / "r.gif",
-        kind=kind,
         max_frames=max_frames,
         dpi=40,  # type: ignore[arg-type]
     )

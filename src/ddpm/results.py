@@ -132,15 +132,13 @@ def reverse_process_figures(
     gen = torch.Generator(device=module.device).manual_seed(seed)
     result = module.sample(n, return_trajectory=True, generator=gen)
     traj, timesteps = result.trajectory, result.timesteps
-    shape = tuple(module.data_shape)
     if datamodule.kind == "image":
-        layout = "image"
         fig = viz.plot_denoising_strip(result.pred_x0 if result.pred_x0 is not None else traj, timesteps)
     else:
-        traj = datamodule.denormalize(traj.reshape(-1, *shape)).reshape(traj.shape)
-        layout = "2d" if shape == (2,) else "1d"  # a 2D scatter, else each sample as a curve
-        fig = viz.plot_reverse_2d(traj, timesteps) if layout == "2d" else viz.plot_reverse_1d(traj, timesteps)
+        traj = datamodule.denormalize(traj.reshape(-1, *traj.shape[2:])).reshape(traj.shape)
+        points = viz.item_kind(traj.shape[1:]) == "points"  # a 2D scatter, else each sample as a curve
+        fig = viz.plot_reverse_2d(traj, timesteps) if points else viz.plot_reverse_1d(traj, timesteps)
     viz.save_figure(fig, png, dpi=dpi or viz.DEFAULT_DPI)
     if gif is None:
         return png, None
-    return png, viz.save_reverse_gif(traj, timesteps, gif, kind=layout, fps=fps, max_frames=max_frames)
+    return png, viz.save_reverse_gif(traj, timesteps, gif, fps=fps, max_frames=max_frames)

@@ -55,6 +55,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     ),
     "figures": (
         "DEFAULT_DPI",
+        "item_kind",
         "plot_denoising_strip",
         "plot_loss_by_quarter",
         "plot_reverse_1d",

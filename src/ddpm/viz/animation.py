@@ -6,7 +6,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -20,6 +20,7 @@ from ddpm.viz.figures import (
     _new_figure,
     _np,
     _square_limits,
+    item_kind,
     reverse_positions,
 )
 from ddpm.viz.grid import image_grid
@@ -55,7 +56,6 @@ def save_reverse_gif(
     trajectory: ArrayLike,
     timesteps: Sequence[int],
     path: str | os.PathLike[str],
-    kind: Literal["1d", "2d", "image"] = "2d",
     fps: int = 10,
     max_frames: int = 60,
     data: ArrayLike | None = None,
@@ -66,31 +66,27 @@ def save_reverse_gif(
 ) -> Path:
     """Write an animated GIF of the reverse chain, one frame per shown state, x_T first.
 
+    How the items are drawn follows :func:`~ddpm.viz.figures.item_kind` of the trajectory: scalars as the
+    chains growing from x_T, signals as the current signals, 2D points as a scatter, images as a grid.
+
     Args:
         trajectory: ``SampleResult.trajectory`` [S+1, N, ...]; index 0 holds x_T.
         timesteps: the S descending timesteps.
         path: where to write the .gif (parent folders are created).
-        kind: ``1d`` (scalars: the chains growing from x_T; signals: the current signals), ``2d`` (scatter)
-            or ``image`` (a grid of images).
         fps: frames per second.
         max_frames: at most this many frames, evenly spaced over the chain (x_T and the sample included).
-        data: reference drawn in every frame: training points [M, 2] (``2d``) or the x0 value (``1d``).
+        data: reference drawn in every frame: training points [M, 2] (points) or the x0 value (scalars).
         n_items: chains or images shown (signals: at most 3, so they stay readable).
         hold_last_s: the last frame stays this long, so the loop pauses on the result.
-        dpi: frame resolution; frames are 6.4 x 4.8 in (``1d``, ``2d``) or 5 x 5.4 in (``image``).
-        value_range: pixel range for ``image``.
+        dpi: frame resolution; frames are 6.4 x 4.8 in, or 5 x 5.4 in for images.
+        value_range: pixel range for images.
 
     Returns:
         The path written. The GIF has ``min(S + 1, max_frames)`` frames.
     """
     traj = _check_trajectory(trajectory, timesteps)
     check_arguments({"fps": fps, "max_frames": max_frames})
-    if kind not in ("1d", "2d", "image"):
-        raise ValueError(f"kind={kind!r} is unknown; choose '1d', '2d' or 'image'")
-    if kind == "2d" and (traj.ndim != 3 or traj.shape[-1] != 2):
-        raise ValueError(f"kind='2d' needs a trajectory [S+1, N, 2], got shape {traj.shape}")
-    if kind == "image" and traj.ndim != 5:
-        raise ValueError(f"kind='image' needs a trajectory [S+1, N, C, H, W], got shape {traj.shape}")
+    kind = item_kind(traj.shape[1:])
     pos = reverse_positions(timesteps)
     shown = _evenly(traj.shape[0], max_frames)
     fig = _new_figure(5.0, 5.4) if kind == "image" else _new_figure(6.4, 4.8)
@@ -101,7 +97,7 @@ def save_reverse_gif(
         where = " ($x_T$)" if shown[i] == 0 else " (sample)" if shown[i] == traj.shape[0] - 1 else ""
         return f"Reverse process, t = {pos[shown[i]]}{where}  [{len(timesteps)} steps]"
 
-    if kind == "1d":
+    if kind in ("scalar", "signal"):
         flat = traj.reshape(traj.shape[0], traj.shape[1], -1)
         scalar = flat.shape[2] == 1
         flat = flat[:, : n_items if scalar else min(n_items, 3)]
@@ -132,7 +128,7 @@ def save_reverse_gif(
                     line.set_ydata(flat[s, j])
             ax.set_title(title(i))
 
-    elif kind == "2d":
+    elif kind == "points":
         ref2 = _np(data) if data is not None else None
         lim = _square_limits(traj[0], traj[-1], *([ref2] if ref2 is not None else []))
         if ref2 is not None:

@@ -91,8 +91,9 @@ def _square_limits(*arrays: np.ndarray, margin: float = 0.08) -> tuple[float, fl
     return float(low - pad), float(high + pad)
 
 
-def _data_kind(shape: tuple[int, ...]) -> Literal["scalar", "signal", "points", "image"]:
-    """What one item of a batch is, from the batch shape [N, ...]."""
+def item_kind(shape: tuple[int, ...]) -> Literal["scalar", "signal", "points", "image"]:
+    """What one item of a batch [N, ...] is, which decides how the figures and GIFs draw it: a ``scalar``
+    ([N] or [N, 1]), a 1D ``signal`` [N, L], a 2D point (``points``, [N, 2]) or an ``image`` [N, C, H, W]."""
     item = shape[1:]
     if len(item) == 0 or (len(item) == 1 and item[0] == 1):
         return "scalar"
@@ -291,8 +292,8 @@ def plot_samples_vs_data(
         value_range: pixel range of images.
     """
     gen, ref = _np(samples), _np(data)
-    kind = _data_kind(ref.shape)
-    if _data_kind(gen.shape) != kind or (kind != "scalar" and gen.shape[1:] != ref.shape[1:]):
+    kind = item_kind(ref.shape)
+    if item_kind(gen.shape) != kind or (kind != "scalar" and gen.shape[1:] != ref.shape[1:]):
         raise ValueError(f"samples {gen.shape} and data {ref.shape} do not have the same item shape")
 
     if kind == "scalar":
