@@ -171,7 +171,12 @@ class GaussianDiffusion(nn.Module):
         """Number of diffusion steps."""
         return self.num_timesteps
 
-    def _check_t(self, t: torch.Tensor | int, batch: int, device: torch.device) -> torch.Tensor:
+    def timesteps_for_batch(self, t: torch.Tensor | int, batch: int, device: torch.device) -> torch.Tensor:
+        """``t`` as int64 [batch] on ``device``: one timestep for all, or one per sample.
+
+        Raises:
+            TypeError: a floating-point ``t``.
+        """
         t = torch.as_tensor(t, device=device)
         if t.is_floating_point():
             raise TypeError(f"t must be an integer tensor, got {t.dtype}")
@@ -181,7 +186,7 @@ class GaussianDiffusion(nn.Module):
 
     def extract(self, buffer: torch.Tensor, t: torch.Tensor | int, x: torch.Tensor) -> torch.Tensor:
         """Gather ``buffer[t]`` per sample and shape it [B, 1, ..., 1] to broadcast against ``x``."""
-        t = self._check_t(t, x.shape[0], buffer.device)
+        t = self.timesteps_for_batch(t, x.shape[0], buffer.device)
         out = buffer.gather(0, t)
         return out.reshape(t.shape[0], *([1] * (x.ndim - 1))).to(x.device)
 

@@ -70,12 +70,8 @@ class GaussianOracle:
 
     def _abar(self, t: torch.Tensor | int, batch: int, device: torch.device) -> torch.Tensor:
         """abar_t per sample, float64, shape [B]."""
-        t = torch.as_tensor(t, device=device)
-        if t.is_floating_point():
-            raise TypeError(f"t must be an integer tensor, got {t.dtype}")
-        if t.ndim == 0:
-            t = t.expand(batch)
-        return self.diffusion.alphas_cumprod.to(device).double()[t.long()]
+        t = self.diffusion.timesteps_for_batch(t, batch, device)
+        return self.diffusion.alphas_cumprod.to(device).double()[t]
 
     def _moments(self, abar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean [B, D] and covariance [B, D, D] of q(x_t) for abar_t of shape [B]."""

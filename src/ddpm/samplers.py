@@ -227,7 +227,7 @@ class DDPMSampler(Sampler):
         out = diffusion.p_mean_variance(model_output, x_t, t)
         if noise is None:
             noise = torch.randn_like(x_t)
-        t_batch = diffusion._check_t(t, x_t.shape[0], x_t.device)
+        t_batch = diffusion.timesteps_for_batch(t, x_t.shape[0], x_t.device)
         nonzero = (t_batch != 0).float().reshape(-1, *([1] * (x_t.ndim - 1)))
         # DDPM Algorithm 2, line 4: x_{t-1} = mu_theta(x_t, t) + sigma_t z, z = 0 at t = 0.
         prev = out["mean"] + nonzero * (0.5 * out["log_variance"]).exp() * noise
@@ -276,7 +276,7 @@ class DDIMSampler(Sampler):
     ) -> StepOutput:
         """x_{t_prev} from x_t (DDIM eq. 12); ``t_prev = -1`` for the last step (abar_prev = 1)."""
         abar = diffusion.extract(diffusion.alphas_cumprod, t, x_t)
-        t_prev_b = diffusion._check_t(t_prev, x_t.shape[0], diffusion.betas.device)
+        t_prev_b = diffusion.timesteps_for_batch(t_prev, x_t.shape[0], diffusion.betas.device)
         abar_ext = torch.cat([diffusion.alphas_cumprod.new_ones(1), diffusion.alphas_cumprod])
         abar_prev = diffusion.extract(abar_ext, t_prev_b + 1, x_t)  # index -1 -> abar = 1
         x0 = diffusion.predict_x0(x_t, t, model_output)

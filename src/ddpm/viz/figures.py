@@ -300,27 +300,16 @@ def plot_samples_vs_data(
         fig = _new_figure(7.5, 4.6)
         ax = fig.subplots()
         g, d = gen.ravel(), ref.ravel()
-        if np.ptp(d) < 1e-9:
+        histograms = [(g, "C0", "samples")]
+        if np.ptp(d) < 1e-9:  # a constant (seed 001's x0 = 5) has no histogram: a line at its value
             ax.axvline(d[0], color="C3", lw=2.5, label=f"data (constant {d[0]:.4g})")
             bins = np.histogram_bin_edges(g, bins=40)
         else:
+            histograms.insert(0, (d, "C3", "data"))
             bins = np.histogram_bin_edges(np.concatenate([g, d]), bins=40)
-            ax.hist(
-                d,
-                bins=bins,
-                density=True,
-                alpha=0.5,
-                color="C3",
-                label=f"data: {d.mean():.3g} ± {d.std():.3g}",
-            )
-        ax.hist(
-            g,
-            bins=bins,
-            density=True,
-            alpha=0.5,
-            color="C0",
-            label=f"samples: {g.mean():.3g} ± {g.std():.3g}",
-        )
+        for values, color, name in histograms:
+            label = f"{name}: {values.mean():.3g} ± {values.std():.3g}"
+            ax.hist(values, bins=bins, density=True, alpha=0.5, color=color, label=label)
         ax.set(xlabel="value", ylabel="density", title=f"Samples (n={g.size}) vs data (n={d.size})")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
