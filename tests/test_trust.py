@@ -24,6 +24,7 @@ import pytest
 import torch
 import yaml
 
+from ddpm.build import load_run
 from ddpm.cli.eval import main as eval_main
 from ddpm.cli.sample import main as sample_main
 from ddpm.cli.viz import main as viz_main
@@ -237,6 +238,32 @@ def test_resume_from_a_loose_checkpoint_trains_the_stored_model(trained: Path, t
     for key in ("T", "model", "data", "diffusion", "optimizer"):
         assert resumed["ddpm_config"][key] == stored["ddpm_config"][key], key
     assert resumed["ddpm_config"]["trainer"]["max_steps"] == 7  # a safe key the command line set
+
+
+def _in_the_earlier_layout(trained: Path, dest: Path) -> Path:
+    """A copy of the run whose stored config is in the layout written before 2026-12: T also under
+    ``diffusion`` (``diffusion.betas`` a copy of the schedule), compile / channels_last under ``model``."""
+    run = _copy(trained, dest)
+    for ckpt_file in run.glob("checkpoints/*.ckpt"):
+        ckpt = torch.load(ckpt_file, weights_only=True)
+        cfg = ckpt["ddpm_config"]
+        module = cfg.pop("module")
+        cfg["model"].update(compile=module["compile"], channels_last=module["channels_last"])
+        diffusion = {k: v for k, v in cfg["diffusion"].items() if k != "_partial_"}
+        cfg["diffusion"] = {**diffusion, "T": cfg["T"], "betas": dict(cfg["schedule"])}
+        torch.save(ckpt, ckpt_file)
+    return run
+
+
+def test_a_run_stored_in_the_earlier_layout_loads_and_resumes(trained: Path, tmp_path: Path) -> None:
+    run = _in_the_earlier_layout(trained, tmp_path / "old")
+    loaded = load_run(run)
+    assert loaded.module.diffusion.num_timesteps == STORED_T
+    assert loaded.config.module.compile is False and "compile" not in loaded.config.model
+    assert "T" not in loaded.config.diffusion and loaded.config.diffusion._partial_
+    steps = load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"]
+    metrics, _ = run_train(tmp_path / "new", [*QUIET, f"ckpt_path={run}", f"trainer.max_steps={steps + 2}"])
+    assert metrics["global_step"] == steps + 2
 
 
 @pytest.mark.parametrize(

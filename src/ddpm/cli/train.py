@@ -25,6 +25,7 @@ from ddpm.config import (
     first_line,
     remove_unstarted_run_dir,
     root_cause,
+    upgrade_stored_config,
     validate_config,
 )
 
@@ -96,6 +97,7 @@ def _config_for_resume(cfg: DictConfig, ckpt_path: str) -> DictConfig:
     if not isinstance(ckpt.get("ddpm_config"), dict):
         raise ConfigError(f"ckpt_path={ckpt_path!r} carries no ddpm-lab run config; it cannot be resumed")
     stored = resolved_config(ckpt["ddpm_config"], f"the config stored in {ckpt_path!r}")
+    upgrade_stored_config(stored)  # a run trained by an earlier version, in today's layout
     typed = override_keys(list(HydraConfig.get().overrides.task), CONF_DIR)
     merged = merge_for_resume(cfg, OmegaConf.to_container(stored), typed)  # type: ignore[arg-type]
     OmegaConf.set_struct(merged, True)
