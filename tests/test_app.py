@@ -322,7 +322,8 @@ def test_ddpm_train_rejects_bad_values_in_one_line(tmp_path: Path) -> None:
     cases = (
         (["schedule=nope"], "schedule=nope"),
         (["T=0"], "T=0 is invalid"),
-        (["diffusion.T=0"], "diffusion.T is not a key of the run config; set T=0 instead"),
+        (["diffusion.T=0"], "diffusion.T=0 cannot be set there; set T=0 instead"),
+        (["schedule.T=7"], "schedule.T=7 cannot be set there; set T=7 instead"),
         (["model.compile=true"], "set module.compile=true instead"),
     )
     for args, key in cases:

@@ -60,7 +60,8 @@ def root_cause(err: BaseException) -> BaseException:
 #: ``model``, today they are under ``module`` so that the ``model`` node builds the network on its own
 MODULE_KEYS = ("compile", "channels_last")
 
-#: keys of earlier layouts and where they are now, so that an old command line gets a one-line answer
+#: keys of earlier layouts (and schedule.T, which follows T) and the key to set instead, so that an old
+#: command line gets a one-line answer
 MOVED_KEYS = {
     "diffusion.T": "T",
     "schedule.T": "T",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ddpm.config import CONF_DIR, ConfigError
 from ddpm.safe_writes import writable_problem
@@ -20,12 +20,15 @@ __all__ = [
     "check_device",
     "check_group_overrides",
     "check_moved_keys",
+    "check_run_arguments",
     "check_sampler_overrides",
     "check_seed",
+    "ensure_output_folder",
     "ensure_writable",
     "fail",
     "load_run_or_fail",
     "run_folder",
+    "sampler_label",
     "seed_problem",
 ]
 
@@ -44,14 +47,15 @@ def _options(group: str) -> list[str] | None:
 
 
 def check_moved_keys(argv: list[str]) -> None:
-    """Reject an override of a key that has moved (``diffusion.T=...``), naming where it is now."""
+    """Reject an override of a key that has moved (``diffusion.T=...``) or follows another one
+    (``schedule.T`` is ``${T}``), naming the key to set instead."""
     from ddpm.config import MOVED_KEYS
 
     for arg in argv:
         key, sep, value = arg.partition("=")
         key = key.lstrip("+~")
         if sep and key in MOVED_KEYS:
-            fail(f"{key} is not a key of the run config; set {MOVED_KEYS[key]}={value} instead")
+            fail(f"{key}={value} cannot be set there; set {MOVED_KEYS[key]}={value} instead")
 
 
 def check_group_overrides(argv: list[str]) -> None:
@@ -159,6 +163,32 @@ def add_run_arguments(parser: argparse.ArgumentParser, seed_help: str) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
 
 
+def check_run_arguments(args: argparse.Namespace, draws: int = 1) -> None:
+    """Check what :func:`add_run_arguments` adds before the checkpoint is read (``draws`` seeds from
+    ``--seed`` on); a one-line error (status 2) otherwise."""
+    if args.batch_size is not None and args.batch_size < 1:
+        fail(f"--batch-size={args.batch_size} is invalid; it must be an integer >= 1")
+    check_seed(args.seed, draws=draws)
+    check_device(args.device)
+    check_sampler_overrides(args.overrides)
+
+
+def ensure_output_folder(args: argparse.Namespace, subfolder: str, what: str) -> Path:
+    """Exit with a one-line error (status 2) unless ``what`` can be written where it goes: ``--out``'s
+    folder, else ``<run>/<subfolder>``. Returns the run folder (found without reading the checkpoint)."""
+    run_dir = run_folder(args.run)
+    if args.out is not None:
+        ensure_writable(args.out.parent, what)
+    else:
+        ensure_writable(run_dir / subfolder, what, "; choose another place with --out")
+    return run_dir
+
+
+def sampler_label(sampler: Any, steps: int) -> str:
+    """A sampler and its number of steps as a file-name part: ``ddim50``, ``ddpm1000``."""
+    return type(sampler).__name__.removesuffix("Sampler").lower() + str(steps)
+
+
 def check_sampler_overrides(overrides: list[str]) -> None:
     """:func:`ddpm.sampler_overrides.check_sampler_overrides`, as a one-line error (status 2)."""
     from ddpm.sampler_overrides import check_sampler_overrides as check
@@ -184,8 +214,8 @@ def run_folder(run_path: str) -> Path:
 
 def load_run_or_fail(run_path: str, device: str, overrides: list[str]) -> LoadedRun:
     """:func:`ddpm.build.load_run` with sampler overrides, a missing or mismatched run being a one-line
-    error (status 2) before any sampling. Call :func:`check_sampler_overrides` and
-    :func:`~ddpm.cli.common.check_device` first to refuse bad values before the checkpoint is read."""
+    error (status 2) before any sampling. Call :func:`check_run_arguments` first to refuse bad values before
+    the checkpoint is read."""
     from ddpm import build
 
     try:

@@ -37,13 +37,12 @@ import torch
 
 from ddpm.cli.common import (
     add_run_arguments,
-    check_device,
-    check_sampler_overrides,
-    check_seed,
+    check_run_arguments,
+    ensure_output_folder,
     ensure_writable,
     fail,
     load_run_or_fail,
-    run_folder,
+    sampler_label,
 )
 from ddpm.config import ConfigError
 from ddpm.safe_writes import WriteError, write_file
@@ -95,7 +94,6 @@ def _check_args(args: argparse.Namespace) -> None:
     for flag, value, low in (
         ("--n", args.n, 2),
         ("--repeats", args.repeats, 1),
-        ("--batch-size", args.batch_size, 1),
         ("--bpd-n", args.bpd_n, 1),
         ("--bpd-t-samples", args.bpd_t_samples, 1),
         ("--fid-real", args.fid_real, 2),
@@ -106,18 +104,12 @@ def _check_args(args: argparse.Namespace) -> None:
         fail("--no-quality without --bpd leaves nothing to evaluate")
     if args.out is not None and args.out.suffix != ".json":
         fail(f"--out={str(args.out)!r} must end in .json")
-    check_seed(args.seed, draws=max(args.repeats, 1))  # draw k uses seed + k
-    check_device(args.device)
-    check_sampler_overrides(args.overrides)
+    check_run_arguments(args, draws=max(args.repeats, 1))  # draw k uses seed + k
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """Before the checkpoint is read: the JSON's folder, and the run's W&B folder when results go there."""
-    run_dir = run_folder(args.run)
-    if args.out is not None:
-        ensure_writable(args.out.parent, "the evaluation")
-    else:
-        ensure_writable(run_dir / "eval", "the evaluation", "; choose another place with --out")
+    run_dir = ensure_output_folder(args, "eval", "the evaluation")
     if not args.no_wandb and (run_dir / ".wandb_id").is_file():
         ensure_writable(run_dir / "wandb", "the W&B summary", "; pass --no-wandb to skip it")
 
@@ -350,9 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate(run, sampler, args, log)
     except (ConfigError, ValueError) as err:
         fail(str(err).strip().splitlines()[0])
-    steps = result["steps"]
-    name = type(sampler).__name__.removesuffix("Sampler").lower() + str(steps)
-    tag = f"{name}_n{result.get('n') or 0}_k{args.repeats}_seed{args.seed}" + ("_bpd" if args.bpd else "")
+    label = sampler_label(sampler, result["steps"])
+    tag = f"{label}_n{result.get('n') or 0}_k{args.repeats}_seed{args.seed}" + ("_bpd" if args.bpd else "")
     out = args.out or run.run_dir / "eval" / f"{tag}.json"
     # The figures first: they are on screen even if a write below fails.
     ema = "the EMA average" if result["weights"] == "ema" else "no EMA in this checkpoint"

@@ -24,13 +24,11 @@ import torch
 
 from ddpm.cli.common import (
     add_run_arguments,
-    check_device,
-    check_sampler_overrides,
-    check_seed,
-    ensure_writable,
+    check_run_arguments,
+    ensure_output_folder,
     fail,
     load_run_or_fail,
-    run_folder,
+    sampler_label,
 )
 from ddpm.safe_writes import WriteError, write_file
 
@@ -58,13 +56,9 @@ def _check_args(args: argparse.Namespace) -> None:
     """Every value that can be checked without the checkpoint; one-line error (status 2) otherwise."""
     if args.n < 1:
         fail(f"--n={args.n} is invalid; the number of samples must be >= 1")
-    if args.batch_size is not None and args.batch_size < 1:
-        fail(f"--batch-size={args.batch_size} is invalid; it must be >= 1")
     if args.out is not None and args.out.suffix != ".npz":
         fail(f"--out={str(args.out)!r} must end in .npz")
-    check_seed(args.seed)
-    check_device(args.device)
-    check_sampler_overrides(args.overrides)
+    check_run_arguments(args)
 
 
 def _write_outputs(
@@ -107,10 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
     args = _parser().parse_args(argv)
     _check_args(args)
-    if args.out is not None:
-        ensure_writable(args.out.parent, "samples")
-    else:
-        ensure_writable(run_folder(args.run) / "samples", "samples", "; choose another place with --out")
+    ensure_output_folder(args, "samples", "samples")
     run = load_run_or_fail(args.run, args.device, args.overrides)
     sampler = run.sampler
     steps = len(sampler.timesteps(run.module.diffusion))
@@ -138,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         summary.update(report.as_dict())
         print(f"Quality: {report.headline()}")
 
-    name = type(sampler).__name__.removesuffix("Sampler").lower() + f"{steps}"
-    out = args.out or run.run_dir / "samples" / f"{name}_n{args.n}_seed{args.seed}.npz"
+    name = f"{sampler_label(sampler, steps)}_n{args.n}_seed{args.seed}.npz"
+    out = args.out or run.run_dir / "samples" / name
     try:
         image = run.datamodule.kind == "image"
         _write_outputs(out, samples, held_out, summary, image=image, plot=not args.no_plot)

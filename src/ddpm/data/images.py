@@ -196,9 +196,9 @@ class ImageDataModule(L.LightningDataModule):
         """Up to ``n`` (default all) validation images in [0, 1], at the size the network sees, unflipped."""
         self.setup()
         assert self.val_set is not None
-        images, labels = self.val_set.tensors
-        x, _ = _ToNetwork(self.image_size, self.resize_mode, flip=False)((images[:n], labels[:n]))
-        return self.denormalize(x)
+        images = self.val_set.tensors[0][:n]
+        # the validation batches' resize, without their [-1, 1] scaling; clipped like denormalize's output
+        return _resize(to_unit(images), self.image_size, self.resize_mode).clamp(0.0, 1.0)
 
     # ------------------------------------------------------------------ Lightning hooks
     def prepare_data(self) -> None:

@@ -18,8 +18,8 @@ official training split and its held-out images are the official test split, bot
 
 Every function takes images as float tensors [N, C, H, W] with values in **[0, 1]** (what an image
 DataModule's ``denormalize`` returns). Other sizes or channel counts are resized / converted to the
-classifier's input. Plain PyTorch: no Lightning, no Hydra (importing this module; loading a dataset goes
-through :mod:`ddpm.data`, whose package imports Lightning).
+classifier's input. Plain PyTorch: no Lightning, no Hydra (datasets are read by
+:mod:`ddpm.data.image_sets`, which imports neither).
 """
 
 from __future__ import annotations
