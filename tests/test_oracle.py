@@ -115,5 +115,9 @@ def test_data_of_any_shape_is_flattened_per_sample() -> None:
         oracle(torch.randn(5, 3), t)
     with pytest.raises(ValueError, match=r"sigma has shape \(3, 3\)"):
         GaussianOracle(d, torch.zeros(4), torch.eye(3))
-    with pytest.raises(TypeError, match="integer"):
-        oracle.eps(x_t, torch.tensor([0.5] * 5))
+    # a fractional timestep (Heun's noise levels) is read at the diffusion's interpolated abar
+    assert torch.allclose(oracle.eps(x_t, torch.full((5,), 7.0)), oracle.eps(x_t, 7), atol=1e-12)
+    half = torch.full((5,), 399.5)
+    mean, _ = oracle.marginal(half)
+    assert torch.allclose(mean[0], d.alphas_cumprod_at(399.5).sqrt() * oracle.mu)
+    assert float(d.alphas_cumprod[400]) < float(d.alphas_cumprod_at(399.5)) < float(d.alphas_cumprod[399])

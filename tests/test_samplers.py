@@ -131,15 +131,15 @@ def test_ddim_eta1_full_steps_equals_ddpm_fixed_small(t: int) -> None:
     d = GaussianDiffusion(make_beta_schedule("linear", 1000), variance="fixed_small")
     x_t, out, z = torch.randn(8, 3), torch.randn(8, 3), torch.randn(8, 3)
     ddim = DDIMSampler(1000, eta=1.0).step(d, out, t, t - 1, x_t, noise=z).prev_sample
-    ddpm = DDPMSampler().step(d, out, t, x_t, noise=z).prev_sample
+    ddpm = DDPMSampler().step(d, out, t, t - 1, x_t, noise=z).prev_sample
     assert torch.allclose(ddim, ddpm, atol=1e-4)
 
 
 def test_no_noise_at_last_step() -> None:
     d = GaussianDiffusion(make_beta_schedule("linear", 1000), clip_denoised=True)
     x_t, out = torch.randn(8, 2), torch.randn(8, 2)
-    a = DDPMSampler().step(d, out, 0, x_t, noise=torch.randn(8, 2))
-    b = DDPMSampler().step(d, out, 0, x_t, noise=torch.randn(8, 2))
+    a = DDPMSampler().step(d, out, 0, -1, x_t, noise=torch.randn(8, 2))
+    b = DDPMSampler().step(d, out, 0, -1, x_t, noise=torch.randn(8, 2))
     assert torch.equal(a.prev_sample, b.prev_sample)
     assert torch.allclose(a.prev_sample, a.pred_x0, atol=1e-6)  # the last step returns x0-hat
     c = DDIMSampler(10, eta=1.0).step(d, out, 111, -1, x_t, noise=torch.randn(8, 2))

@@ -77,6 +77,7 @@ class GaussianDiffusion(nn.Module):
 
     betas: torch.Tensor
     alphas_cumprod: torch.Tensor
+    log_alphas_cumprod: torch.Tensor
     alphas_cumprod_prev: torch.Tensor
     sqrt_alphas_cumprod: torch.Tensor
     sqrt_one_minus_alphas_cumprod: torch.Tensor
@@ -131,6 +132,9 @@ class GaussianDiffusion(nn.Module):
         buffers = {
             "betas": b,
             "alphas_cumprod": abar,
+            # log abar from float64: a jump's beta, 1 - abar_t / abar_s = -expm1(log abar_t - log abar_s),
+            # keeps its relative precision even for one step of beta ~ 1e-4 (the float32 ratio would not)
+            "log_alphas_cumprod": torch.cumsum(torch.log1p(-b), 0),
             "alphas_cumprod_prev": abar_prev,
             "sqrt_alphas_cumprod": abar.sqrt(),
             "sqrt_one_minus_alphas_cumprod": (1.0 - abar).sqrt(),
@@ -184,6 +188,25 @@ class GaussianDiffusion(nn.Module):
             t = t.expand(batch)
         return t.long()
 
+    def alphas_cumprod_at(self, t: torch.Tensor | float) -> torch.Tensor:
+        """abar at real-valued timesteps ``t`` in [0, T-1], float64, shaped like ``t``.
+
+        Exact at the integers. Between them log sigma, sigma = sqrt((1 - abar) / abar), is interpolated
+        linearly: the inverse of the sigma-to-timestep map of the ``karras`` and ``logsnr`` spacings (as
+        diffusers' ``_sigma_to_t``), so a network evaluated at a fractional t sees the noise level it was
+        asked for.
+        """
+        t = torch.as_tensor(t, dtype=torch.float64)
+        if bool(((t < 0) | (t > self.num_timesteps - 1)).any()):
+            raise ValueError(f"t must lie in [0, T-1] = [0, {self.num_timesteps - 1}]")
+        abar = self.alphas_cumprod.detach().double().cpu()
+        log_sigma = 0.5 * ((1 - abar) / abar).log()  # VP: sigma^2 = (1 - abar) / abar (EDM table 1)
+        low = t.floor().long().clamp(max=self.num_timesteps - 1)
+        high = (low + 1).clamp(max=self.num_timesteps - 1)
+        w = t - low
+        ls = (1 - w) * log_sigma[low] + w * log_sigma[high]
+        return 1 / (1 + (2 * ls).exp())  # abar = 1 / (1 + sigma^2)
+
     def extract(self, buffer: torch.Tensor, t: torch.Tensor | int, x: torch.Tensor) -> torch.Tensor:
         """Gather ``buffer[t]`` per sample and shape it [B, 1, ..., 1] to broadcast against ``x``."""
         t = self.timesteps_for_batch(t, x.shape[0], buffer.device)
@@ -234,19 +257,29 @@ class GaussianDiffusion(nn.Module):
         self, x_t: torch.Tensor, t: torch.Tensor | int, model_output: torch.Tensor
     ) -> torch.Tensor:
         """x0-hat from the network output under this objective (not clipped)."""
+        alpha = self.extract(self.sqrt_alphas_cumprod, t, x_t)
+        sigma = self.extract(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        return self.x0_from_output(model_output, x_t, alpha, sigma)
+
+    def x0_from_output(
+        self,
+        model_output: torch.Tensor,
+        x_t: torch.Tensor,
+        alpha: torch.Tensor | float,
+        sigma: torch.Tensor | float,
+    ) -> torch.Tensor:
+        """x0-hat (not clipped) given alpha_t = sqrt(abar_t) and sigma_t = sqrt(1 - abar_t) directly.
+
+        This is the form the solvers use, whose timesteps may lie between the integers (Heun); ``alpha``
+        and ``sigma`` are floats or tensors that broadcast against ``x_t``.
+        """
         if self.objective is Objective.EPS:
-            # DDPM eq. 15 rearranged: x0 = sqrt(1/abar) x_t - sqrt(1/abar - 1) eps.
-            return (
-                self.extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
-                - self.extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * model_output
-            )
+            # DDPM eq. 4 solved for x0: x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar).
+            return (x_t - sigma * model_output) / alpha
         if self.objective is Objective.X0:
             return model_output
         # Salimans & Ho, progressive distillation eq. (v): x0 = sqrt(abar) x_t - sqrt(1 - abar) v.
-        return (
-            self.extract(self.sqrt_alphas_cumprod, t, x_t) * x_t
-            - self.extract(self.sqrt_one_minus_alphas_cumprod, t, x_t) * model_output
-        )
+        return alpha * x_t - sigma * model_output
 
     def predict_eps(
         self, x_t: torch.Tensor, t: torch.Tensor | int, model_output: torch.Tensor

@@ -1,7 +1,8 @@
-"""The exact optimal denoiser for Gaussian data: a "network" that needs no training.
+"""The exact optimal denoiser for Gaussian and Gaussian-mixture data: a "network" that needs no training.
 
-For data x0 ~ N(mu, Sigma) everything a denoiser is trained to predict has a closed form, so samplers, losses
-and likelihood bounds can be checked against an exact answer, independently of any trained network.
+For data x0 ~ N(mu, Sigma), or a mixture of such Gaussians, everything a denoiser is trained to predict has a
+closed form, so samplers, losses and likelihood bounds can be checked against an exact answer, independently
+of any trained network (``scripts/sampler_leaderboard.py`` ranks the samplers this way).
 
 Derivation. The forward process in closed form (Ho et al. 2020, DDPM eq. 4) is
 
@@ -24,31 +25,180 @@ are linear in (x0, eps), so their optimal predictions are the same linear maps o
 eps* = -sqrt(1 - abar_t) grad log q(x_t): Tweedie's formula (Efron 2011, "Tweedie's formula and selection
 bias", JASA 106) applied to x_t given sqrt(abar_t) x0.
 
-Plain PyTorch: no Lightning or Hydra import.
+Mixtures. For x0 ~ sum_k w_k N(mu_k, Sigma_k) the forward process acts on each component alone, so
+q(x_t) = sum_k w_k N(sqrt(abar_t) mu_k, C_k), C_k = abar_t Sigma_k + (1 - abar_t) I, and by Tweedie's formula
+
+    eps*(x_t, t) = -sqrt(1 - abar_t) grad log q(x_t)
+                 = sqrt(1 - abar_t) sum_k r_k(x_t) C_k^{-1} (x_t - sqrt(abar_t) mu_k),
+
+with r_k(x_t) the posterior probability of component k given x_t (Bishop 2006, PRML eq. 9.13). One component
+gives the Gaussian formula above.
+
+Timesteps may be fractional (the Heun sampler's Karras noise levels): abar_t is then
+``GaussianDiffusion.alphas_cumprod_at``. Plain PyTorch: no Lightning or Hydra import.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from ddpm.diffusion import GaussianDiffusion
 
-__all__ = ["GaussianOracle"]
+__all__ = ["GaussianMixtureOracle", "GaussianOracle"]
 
 
-class GaussianOracle:
-    """The exact optimal network for x0 ~ N(mu, Sigma) under ``diffusion``'s objective (eps, x0 or v).
+class GaussianMixtureOracle:
+    """The exact optimal network for x0 ~ sum_k w_k N(mu_k, Sigma_k) under ``diffusion``'s objective.
 
     Call it as a model, ``oracle(x_t, t)``, wherever a trained network goes (samplers, ``training_loss``,
     ``variational_bound``). The closed forms are computed in float64; see the module docstring for their
-    derivation.
+    derivation. Data of any shape [B, *S] with prod(S) = D is accepted and flattened to [B, D] per sample.
+
+    Args:
+        diffusion: the forward process (its ``alphas_cumprod`` and ``objective`` are used).
+        means: the component means, [K, D].
+        covs: the component covariances, [K, D, D], symmetric positive semi-definite.
+        weights: the mixture weights, K positive values (normalised to sum to 1).
+    """
+
+    def __init__(
+        self,
+        diffusion: GaussianDiffusion,
+        means: torch.Tensor,
+        covs: torch.Tensor,
+        weights: torch.Tensor | None = None,
+    ) -> None:
+        means = torch.as_tensor(means).double()
+        covs = torch.as_tensor(covs).double()
+        if means.ndim != 2:
+            raise ValueError(f"means has shape {tuple(means.shape)}; it must be [K, D]")
+        k, d = means.shape
+        if covs.shape != (k, d, d):
+            raise ValueError(
+                f"covs has shape {tuple(covs.shape)}; for means of shape ({k}, {d}) "
+                f"it must be ({k}, {d}, {d})"
+            )
+        weights = torch.ones(k, dtype=torch.float64) if weights is None else torch.as_tensor(weights).double()
+        if weights.shape != (k,) or not bool((weights > 0).all()):
+            raise ValueError(f"weights must be {k} positive values, got {weights.tolist()}")
+        self.diffusion = diffusion
+        self.means = means
+        self.covs = covs
+        self.weights = weights / weights.sum()
+
+    @classmethod
+    def eight_gaussians(
+        cls, diffusion: GaussianDiffusion, radius: float = 2.0, std: float = 0.1
+    ) -> GaussianMixtureOracle:
+        """Eight equal Gaussians on a circle: the layout of the ``eight_gaussians`` toy data set."""
+        angles = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
+        means = radius * torch.stack([angles.cos(), angles.sin()], dim=1)
+        return cls(diffusion, means, (std**2) * torch.eye(2, dtype=torch.float64).expand(8, 2, 2))
+
+    @classmethod
+    def anisotropic(cls, diffusion: GaussianDiffusion) -> GaussianMixtureOracle:
+        """Three unequal, elongated and correlated components with weights 0.5, 0.3, 0.2."""
+        means = torch.tensor([[-1.5, 0.0], [1.5, 1.0], [0.5, -1.5]], dtype=torch.float64)
+        covs = torch.tensor(
+            [[[0.30, 0.20], [0.20, 0.20]], [[0.05, 0.0], [0.0, 0.40]], [[0.20, -0.12], [-0.12, 0.10]]],
+            dtype=torch.float64,
+        )
+        return cls(diffusion, means, covs, torch.tensor([0.5, 0.3, 0.2]))
+
+    @property
+    def dim(self) -> int:
+        """D, the number of values in one sample."""
+        return self.means.shape[1]
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n draws of x0 from the data distribution, float64 [n, D]."""
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        # Sigma_k may be singular (a point mass): eigen-decomposition rather than Cholesky
+        vals, vecs = torch.linalg.eigh(self.covs)
+        roots = vecs * vals.clamp(min=0).sqrt()[:, None, :]
+        return self.means[k] + (roots[k] @ z[:, :, None])[:, :, 0]
+
+    def mode_weights(self, x0: torch.Tensor) -> torch.Tensor:
+        """The fraction of samples x0 [N, D] each component most probably drew (PRML eq. 9.13 at t = 0)."""
+        x = x0.reshape(x0.shape[0], -1).double()
+        covs = self.covs + 1e-9 * torch.eye(self.dim, dtype=torch.float64)
+        log_r = torch.stack(
+            [
+                torch.distributions.MultivariateNormal(m, c).log_prob(x) + w.log()
+                for m, c, w in zip(self.means, covs, self.weights, strict=True)
+            ],
+            dim=1,
+        )
+        return torch.bincount(log_r.argmax(1), minlength=len(self.weights)).double() / len(x)
+
+    def _abar(self, t: torch.Tensor | int | float, batch: int, device: torch.device) -> torch.Tensor:
+        """abar_t per sample, float64, shape [B] (fractional t interpolated as the diffusion does)."""
+        t = torch.as_tensor(t, device=device)
+        if t.ndim == 0:
+            t = t.expand(batch)
+        if t.is_floating_point():
+            return self.diffusion.alphas_cumprod_at(t.cpu()).to(device)
+        return self.diffusion.alphas_cumprod.to(device).double()[t.long()]
+
+    def _component_moments(self, abar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Means [U, K, D] and covariances [U, K, D, D] of each component of q(x_t), for abar of shape [U]."""
+        a = abar[:, None, None, None]
+        eye = torch.eye(self.dim, dtype=torch.float64, device=abar.device)
+        mean = a[..., 0].sqrt() * self.means.to(abar.device)  # DDPM eq. 4: E[x_t | k] = sqrt(abar_t) mu_k
+        cov = a * self.covs.to(abar.device) + (1 - a) * eye  # DDPM eq. 4: Cov[x_t | k] = C_k
+        return mean, cov
+
+    def _eps_and_x0(
+        self, x_t: torch.Tensor, t: torch.Tensor | int | float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eps*, x0*) as float64 [B, D]."""
+        x = x_t.reshape(x_t.shape[0], -1).double()
+        if x.shape[1] != self.dim:
+            raise ValueError(f"x_t has {x.shape[1]} values per sample; this oracle's data has {self.dim}")
+        abar = self._abar(t, len(x), x.device)
+        # a sampler asks at one timestep for the whole batch: factor each distinct C_k once
+        levels, which = torch.unique(abar, return_inverse=True)
+        mean, cov = self._component_moments(levels)
+        chol = torch.linalg.cholesky(cov)  # C_k is symmetric positive definite (1 - abar_t > 0)
+        diff = x[:, None, :] - mean[which]  # [B, K, D]
+        sol = torch.cholesky_solve(diff.unsqueeze(-1), chol[which]).squeeze(-1)  # C_k^{-1} (x_t - E[x_t | k])
+        # PRML eq. 9.13: r_k proportional to w_k N(x_t; sqrt(abar_t) mu_k, C_k)
+        log_det = 2 * torch.diagonal(chol[which], dim1=-2, dim2=-1).log().sum(-1)
+        log_r = self.weights.to(x.device).log() - 0.5 * ((diff * sol).sum(-1) + log_det)
+        r = torch.softmax(log_r, dim=1)
+        abar = abar[:, None]
+        eps = (1 - abar).sqrt() * (r[:, :, None] * sol).sum(1)  # Tweedie: -sqrt(1 - abar_t) grad log q(x_t)
+        x0 = (x - (1 - abar).sqrt() * eps) / abar.sqrt()  # DDPM eq. 4 solved for x0, in expectation (Tweedie)
+        return eps, x0
+
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor | int | float) -> torch.Tensor:
+        """eps*(x_t, t) = E[eps | x_t], float64, shaped like ``x_t``."""
+        return self._eps_and_x0(x_t, t)[0].reshape(x_t.shape)
+
+    def x0(self, x_t: torch.Tensor, t: torch.Tensor | int | float) -> torch.Tensor:
+        """x0*(x_t, t) = E[x0 | x_t] (Tweedie's formula), float64, shaped like ``x_t``."""
+        return self._eps_and_x0(x_t, t)[1].reshape(x_t.shape)
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor | int | float) -> torch.Tensor:
+        """The network output under ``diffusion.objective`` (eps*, x0* or v*), in ``x_t``'s dtype."""
+        eps, x0 = (v.reshape(x_t.shape) for v in self._eps_and_x0(x_t, t))
+        a = self._abar(t, x_t.shape[0], x_t.device).reshape(-1, *([1] * (x_t.ndim - 1)))
+        # the targets are linear in (x0, eps), so the optimal target is the target of (x0*, eps*):
+        # v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho, sec. 4)
+        target = {"eps": eps, "x0": x0, "v": a.sqrt() * eps - (1 - a).sqrt() * x0}
+        return target[self.diffusion.objective.value].to(x_t.dtype)
+
+
+class GaussianOracle(GaussianMixtureOracle):
+    """The exact optimal network for x0 ~ N(mu, Sigma): the one-component mixture.
 
     Args:
         diffusion: the forward process (its ``alphas_cumprod`` and ``objective`` are used).
         mu: the data mean; D values (any shape, flattened).
         sigma: the data covariance, [D, D], symmetric positive semi-definite.
-
-    Data of any shape [B, *S] with prod(S) = D is accepted and flattened to [B, D] per sample.
     """
 
     def __init__(self, diffusion: GaussianDiffusion, mu: torch.Tensor, sigma: torch.Tensor) -> None:
@@ -59,58 +209,14 @@ class GaussianOracle:
             raise ValueError(
                 f"sigma has shape {tuple(sigma.shape)}; for a mean of {d} values it must be ({d}, {d})"
             )
-        self.diffusion = diffusion
+        super().__init__(diffusion, mu[None], sigma[None])
         self.mu = mu
         self.sigma = sigma
 
-    @property
-    def dim(self) -> int:
-        """D, the number of values in one sample."""
-        return self.mu.numel()
-
-    def _abar(self, t: torch.Tensor | int, batch: int, device: torch.device) -> torch.Tensor:
-        """abar_t per sample, float64, shape [B]."""
-        t = self.diffusion.timesteps_for_batch(t, batch, device)
-        return self.diffusion.alphas_cumprod.to(device).double()[t]
-
-    def _moments(self, abar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean [B, D] and covariance [B, D, D] of q(x_t) for abar_t of shape [B]."""
-        abar = abar[:, None, None]
-        eye = torch.eye(self.dim, dtype=torch.float64, device=abar.device)
-        mean = abar[:, :, 0].sqrt() * self.mu.to(abar.device)  # DDPM eq. 4: E[x_t] = sqrt(abar_t) mu
-        cov = abar * self.sigma.to(abar.device) + (1 - abar) * eye  # DDPM eq. 4: Cov[x_t] = C_t
-        return mean, cov
-
-    def _eps_and_x0(self, x_t: torch.Tensor, t: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(eps*, x0*) as float64 [B, D]."""
-        x = x_t.reshape(x_t.shape[0], -1).double()
-        if x.shape[1] != self.dim:
-            raise ValueError(f"x_t has {x.shape[1]} values per sample; this oracle's data has {self.dim}")
-        abar = self._abar(t, len(x), x.device)
-        mean, cov = self._moments(abar)
-        abar = abar[:, None]
-        # C_t^{-1} (x_t - E[x_t]) by Cholesky: C_t is symmetric positive definite (1 - abar_t > 0)
-        sol = torch.cholesky_solve((x - mean).unsqueeze(-1), torch.linalg.cholesky(cov)).squeeze(-1)
-        eps = (1 - abar).sqrt() * sol  # PRML eq. 2.81 with Cov(eps, x_t) = sqrt(1 - abar_t) I
-        x0 = (x - (1 - abar).sqrt() * eps) / abar.sqrt()  # DDPM eq. 4 solved for x0, in expectation (Tweedie)
-        return eps, x0
-
     def marginal(
-        self, t: torch.Tensor | int, batch: int = 1, device: torch.device | str = "cpu"
+        self, t: torch.Tensor | int | float, batch: int = 1, device: torch.device | str = "cpu"
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean [B, D] and covariance [B, D, D] of q(x_t), float64 (B = len(t), or ``batch`` for an int t)."""
-        return self._moments(self._abar(t, batch, torch.device(device)))
-
-    def eps(self, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        """eps*(x_t, t) = E[eps | x_t], float64, shaped like ``x_t``."""
-        return self._eps_and_x0(x_t, t)[0].reshape(x_t.shape)
-
-    def x0(self, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        """x0*(x_t, t) = E[x0 | x_t] (Tweedie's formula), float64, shaped like ``x_t``."""
-        return self._eps_and_x0(x_t, t)[1].reshape(x_t.shape)
-
-    def __call__(self, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
-        """The network output under ``diffusion.objective`` (eps*, x0* or v*), in ``x_t``'s dtype."""
-        eps, x0 = (v.reshape(x_t.shape).to(x_t.dtype) for v in self._eps_and_x0(x_t, t))
-        # training_target is linear in (x0, eps), so the optimal target is the target of (x0*, eps*)
-        return self.diffusion.training_target(x0, t, eps)
+        """Mean [B, D] and covariance [B, D, D] of q(x_t), float64 (B = len(t), or ``batch`` for a
+        scalar t)."""
+        mean, cov = self._component_moments(self._abar(t, batch, torch.device(device)))
+        return mean[:, 0], cov[:, 0]

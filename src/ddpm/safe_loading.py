@@ -53,6 +53,9 @@ ALLOWED_TARGETS = frozenset(
         "ddpm.optim.warmup_lr",
         "ddpm.samplers.DDIMSampler",
         "ddpm.samplers.DDPMSampler",
+        "ddpm.samplers.DPMSolverSampler",
+        "ddpm.samplers.HeunSampler",
+        "ddpm.samplers.UniPCSampler",
         "ddpm.schedules.make_beta_schedule",
         # optimizers
         "torch.optim.Adam",

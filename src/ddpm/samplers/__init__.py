@@ -1,0 +1,44 @@
+"""Reverse-process samplers, one module per algorithm; every one is a ``conf/sampler/`` option.
+
+- :class:`DDPMSampler` (``ancestral``): DDPM Algorithm 2, all T steps or respaced.
+- :class:`DDIMSampler` (``ddim``): DDIM, eta = 0 (deterministic) to 1.
+- :class:`DPMSolverSampler` (``dpm_solver``): multistep DPM-Solver++ of order 1-3.
+- :class:`UniPCSampler` (``unipc``): UniPC-bh2 predictor-corrector.
+- :class:`HeunSampler` (``heun``): EDM's second-order sampler on Karras noise levels.
+
+Each has a model-agnostic ``step(diffusion, model_output, t, t_prev, x_t, noise=None, state=None)`` and
+the shared ``sample`` loop of :mod:`ddpm.samplers.base`; :mod:`ddpm.samplers.spacing` chooses the
+timesteps. Plain PyTorch.
+"""
+
+from ddpm.samplers.ancestral import DDPMSampler
+from ddpm.samplers.base import (
+    NonFiniteSampleError,
+    Sampler,
+    SampleResult,
+    StepOutput,
+    alpha_sigma,
+)
+from ddpm.samplers.ddim import DDIMSampler
+from ddpm.samplers.dpm_solver import DPMSolverSampler, DPMSolverState
+from ddpm.samplers.heun import HeunSampler, HeunState
+from ddpm.samplers.spacing import Spacing, make_timesteps
+from ddpm.samplers.unipc import UniPCSampler, UniPCState
+
+__all__ = [
+    "DDIMSampler",
+    "DDPMSampler",
+    "DPMSolverSampler",
+    "DPMSolverState",
+    "HeunSampler",
+    "HeunState",
+    "NonFiniteSampleError",
+    "SampleResult",
+    "Sampler",
+    "Spacing",
+    "StepOutput",
+    "UniPCSampler",
+    "UniPCState",
+    "alpha_sigma",
+    "make_timesteps",
+]

@@ -1,0 +1,89 @@
+"""Ancestral sampling (DDPM Algorithm 2), on all T steps or a respaced subsequence."""
+
+from __future__ import annotations
+
+import torch
+
+from ddpm.diffusion import GaussianDiffusion, VarianceType, _parse_enum
+from ddpm.samplers.base import CLEAN, Sampler, StepOutput, check_steps
+from ddpm.samplers.spacing import Spacing, make_timesteps
+
+__all__ = ["DDPMSampler"]
+
+
+class DDPMSampler(Sampler):
+    """Ancestral sampling (DDPM Algorithm 2) with the diffusion's fixed variance.
+
+    Args:
+        steps: None for all T steps; S < T runs ancestral sampling on a respaced subsequence: each jump
+            t -> t_prev is one DDPM step of beta' = 1 - abar[t] / abar[t_prev] (improved-diffusion's
+            respacing), computed in the step.
+        spacing: how the subsequence is chosen when ``steps`` is given (:mod:`ddpm.samplers.spacing`).
+    """
+
+    stochastic = True
+
+    def __init__(self, steps: int | None = None, spacing: str = "linspace") -> None:
+        if steps is not None:
+            try:
+                check_steps(steps)
+            except ValueError:
+                raise ValueError(
+                    f"steps={steps!r} is invalid; use None (all T steps) or an integer >= 1"
+                ) from None
+        self.steps = steps
+        self.spacing = _parse_enum(Spacing, "spacing", spacing)
+
+    def __repr__(self) -> str:
+        return f"DDPMSampler(steps={self.steps}, spacing={self.spacing.value!r})"
+
+    def timesteps(self, diffusion: GaussianDiffusion) -> list[int]:
+        """All T steps, or the respaced subsequence."""
+        if self.steps is None or self.steps == diffusion.num_timesteps:
+            return list(range(diffusion.num_timesteps - 1, -1, -1))
+        return make_timesteps(
+            diffusion.num_timesteps, self.steps, self.spacing, alphas_cumprod=diffusion.alphas_cumprod
+        )
+
+    def step(
+        self,
+        diffusion: GaussianDiffusion,
+        model_output: torch.Tensor,
+        t: int | torch.Tensor,
+        t_prev: int | torch.Tensor,
+        x_t: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        state: None = None,
+    ) -> StepOutput:
+        """x_{t_prev} ~ p(x_{t_prev} | x_t): the posterior mean at the clipped x0-hat plus sigma z.
+
+        ``t`` and ``t_prev`` are one timestep for all samples or one per sample; ``t_prev = -1`` is the
+        last step, which adds no noise and returns x0-hat.
+        """
+        batch = x_t.shape[0]
+        t_b = diffusion.timesteps_for_batch(t, batch, diffusion.betas.device)
+        prev_b = diffusion.timesteps_for_batch(t_prev, batch, diffusion.betas.device)
+        last = prev_b == CLEAN
+        log_abar = diffusion.extract(diffusion.log_alphas_cumprod, t_b, x_t)
+        log_abar_prev = diffusion.extract(diffusion.log_alphas_cumprod, prev_b.clamp(min=0), x_t)
+        log_abar_prev = torch.where(last.reshape(log_abar.shape).to(x_t.device), 0.0, log_abar_prev)
+        # 1 - abar as -expm1(log abar): near t = 0 the float32 difference would lose most of its digits
+        abar_prev, one_minus_abar, one_minus_abar_prev = (
+            log_abar_prev.exp(),
+            -log_abar.expm1(),
+            -log_abar_prev.expm1(),
+        )
+        # improved-diffusion respacing: the jump t_prev -> t is one step of beta' = 1 - abar_t / abar_prev
+        beta = -torch.expm1(log_abar - log_abar_prev)
+        x0 = diffusion.clip(diffusion.predict_x0(x_t, t_b, model_output))
+        # DDPM eq. 7 on the jump: mu = (sqrt(abar') beta' x0 + sqrt(1 - beta') (1 - abar') x_t) / (1 - abar)
+        mean = (abar_prev.sqrt() * beta * x0 + (1 - beta).sqrt() * one_minus_abar_prev * x_t) / one_minus_abar
+        if diffusion.variance is VarianceType.FIXED_SMALL:
+            var = beta * one_minus_abar_prev / one_minus_abar  # DDPM eq. 7: beta-tilde of the jump
+        else:
+            var = beta  # DDPM sec. 3.2: sigma^2 = beta
+        if noise is None:
+            noise = torch.randn_like(x_t)
+        nonzero = (~last).float().reshape(-1, *([1] * (x_t.ndim - 1))).to(x_t.device)
+        # DDPM Algorithm 2, line 4: x_{t-1} = mu_theta(x_t, t) + sigma_t z, z = 0 at the last step.
+        return StepOutput(mean + nonzero * var.sqrt() * noise, x0)

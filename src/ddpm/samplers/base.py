@@ -1,0 +1,191 @@
+"""The sampling loop every sampler shares, and the shape of one step.
+
+Model-agnostic, in the manner of diffusers' schedulers: ``step()`` takes the network output and the
+current sample and returns the next one, so a user can write their own loop::
+
+    state = None
+    ts = sampler.timesteps(diffusion)
+    for i, t in enumerate(ts):
+        t_prev = ts[i + 1] if i + 1 < len(ts) else -1        # -1: the clean data, abar = 1
+        out = sampler.step(diffusion, model(x, t), t, t_prev, x, noise=torch.randn_like(x), state=state)
+        x, state = out.prev_sample, out.state
+
+Multistep samplers carry their history in ``state`` (taken and returned by ``step``), so nothing is left
+over between two ``sample`` calls. A model is any callable ``model(x_t, t) -> output`` where ``t`` is a
+tensor [B] of timesteps (int64, or float32 for samplers that visit fractional timesteps).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from tqdm.auto import tqdm
+
+from ddpm.diffusion import GaussianDiffusion
+
+__all__ = [
+    "Model",
+    "NonFiniteSampleError",
+    "SampleResult",
+    "Sampler",
+    "StepOutput",
+    "alpha_sigma",
+    "check_steps",
+]
+
+Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+#: ``t_prev`` of the last step: the clean data (abar = 1)
+CLEAN = -1
+
+
+class NonFiniteSampleError(FloatingPointError):
+    """A sample became NaN or inf during the reverse process."""
+
+
+class StepOutput(NamedTuple):
+    """One reverse step: the next sample, the (clipped) x0 prediction it was built from, and the state the
+    next ``step`` call takes (None for one-step samplers)."""
+
+    prev_sample: torch.Tensor
+    pred_x0: torch.Tensor
+    state: Any = None
+
+
+class SampleResult(NamedTuple):
+    """Final samples plus, when asked for, the chain: ``trajectory[i]`` is x after ``timesteps[i]``
+    was applied (index 0 holds x_T), and ``pred_x0[i]`` the x0 prediction at ``timesteps[i]``."""
+
+    samples: torch.Tensor
+    trajectory: torch.Tensor | None
+    pred_x0: torch.Tensor | None
+    timesteps: list
+
+
+def check_steps(steps: object, minimum: int = 1) -> int:
+    """``steps`` as an int >= ``minimum``, or a one-line ValueError naming the value."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < minimum:
+        raise ValueError(f"steps={steps!r} is invalid; steps must be an integer >= {minimum}")
+    return steps
+
+
+def check_order(order: object, allowed: Sequence[int]) -> int:
+    """``order`` as one of ``allowed``, or a one-line ValueError naming the value."""
+    if isinstance(order, bool) or order not in allowed:
+        raise ValueError(f"order={order!r} is invalid; choose one of {', '.join(map(str, allowed))}")
+    return int(order)  # type: ignore[call-overload]
+
+
+def alpha_sigma(diffusion: GaussianDiffusion, t: int | float | torch.Tensor) -> tuple[float, float]:
+    """(alpha_t, sigma_t) = (sqrt(abar_t), sqrt(1 - abar_t)) at one timestep, as floats.
+
+    ``t`` may be fractional (:meth:`GaussianDiffusion.alphas_cumprod_at`); ``t = -1`` is the clean data,
+    (1, 0).
+    """
+    t = t.item() if isinstance(t, torch.Tensor) else t
+    if t == CLEAN:
+        return 1.0, 0.0
+    if isinstance(t, int) or float(t).is_integer():
+        abar = float(diffusion.alphas_cumprod[int(t)])
+    else:
+        abar = float(diffusion.alphas_cumprod_at(float(t)))
+    return math.sqrt(abar), math.sqrt(1.0 - abar)  # DDPM eq. 4: x_t = alpha_t x0 + sigma_t eps
+
+
+def _check_finite(x: torch.Tensor, t: object, i: int, total: int) -> None:
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        t_text = f"{t:g}" if isinstance(t, float) else str(t)
+        raise NonFiniteSampleError(
+            f"sampling produced {bad} non-finite values at step {i + 1}/{total} (t={t_text}); "
+            "check the model, the schedule's last betas and clipping"
+        )
+
+
+class Sampler:
+    """Shared sampling loop; subclasses define the timesteps and one step."""
+
+    #: whether ``step`` uses the noise it is given (the loop draws none for deterministic samplers)
+    stochastic: bool = False
+
+    def timesteps(self, diffusion: GaussianDiffusion) -> list:
+        """Descending timesteps the sampler evaluates the network at, one entry per evaluation."""
+        raise NotImplementedError
+
+    def nfe(self, diffusion: GaussianDiffusion) -> int:
+        """Network evaluations per sample: the length of :meth:`timesteps`."""
+        return len(self.timesteps(diffusion))
+
+    def step(
+        self,
+        diffusion: GaussianDiffusion,
+        model_output: torch.Tensor,
+        t: Any,
+        t_prev: Any,
+        x_t: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        state: Any = None,
+    ) -> StepOutput:
+        """x at ``t_prev`` from x at ``t`` and the network output there (``t_prev = -1``: clean data)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample(
+        self,
+        model: Model,
+        diffusion: GaussianDiffusion,
+        shape: Sequence[int],
+        generator: torch.Generator | None = None,
+        return_trajectory: bool = False,
+        progress: bool = True,
+        device: torch.device | str | None = None,
+        x_T: torch.Tensor | None = None,
+    ) -> torch.Tensor | SampleResult:
+        """Draw samples of ``shape`` (batch first) by running the reverse chain from x_T ~ N(0, I).
+
+        Args:
+            model: ``model(x_t, t) -> output`` under ``diffusion.objective``.
+            diffusion: the process the model was trained on.
+            shape: [B, ...] of the samples.
+            generator: torch RNG for x_T and the per-step noise (reproducible sampling).
+            return_trajectory: return a :class:`SampleResult` with every intermediate x and x0-hat.
+            progress: show a progress bar.
+            device: where to sample; defaults to the device of ``diffusion``'s buffers.
+            x_T: a given starting point instead of fresh noise.
+
+        Returns:
+            The samples, or a :class:`SampleResult` when ``return_trajectory`` is set.
+
+        Raises:
+            NonFiniteSampleError: a NaN/inf appeared; the message names the step.
+        """
+        device = torch.device(device) if device is not None else diffusion.betas.device
+        shape = tuple(int(s) for s in shape)
+        if x_T is None:
+            x = torch.randn(shape, generator=generator, device=device)
+        else:
+            if tuple(x_T.shape) != shape:
+                raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {shape}")
+            x = x_T.to(device=device, dtype=torch.float32)
+        ts = self.timesteps(diffusion)
+        traj = [x.cpu()] if return_trajectory else None
+        x0s: list[torch.Tensor] | None = [] if return_trajectory else None
+        state = None
+        for i, t in enumerate(tqdm(ts, desc=type(self).__name__, disable=not progress, leave=False)):
+            t_prev = ts[i + 1] if i + 1 < len(ts) else CLEAN
+            t_dtype = torch.float32 if isinstance(t, float) else torch.long
+            t_batch = torch.full((shape[0],), t, device=device, dtype=t_dtype)
+            model_output = model(x, t_batch).float()
+            noise = torch.randn(shape, generator=generator, device=device) if self.stochastic else None
+            out = self.step(diffusion, model_output, t, t_prev, x, noise=noise, state=state)
+            x, state = out.prev_sample, out.state
+            _check_finite(x, t, i, len(ts))
+            if traj is not None and x0s is not None:
+                traj.append(x.cpu())
+                x0s.append(out.pred_x0.cpu())
+        if traj is None or x0s is None:
+            return x
+        return SampleResult(x, torch.stack(traj), torch.stack(x0s), ts)

@@ -1,0 +1,162 @@
+"""UniPC (Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector Framework for Fast Sampling of Diffusion
+Models"), B(h) = e^h - 1 ("bh2"), in the data-prediction form.
+
+Each step first corrects the current sample with the network output just computed there (UniC, which
+costs no extra evaluation: the output is the one the predictor needs anyway), then predicts the next
+sample from the corrected one (UniP). Both are built from the exponential integrator of DPM-Solver++ with
+coefficients rho solved from the divided differences of the latest x0 predictions (UniPC eqs. 9 and 11,
+Algorithms 2 and 3). The reference implementation is diffusers'
+``UniPCMultistepScheduler(solver_type="bh2")``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from ddpm.diffusion import GaussianDiffusion, _parse_enum
+from ddpm.samplers.base import CLEAN, Sampler, StepOutput, alpha_sigma, check_order, check_steps
+from ddpm.samplers.dpm_solver import step_index
+from ddpm.samplers.spacing import Spacing, make_timesteps
+
+__all__ = ["UniPCSampler", "UniPCState"]
+
+
+class UniPCState(NamedTuple):
+    """What the next step needs: the latest lambdas and x0 predictions (oldest first), the sample the
+    last prediction started from, its timestep, and the order it was made with."""
+
+    lambdas: tuple[float, ...] = ()
+    x0s: tuple[torch.Tensor, ...] = ()
+    last_sample: torch.Tensor | None = None
+    last_t: int | float | None = None
+    last_order: int = 0
+
+
+def _unipc_update(
+    x: torch.Tensor,
+    lambdas: tuple[float, ...],
+    x0s: tuple[torch.Tensor, ...],
+    s: tuple[float, float],
+    t: tuple[float, float],
+    order: int,
+    x0_at_t: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One UniP (``x0_at_t`` None) or UniC step of ``order`` from x at s = (alpha_s, sigma_s) to
+    t = (alpha_t, sigma_t); ``lambdas`` / ``x0s`` end with those of s."""
+    sigma_s, (alpha_t, sigma_t) = s[1], t
+    lambda_s = lambdas[-1]
+    h = math.log(alpha_t / sigma_t) - lambda_s
+    m0 = x0s[-1]
+    rks = [(lambdas[-(i + 1)] - lambda_s) / h for i in range(1, order)]
+    d1s = [(x0s[-(i + 1)] - m0) / rk for i, rk in zip(range(1, order), rks, strict=True)]
+    rks.append(1.0)
+    hh = -h  # data prediction: the integrator runs in -lambda
+    h_phi_1 = math.expm1(hh)  # h phi_1(h) = e^h - 1
+    b_h = math.expm1(hh)  # UniPC sec. 3.3, "bh2": B(h) = e^h - 1
+    # UniPC eq. 9: R_p(h) rho = g_p(h) / B(h), g_p from the phi functions phi_{k+1}(h) k!
+    h_phi_k, factorial, rows, b = h_phi_1 / hh - 1, 1, [], []
+    for i in range(1, order + 1):
+        rows.append([rk ** (i - 1) for rk in rks])
+        b.append(h_phi_k * factorial / b_h)
+        factorial *= i + 1
+        h_phi_k = h_phi_k / hh - 1 / factorial
+    R, g = torch.tensor(rows, dtype=torch.float64), torch.tensor(b, dtype=torch.float64)
+    # UniPC eq. 8 (and eq. 10 for the corrector): the first-order exponential integrator
+    base = (sigma_t / sigma_s) * x - (alpha_t * h_phi_1) * m0
+    if x0_at_t is None:  # UniP-p, UniPC Algorithm 2
+        if order == 1:
+            return base
+        # order 2: rho = 1/2 (UniPC appendix: the simplified UniP-2, as diffusers)
+        rhos = [0.5] if order == 2 else torch.linalg.solve(R[:-1, :-1], g[:-1]).tolist()
+        res = sum(r * d for r, d in zip(rhos, d1s, strict=True))
+        return base - (alpha_t * b_h) * res
+    # UniC-p, UniPC Algorithm 3: order 1 uses rho = 1/2
+    rhos = [0.5] if order == 1 else torch.linalg.solve(R, g).tolist()
+    res = sum((r * d for r, d in zip(rhos[:-1], d1s, strict=True)), torch.zeros_like(x))
+    return base - (alpha_t * b_h) * (res + rhos[-1] * (x0_at_t - m0))
+
+
+class UniPCSampler(Sampler):
+    """UniPC-bh2 of order 1-3: ``steps`` network evaluations, one corrector per step at no extra cost.
+
+    Args:
+        steps: network evaluations, 1 <= steps <= T.
+        order: the predictor's order p (1, 2 or 3); the corrector raises it to p + 1.
+        spacing: as :class:`~ddpm.samplers.DPMSolverSampler` (linspace and leading leave t = 0 to the
+            clean data).
+        lower_order_final: cap the order at the number of steps left (diffusers' default). The last step,
+            onto the clean data, is first order regardless.
+    """
+
+    def __init__(
+        self, steps: int = 20, order: int = 2, spacing: str = "linspace", lower_order_final: bool = True
+    ) -> None:
+        self.steps = check_steps(steps)
+        self.order = check_order(order, (1, 2, 3))
+        self.spacing = _parse_enum(Spacing, "spacing", spacing)
+        self.lower_order_final = bool(lower_order_final)
+
+    def __repr__(self) -> str:
+        return (
+            f"UniPCSampler(steps={self.steps}, order={self.order}, spacing={self.spacing.value!r}, "
+            f"lower_order_final={self.lower_order_final})"
+        )
+
+    def timesteps(self, diffusion: GaussianDiffusion) -> list[int]:
+        """The descending timesteps; the step after the last lands on the clean data."""
+        return make_timesteps(
+            diffusion.num_timesteps,
+            self.steps,
+            self.spacing,
+            alphas_cumprod=diffusion.alphas_cumprod,
+            include_zero=False,
+        )
+
+    def step(
+        self,
+        diffusion: GaussianDiffusion,
+        model_output: torch.Tensor,
+        t: int | float | torch.Tensor,
+        t_prev: int | float | torch.Tensor,
+        x_t: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        state: UniPCState | None = None,
+    ) -> StepOutput:
+        """Correct x at ``t`` with this output, then predict x at ``t_prev`` (one timestep for the batch).
+
+        Returns the prediction, the clipped x0 prediction at ``t`` and the :class:`UniPCState` for the
+        next call (pass None on the first step).
+        """
+        state = state or UniPCState()
+        alpha_s, sigma_s = alpha_sigma(diffusion, t)
+        # the network saw the uncorrected x_t, so x0 is converted from it (as diffusers does)
+        x0 = diffusion.clip(diffusion.x0_from_output(model_output, x_t, alpha_s, sigma_s))
+        lambda_s = math.log(alpha_s / sigma_s)
+        if t_prev == CLEAN:
+            # onto sigma = 0 every order returns the data prediction; the corrected x_t would be unused
+            return StepOutput(x0, x0, UniPCState())
+        if state.last_sample is not None:
+            x_t = _unipc_update(
+                state.last_sample,
+                state.lambdas,
+                state.x0s,
+                alpha_sigma(diffusion, state.last_t),
+                (alpha_s, sigma_s),
+                state.last_order,
+                x0_at_t=x0,
+            )
+        lambdas = (*state.lambdas, lambda_s)[-self.order :]
+        x0s = (*state.x0s, x0)[-self.order :]
+        order = self.order
+        if self.lower_order_final:
+            ts = self.timesteps(diffusion)
+            i = step_index(ts, t)
+            if i is not None:
+                order = min(order, len(ts) - i)
+        order = min(order, len(x0s))  # warm-up: order p needs p x0 predictions
+        prev = _unipc_update(x_t, lambdas, x0s, (alpha_s, sigma_s), alpha_sigma(diffusion, t_prev), order)
+        t_value = t.item() if isinstance(t, torch.Tensor) else t
+        return StepOutput(prev, x0, UniPCState(lambdas, x0s, x_t, t_value, order))
