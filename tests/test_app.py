@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import warnings
 from pathlib import Path
@@ -10,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from ddpm.build import load_run
 from ddpm.cli.common import check_group_overrides
+from ddpm.cli.eval import main as eval_main
 from ddpm.cli.sample import main as sample_main
 from ddpm.cli.train import train
 from ddpm.config import CONF_DIR, ConfigError
@@ -48,8 +51,14 @@ def test_every_experiment_runs(experiment: str, tmp_path: Path) -> None:
     assert saved["final/energy"] >= 0
 
 
-@pytest.mark.parametrize("schedule", SCHEDULES)
-@pytest.mark.parametrize("sampler", SAMPLERS)
+# every schedule and every sampler at least once (the pairs are independent: one run covers one of each)
+PAIRS = [
+    (SCHEDULES[i % len(SCHEDULES)], SAMPLERS[i % len(SAMPLERS)])
+    for i in range(max(len(SCHEDULES), len(SAMPLERS)))
+]
+
+
+@pytest.mark.parametrize(("schedule", "sampler"), PAIRS)
 def test_every_schedule_and_sampler_trains_a_step(schedule: str, sampler: str, tmp_path: Path) -> None:
     overrides = [o for o in SHORT if not o.startswith("trainer.max_steps")]
     metrics, run_dir = run_train(
@@ -60,7 +69,10 @@ def test_every_schedule_and_sampler_trains_a_step(schedule: str, sampler: str, t
         warnings.simplefilter("ignore", NotPureNoiseWarning)  # T=50 on purpose: a fast step
         run = load_run(run_dir)
     assert run.module.diffusion.num_timesteps == 50
-    assert type(run.module.sampler).__name__.lower().startswith(sampler)
+    target = OmegaConf.load(CONF_DIR / "sampler" / f"{sampler}.yaml")._target_
+    assert type(run.module.sampler).__name__ == target.rsplit(".", 1)[1]
+    # the validation figures were drawn with this sampler
+    assert any((run_dir / "plots").glob("samples_step*.png"))
 
 
 def test_T_in_one_word(tmp_path: Path) -> None:
@@ -281,6 +293,25 @@ def test_ddpm_sample_from_a_checkpoint_with_the_same_seed_gives_the_same_samples
     assert sample_main([*args, "--out", str(again), "--no-plot"]) == 0
     with np.load(out) as a, np.load(again) as b:
         assert np.array_equal(a["samples"], b["samples"])  # same seed, same samples
+
+
+@pytest.mark.parametrize(("option", "nfe"), [("dpm_solver", 5), ("unipc", 5), ("heun", 9)])
+def test_the_high_order_samplers_run_through_sample_and_eval(
+    option: str, nfe: int, trained_by_command, tmp_path: Path, capsys
+) -> None:
+    _, run_dir = trained_by_command
+    out = tmp_path / f"{option}.npz"
+    args = [str(run_dir), f"sampler={option}", "sampler.steps=5", "--n", "100"]
+    assert sample_main([*args, "--out", str(out), "--no-plot"]) == 0
+    assert f"{nfe} steps" in capsys.readouterr().out  # one step per network evaluation (Heun: 2 * 5 - 1)
+    with np.load(out) as npz:
+        assert npz["samples"].shape == (100, 2) and np.isfinite(npz["samples"]).all()
+    assert json.loads(out.with_suffix(".json").read_text())["energy"] >= 0
+    assert eval_main([*args, "--repeats", "1", "--out", str(tmp_path / f"{option}.json")]) == 0
+    result = json.loads((tmp_path / f"{option}.json").read_text())
+    target = OmegaConf.load(CONF_DIR / "sampler" / f"{option}.yaml")._target_
+    assert result["steps"] == nfe and result["sampler"].startswith(target.rsplit(".", 1)[1] + "(")
+    assert math.isfinite(result["quality"]["ratio"]["mean"])
 
 
 @pytest.mark.parametrize(

@@ -78,7 +78,7 @@ BAD_VALUES = [
     (["sampler.eta=-1"], "sampler.eta=-1 is invalid; eta must be a finite number >= 0"),
     (["sampler.eta=abc"], "sampler.eta=abc is invalid; eta must be a finite number >= 0"),
     (["sampler=ddim", "sampler.eta=inf"], "sampler.eta=inf is invalid; eta must be a finite number >= 0"),
-    (["sampler.stepz=5"], "sampler.stepz=5 is not an option of DDIMSampler or DDPMSampler; it takes"),
+    (["sampler.stepz=5"], "sampler.stepz=5 is not an option of any sampler; it takes"),
     (["sampler=ddpm", "sampler.eta=0.5"], "sampler.eta=0.5 is not an option of DDPMSampler; it takes"),
     (["sampler._target_=os.system"], "sampler._target_=os.system is not an option"),
     (["sampler.spacing=middle"], "sampler.spacing=middle is unknown; choose one of 'linspace'"),

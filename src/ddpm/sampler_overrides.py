@@ -119,7 +119,7 @@ def check_sampler_overrides(overrides: list[str]) -> None:
     for key, raw in keys:
         takers = [cls for cls in classes if key in _init_params(cls)]
         if not takers:
-            names = " or ".join(cls.__name__ for cls in classes)
+            names = classes[0].__name__ if len(classes) == 1 else "any sampler"
             takes = sorted({p for cls in classes for p in _init_params(cls)})
             raise ConfigError(_unknown_key(names, key, raw, takes))
         value = _parse_value(key, raw)
