@@ -1,7 +1,7 @@
 """ddpm-lab: denoising diffusion probabilistic models.
 
 The core (``schedules``, ``diffusion``, ``samplers``, ``models``, ``oracle``) is plain PyTorch; Lightning
-and Hydra live in ``lit_module``, ``data``, ``callbacks``, ``runs`` and ``cli``.
+and Hydra live in ``lit_module``, ``data``, ``callbacks``, ``build`` and ``cli``.
 """
 
 from __future__ import annotations
@@ -9,14 +9,28 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["DDIMSampler", "DDPMSampler", "GaussianDiffusion", "GaussianOracle", "make_beta_schedule"]
+__all__ = [
+    "DDIMSampler",
+    "DDPMSampler",
+    "DPMSolverSampler",
+    "GaussianDiffusion",
+    "GaussianMixtureOracle",
+    "GaussianOracle",
+    "HeunSampler",
+    "UniPCSampler",
+    "make_beta_schedule",
+]
 __version__ = "0.1.0"
 
 _EXPORTS = {
     "GaussianDiffusion": "ddpm.diffusion",
     "DDPMSampler": "ddpm.samplers",
     "DDIMSampler": "ddpm.samplers",
+    "DPMSolverSampler": "ddpm.samplers",
+    "UniPCSampler": "ddpm.samplers",
+    "HeunSampler": "ddpm.samplers",
     "GaussianOracle": "ddpm.oracle",
+    "GaussianMixtureOracle": "ddpm.oracle",
     "make_beta_schedule": "ddpm.schedules",
 }
 
