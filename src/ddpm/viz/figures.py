@@ -402,10 +402,10 @@ def plot_sampler_sweep(rows: Sequence[Mapping[str, Any]], metric: str = "quality
     Each row is a mapping as ``ddpm-eval --sampler-sweep`` writes them to ``sampler_sweep.json``
     (:meth:`ddpm.evaluation.sampler_sweep.SweepRow.as_dict`): ``label``, ``option``, ``nfe``,
     ``seconds_per_1000``, ``quality`` (``mean``, ``std``), ``on_front_nfe``, ``on_front_seconds``,
-    ``reference``. Error bars are the std over the draws; each panel's Pareto front is a step line through
-    its front rows; the reference row (DDPM over all T steps) is a horizontal band of its mean ± std. The y
-    axis is logarithmic when the means span more than a factor 20. Rows without a finite quality or cost
-    (a diverged sampler) are left out.
+    ``reference``. Error bars are the std over the draws; each panel's Pareto front rows are ringed and
+    joined by a step line (the best quality at a cost up to x); the reference row (DDPM over all T steps)
+    is a horizontal band of its mean ± std. The y axis is logarithmic when the means span more than a
+    factor 20. Rows without a finite quality or cost (a diverged sampler) are left out.
     """
     fig = _new_figure(12.0, 4.8)
     axes = fig.subplots(1, 2, sharey=True)
@@ -457,8 +457,11 @@ def plot_sampler_sweep(rows: Sequence[Mapping[str, Any]], metric: str = "quality
             if r.get(front_key) and math.isfinite(float(r[cost_key])) and float(r[cost_key]) > 0
         )
         if front:
-            fx, fy = zip(*front, strict=True)
-            ax.step(fx, fy, where="post", color="black", lw=1.2, alpha=0.7, label="Pareto front")
+            fx, fy = (list(v) for v in zip(*front, strict=True))
+            # The best quality at a cost up to x: it holds on to the right of the last front point too.
+            right = max(float(r[cost_key]) for r in rows if math.isfinite(float(r[cost_key])))
+            ax.step([*fx, right], [*fy, fy[-1]], where="post", color="black", lw=1.2, alpha=0.7)
+            ax.plot(fx, fy, "o", mfc="none", mec="black", ms=12, label="Pareto front")
         if reference is not None:
             mean, std = float(reference["quality"]["mean"]), float(reference["quality"]["std"] or 0.0)
             low = max(mean - std, mean / 10) if log_y else mean - std  # a log axis cannot show <= 0
