@@ -281,3 +281,17 @@ def test_image_evaluation_scores_a_perfect_and_a_collapsed_generator(tmp_path: P
     # Digits have 17 grey levels: the discretised decoder with 17 bins, a probability <= 1 per pixel.
     assert perfect["bpd"]["decoder_kind"] == "discretized" and perfect["bpd"]["bins"] == 17
     assert perfect["bpd"]["decoder"] > 0
+
+
+def test_a_sweep_of_an_image_run_scores_with_the_classifier(tmp_path: Path) -> None:
+    from ddpm.cli.eval import _sweep_scorer
+
+    data = digits_metric().data
+    run = image_run(tmp_path, data.train_x)
+    score, metric, n = _sweep_scorer(run, eval_args(n=300))
+    scored = score(DDIMSampler(steps=5))
+    assert metric == "classifier Fréchet distance / floor" and n == 300
+    assert scored.samples == 600 and scored.seconds > 0  # two draws of n
+    assert scored.details["metric"] == "classifier_frechet" and scored.details["n"] == 300
+    assert scored.quality.values == scored.details["ratio"]["values"] and len(scored.quality.values) == 2
+    assert 0 < scored.quality.mean < 3  # training images: close to the held-out floor

@@ -481,7 +481,9 @@ def _sweep_markdown(result: dict[str, Any], table: str, skipped: list[str]) -> s
         "",
         f"Quality: {result['metric']}, mean ± std over the draws (lower is better; 1 = as good as held-out "
         "data). NFE: network evaluations per sample. Seconds: wall time spent sampling, all draws. "
-        "front: on the Pareto front of quality against NFE (`NFE`) or against seconds (`s`).",
+        "front: on the Pareto front of quality against NFE (`NFE`) or against seconds (`s`), by the means; "
+        "a difference smaller than the std is within the draws' noise, and seconds depend on the machine's "
+        "load.",
         "",
         table.rstrip("\n"),
     ]
