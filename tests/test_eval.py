@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
+from PIL import Image
 
 from ddpm.build import LoadedRun
 from ddpm.cli.eval import evaluate
 from ddpm.cli.eval import main as eval_main
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.samplers import DDIMSampler
+from ddpm.samplers import DDIMSampler, Sampler
 from ddpm.schedules import NotPureNoiseWarning, make_beta_schedule
 from tests.digits_classifier import CACHE_DIR, digits_metric
 from tests.helpers import SHORT, run_train
@@ -128,6 +129,81 @@ def test_ddpm_eval_rejects_a_missing_run(tmp_path: Path, capsys) -> None:
     assert "neither a run folder nor a checkpoint" in capsys.readouterr().err
 
 
+# ----------------------------------------------------------------------------- --sampler-sweep
+def test_ddpm_eval_sampler_sweep_writes_its_table_json_and_figure(toy_run: Path, capsys) -> None:
+    args = [str(toy_run), "--sampler-sweep", "sampler=ddim,dpm_solver", "sampler.steps=5,10"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotPureNoiseWarning)
+        assert eval_main([*args, "--n", "200", "--repeats", "2"]) == 0
+    out = capsys.readouterr().out
+    folder = toy_run / "eval"
+    paths = [folder / f"sampler_sweep.{suffix}" for suffix in ("json", "md", "png")]
+    assert f"Wrote {', '.join(map(str, paths))}" in out
+
+    result = json.loads(paths[0].read_text())
+    assert result["run_dir"] == str(toy_run) and result["checkpoint"].endswith("last.ckpt")
+    assert result["weights"] == "ema" and result["kind"] == "toy" and result["T"] == 50
+    assert (result["n"], result["repeats"], result["seed"]) == (200, 2, 0)
+    assert result["grid"] == ["sampler=ddim,dpm_solver", "sampler.steps=5,10"] and result["left_out"] == []
+    rows = result["rows"]
+    assert [(r["option"], r["nfe"]) for r in rows] == [
+        ("ddim", 5),
+        ("ddim", 10),
+        ("dpm_solver", 5),
+        ("dpm_solver", 10),
+    ]
+    assert (
+        rows[2]["overrides"] == ["sampler=dpm_solver", "sampler.steps=5"]
+        and rows[2]["label"] == "dpm_solver 5"
+    )
+    for row in rows:
+        quality = row["quality"]
+        assert len(quality["values"]) == 2 and all(math.isfinite(v) and v > 0 for v in quality["values"])
+        assert quality["low"] <= quality["mean"] <= quality["high"] and quality["std"] >= 0
+        assert row["seconds"] > 0 and row["samples"] == 400 and row["seconds_per_1000"] > 0
+        assert row["details"]["n"] == 200 and len(row["details"]["draws"]) == 2
+        assert not row["reference"]  # no DDPM over all T steps in this grid
+    # each front holds the best row, and every row off it is beaten by one on it
+    best = min(rows, key=lambda r: r["quality"]["mean"])
+    assert best["on_front_nfe"] and best["on_front_seconds"]
+    for front, cost in (("on_front_nfe", "nfe"), ("on_front_seconds", "seconds_per_1000")):
+        for row in rows:
+            if not row[front]:
+                assert any(
+                    r[front] and r[cost] <= row[cost] and r["quality"]["mean"] <= row["quality"]["mean"]
+                    for r in rows
+                )
+
+    table = [line for line in paths[1].read_text().splitlines() if line.startswith("| ")]
+    assert len(table) == 5 and table[0].startswith("| sampler | NFE |")  # the header and 4 rows
+    assert [line.split(" | ")[1] for line in table[1:]] == ["5", "5", "10", "10"]  # sorted by NFE
+    assert "\n".join(table[1:]) in out  # printed too
+    with Image.open(paths[2]) as image:
+        image.verify()
+        assert image.format == "PNG" and image.size == (1440, 576)
+
+
+def test_ddpm_eval_sampler_sweep_refuses_steps_beyond_t_before_sampling(
+    toy_run: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    def never(*args, **kwargs):
+        pytest.fail("sampling started before every combination was checked")
+
+    monkeypatch.setattr(Sampler, "sample", never)
+    out = tmp_path / "out" / "sweep.json"
+    args = [str(toy_run), "--sampler-sweep", "sampler=ddim,unipc", "sampler.steps=10,500", "--out", str(out)]
+    with pytest.raises(SystemExit) as exc, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotPureNoiseWarning)
+        eval_main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "error: sampler=ddim sampler.steps=500: steps=500 > T=50; "
+        "a sampler cannot take more steps than the chain has"
+    )
+    assert list(tmp_path.iterdir()) == []  # the --out folder was probed and removed, nothing written
+
+
 # ----------------------------------------------------------------------------- the image branch
 class StandInModule:
     """A "generator" that returns given images in [-1, 1] (the shape of ``DiffusionModule.sample``)."""
@@ -205,3 +281,17 @@ def test_image_evaluation_scores_a_perfect_and_a_collapsed_generator(tmp_path: P
     # Digits have 17 grey levels: the discretised decoder with 17 bins, a probability <= 1 per pixel.
     assert perfect["bpd"]["decoder_kind"] == "discretized" and perfect["bpd"]["bins"] == 17
     assert perfect["bpd"]["decoder"] > 0
+
+
+def test_a_sweep_of_an_image_run_scores_with_the_classifier(tmp_path: Path) -> None:
+    from ddpm.cli.eval import _sweep_scorer
+
+    data = digits_metric().data
+    run = image_run(tmp_path, data.train_x)
+    score, metric, n = _sweep_scorer(run, eval_args(n=300))
+    scored = score(DDIMSampler(steps=5))
+    assert metric == "classifier Fréchet distance / floor" and n == 300
+    assert scored.samples == 600 and scored.seconds > 0  # two draws of n
+    assert scored.details["metric"] == "classifier_frechet" and scored.details["n"] == 300
+    assert scored.quality.values == scored.details["ratio"]["values"] and len(scored.quality.values) == 2
+    assert 0 < scored.quality.mean < 3  # training images: close to the held-out floor

@@ -145,6 +145,15 @@ class LoadedRun:
         """Shape of one sample."""
         return self.module.data_shape
 
+    def make_sampler(self, overrides: Sequence[str]) -> Sampler:
+        """Another sampler for this run: its own sampler config with ``sampler=<option>`` /
+        ``sampler.<key>=<value>`` applied (none: the run's sampler), without reading the checkpoint again.
+
+        Raises:
+            ConfigError: an override that does not fit the run's sampler or chain (steps > T).
+        """
+        return _sampler(self.config, overrides, self.module)
+
 
 def _sampler(cfg: DictConfig, overrides: Sequence[str], module: DiffusionModule) -> Sampler:
     """The run's sampler with ``sampler=<option>`` / ``sampler.<key>=<value>`` applied, checked against

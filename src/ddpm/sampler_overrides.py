@@ -3,13 +3,16 @@
 The options are the files of ``conf/sampler/``; the keys are the arguments of the chosen sampler class;
 values are typed as a Hydra override would type them (``5`` an int, ``null`` None). Everything here can be
 checked before a checkpoint is read (:func:`check_sampler_overrides`), so ``ddpm-sample`` and ``ddpm-eval``
-refuse a bad value in one line before any work. No torch, no Lightning: OmegaConf and the sampler classes.
+refuse a bad value in one line before any work. ``ddpm-eval --sampler-sweep`` takes comma lists, Hydra
+multirun style, and :func:`sampler_grid` expands them into one override list per combination. No torch, no
+Lightning: OmegaConf and the sampler classes.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+import itertools
+from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
 
@@ -19,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ddpm.config import CONF_DIR, ConfigError
 
-__all__ = ["check_sampler_overrides", "sampler_config", "sampler_options"]
+__all__ = ["check_sampler_overrides", "sampler_config", "sampler_grid", "sampler_options"]
 
 
 def sampler_options() -> list[str]:
@@ -51,6 +54,14 @@ def _option_classes() -> tuple[type, ...]:
     return tuple(get_class(_option_config(option)["_target_"]) for option in sampler_options())
 
 
+def _check_key(item: str, key: str, sep: str) -> None:
+    """Refuse an override that is not ``sampler=...`` or ``sampler.<key>=...``."""
+    if not sep:
+        raise ConfigError(f"override {item!r} is not key=value; use e.g. sampler=ddim sampler.steps=50")
+    if key != "sampler" and not (key.startswith("sampler.") and key != "sampler."):
+        raise ConfigError(f"override {key!r} is not supported here; only sampler=... and sampler.<key>=...")
+
+
 def _split(overrides: list[str]) -> tuple[str | None, list[tuple[str, str]]]:
     """``sampler=<option>`` (or None) and the ``(key, raw value)`` pairs of ``sampler.<key>=<value>``.
 
@@ -60,18 +71,13 @@ def _split(overrides: list[str]) -> tuple[str | None, list[tuple[str, str]]]:
     keys: list[tuple[str, str]] = []
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override {item!r} is not key=value; use e.g. sampler=ddim sampler.steps=50")
+        _check_key(item, key, sep)
         if key == "sampler":
             if option is not None and option != value:
                 raise ConfigError(f"sampler= is given twice (sampler={option}, sampler={value}); give one")
             option = value
-        elif key.startswith("sampler.") and key != "sampler.":
-            keys.append((key.removeprefix("sampler."), value))
         else:
-            raise ConfigError(
-                f"override {key!r} is not supported here; only sampler=... and sampler.<key>=..."
-            )
+            keys.append((key.removeprefix("sampler."), value))
     return option, keys
 
 
@@ -144,3 +150,48 @@ def sampler_config(run_sampler: Mapping[str, Any], overrides: list[str]) -> dict
             raise ConfigError(_unknown_key(f"{cls.__name__} ({source})", key, raw, list(takes)))
         cfg[key] = _parse_value(key, raw)
     return cfg
+
+
+def sampler_grid(overrides: Sequence[str]) -> list[list[str]]:
+    """Comma lists, Hydra multirun style, expanded into one checked override list per combination.
+
+    ``sampler=ddim,dpm_solver sampler.steps=5,10`` is the cross product, four lists from
+    ``["sampler=ddim", "sampler.steps=5"]`` to ``["sampler=dpm_solver", "sampler.steps=10"]`` (the
+    option varies slowest, then the keys in the order given); keys not given keep the option's conf
+    defaults. Each combination is checked as :func:`check_sampler_overrides` checks one command line, so a
+    key that only some options take (``sampler=ddim,dpm_solver sampler.order=3``) is refused too. No
+    overrides give one empty combination: the run's own sampler.
+
+    Raises:
+        ConfigError: one line naming the bad override, and its combination when that has several.
+    """
+    axes: dict[str, list[str]] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        _check_key(item, key, sep)
+        if key in axes:
+            given = ",".join(axes[key])
+            raise ConfigError(
+                f"{key}= is given twice ({key}={given}, {item}); list the values in one: {key}=a,b"
+            )
+        values = value.split(",")
+        if "" in values:
+            raise ConfigError(f"{item} has an empty value; list the values as {key}=a,b")
+        twice = sorted({v for v in values if values.count(v) > 1})
+        if twice:
+            raise ConfigError(f"{item} lists {twice[0]} twice; give each value once")
+        axes[key] = values
+    # The option first: like Hydra, sampler=<option> is applied before the keys.
+    keys = sorted(axes, key=lambda k: k != "sampler")
+    combos = [
+        [f"{k}={v}" for k, v in zip(keys, values, strict=True)]
+        for values in itertools.product(*(axes[k] for k in keys))
+    ]
+    for combo in combos:
+        try:
+            check_sampler_overrides(combo)
+        except ConfigError as err:
+            if len(combo) < 2:  # the message names the one override already
+                raise
+            raise ConfigError(f"{err} (in the combination {' '.join(combo)})") from None
+    return combos

@@ -163,14 +163,16 @@ def add_run_arguments(parser: argparse.ArgumentParser, seed_help: str) -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
 
 
-def check_run_arguments(args: argparse.Namespace, draws: int = 1) -> None:
+def check_run_arguments(args: argparse.Namespace, draws: int = 1, overrides: bool = True) -> None:
     """Check what :func:`add_run_arguments` adds before the checkpoint is read (``draws`` seeds from
-    ``--seed`` on); a one-line error (status 2) otherwise."""
+    ``--seed`` on); a one-line error (status 2) otherwise. ``overrides=False`` leaves the sampler overrides
+    to the caller (``ddpm-eval --sampler-sweep`` reads them as comma lists)."""
     if args.batch_size is not None and args.batch_size < 1:
         fail(f"--batch-size={args.batch_size} is invalid; it must be an integer >= 1")
     check_seed(args.seed, draws=draws)
     check_device(args.device)
-    check_sampler_overrides(args.overrides)
+    if overrides:
+        check_sampler_overrides(args.overrides)
 
 
 def ensure_output_folder(args: argparse.Namespace, subfolder: str, what: str) -> Path:

@@ -4,6 +4,7 @@ ddpm-eval RUN                                        # the run's sampler: n samp
 ddpm-eval RUN sampler=ddim sampler.steps=50 --n 2000 --repeats 5
 ddpm-eval RUN --bpd                                  # + the variational bound in bits/dim on held-out data
 ddpm-eval RUN --bpd --no-quality --bpd-t-samples 50  # only the bound, 50 sampled t per datum (unbiased)
+ddpm-eval RUN --sampler-sweep sampler=ddim,unipc sampler.steps=5,10,20  # quality against cost, 6 samplers
 
 Toy runs: the energy-distance ratio to the data-vs-data floor (and sliced W1's), mean ± std and a 90%
 interval over ``--repeats`` independent sample draws. Image runs (digits, mnist, cifar10): the offline
@@ -19,9 +20,24 @@ and ``bpd`` (:meth:`ddpm.likelihood.VariationalBound.as_dict` plus ``seconds``, 
 ``bits_per_dim_raw_units``). A section that was not computed holds ``{"skipped": "<why>"}``. The numbers
 are also added to the run's W&B run (same id and mode) as summary values under ``eval/<name>/``.
 
+``--sampler-sweep`` scores a grid of samplers instead of one (:mod:`ddpm.evaluation.sampler_sweep`): the
+overrides are comma lists, Hydra multirun style, and the grid is their cross product (each option's other
+keys at their conf defaults); without overrides, the default grid: DDPM over all T steps (the reference),
+DDIM 10/20/50/100, DPM-Solver++ 2M 5/10/20, UniPC 5/10/20 and Heun 3/5/10 (those with steps > T are left
+out, with a line saying so; in a given grid they are an error). Each combination gets the quality figure
+above (toy: the energy-distance ratio; images: the classifier's Fréchet ratio, no FID) over the same
+``--n``, ``--repeats`` and ``--seed``, its NFE (``sampler.nfe``: network evaluations per sample) and its
+sampling wall seconds. ``<run>/eval/sampler_sweep.json`` holds every row (label, option, overrides, nfe,
+quality mean/std/interval, seconds, on_front_nfe, on_front_seconds, ...), ``sampler_sweep.md`` the table
+sorted by NFE with the Pareto-front rows marked (also printed) and ``sampler_sweep.png`` quality against
+NFE and against seconds. ``--out x.json`` puts the three at ``x.json``, ``x.md`` and ``x.png``; a new sweep
+replaces the files of the last one. ``--no-quality`` and ``--bpd`` are refused with it (the bound does not
+depend on the sampler), and a sweep adds nothing to W&B.
+
 Every value (sampler overrides, ``--device``, ...) and the output folders are checked before the checkpoint
-is loaded: a bad one is a one-line error with exit code 2. The figures are printed before the JSON is
-written, so a failing write (exit code 1) never hides them.
+is loaded: a bad one is a one-line error with exit code 2 (a sweep's combinations too; steps > T once the
+checkpoint has given T, still before any sampling). The figures are printed before the JSON is written, so
+a failing write (exit code 1) never hides them.
 """
 
 from __future__ import annotations
@@ -30,6 +46,7 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,16 +62,19 @@ from ddpm.cli.common import (
     sampler_label,
 )
 from ddpm.config import ConfigError
-from ddpm.safe_writes import WriteError, write_file
+from ddpm.safe_writes import WriteError, write_file, write_files
 
 if TYPE_CHECKING:
     from ddpm.build import LoadedRun
+    from ddpm.evaluation.sampler_sweep import Scored, SweepRow
 
-__all__ = ["evaluate", "main"]
+__all__ = ["evaluate", "main", "sampler_sweep"]
 
 DEFAULT_TOY_N = 2000
 #: images: at most this many samples per draw (the floor needs as many held-out images)
 DEFAULT_IMAGE_N = 5000
+#: the files of --sampler-sweep in <run>/eval/ (the .json's name; the .md and .png share its stem)
+SWEEP_NAME = "sampler_sweep.json"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -83,7 +103,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--inception-weights", default=None, help="Inception weights for FID (never downloaded)")
     p.add_argument("--fid-real", type=int, default=10000, help="real training images for FID (default 10000)")
-    p.add_argument("--out", type=Path, default=None, help="output .json (default <run>/eval/<name>.json)")
+    p.add_argument(
+        "--sampler-sweep",
+        action="store_true",
+        help="score a grid of samplers, quality against NFE and seconds: the overrides are comma lists "
+        "(sampler=ddim,unipc sampler.steps=5,10 is their cross product; none: the default grid); writes "
+        "<run>/eval/sampler_sweep.json, .md and .png",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output .json (default <run>/eval/<name>.json); with --sampler-sweep the .md and .png go beside "
+        "it under the same name",
+    )
     p.add_argument(
         "--no-wandb", action="store_true", help="do not add the results to the run's W&B run (summary)"
     )
@@ -100,17 +133,45 @@ def _check_args(args: argparse.Namespace) -> None:
     ):
         if value is not None and value < low:
             fail(f"{flag}={value} is invalid; it must be an integer >= {low}")
+    if args.sampler_sweep and args.no_quality:
+        fail("--sampler-sweep with --no-quality leaves nothing to sweep: the sweep compares sample quality")
+    if args.sampler_sweep and args.bpd:
+        fail(
+            "--sampler-sweep with --bpd: the bound does not depend on the sampler; "
+            "run ddpm-eval RUN --bpd --no-quality on its own"
+        )
     if args.no_quality and not args.bpd:
         fail("--no-quality without --bpd leaves nothing to evaluate")
     if args.out is not None and args.out.suffix != ".json":
         fail(f"--out={str(args.out)!r} must end in .json")
-    check_run_arguments(args, draws=max(args.repeats, 1))  # draw k uses seed + k
+    # draw k uses seed + k; a sweep's overrides are comma lists, read by _sweep_grid instead
+    check_run_arguments(args, draws=max(args.repeats, 1), overrides=not args.sampler_sweep)
+    if args.sampler_sweep:
+        args.grid = _sweep_grid(args.overrides)
+
+
+def _sweep_grid(overrides: list[str]) -> list[list[str]]:
+    """The combinations of ``--sampler-sweep``, every one checked as far as it can be without the run; a
+    bad one is a one-line error (status 2)."""
+    from ddpm.evaluation.sampler_sweep import DEFAULT_GRID
+    from ddpm.sampler_overrides import check_sampler_overrides, sampler_grid
+
+    try:
+        if overrides:
+            return sampler_grid(overrides)
+        for combo in DEFAULT_GRID:  # fixed, but a conf/sampler/ file it names may have changed
+            check_sampler_overrides(list(combo))
+    except ConfigError as err:
+        fail(str(err))
+    return [list(combo) for combo in DEFAULT_GRID]
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """Before the checkpoint is read: the JSON's folder, and the run's W&B folder when results go there."""
-    run_dir = ensure_output_folder(args, "eval", "the evaluation")
-    if not args.no_wandb and (run_dir / ".wandb_id").is_file():
+    run_dir = ensure_output_folder(
+        args, "eval", "the sampler sweep" if args.sampler_sweep else "the evaluation"
+    )
+    if not args.sampler_sweep and not args.no_wandb and (run_dir / ".wandb_id").is_file():
         ensure_writable(run_dir / "wandb", "the W&B summary", "; pass --no-wandb to skip it")
 
 
@@ -180,32 +241,27 @@ def _data_dir(run: LoadedRun) -> str | None:
     return str(paths.get("data_dir")) if paths.get("data_dir") else None
 
 
-def _image_quality(
-    run: LoadedRun, draw, n: int | None, args: argparse.Namespace, log: list[str]
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    from ddpm.evaluation.classifier import CLASSIFIER_DATASETS, ImageClassifierMetric, evaluate_image_draws
-    from ddpm.evaluation.fid import fid_unavailable_reason, inception_fid
+def _classifier_metric(run: LoadedRun, args: argparse.Namespace, log: list[str]) -> Any:
+    """The offline classifier metric of an image run's dataset (trained once and cached), or why there is
+    none, as a string."""
+    from ddpm.evaluation.classifier import CLASSIFIER_DATASETS, ImageClassifierMetric
 
     dataset = run.config.get("data", {}).get("dataset")
     if dataset not in CLASSIFIER_DATASETS:
-        reason = f"no offline classifier for dataset {dataset!r} (have {', '.join(CLASSIFIER_DATASETS)})"
-        log.append(f"Classifier metric skipped: {reason}")
-        return {"skipped": reason}, {"skipped": reason}
+        return f"no offline classifier for dataset {dataset!r} (have {', '.join(CLASSIFIER_DATASETS)})"
     try:
-        metric = ImageClassifierMetric.load_or_train(
+        return ImageClassifierMetric.load_or_train(
             dataset, _data_dir(run), args.cache_dir, device=run.module.device, log=log.append
         )
     except FileNotFoundError as err:
-        log.append(f"Classifier metric skipped: {err}")
-        return {"skipped": str(err)}, {"skipped": str(err)}
-    n = min(n or DEFAULT_IMAGE_N, len(metric.test_features))
-    drawn: list[torch.Tensor] = []
+        return str(err)
 
-    def keep(k: int) -> torch.Tensor:
-        drawn.append(draw(k, n))
-        return drawn[-1]
 
-    images = evaluate_image_draws(metric, keep, n, args.repeats)
+def _image_scores(metric: Any, draw, n: int, args: argparse.Namespace, log: list[str]) -> dict[str, Any]:
+    """The classifier's figures over ``--repeats`` draws of n images (``draw(k)``), and a line for ``log``."""
+    from ddpm.evaluation.classifier import evaluate_image_draws
+
+    images = evaluate_image_draws(metric, draw, n, args.repeats)
     ratio = images["ratio"]
     floor = images["floor"]["frechet"]["mean"]
     mean = {key: images[key]["mean"] for key in ("frechet", "class_entropy", "confidence")}
@@ -217,6 +273,26 @@ def _image_quality(
         f"confidence {mean['confidence']:.3f} (floor {floors['confidence']:.3f}); "
         f"classifier held-out accuracy {metric.test_accuracy:.3f}"
     )
+    return images
+
+
+def _image_quality(
+    run: LoadedRun, draw, n: int | None, args: argparse.Namespace, log: list[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    from ddpm.evaluation.fid import fid_unavailable_reason, inception_fid
+
+    metric = _classifier_metric(run, args, log)
+    if isinstance(metric, str):
+        log.append(f"Classifier metric skipped: {metric}")
+        return {"skipped": metric}, {"skipped": metric}
+    n = min(n or DEFAULT_IMAGE_N, len(metric.test_features))
+    drawn: list[torch.Tensor] = []
+
+    def keep(k: int) -> torch.Tensor:
+        drawn.append(draw(k, n))
+        return drawn[-1]
+
+    images = _image_scores(metric, keep, n, args, log)
     reason = fid_unavailable_reason(args.inception_weights)
     if reason is not None:
         log.append(reason)
@@ -226,6 +302,26 @@ def _image_quality(
     value = inception_fid(fake, real, args.inception_weights, device=run.module.device)
     log.append(f"FID {value:.2f} ({len(fake)} samples vs {len(real)} training images)")
     return images, {"fid": value, "n_fake": len(fake), "n_real": len(real)}
+
+
+def _drawer(
+    run: LoadedRun, sampler: Any, args: argparse.Namespace, timing: dict[str, float]
+) -> Callable[[int, int], torch.Tensor]:
+    """``draw(k, n)``: n samples with ``sampler`` and seed ``--seed + k`` in the data's units; the sampling
+    alone is timed, into ``timing`` (``seconds``, ``samples``)."""
+    module = run.module
+    image = run.datamodule.kind == "image"
+
+    def draw(k: int, n: int) -> torch.Tensor:
+        gen = torch.Generator(device=module.device).manual_seed(args.seed + k)
+        start = time.perf_counter()
+        x = module.sample(n, sampler=sampler, generator=gen, progress=True, batch_size=args.batch_size)
+        timing["seconds"] += time.perf_counter() - start
+        timing["samples"] += n
+        out = run.datamodule.denormalize(x).cpu()
+        return out.clamp(0, 1) if image else out  # images: denormalize gives [0, 1]; clip the overshoot
+
+    return draw
 
 
 def evaluate(run: LoadedRun, sampler: Any, args: argparse.Namespace, log: list[str]) -> dict[str, Any]:
@@ -243,16 +339,8 @@ def evaluate(run: LoadedRun, sampler: Any, args: argparse.Namespace, log: list[s
         "repeats": args.repeats,
         "seed": args.seed,
     }
-    timing = {"seconds": 0.0, "samples": 0}
-
-    def draw(k: int, n: int) -> torch.Tensor:
-        gen = torch.Generator(device=module.device).manual_seed(args.seed + k)
-        start = time.perf_counter()
-        x = module.sample(n, sampler=sampler, generator=gen, progress=True, batch_size=args.batch_size)
-        timing["seconds"] += time.perf_counter() - start
-        timing["samples"] += n
-        out = run.datamodule.denormalize(x).cpu()
-        return out.clamp(0, 1) if image else out  # images: denormalize gives [0, 1]; clip the overshoot
+    timing: dict[str, float] = {"seconds": 0.0, "samples": 0}
+    draw = _drawer(run, sampler, args, timing)
 
     if args.no_quality:
         result["quality"] = {"skipped": "--no-quality"}
@@ -329,11 +417,154 @@ def log_to_wandb(run: LoadedRun, result: dict[str, Any], tag: str) -> str:
     return f"W&B: {len(figures)} figures added to run {wandb_run.id} ({mode}) under eval/{tag}/"
 
 
+# ---------------------------------------------------------------------------- --sampler-sweep
+def _sweep_cases(run: LoadedRun, grid: list[list[str]], default: bool) -> tuple[list[Any], list[str]]:
+    """A sampler for each combination, checked against the run's chain before any sampling; a bad
+    combination of a given grid is a one-line error (status 2). The default grid's combinations that do not
+    fit the run (steps > T on a short chain) are left out, each with a line saying so."""
+    from ddpm.evaluation.sampler_sweep import SweepCase
+
+    cases, skipped = [], []
+    for combo in grid:
+        try:
+            cases.append(SweepCase(combo, run.make_sampler(combo)))
+        except ConfigError as err:
+            reason = str(err).strip().splitlines()[0].removeprefix("sampler: ")
+            if not default:
+                fail(f"{' '.join(combo)}: {reason}")
+            skipped.append(f"{' '.join(combo)} left out of the default grid: {reason}")
+    return cases, skipped
+
+
+def _sweep_scorer(run: LoadedRun, args: argparse.Namespace) -> tuple[Callable[[Any], Scored], str, int]:
+    """The function that scores one sampler as plain ddpm-eval does (toy: the energy-distance ratio; images:
+    the classifier's Fréchet ratio, no FID), the metric's name, and the samples per draw. An image run with no
+    classifier is a one-line error (status 2) before any sampling."""
+    from ddpm.evaluation.sampler_sweep import Scored
+    from ddpm.evaluation.toy import Spread
+
+    quiet: list[str] = []  # each row's own line says it shorter than the metrics' headlines
+    if run.datamodule.kind == "image":
+        metric = _classifier_metric(run, args, quiet)
+        if isinstance(metric, str):
+            fail(f"--sampler-sweep needs the classifier metric of image runs: {metric}")
+        n = min(args.n or DEFAULT_IMAGE_N, len(metric.test_features))
+        name = "classifier Fréchet distance / floor"
+
+        def quality(draw: Callable[[int, int], torch.Tensor]) -> dict[str, Any]:
+            return _image_scores(metric, lambda k: draw(k, n), n, args, quiet)
+
+    else:
+        dm = run.datamodule
+        n = min(args.n or DEFAULT_TOY_N, len(dm.held_out()), len(dm.training_data()))
+        name = "energy distance / floor"
+
+        def quality(draw: Callable[[int, int], torch.Tensor]) -> dict[str, Any]:
+            return _toy_quality(run, draw, n, args.repeats, quiet)
+
+    def score(sampler: Any) -> Scored:
+        timing: dict[str, float] = {"seconds": 0.0, "samples": 0}
+        details = quality(_drawer(run, sampler, args, timing))
+        return Scored(Spread(**details["ratio"]), timing["seconds"], int(timing["samples"]), details)
+
+    return score, name, n
+
+
+def _sweep_markdown(result: dict[str, Any], table: str, skipped: list[str]) -> str:
+    """The .md file: what was measured, the table, and what the default grid left out."""
+    lines = [
+        f"# Sampler sweep of {result['run_dir']}",
+        "",
+        f"Checkpoint `{result['checkpoint']}` ({result['weights']} weights), {result['kind']} data, "
+        f"T={result['T']}; {result['repeats']} draws of n={result['n']} samples per combination (draw k uses "
+        f"seed {result['seed']} + k), on {result['device']}.",
+        "",
+        f"Quality: {result['metric']}, mean ± std over the draws (lower is better; 1 = as good as held-out "
+        "data). NFE: network evaluations per sample. Seconds: wall time spent sampling, all draws. "
+        "front: on the Pareto front of quality against NFE (`NFE`) or against seconds (`s`), by the means; "
+        "a difference smaller than the std is within the draws' noise, and seconds depend on the machine's "
+        "load.",
+        "",
+        table.rstrip("\n"),
+    ]
+    if skipped:
+        lines += ["", *skipped]
+    return "\n".join(lines) + "\n"
+
+
+def sampler_sweep(args: argparse.Namespace) -> int:
+    """``ddpm-eval RUN --sampler-sweep``: score every combination of ``args.grid`` (checked by
+    :func:`_check_args`), print the table and write ``sampler_sweep.json``, ``.md`` and ``.png``."""
+    from tqdm.auto import tqdm
+
+    from ddpm.evaluation.sampler_sweep import run_sweep, sweep_table
+    from ddpm.viz.figures import plot_sampler_sweep, save_figure
+
+    run = load_run_or_fail(args.run, args.device, [])
+    cases, skipped = _sweep_cases(run, args.grid, default=not args.overrides)
+    score, metric, n = _sweep_scorer(run, args)
+    module = run.module
+    weights = _weights_kind(run.checkpoint)
+    print(f"Sampler sweep of {run.checkpoint}: {len(cases)} combinations, {args.repeats} draws of n={n} each")
+    for line in skipped:
+        print(line)
+
+    def warm_up(sampler: Any) -> None:
+        gen = torch.Generator(device=module.device).manual_seed(args.seed)
+        module.sample(min(n, args.batch_size or n), sampler=sampler, generator=gen, progress=False)
+
+    try:
+        rows: list[SweepRow] = run_sweep(cases, module.diffusion, score, warm_up=warm_up, log=tqdm.write)
+    except (ConfigError, ValueError) as err:
+        fail(str(err).strip().splitlines()[0])
+    result: dict[str, Any] = {
+        "run_dir": str(run.run_dir),
+        "checkpoint": str(run.checkpoint),
+        "weights": weights,
+        "kind": run.datamodule.kind,
+        "metric": metric,
+        "T": module.diffusion.num_timesteps,
+        "n": next((r.details["n"] for r in rows if "n" in r.details), n),
+        "repeats": args.repeats,
+        "seed": args.seed,
+        "device": str(module.device),
+        "batch_size": args.batch_size,
+        "grid": "default" if not args.overrides else list(args.overrides),
+        "left_out": skipped,
+        "rows": [r.as_dict() for r in rows],
+    }
+    table = sweep_table(rows, metric)
+    # The table first: it is on screen even if a write below fails.
+    ema = "the EMA average" if weights == "ema" else "no EMA in this checkpoint"
+    print(f"Weights: {weights} ({ema})")
+    print(table, end="")
+    out = args.out or run.run_dir / "eval" / SWEEP_NAME
+    paths = [out, out.with_suffix(".md"), out.with_suffix(".png")]
+    text = json.dumps(result, indent=2, allow_nan=True) + "\n"
+    markdown = _sweep_markdown(result, table, skipped)
+    figure = plot_sampler_sweep(result["rows"], metric)
+
+    def write(tmp: list[Path]) -> None:
+        tmp[0].write_text(text)
+        tmp[1].write_text(markdown)
+        save_figure(figure, tmp[2])
+
+    try:
+        write_files(paths, write)
+    except WriteError as err:
+        fail(str(err), code=1)
+    print(f"Wrote {', '.join(map(str, paths))}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
-    args = _parser().parse_args(argv)
+    # intermixed: the overrides may follow a flag (RUN --sampler-sweep sampler=ddim,unipc), not only RUN
+    args = _parser().parse_intermixed_args(argv)
     _check_args(args)
     _check_outputs(args)
+    if args.sampler_sweep:
+        return sampler_sweep(args)
     run = load_run_or_fail(args.run, args.device, args.overrides)
     sampler = run.sampler
     print(f"Evaluating {run.checkpoint} with {sampler!r}")

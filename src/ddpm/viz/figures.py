@@ -22,6 +22,7 @@ import torch
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from ddpm.viz.grid import GRID_PADDING, image_grid
 
@@ -390,6 +391,96 @@ def plot_loss_by_quarter(
     ax.set(xlabel="training step", ylabel="loss", title="Training loss by timestep quarter")
     ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize="small")
+    return fig
+
+
+# ------------------------------------------------------------ sampler sweeps
+def plot_sampler_sweep(rows: Sequence[Mapping[str, Any]], metric: str = "quality (x floor)") -> Figure:
+    """Quality against cost for the rows of a sampler sweep: against NFE (left) and against sampling seconds
+    per 1000 samples (right), log x.
+
+    Each row is a mapping as ``ddpm-eval --sampler-sweep`` writes them to ``sampler_sweep.json``
+    (:meth:`ddpm.evaluation.sampler_sweep.SweepRow.as_dict`): ``label``, ``option``, ``nfe``,
+    ``seconds_per_1000``, ``quality`` (``mean``, ``std``), ``on_front_nfe``, ``on_front_seconds``,
+    ``reference``. Error bars are the std over the draws; each panel's Pareto front rows are ringed and
+    joined by a step line (the best quality at a cost up to x); the reference row (DDPM over all T steps)
+    is a horizontal band of its mean ± std. The y axis is logarithmic when the means span more than a
+    factor 20. Rows without a finite quality or cost (a diverged sampler) are left out.
+    """
+    fig = _new_figure(12.0, 4.8)
+    axes = fig.subplots(1, 2, sharey=True)
+    options = list(dict.fromkeys(str(r.get("option") or r["label"].split()[0]) for r in rows))
+    cmap = colormaps["tab10"]
+    markers = "osD^vP*Xhp"
+    means = [float(r["quality"]["mean"]) for r in rows]
+    finite = [m for m in means if math.isfinite(m)]
+    log_y = bool(finite) and min(finite) > 0 and max(finite) / min(finite) > 20
+    reference = next((r for r in rows if r.get("reference") and math.isfinite(r["quality"]["mean"])), None)
+    panels = (
+        (axes[0], "nfe", "on_front_nfe", "network evaluations per sample (NFE)"),
+        (axes[1], "seconds_per_1000", "on_front_seconds", "sampling seconds per 1000 samples"),
+    )
+    for ax, cost_key, front_key, xlabel in panels:
+        for i, option in enumerate(options):
+            mine = [r for r in rows if str(r.get("option") or r["label"].split()[0]) == option]
+            pts = [
+                (float(r[cost_key]), float(r["quality"]["mean"]), float(r["quality"]["std"] or 0.0), r)
+                for r in mine
+            ]
+            pts = [p for p in pts if all(math.isfinite(v) for v in p[:2]) and p[0] > 0]
+            if not pts:
+                continue
+            x, y, err, kept = zip(*pts, strict=True)
+            ax.errorbar(
+                x,
+                y,
+                yerr=[e if math.isfinite(e) else 0.0 for e in err],
+                fmt=markers[i % len(markers)],
+                color=cmap(i % 10),
+                ms=6,
+                capsize=3,
+                lw=1,
+                label=option,
+            )
+            for xi, yi, r in zip(x, y, kept, strict=True):
+                ax.annotate(
+                    r["label"].split(" ", 1)[-1],
+                    (xi, yi),
+                    textcoords="offset points",
+                    xytext=(4, 4),
+                    fontsize=7,
+                    color=cmap(i % 10),
+                )
+        front = sorted(
+            (float(r[cost_key]), float(r["quality"]["mean"]))
+            for r in rows
+            if r.get(front_key) and math.isfinite(float(r[cost_key])) and float(r[cost_key]) > 0
+        )
+        if front:
+            fx, fy = (list(v) for v in zip(*front, strict=True))
+            # The best quality at a cost up to x: it holds on to the right of the last front point too.
+            right = max(float(r[cost_key]) for r in rows if math.isfinite(float(r[cost_key])))
+            ax.step([*fx, right], [*fy, fy[-1]], where="post", color="black", lw=1.2, alpha=0.7)
+            ax.plot(fx, fy, "o", mfc="none", mec="black", ms=12, label="Pareto front")
+        if reference is not None:
+            mean, std = float(reference["quality"]["mean"]), float(reference["quality"]["std"] or 0.0)
+            low = max(mean - std, mean / 10) if log_y else mean - std  # a log axis cannot show <= 0
+            ax.axhspan(low, mean + std, color="grey", alpha=0.2, lw=0)
+            ax.axhline(mean, color="grey", lw=1, ls="--", label=f"{reference['label']} (reference) ± std")
+        ax.axhline(1.0, color="tab:green", lw=0.8, ls=":", label="data-vs-data floor")
+        ax.set_xscale("log")
+        # Plain numbers at 1, 2, 5 x 10^k: a few decades at most, where 6 x 10^0 reads worse than 6.
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        if log_y:
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set(xlabel=xlabel)
+        ax.grid(True, alpha=0.3, which="both")
+    axes[0].set_ylabel(f"{metric}, lower is better")
+    axes[0].legend(fontsize="small")
+    fig.suptitle("Sampler sweep: quality against cost (error bars: std over the draws)")
     return fig
 
 
