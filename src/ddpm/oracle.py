@@ -163,12 +163,19 @@ class GaussianMixtureOracle:
         levels, which = torch.unique(abar, return_inverse=True)
         mean, cov = self._component_moments(levels)
         chol = torch.linalg.cholesky(cov)  # C_k is symmetric positive definite (1 - abar_t > 0)
+        precision = torch.cholesky_inverse(chol)  # [U, K, D, D]
         diff = x[:, None, :] - mean[which]  # [B, K, D]
-        sol = torch.cholesky_solve(diff.unsqueeze(-1), chol[which]).squeeze(-1)  # C_k^{-1} (x_t - E[x_t | k])
-        # PRML eq. 9.13: r_k proportional to w_k N(x_t; sqrt(abar_t) mu_k, C_k)
-        log_det = 2 * torch.diagonal(chol[which], dim1=-2, dim2=-1).log().sum(-1)
-        log_r = self.weights.to(x.device).log() - 0.5 * ((diff * sol).sum(-1) + log_det)
-        r = torch.softmax(log_r, dim=1)
+        if len(levels) == 1:  # D x D products over the batch instead of B tiny gathered ones
+            sol = torch.einsum("kij,bkj->bki", precision[0], diff)  # C_k^{-1} (x_t - E[x_t | k])
+        else:
+            sol = torch.einsum("bkij,bkj->bki", precision[which], diff)
+        if len(self.weights) == 1:
+            r = torch.ones(len(x), 1, dtype=torch.float64, device=x.device)
+        else:
+            # PRML eq. 9.13: r_k proportional to w_k N(x_t; sqrt(abar_t) mu_k, C_k)
+            log_det = 2 * torch.diagonal(chol, dim1=-2, dim2=-1).log().sum(-1)[which]  # [B, K]
+            log_r = self.weights.to(x.device).log() - 0.5 * ((diff * sol).sum(-1) + log_det)
+            r = torch.softmax(log_r, dim=1)
         abar = abar[:, None]
         eps = (1 - abar).sqrt() * (r[:, :, None] * sol).sum(1)  # Tweedie: -sqrt(1 - abar_t) grad log q(x_t)
         x0 = (x - (1 - abar).sqrt() * eps) / abar.sqrt()  # DDPM eq. 4 solved for x0, in expectation (Tweedie)
