@@ -1,0 +1,1291 @@
+"""Sampler leaderboard: every sampler of ``ddpm.samplers`` on exact oracle denoisers, error against NFE.
+
+    uv run python scripts/sampler_leaderboard.py                 # the full run: docs/samplers.md + its plot
+    uv run python scripts/sampler_leaderboard.py --quick         # seconds: the same code paths, a small slice
+    uv run python scripts/sampler_leaderboard.py --n 4000 --seeds 0 1 2 3 4
+
+No network is trained: the "model" is ``ddpm.oracle``'s exact optimal denoiser, so every error below is the
+sampler's own (discretisation, final step, start from N(0, I)), not a network's.
+
+What is measured:
+
+* Gaussian data, x0 ~ N(mu, Sigma) in 2D, on the linear and cosine schedules (T = 1000, eps objective):
+  the relative covariance error ||C - Sigma||_F / ||Sigma||_F of the samples, and their mean error
+  ||m - mu||_2. The oracle's eps is affine in x_t and every deterministic sampler's step is linear in x_t and
+  the network output, so a deterministic sampler is an affine map x_T -> A x_T + b; running it on the three
+  points {0, e_1, e_2} gives A and b, hence C = A A^T and m = b EXACTLY, with no Monte-Carlo noise. The
+  claim is checked on 20,000 draws (``verify_affine``). DDPM is stochastic: Monte Carlo on ``--mc-n`` draws
+  with a bootstrap standard error, and an exact figure by propagating mean and covariance through the
+  sampler's own ``step`` (``ddpm_moments``).
+* Mixtures (eight Gaussians; an anisotropic 3-component mixture): the energy distance to held-out data as a
+  multiple of the data-vs-data floor (``ddpm.metrics``), pooled over ``--seeds``, and the mode-weight error
+  (total variation between the fraction of samples per component and the weights).
+
+Writes a markdown report (``docs/samplers.md`` unless ``--out``) and a log-log plot beside it, and prints
+the tables. Run single-threaded (``--threads``): on a shared 2-core machine more threads only contend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ddpm.diffusion import GaussianDiffusion
+from ddpm.metrics import energy_distance
+from ddpm.oracle import GaussianMixtureOracle, GaussianOracle
+from ddpm.samplers import (
+    DDIMSampler,
+    DDPMSampler,
+    DPMSolverSampler,
+    HeunSampler,
+    Sampler,
+    UniPCSampler,
+    alpha_sigma,
+)
+from ddpm.schedules import make_beta_schedule
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "docs" / "samplers.md"
+T = 1000
+SCHEDULES = ("linear", "cosine")
+BUDGETS = (5, 10, 15, 20, 25, 50, 100, 250)
+QUICK_BUDGETS = (5, 10, 20)
+#: the Gaussian of the issue
+GAUSSIAN_MU = (1.0, -0.5)
+GAUSSIAN_SIGMA = ((0.5, 0.3), (0.3, 0.8))
+MIXTURES = ("eight_gaussians", "anisotropic")
+ORACLE_TITLES = {
+    "gaussian": "Gaussian N(mu, Sigma)",
+    "eight_gaussians": "eight Gaussians",
+    "anisotropic": "anisotropic 3-component mixture",
+}
+#: the issue's targets
+COV_TARGET = 0.02
+COV_TARGET_NFE = 20
+MIX_FAST_BUDGET, MIX_DDIM_BUDGET = 10, 50
+#: a fitted slope passes when it is at least this close to -order (steeper passes too)
+SLOPE_TOLERANCE = 0.5
+#: the log-log fit uses errors in (FIT_FLOOR_FACTOR x floor, FIT_CEILING]: above the ceiling a sampler is
+#: not yet in its asymptotic regime (errors of order one), near the floor another error dominates
+FIT_FLOOR_FACTOR = 3.0
+FIT_CEILING = 0.1
+#: the samplers run in float32 (eps = 1.2e-7 per operation, up to 250 steps): relative errors of the state
+#: below this are rounding, not discretisation
+FLOAT32_FLOOR = 1e-5
+#: on the mixtures a sampler "matches DDPM-1000" within this factor of its pooled ratio (seed noise)
+BOOTSTRAP_RESAMPLES = 200
+#: fresh exact data draws scored like a sampler's samples: the band an exact sampler's pooled ratio falls in
+NULL_REPLICATES = 20
+#: target (b) is also tried with every spacing of these samplers at its 10-NFE budget
+SWEEP_SPACINGS = ("linspace", "leading", "trailing", "karras", "logsnr")
+DDPM_1000 = "DDPM-1000 (all T steps)"
+#: the plot's y range stops here (Gaussian covariance error, mixture ratio); the tables hold every figure
+PLOT_TOP = {"gaussian": 3.0, "mixture": 100.0}
+
+
+# ---------------------------------------------------------------------------------------------- samplers
+@dataclass(frozen=True)
+class SamplerSpec:
+    """One leaderboard entry: a label, the order of accuracy its method predicts, and a factory that builds
+    the sampler for an NFE budget."""
+
+    label: str
+    order: int
+    factory: Callable[[int], Sampler]
+    why_order: str
+
+
+def sampler_specs() -> list[SamplerSpec]:
+    """The samplers ranked, the solvers' spacing variants included (DDPM-1000 is added separately)."""
+    return [
+        SamplerSpec(
+            "DDPM (ancestral, linspace)",
+            1,
+            lambda n: DDPMSampler(n, spacing="linspace"),
+            "ancestral sampling: first order (Euler-Maruyama of the reverse SDE)",
+        ),
+        SamplerSpec(
+            "DDIM (eta=0)",
+            1,
+            lambda n: DDIMSampler(n, eta=0.0),
+            "DDIM is DPM-Solver-1 (DPM-Solver sec. 4.1): first order",
+        ),
+        SamplerSpec("DPM-Solver++ 1", 1, lambda n: DPMSolverSampler(n, order=1), "DPM-Solver++ order 1"),
+        SamplerSpec("DPM-Solver++ 2M", 2, lambda n: DPMSolverSampler(n, order=2), "DPM-Solver++ 2M: order 2"),
+        SamplerSpec("DPM-Solver++ 3M", 3, lambda n: DPMSolverSampler(n, order=3), "DPM-Solver++ 3M: order 3"),
+        SamplerSpec(
+            "UniPC-bh2 p=2",
+            3,
+            lambda n: UniPCSampler(n, order=2),
+            "UniPC: the corrector raises order p to p + 1",
+        ),
+        SamplerSpec(
+            "UniPC-bh2 p=3",
+            4,
+            lambda n: UniPCSampler(n, order=3),
+            "UniPC: the corrector raises order p to p + 1",
+        ),
+        # EDM Algorithm 1: N noise levels cost 2N - 1 evaluations, so N = (budget + 1) // 2
+        SamplerSpec(
+            "Heun (EDM, karras)",
+            2,
+            lambda n: HeunSampler((n + 1) // 2, spacing="karras"),
+            "Heun's trapezoidal rule (EDM sec. 3): order 2",
+        ),
+        SamplerSpec(
+            "DPM-Solver++ 2M, logsnr",
+            2,
+            lambda n: DPMSolverSampler(n, order=2, spacing="logsnr"),
+            "DPM-Solver++ 2M: order 2",
+        ),
+        SamplerSpec(
+            "DPM-Solver++ 2M, karras",
+            2,
+            lambda n: DPMSolverSampler(n, order=2, spacing="karras"),
+            "DPM-Solver++ 2M: order 2",
+        ),
+        SamplerSpec(
+            "UniPC-bh2 p=3, logsnr",
+            4,
+            lambda n: UniPCSampler(n, order=3, spacing="logsnr"),
+            "UniPC: the corrector raises order p to p + 1",
+        ),
+        SamplerSpec(
+            "UniPC-bh2 p=3, karras",
+            4,
+            lambda n: UniPCSampler(n, order=3, spacing="karras"),
+            "UniPC: the corrector raises order p to p + 1",
+        ),
+    ]
+
+
+def sweep_specs() -> list[SamplerSpec]:
+    """DDIM and the multistep solvers with every spacing: the candidates for target (b) at 10 NFE."""
+    bases: list[tuple[str, int, Callable[[int, str], Sampler]]] = [
+        ("DDIM (eta=0)", 1, lambda n, sp: DDIMSampler(n, eta=0.0, spacing=sp)),
+        ("DPM-Solver++ 2M", 2, lambda n, sp: DPMSolverSampler(n, order=2, spacing=sp)),
+        ("DPM-Solver++ 3M", 3, lambda n, sp: DPMSolverSampler(n, order=3, spacing=sp)),
+        ("UniPC-bh2 p=2", 3, lambda n, sp: UniPCSampler(n, order=2, spacing=sp)),
+        ("UniPC-bh2 p=3", 4, lambda n, sp: UniPCSampler(n, order=3, spacing=sp)),
+    ]
+    out = []
+    for label, order, make in bases:
+        for spacing in SWEEP_SPACINGS:
+            # linspace is the leaderboard's own entry, under the plain label
+            name = label if spacing == "linspace" else f"{label}, {spacing}"
+            out.append(
+                SamplerSpec(
+                    name, order, lambda n, make=make, sp=spacing: make(n, sp), f"{label} on {spacing}"
+                )
+            )
+    return out
+
+
+def make_diffusion(schedule: str) -> GaussianDiffusion:
+    """The forward process of the leaderboard: ``schedule`` with T = 1000, eps objective, no clipping."""
+    # no clipping: clipping x0-hat would make the deterministic samplers non-affine
+    return GaussianDiffusion(make_beta_schedule(schedule, T), objective="eps", clip_denoised=False)
+
+
+def gaussian_data() -> tuple[torch.Tensor, torch.Tensor]:
+    """(mu, Sigma) of the Gaussian oracle, float64."""
+    return torch.tensor(GAUSSIAN_MU, dtype=torch.float64), torch.tensor(GAUSSIAN_SIGMA, dtype=torch.float64)
+
+
+# ---------------------------------------------------------------------------------------------- Gaussian
+@dataclass
+class CovarianceResult:
+    """What ``covariance_error`` measured for one sampler.
+
+    Attributes:
+        cov_error: ||C - Sigma||_F / ||Sigma||_F of the samples.
+        mean_error: ||m - mu||_2.
+        nfe: network evaluations per sample.
+        method: ``affine`` (exact) or ``monte carlo``.
+        cov_error_se: bootstrap standard error of ``cov_error`` (Monte Carlo only).
+        exact_cov_error: the exact figure (affine map, or DDPM's propagated moments).
+        solver_error: relative covariance error of the state at the last timestep the network sees, against
+            the exact probability-flow ODE from the same x_T (deterministic samplers only): the integration
+            error alone, without the final jump to the clean data.
+        final_step_error: the covariance error an exact solver would still have after that final jump from
+            the same last timestep (the x0 prediction E[x0 | x_t] has less variance than x0).
+        t_min: that last timestep.
+    """
+
+    cov_error: float
+    mean_error: float
+    nfe: int
+    method: str
+    cov_error_se: float | None = None
+    exact_cov_error: float | None = None
+    solver_error: float | None = None
+    final_step_error: float | None = None
+    t_min: float | None = None
+
+
+def _relative_frobenius(c: torch.Tensor, ref: torch.Tensor) -> float:
+    # the issue's metric: ||C - Sigma||_F / ||Sigma||_F
+    return float((c - ref).norm() / ref.norm())
+
+
+def _marginal_cov(diffusion: GaussianDiffusion, sigma: torch.Tensor, t: float) -> torch.Tensor:
+    a, s = alpha_sigma(diffusion, t)
+    # DDPM eq. 4: Cov[x_t] = abar_t Sigma + (1 - abar_t) I
+    return a * a * sigma + s * s * torch.eye(len(sigma), dtype=torch.float64)
+
+
+def final_step_error(diffusion: GaussianDiffusion, sigma: torch.Tensor, t: float) -> float:
+    """The covariance error of E[x0 | x_t] when x_t ~ q(x_t) exactly: what every sampler's last step (the
+    jump from its last timestep ``t`` to the clean data, which returns the x0 prediction) leaves behind."""
+    a, _ = alpha_sigma(diffusion, t)
+    c_t = _marginal_cov(diffusion, sigma, t)
+    # E[x0 | x_t] = mu + a Sigma C_t^{-1} (x_t - a mu) (PRML eq. 2.81), so Cov = a^2 Sigma C_t^{-1} Sigma
+    cov = a * a * sigma @ torch.linalg.solve(c_t, sigma)
+    return _relative_frobenius(cov, sigma)
+
+
+def _affine_map(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, b) from a deterministic affine map's outputs at x_T = 0, e_1, ..., e_D (rows of ``y``)."""
+    y = y.double()
+    b = y[0]
+    return (y[1:] - b).T, b  # f(e_i) - f(0) = A e_i, the i-th column of A
+
+
+def _probe_points(dim: int) -> torch.Tensor:
+    return torch.cat([torch.zeros(1, dim), torch.eye(dim)])  # x_T in {0, e_1, ..., e_D}
+
+
+def _bootstrap_se(x: torch.Tensor, stat: Callable[[torch.Tensor], float], seed: int) -> float:
+    """Bootstrap standard error of ``stat`` over the rows of ``x`` (Efron & Tibshirani 1993, alg. 6.1)."""
+    gen = torch.Generator().manual_seed(seed)
+    values = [stat(x[torch.randint(len(x), (len(x),), generator=gen)]) for _ in range(BOOTSTRAP_RESAMPLES)]
+    return statistics.stdev(values)
+
+
+def ddpm_moments(
+    sampler: DDPMSampler, diffusion: GaussianDiffusion, oracle: GaussianOracle
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact mean and covariance of DDPM's samples on the Gaussian oracle, from x_T ~ N(0, I).
+
+    Each ancestral step is x' = M x + c + G z with z ~ N(0, I) (the oracle is affine, the step linear in x,
+    the output and z), so the moments propagate exactly; M, c and G are read off the sampler's own ``step``
+    on probe inputs.
+    """
+    dim = oracle.dim
+    ts = sampler.timesteps(diffusion)
+    zeros, eye = torch.zeros(dim, dim), torch.eye(dim)
+    probe_x = torch.cat([torch.zeros(1, dim), eye, zeros])  # x = 0, e_i (noise 0), then 0 (noise e_i)
+    probe_z = torch.cat([torch.zeros(1, dim), zeros, eye])
+    mean, cov = torch.zeros(dim, dtype=torch.float64), torch.eye(dim, dtype=torch.float64)
+    for i, t in enumerate(ts):
+        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+        out = oracle(probe_x, torch.full((len(probe_x),), t, dtype=torch.long)).float()
+        y = sampler.step(diffusion, out, t, t_prev, probe_x, noise=probe_z).prev_sample.double()
+        c = y[0]
+        m_mat, g_mat = (y[1 : dim + 1] - c).T, (y[dim + 1 :] - c).T
+        # Cov(M x + c + G z) = M Cov(x) M^T + G G^T for z ~ N(0, I) independent of x
+        mean, cov = m_mat @ mean + c, m_mat @ cov @ m_mat.T + g_mat @ g_mat.T
+    return mean, cov
+
+
+def covariance_error(
+    sampler: Sampler,
+    diffusion: GaussianDiffusion,
+    mu: torch.Tensor,
+    sigma: torch.Tensor,
+    mc_n: int = 20_000,
+    seed: int = 0,
+) -> CovarianceResult:
+    """The covariance and mean error of ``sampler`` on the Gaussian oracle N(mu, Sigma).
+
+    Deterministic samplers: exactly, from their affine map x_T -> A x_T + b (C = A A^T, m = b). Stochastic
+    ones (DDPM): Monte Carlo on ``mc_n`` samples (seeded) with a bootstrap standard error, and the exact
+    figure from the propagated moments for DDPM.
+    """
+    mu, sigma = torch.as_tensor(mu).double(), torch.as_tensor(sigma).double()
+    oracle = GaussianOracle(diffusion, mu, sigma)
+    dim = len(mu)
+    nfe = sampler.nfe(diffusion)
+    if sampler.stochastic:
+        gen = torch.Generator().manual_seed(seed)
+        x = sampler.sample(oracle, diffusion, (mc_n, dim), generator=gen, progress=False).double()
+        err = _relative_frobenius(torch.cov(x.T), sigma)
+        se = _bootstrap_se(x, lambda s: _relative_frobenius(torch.cov(s.T), sigma), seed)
+        exact = None
+        if isinstance(sampler, DDPMSampler):
+            _, exact_cov = ddpm_moments(sampler, diffusion, oracle)
+            exact = _relative_frobenius(exact_cov, sigma)
+        return CovarianceResult(err, float((x.mean(0) - mu).norm()), nfe, "monte carlo", se, exact)
+    res = sampler.sample(
+        oracle, diffusion, (dim + 1, dim), x_T=_probe_points(dim), progress=False, return_trajectory=True
+    )
+    a_mat, b = _affine_map(res.samples)
+    err = _relative_frobenius(a_mat @ a_mat.T, sigma)  # x_T ~ N(0, I): Cov(A x_T + b) = A A^T
+    ts = res.timesteps
+    t_min, t_start = float(ts[-1]), float(ts[0])
+    # the state when the network is called for the last time: trajectory[-2] (trajectory[0] is x_T)
+    a_last, _ = _affine_map(res.trajectory[-2])
+    c_start, c_min = _marginal_cov(diffusion, sigma, t_start), _marginal_cov(diffusion, sigma, t_min)
+    # the exact probability-flow ODE (Song et al. 2021, eq. 13) with the Gaussian score maps x_s - a_s mu to
+    # C_t^{1/2} C_s^{-1/2} (x_s - a_s mu) (all C_t commute: functions of Sigma); from x_T ~ N(0, I) at s the
+    # state at t then has covariance C_t C_s^{-1}, the reference that leaves N(0, I) vs q(x_T) out
+    target = c_min @ torch.linalg.inv(c_start)
+    solver = _relative_frobenius(a_last @ a_last.T, target)
+    return CovarianceResult(
+        cov_error=err,
+        mean_error=float((b - mu).norm()),
+        nfe=nfe,
+        method="affine",
+        exact_cov_error=err,
+        solver_error=solver,
+        final_step_error=final_step_error(diffusion, sigma, t_min),
+        t_min=t_min,
+    )
+
+
+def verify_affine(
+    sampler: Sampler,
+    diffusion: GaussianDiffusion,
+    mu: torch.Tensor,
+    sigma: torch.Tensor,
+    n: int = 20_000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Check that a deterministic sampler is the affine map the exact covariance assumes, on ``n`` draws.
+
+    Returns the largest pointwise gap |f(x_T) - (A x_T + b)| over the draws, the covariance error of the
+    affine map and of the Monte-Carlo samples with its bootstrap standard error, and ||C_mc - A A^T||_F
+    against the expected sampling noise of a covariance estimated from ``n`` Gaussian draws.
+    """
+    mu, sigma = torch.as_tensor(mu).double(), torch.as_tensor(sigma).double()
+    oracle = GaussianOracle(diffusion, mu, sigma)
+    dim = len(mu)
+    probes = sampler.sample(oracle, diffusion, (dim + 1, dim), x_T=_probe_points(dim), progress=False)
+    a_mat, b = _affine_map(probes)
+    x_t = torch.randn(n, dim, generator=torch.Generator().manual_seed(seed))
+    x = sampler.sample(oracle, diffusion, (n, dim), x_T=x_t, progress=False).double()
+    gap = float((x - (x_t.double() @ a_mat.T + b)).abs().max())
+    c_aff, c_mc = a_mat @ a_mat.T, torch.cov(x.T)
+    # Wishart second moments: Var(C_mc[i, j]) = (C_ii C_jj + C_ij^2) / (n - 1) for Gaussian samples
+    noise = math.sqrt(float((torch.outer(c_aff.diag(), c_aff.diag()) + c_aff**2).sum()) / (n - 1))
+    return {
+        "n": n,
+        "max_gap": gap,
+        "cov_error_affine": _relative_frobenius(c_aff, sigma),
+        "cov_error_mc": _relative_frobenius(c_mc, sigma),
+        "cov_error_mc_se": _bootstrap_se(x, lambda s: _relative_frobenius(torch.cov(s.T), sigma), seed),
+        "mc_vs_affine": float((c_mc - c_aff).norm()),
+        "mc_noise": noise,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- mixtures
+def make_mixture(name: str, diffusion: GaussianDiffusion) -> GaussianMixtureOracle:
+    """The mixture oracle called ``name`` (``eight_gaussians`` or ``anisotropic``)."""
+    return getattr(GaussianMixtureOracle, name)(diffusion)
+
+
+@dataclass
+class DataDraws:
+    """Two independent data draws and their energy distance: the floor a sample of the same size meets."""
+
+    held_out: torch.Tensor
+    second: torch.Tensor
+    floor: float
+    tv: float
+
+
+def data_draws(oracle: GaussianMixtureOracle, n: int, seed: int) -> DataDraws:
+    """``n`` held-out and ``n`` second data draws for ``seed`` (a stream apart from the samplers' x_T)."""
+    gen = torch.Generator().manual_seed(1_000_000 + seed)
+    held_out, second = oracle.sample(n, gen), oracle.sample(n, gen)
+    # metrics.quality_report's energy_floor: the energy distance between two data draws of size n; and the
+    # mode-weight error of a data draw, the total variation 0.5 sum_k |f_k - w_k| that n exact draws show
+    tv = 0.5 * float((oracle.mode_weights(held_out) - oracle.weights).abs().sum())
+    return DataDraws(held_out, second, energy_distance(second, held_out), tv)
+
+
+@dataclass
+class MixtureResult:
+    """One sampler, one seed: the energy distance to held-out data, its floor, and the mode-weight error."""
+
+    energy: float
+    floor: float
+    tv: float
+    nfe: int
+
+    @property
+    def ratio(self) -> float:
+        """Energy distance / data-vs-data floor (``QualityReport.ratio``)."""
+        return self.energy / self.floor
+
+
+def null_band(
+    oracle: GaussianMixtureOracle, draws: Sequence[DataDraws], replicates: int, seed: int
+) -> list[float]:
+    """Pooled ratios that exact samples reach: ``replicates`` times, a fresh data draw per seed is scored
+    against that seed's held-out set and floor like a sampler's samples. Sorted ascending."""
+    gen = torch.Generator().manual_seed(seed)
+    floors = sum(d.floor for d in draws)
+    out = []
+    for _ in range(replicates):
+        # an exact sampler's samples are one more data draw: sum of energies / sum of floors, as a sampler's
+        out.append(
+            sum(energy_distance(oracle.sample(len(d.held_out), gen), d.held_out) for d in draws) / floors
+        )
+    return sorted(out)
+
+
+def mixture_quality(
+    sampler: Sampler, oracle: GaussianMixtureOracle, n: int, seed: int, data: DataDraws | None = None
+) -> MixtureResult:
+    """``n`` samples from x_T drawn with ``seed`` (the same x_T for every sampler: paired comparisons),
+    scored against data draws of the same seed (``data``, or drawn here)."""
+    data = data or data_draws(oracle, n, seed)
+    gen = torch.Generator().manual_seed(seed)
+    x = sampler.sample(oracle, oracle.diffusion, (n, oracle.dim), generator=gen, progress=False)
+    # the energy figure of metrics.quality_report(x, held_out, second): energy_distance(x, held_out)
+    energy = energy_distance(x, data.held_out)
+    # total variation between the mode fractions f_k and the weights w_k: 0.5 sum_k |f_k - w_k|
+    tv = 0.5 * float((oracle.mode_weights(x) - oracle.weights).abs().sum())
+    return MixtureResult(energy, data.floor, tv, sampler.nfe(oracle.diffusion))
+
+
+# ---------------------------------------------------------------------------------------------- the run
+@dataclass
+class Row:
+    """One leaderboard cell: a sampler at one NFE budget on one oracle and schedule.
+
+    ``error`` is the headline figure: the covariance error (Gaussian) or the energy distance / floor pooled
+    over seeds (mixtures); ``metrics`` holds the rest (see ``leaderboard``).
+    """
+
+    oracle: str
+    schedule: str
+    sampler: str
+    order: int
+    budget: int
+    nfe: int
+    error: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _gaussian_rows(
+    schedule: str, specs: Sequence[SamplerSpec], budgets: Sequence[int], mc_n: int, bar: tqdm
+) -> list[Row]:
+    diffusion = make_diffusion(schedule)
+    mu, sigma = gaussian_data()
+    floor = final_step_error(diffusion, sigma, 0)  # the jump from t = 0: no sampler ending there beats it
+    runs = [(s.label, s.order, b, s.factory(b)) for s in specs for b in budgets]
+    runs.append((DDPM_1000, 1, T, DDPMSampler(None)))
+    rows = []
+    for label, order, budget, sampler in runs:
+        bar.set_postfix_str(f"gaussian {schedule} {label} {budget}")
+        r = covariance_error(sampler, diffusion, mu, sigma, mc_n=mc_n, seed=0)
+        metrics = {k: v for k, v in vars(r).items() if k not in ("cov_error", "nfe")}
+        rows.append(
+            Row("gaussian", schedule, label, order, budget, r.nfe, r.cov_error, {**metrics, "floor": floor})
+        )
+        bar.update()
+    return rows
+
+
+def _mixture_rows(
+    name: str,
+    schedule: str,
+    specs: Sequence[SamplerSpec],
+    budgets: Sequence[int],
+    n: int,
+    seeds: Sequence[int],
+    bar: tqdm,
+    sweep: Sequence[SamplerSpec] = (),
+) -> list[Row]:
+    diffusion = make_diffusion(schedule)
+    oracle = make_mixture(name, diffusion)
+    runs = [(s.label, s.order, b, s.factory(b), False) for s in specs for b in budgets]
+    runs.append((DDPM_1000, 1, T, DDPMSampler(None), False))
+    have = {(label, b) for label, _, b, _, _ in runs}
+    runs += [
+        (s.label, s.order, MIX_FAST_BUDGET, s.factory(MIX_FAST_BUDGET), True)
+        for s in sweep
+        if (s.label, MIX_FAST_BUDGET) not in have
+    ]
+    per_seed: dict[int, list[MixtureResult]] = {i: [] for i in range(len(runs))}
+    draws = []
+    for seed in seeds:
+        data = data_draws(oracle, n, seed)
+        draws.append(data)
+        for i, (label, _, budget, sampler, _) in enumerate(runs):
+            bar.set_postfix_str(f"{name} {schedule} seed {seed} {label} {budget}")
+            per_seed[i].append(mixture_quality(sampler, oracle, n, seed, data))
+            bar.update()
+    null = null_band(oracle, draws, NULL_REPLICATES, seed=2_000_000 + seeds[0])
+    rows = []
+    for i, (label, order, budget, _, swept) in enumerate(runs):
+        results = per_seed[i]
+        ratios = [r.ratio for r in results]
+        # pooled over seeds: mean energy / mean floor (a single floor is a noisy, heavy-tailed denominator)
+        pooled = sum(r.energy for r in results) / sum(r.floor for r in results)
+        rows.append(
+            Row(
+                name,
+                schedule,
+                label,
+                order,
+                budget,
+                results[0].nfe,
+                pooled,
+                {
+                    "ratio_min": min(ratios),
+                    "ratio_max": max(ratios),
+                    "ratios": ratios,
+                    "energies": [r.energy for r in results],
+                    "floors": [r.floor for r in results],
+                    "tv": statistics.fmean(r.tv for r in results),
+                    "tv_max": max(r.tv for r in results),
+                    "tv_floor": statistics.fmean(d.tv for d in draws),
+                    "null_median": statistics.median(null),
+                    # the 19th of 20 sorted: about the 95th percentile
+                    "null_q95": null[math.ceil(0.95 * len(null)) - 1],
+                    "seeds": list(seeds),
+                    "n": n,
+                    "sweep": swept,
+                },
+            )
+        )
+    return rows
+
+
+def leaderboard(
+    schedules: Sequence[str] = SCHEDULES,
+    budgets: Sequence[int] = BUDGETS,
+    n: int = 2000,
+    seeds: Sequence[int] = (0, 1, 2),
+    mc_n: int = 20_000,
+    mixtures: Sequence[str] = MIXTURES,
+    specs: Sequence[SamplerSpec] | None = None,
+    progress: bool = True,
+    sweep_b: bool = True,
+) -> list[Row]:
+    """Every sampler at every budget on the Gaussian and mixture oracles, for each schedule.
+
+    Gaussian rows carry ``mean_error``, ``method``, ``cov_error_se`` (Monte Carlo), ``exact_cov_error``,
+    ``solver_error``, ``final_step_error``, ``t_min`` and ``floor`` (the final-step error from t = 0);
+    mixture rows ``ratio_min`` / ``ratio_max`` (per seed), ``tv`` (mean over seeds), ``tv_max``,
+    ``tv_floor`` (a data draw's), ``null_median`` / ``null_q95`` (the band exact samples fall in), the
+    per-seed ``energies``, ``floors`` and ``ratios``, and ``sweep`` (a spacing variant measured at 10 NFE
+    only, for target (b); ``sweep_b=False`` leaves them out).
+    """
+    specs = list(specs if specs is not None else sampler_specs())
+    # target (b)'s spacing sweep, when its two budgets are measured (``sweep`` rows, budget 10 only)
+    labels = {s.label for s in specs}
+    sweep = [s for s in sweep_specs() if s.label not in labels] if sweep_b else []
+    if not {MIX_FAST_BUDGET, MIX_DDIM_BUDGET} <= set(budgets):
+        sweep = []
+    per_combo = len(specs) * len(budgets) + 1
+    total = len(schedules) * (per_combo + len(mixtures) * len(seeds) * (per_combo + len(sweep)))
+    rows: list[Row] = []
+    with tqdm(total=total, desc="leaderboard", disable=not progress, file=sys.stderr) as bar:
+        for schedule in schedules:
+            rows += _gaussian_rows(schedule, specs, budgets, mc_n, bar)
+        for name in mixtures:
+            for schedule in schedules:
+                rows += _mixture_rows(name, schedule, specs, budgets, n, seeds, bar, sweep)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- analysis
+@dataclass
+class SlopeFit:
+    """A least-squares line through log(error) against log(NFE)."""
+
+    slope: float
+    points: int
+    nfe_lo: int
+    nfe_hi: int
+
+
+def fit_slope(
+    points: Sequence[tuple[int, float]], floor: float, ceiling: float = FIT_CEILING
+) -> SlopeFit | None:
+    """The log-log slope of error against NFE over the points with FIT_FLOOR_FACTOR x floor < error <=
+    ceiling (None with fewer than two such points at distinct NFE)."""
+    use = sorted((nfe, e) for nfe, e in points if FIT_FLOOR_FACTOR * floor < e <= ceiling)
+    if len({nfe for nfe, _ in use}) < 2:
+        return None
+    xs = [math.log(nfe) for nfe, _ in use]
+    ys = [math.log(e) for _, e in use]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    # ordinary least squares: slope = sum (x - mx)(y - my) / sum (x - mx)^2
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+    return SlopeFit(slope, len(use), use[0][0], use[-1][0])
+
+
+def figure(r: Row) -> float:
+    """The figure comparisons and fits use: DDPM's exact propagated error on the Gaussian (its Monte-Carlo
+    estimate cannot fall below the sampling noise), the headline ``error`` otherwise."""
+    exact = r.metrics.get("exact_cov_error")
+    return float(exact) if exact is not None else r.error
+
+
+def _select(rows: Sequence[Row], **match: Any) -> list[Row]:
+    return [r for r in rows if all(getattr(r, k) == v for k, v in match.items())]
+
+
+def _labels(rows: Sequence[Row]) -> list[str]:
+    seen: dict[str, None] = {}
+    for r in rows:
+        seen.setdefault(r.sampler, None)
+    return list(seen)
+
+
+def _slope_points(rows: Sequence[Row], key: str) -> list[tuple[int, float]]:
+    out = []
+    for r in rows:
+        value = figure(r) if key == "error" else r.metrics.get(key)
+        if value is not None and r.sampler != DDPM_1000:
+            out.append((r.nfe, float(value)))
+    return out
+
+
+@dataclass
+class SlopeRow:
+    """A sampler's fitted slopes on one schedule of the Gaussian oracle."""
+
+    schedule: str
+    sampler: str
+    order: int
+    end_to_end: SlopeFit | None
+    solver: SlopeFit | None
+
+    @property
+    def passed(self) -> bool:
+        """The end-to-end slope is at least ``order - SLOPE_TOLERANCE`` steep."""
+        return self.end_to_end is not None and -self.end_to_end.slope >= self.order - SLOPE_TOLERANCE
+
+
+def gaussian_slopes(rows: Sequence[Row]) -> list[SlopeRow]:
+    """Per schedule and sampler: the slope of the covariance error (DDPM: its exact propagated figure; the
+    Monte-Carlo one sits on its sampling noise) and of the solver-only error before the final jump."""
+    out = []
+    for schedule in _schedules(rows, "gaussian"):
+        sched_rows = _select(rows, oracle="gaussian", schedule=schedule)
+        floor = sched_rows[0].metrics["floor"]
+        for label in _labels(sched_rows):
+            if label == DDPM_1000:
+                continue
+            mine = _select(sched_rows, sampler=label)
+            end = fit_slope(_slope_points(mine, "error"), floor)
+            solver = fit_slope(_slope_points(mine, "solver_error"), FLOAT32_FLOOR)
+            out.append(SlopeRow(schedule, label, mine[0].order, end, solver))
+    return out
+
+
+def _schedules(rows: Sequence[Row], oracle: str) -> list[str]:
+    return list(dict.fromkeys(r.schedule for r in rows if r.oracle == oracle))
+
+
+@dataclass
+class Target:
+    """One of the issue's targets: what it asks, the measured figure, and whether it is met."""
+
+    name: str
+    text: str
+    passed: bool | None  # None: not measured in this run
+
+
+def target_covariance(rows: Sequence[Row]) -> Target:
+    """(a) Gaussian, linear: some sampler reaches covariance error <= 2% at <= 20 NFE."""
+    name = (
+        f"(a) Gaussian oracle, linear T={T}: covariance error <= {COV_TARGET:.0%} at <= {COV_TARGET_NFE} NFE"
+    )
+    cands = [r for r in _select(rows, oracle="gaussian", schedule="linear") if r.nfe <= COV_TARGET_NFE]
+    if not cands:
+        return Target(name, "not measured (no linear-schedule Gaussian rows at <= 20 NFE)", None)
+    best = min(cands, key=figure)
+    hits = sorted((r for r in cands if figure(r) <= COV_TARGET), key=lambda r: (r.nfe, figure(r)))
+    ddim = [
+        r
+        for r in _select(rows, oracle="gaussian", schedule="linear", sampler="DDIM (eta=0)")
+        if r.error <= COV_TARGET
+    ]
+    text = f"best at <= {COV_TARGET_NFE} NFE: {best.sampler} at {best.nfe} NFE, {_pct(figure(best))}"
+    if hits:
+        h = hits[0]
+        text += f"; cheapest under {COV_TARGET:.0%}: {h.sampler} at {h.nfe} NFE ({_pct(figure(h))})"
+    if ddim:
+        first = min(ddim, key=lambda r: r.nfe)
+        text += f"; DDIM first gets under {COV_TARGET:.0%} at {first.nfe} NFE ({_pct(first.error)})"
+    else:
+        text += f"; DDIM does not get under {COV_TARGET:.0%} within the budgets measured"
+    return Target(name, text, bool(hits))
+
+
+def target_mixture(rows: Sequence[Row]) -> Target:
+    """(b) Mixtures: the best sampler at a budget of 10 NFE (the leaderboard's and the spacing sweep's) beats
+    DDIM at 50 NFE on the pooled energy ratio, on every mixture and schedule measured."""
+    name = (
+        f"(b) mixture oracles: the best sampler at {MIX_FAST_BUDGET} NFE beats DDIM at {MIX_DDIM_BUDGET} "
+        "NFE on the energy-distance ratio"
+    )
+    parts, verdicts = [], []
+    for oracle in MIXTURES:
+        for schedule in _schedules(rows, oracle):
+            mine = _select(rows, oracle=oracle, schedule=schedule)
+            fast = [r for r in mine if r.budget == MIX_FAST_BUDGET and r.sampler != DDPM_1000]
+            ddim = [r for r in mine if r.sampler == "DDIM (eta=0)" and r.budget == MIX_DDIM_BUDGET]
+            if not fast or not ddim:
+                continue
+            best, ref = min(fast, key=lambda r: r.error), ddim[0]
+            wins = sum(a < b for a, b in zip(best.metrics["energies"], ref.metrics["energies"], strict=True))
+            ok = best.error < ref.error
+            verdicts.append(ok)
+            parts.append(
+                f"{ORACLE_TITLES[oracle]}, {schedule}: {best.sampler} at {best.nfe} NFE {best.error:.2f}x vs "
+                f"DDIM-{ref.nfe} {ref.error:.2f}x the floor (lower on {wins}/{len(ref.metrics['energies'])} "
+                f"seeds) {'PASS' if ok else 'FAIL'}"
+            )
+    if not verdicts:
+        return Target(name, f"not measured (needs budgets {MIX_FAST_BUDGET} and {MIX_DDIM_BUDGET})", None)
+    return Target(name, "; ".join(parts), all(verdicts))
+
+
+def target_orders(slopes: Sequence[SlopeRow]) -> Target:
+    """(c) Every sampler's Gaussian covariance error falls at (at least) the rate its order predicts."""
+    name = "(c) every sampler's error falls with NFE at the rate its order predicts"
+    if not slopes:
+        return Target(name, "not measured", None)
+    bad = [s for s in slopes if not s.passed]
+    text = (
+        f"{len(slopes) - len(bad)}/{len(slopes)} (sampler, schedule) pairs fit a slope within "
+        f"{SLOPE_TOLERANCE} of -order or steeper"
+    )
+    if bad:
+        text += "; short: " + ", ".join(
+            f"{s.sampler} ({s.schedule}, order {s.order}: "
+            f"{'no fit' if s.end_to_end is None else f'{s.end_to_end.slope:.2f}'})"
+            for s in bad
+        )
+    return Target(name, text, not bad)
+
+
+def cheapest_at_ddpm1000(rows: Sequence[Row], oracle: str, schedule: str) -> tuple[Row | None, float]:
+    """The sampler and budget with the fewest NFE whose error is at DDPM-1000's level at that budget and at
+    every larger one; and that level. Gaussian: DDPM-1000's exact covariance error. Mixtures: the 95th
+    percentile of the pooled ratio exact samples reach (``null_q95``): one DDPM-1000 run is a single draw
+    from that band (its Gaussian error is far below what n samples resolve), so its own pooled figure would
+    set a level by chance."""
+    mine = [r for r in _select(rows, oracle=oracle, schedule=schedule) if not r.metrics.get("sweep")]
+    ref = _select(mine, sampler=DDPM_1000)
+    if not ref:
+        return None, math.nan
+    level = figure(ref[0]) if oracle == "gaussian" else ref[0].metrics["null_q95"]
+    best: Row | None = None
+    for label in _labels(mine):
+        if label == DDPM_1000:
+            continue
+        runs = sorted(_select(mine, sampler=label), key=lambda r: r.nfe)
+        for i, r in enumerate(runs):
+            if all(figure(s) <= level for s in runs[i:]):
+                if best is None or (r.nfe, figure(r)) < (best.nfe, figure(best)):
+                    best = r
+                break
+    return best, level
+
+
+# ---------------------------------------------------------------------------------------------- report
+def _pct(x: float) -> str:
+    return f"{100 * x:.3g}%"
+
+
+def _cell(r: Row) -> str:
+    if r.oracle == "gaussian":
+        text = _pct(r.error)
+        if r.metrics.get("method") == "monte carlo":
+            text += f" ± {_pct(r.metrics['cov_error_se'])}"
+            if r.metrics.get("exact_cov_error") is not None:
+                text += f" (exact {_pct(r.metrics['exact_cov_error'])})"
+    else:
+        text = f"{r.error:.2f} ({r.metrics['ratio_min']:.2f}–{r.metrics['ratio_max']:.2f})"
+    return text + (f" [{r.nfe}]" if r.nfe != r.budget else "")
+
+
+def _table(rows: Sequence[Row], cell: Callable[[Row], str]) -> list[str]:
+    budgets = sorted({r.budget for r in rows})
+    lines = [
+        "| sampler (order) | " + " | ".join(str(b) for b in budgets) + " |",
+        "|---|" + "---|" * len(budgets),
+    ]
+    for label in _labels(rows):
+        mine = {r.budget: r for r in _select(rows, sampler=label)}
+        order = next(iter(mine.values())).order
+        lines.append(
+            f"| {label} ({order}) | " + " | ".join(cell(mine[b]) if b in mine else "" for b in budgets) + " |"
+        )
+    return lines
+
+
+def _slope_diagnosis(rows: Sequence[Row], slopes: Sequence[SlopeRow]) -> list[str]:
+    """For every sampler short of its order: its error at its largest budget beside the final-step error
+    from its last timestep and its solver-only error, which say which of the two holds it back."""
+    out = []
+    for s in slopes:
+        if s.passed:
+            continue
+        mine = sorted(
+            _select(rows, oracle="gaussian", schedule=s.schedule, sampler=s.sampler), key=lambda r: r.nfe
+        )
+        last = mine[-1]
+        m = last.metrics
+        if m.get("solver_error") is None:
+            out.append(f"- {s.sampler} ({s.schedule}): {_pct(figure(last))} at {last.nfe} NFE.")
+            continue
+        out.append(
+            f"- {s.sampler} ({s.schedule}), at {last.nfe} NFE: error {_pct(figure(last))}; an exact solver "
+            f"stopping at its last timestep t = {m['t_min']:.4g} would still have "
+            f"{_pct(m['final_step_error'])} after the final jump; its own solver-only error there is "
+            f"{_pct(m['solver_error'])}."
+        )
+    if out:
+        out = [
+            "Samplers short of their order. Where the error tracks the final-step error of the last timestep "
+            "while the solver-only error falls at (or beyond) the predicted order, the shortfall is the "
+            "timestep grid's last point (and the final jump from it), not the solver's steps:",
+            "",
+            *out,
+            "",
+        ]
+    heun = [r for r in rows if r.oracle == "gaussian" and r.sampler.startswith("Heun")]
+    if heun:
+        levels = []
+        for schedule in dict.fromkeys(r.schedule for r in heun):
+            a, sg = alpha_sigma(make_diffusion(schedule), T - 1)
+            levels.append(f"{sg / a:.4g} ({schedule})")  # EDM table 1 (VP): sigma = sqrt((1 - abar) / abar)
+        out += [
+            "Heun (EDM) integrates in sigma = sqrt((1 - abar) / abar) from sigma_max = sigma(T - 1) = "
+            + ", ".join(levels)
+            + "; with few noise levels its first interval spans most of that range in one trapezoidal step.",
+            "",
+        ]
+    return out
+
+
+def _sweep_table(rows: Sequence[Row]) -> list[str]:
+    """Target (b)'s evidence: every sampler measured at the 10-NFE budget, spacing variants included, beside
+    DDIM at 50 NFE, per mixture and schedule."""
+    combos = [(o, s) for o in MIXTURES for s in _schedules(rows, o)]
+    fast = [r for r in rows if r.oracle in MIXTURES and r.budget == MIX_FAST_BUDGET]
+    if not combos or not any(r.metrics.get("sweep") for r in fast):
+        return []
+    out = [
+        f"Target (b) with every spacing: the pooled ratio of each sampler at the {MIX_FAST_BUDGET}-NFE "
+        "budget (DDIM and the multistep solvers on every spacing; real NFE in brackets where it differs), "
+        f"against DDIM at {MIX_DDIM_BUDGET} NFE:",
+        "",
+        "| sampler | " + " | ".join(f"{ORACLE_TITLES[o]}, {s}" for o, s in combos) + " |",
+        "|---|" + "---|" * len(combos),
+    ]
+    for label in _labels(fast):
+        cells = []
+        for o, s in combos:
+            r = [x for x in fast if x.oracle == o and x.schedule == s and x.sampler == label]
+            cells.append(
+                "" if not r else f"{r[0].error:.2f}" + (f" [{r[0].nfe}]" if r[0].nfe != r[0].budget else "")
+            )
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    ref = []
+    for o, s in combos:
+        r = [x for x in rows if x.oracle == o and x.schedule == s and x.sampler == "DDIM (eta=0)"]
+        r = [x for x in r if x.budget == MIX_DDIM_BUDGET]
+        ref.append(f"**{r[0].error:.2f}**" if r else "")
+    out += [f"| DDIM (eta=0) at {MIX_DDIM_BUDGET} NFE | " + " | ".join(ref) + " |", ""]
+    return out
+
+
+def render_markdown(rows: Sequence[Row], meta: dict[str, Any] | None = None) -> str:
+    """The report: how it was measured, a table per oracle and schedule, the fitted slopes, the issue's
+    three targets with PASS/FAIL, and which sampler to use. ``meta``: command, date, machine, wall_s, cpu_s,
+    plot (a file name), verify (``verify_affine`` results by label), n, seeds, mc_n."""
+    meta = meta or {}
+    every = list(rows)
+    rows = [r for r in rows if not r.metrics.get("sweep")]  # the spacing sweep has its own table
+    out = ["# Sampler leaderboard", ""]
+    out += [
+        f"- Command: `{meta.get('command', 'python scripts/sampler_leaderboard.py')}`",
+        f"- Date: {meta.get('date', 'n/a')}; machine: {meta.get('machine', 'n/a')}; "
+        f"wall time {meta.get('wall_s', math.nan):.0f} s (CPU time of the process "
+        f"{meta.get('cpu_s', math.nan):.0f} s; the machine is shared, so wall time depends on its load)",
+        f"- Oracles (`ddpm.oracle`, exact: no network is trained): Gaussian mu = {list(GAUSSIAN_MU)}, "
+        f"Sigma = {[list(r) for r in GAUSSIAN_SIGMA]}; eight Gaussians; the anisotropic 3-component "
+        f"mixture. Schedules: {', '.join(dict.fromkeys(r.schedule for r in rows))}, T = {T}, objective eps, "
+        "no clipping.",
+        "- NFE = network evaluations per sample, the sampler's own `nfe(diffusion)`. Columns are NFE "
+        "budgets; `[k]` marks a cell whose real NFE k differs (Heun spends 2N - 1 for N = (budget + 1) // 2 "
+        "noise levels; karras / logsnr grids drop timesteps that round to the same integer).",
+        "",
+        "## How it is measured",
+        "",
+        "- **Gaussian**: relative covariance error ||C - Sigma||_F / ||Sigma||_F of the samples (mean error "
+        "||m - mu||_2 below each table). The oracle's eps is affine in x_t and each deterministic step is "
+        "linear in x_t and the network output, so a deterministic sampler is an affine map x_T -> A x_T + b: "
+        "running it on x_T in {0, e_1, e_2} gives A and b, and C = A A^T, m = b exactly (x_T ~ N(0, I)), "
+        "with no Monte-Carlo noise.",
+    ]
+    verify = meta.get("verify") or {}
+    if verify:
+        gaps = max(v["max_gap"] for v in verify.values())
+        z = max(v["mc_vs_affine"] / v["mc_noise"] for v in verify.values())
+        worst = max(
+            abs(v["cov_error_mc"] - v["cov_error_affine"]) / v["cov_error_mc_se"] for v in verify.values()
+        )
+        nv = next(iter(verify.values()))["n"]
+        out.append(
+            f"  Checked on {nv:,} draws of x_T for every deterministic sampler at budget 20 (linear): the "
+            f"samples equal A x_T + b within {gaps:.1e} (float32), ||C_mc - A A^T||_F is at most {z:.2f}x "
+            f"its expected sampling noise, and the Monte-Carlo covariance error differs from the exact one "
+            f"by at most {worst:.2f} bootstrap standard errors."
+        )
+        out.append("")
+        out.append("  | sampler | affine error | Monte-Carlo error ± SE | largest gap to A x_T + b |")
+        out.append("  |---|---|---|---|")
+        for label, v in verify.items():
+            out.append(
+                f"  | {label} | {_pct(v['cov_error_affine'])} | {_pct(v['cov_error_mc'])} ± "
+                f"{_pct(v['cov_error_mc_se'])} | {v['max_gap']:.1e} |"
+            )
+        out.append("")
+    mc_n = meta.get("mc_n")
+    out += [
+        f"- **DDPM** is stochastic: Monte Carlo on {mc_n:,} samples (seed 0), ± a bootstrap standard error "
+        f"({BOOTSTRAP_RESAMPLES} resamples). A covariance estimated from {mc_n:,} draws is itself off by "
+        f"about {_pct(meta.get('mc_noise', math.nan))} of ||Sigma||_F (Wishart variance), so the Monte-Carlo "
+        "figure cannot go below that; `exact` is DDPM's figure from the mean and covariance propagated "
+        "through its own `step` (each step is x' = M x + c + G z), which the slopes and the comparisons use."
+        if mc_n
+        else "- **DDPM** is stochastic: Monte Carlo with a bootstrap standard error.",
+        f"- **Mixtures**: energy distance to {meta.get('n', '?')} held-out data points divided by the "
+        "data-vs-data floor (`ddpm.metrics`: the energy distance between two independent data draws of the "
+        f"same size), pooled over seeds {meta.get('seeds', '?')} as sum of energies / sum of floors (one "
+        "floor is a noisy, heavy-tailed denominator), with the per-seed range in brackets; 1.0 is as good as "
+        "the sample size can show. Every sampler starts from the same x_T for a seed (paired comparisons), "
+        "and the data draws are seeded apart from it (seed + 1,000,000). The ratio is noisy: below each "
+        f"table, the band that exact samples show ({NULL_REPLICATES} fresh data draws per seed scored the "
+        "same way against the same held-out sets); ratios inside it cannot be told from exact sampling at "
+        "this n. Mode-weight error: total variation 0.5 sum_k |f_k - w_k| between the fraction of samples "
+        "per component (`mode_weights`) and the weights, mean over seeds.",
+        "",
+    ]
+    if meta.get("plot"):
+        out += [
+            f"![error vs NFE]({meta['plot']})",
+            "",
+            f"The plot's y axis stops at {_pct(PLOT_TOP['gaussian'])} (Gaussian) and "
+            f"{PLOT_TOP['mixture']:g}x (mixtures); Heun's and a few few-step points lie above it (every "
+            "figure is in the tables).",
+            "",
+        ]
+
+    for oracle in ("gaussian", *MIXTURES):
+        for schedule in _schedules(rows, oracle):
+            mine = _select(rows, oracle=oracle, schedule=schedule)
+            what = "covariance error" if oracle == "gaussian" else "energy distance / floor (per-seed range)"
+            out += [f"## {ORACLE_TITLES[oracle]}, {schedule} schedule: {what}", ""]
+            out += _table(mine, _cell)
+            out.append("")
+            if oracle == "gaussian":
+                floor = mine[0].metrics["floor"]
+                top = max(r.budget for r in mine if r.sampler != DDPM_1000)
+                worst = max(mine, key=lambda r: r.metrics.get("mean_error", 0.0))
+                worst_top = max((r for r in mine if r.budget == top), key=lambda r: r.metrics["mean_error"])
+                out.append(
+                    f"- Mean error ||m - mu||_2 (||mu|| = {math.hypot(*GAUSSIAN_MU):.3g}; DDPM's by Monte "
+                    f"Carlo): largest {worst.metrics['mean_error']:.2g} ({worst.sampler}, {worst.nfe} NFE); "
+                    f"at budget {top} at most {worst_top.metrics['mean_error']:.2g} ({worst_top.sampler})."
+                )
+                out.append(
+                    f"- Floor: the last step of every sampler returns the x0 prediction E[x0 | x_t]; from "
+                    f"t = 0 that alone leaves {_pct(floor)} (abar_0 < 1). Samplers whose last network call "
+                    "is at t > 0 (the multistep solvers on linspace: t_min = 999 / budget) carry the larger "
+                    "final-step error of that t_min (the slopes section)."
+                )
+            else:
+                m0 = mine[0].metrics
+                ddpm = _select(mine, sampler=DDPM_1000)
+                out.append(
+                    f"- Exact samples (fresh data draws) reach a pooled ratio of {m0['null_median']:.2f} "
+                    f"(median of {NULL_REPLICATES}), {m0['null_q95']:.2f} (95th percentile)"
+                    + (f"; DDPM-1000 {ddpm[0].error:.2f}." if ddpm else ".")
+                )
+                tv_floor = m0.get("tv_floor", math.nan)
+                out += [
+                    "",
+                    f"Mode-weight error (TV, mean over seeds; a data draw of the same size shows "
+                    f"{tv_floor:.3f}). "
+                    "Every sampler starts from the same x_T and mostly carries it to the same component, so "
+                    "at this n the TV largely shows the draw of x_T rather than the sampler:",
+                    "",
+                ]
+                out += _table(
+                    mine, lambda r: f"{r.metrics['tv']:.3f}" + (f" [{r.nfe}]" if r.nfe != r.budget else "")
+                )
+            out.append("")
+
+    slopes = gaussian_slopes(rows)
+    out += [
+        "## Convergence: fitted log-log slopes (Gaussian oracle)",
+        "",
+        f"Least-squares slope of log(error) against log(NFE), over the budgets whose error lies between "
+        f"{FIT_FLOOR_FACTOR:g}x the floor and {FIT_CEILING:.0%} (above {FIT_CEILING:.0%} a sampler is not in "
+        "its asymptotic regime; near the floor the final step dominates). `end-to-end` fits the covariance "
+        "error of the tables (DDPM: its exact figure). `solver only` fits the error of the state at the last "
+        "timestep the network sees, against the exact probability-flow ODE from the same x_T "
+        f"(C_t C_s^-1), above {FIT_FLOOR_FACTOR * FLOAT32_FLOOR:.0e} (float32 rounding): the integration "
+        "error without the final jump to the clean data. PASS: the end-to-end slope is at least "
+        f"order - {SLOPE_TOLERANCE} steep.",
+        "",
+        "| schedule | sampler | predicted | end-to-end slope (points, NFE range) | solver-only slope | |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def fmt(f: SlopeFit | None) -> str:
+        return "no fit" if f is None else f"{f.slope:.2f} ({f.points}, {f.nfe_lo}–{f.nfe_hi})"
+
+    for s in slopes:
+        out.append(
+            f"| {s.schedule} | {s.sampler} | -{s.order} | {fmt(s.end_to_end)} | {fmt(s.solver)} | "
+            f"{'PASS' if s.passed else 'FAIL'} |"
+        )
+    out.append("")
+    out += _slope_diagnosis(rows, slopes)
+
+    targets = [target_covariance(rows), target_mixture(every), target_orders(slopes)]
+    out += ["## Targets", ""]
+    for t in targets:
+        verdict = "not measured" if t.passed is None else ("PASS" if t.passed else "FAIL")
+        out.append(f"- {t.name}: **{verdict}**. {t.text}.")
+    out.append("")
+    out += _sweep_table(every)
+
+    out += ["## Which sampler to use", ""]
+    out.append(
+        "Cheapest sampler at DDPM-1000's quality, per oracle and schedule: the fewest NFE at which a "
+        "sampler's error is at DDPM-1000's level and stays there at every larger budget measured. Gaussian: "
+        "DDPM-1000's exact covariance error. Mixtures: DDPM-1000 is as good as exact there (its Gaussian "
+        "error is far below what n samples resolve), so its level is the band exact samples reach (95th "
+        "percentile of their pooled ratio); DDPM-1000's own pooled figure is one noisy draw from that band. "
+        "That band is wide at this n and number of seeds, so on the mixtures this finds the first budget at "
+        "which a sampler can no longer be told from exact sampling, not a finer ranking; the Gaussian "
+        "figures are exact and rank finely."
+    )
+    out.append("")
+    for oracle in ("gaussian", *MIXTURES):
+        for schedule in _schedules(rows, oracle):
+            best, level = cheapest_at_ddpm1000(rows, oracle, schedule)
+            shown = _pct(level) if oracle == "gaussian" else f"{level:.2f}x"
+            if best is None:
+                out.append(
+                    f"- {ORACLE_TITLES[oracle]}, {schedule}: no sampler reaches DDPM-1000's level "
+                    f"({shown}) and stays there within the budgets measured."
+                )
+            else:
+                fig = _pct(figure(best)) if oracle == "gaussian" else f"{best.error:.2f}x"
+                out.append(
+                    f"- {ORACLE_TITLES[oracle]}, {schedule}: **{best.sampler} at {best.nfe} NFE** "
+                    f"({fig}; DDPM-1000's level {shown})."
+                )
+    out.append("")
+    out += [
+        "Best figure at small budgets (any sampler; on the mixtures, differences inside the exact-sample "
+        "band are noise):",
+        "",
+    ]
+    for oracle in ("gaussian", *MIXTURES):
+        for schedule in _schedules(rows, oracle):
+            mine = [r for r in _select(rows, oracle=oracle, schedule=schedule) if r.sampler != DDPM_1000]
+            parts = []
+            for budget in (10, 20, 50):
+                at = [r for r in mine if r.budget == budget]
+                if at:
+                    b = min(at, key=figure)
+                    shown = _pct(figure(b)) if oracle == "gaussian" else f"{figure(b):.2f}x"
+                    parts.append(f"budget {budget}: {b.sampler} ({shown} at {b.nfe} NFE)")
+            if parts:
+                out.append(f"- {ORACLE_TITLES[oracle]}, {schedule}: " + "; ".join(parts) + ".")
+    out.append("")
+    return "\n".join(out)
+
+
+def render_plot(rows: Sequence[Row], path: Path) -> None:
+    """Log-log error against NFE: one panel per oracle and schedule, one line per sampler."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    rows = [r for r in rows if not r.metrics.get("sweep")]
+    combos = [(o, s) for o in ("gaussian", *MIXTURES) for s in _schedules(rows, o)]
+    schedules = list(dict.fromkeys(s for _, s in combos))
+    oracles = list(dict.fromkeys(o for o, _ in combos))
+    height = 3.9 * len(schedules) + 1.0  # + an inch for the legend
+    fig, axes = plt.subplots(
+        len(schedules), len(oracles), figsize=(5.2 * len(oracles), height), squeeze=False
+    )
+    labels = [label for label in _labels(rows) if label != DDPM_1000]
+
+    # one colour per method, the spacing variants ("<method>, logsnr") in its colour with another line style
+    def family(label: str) -> tuple[str, str]:
+        base, _, spacing = label.rpartition(", ")
+        return (base, "--" if spacing == "logsnr" else ":") if spacing in SWEEP_SPACINGS else (label, "-")
+
+    families = list(dict.fromkeys(family(label)[0] for label in labels))
+    colors = plt.get_cmap("tab10")
+    ticks = [b for b in (5, 10, 20, 50, 100, 250, 1000) if b in {r.budget for r in rows}]
+    for (oracle, schedule), ax in ((c, axes[schedules.index(c[1])][oracles.index(c[0])]) for c in combos):
+        mine = _select(rows, oracle=oracle, schedule=schedule)
+        for label in labels:
+            runs = sorted(_select(mine, sampler=label), key=lambda r: r.nfe)
+            if not runs:
+                continue
+            ys = [figure(r) for r in runs]
+            base, style = family(label)
+            color = colors(families.index(base) % 10)
+            ax.plot([r.nfe for r in runs], ys, style, marker="o", ms=3, color=color, label=label, lw=1.2)
+        ref = _select(mine, sampler=DDPM_1000)
+        if ref:
+            level = figure(ref[0])
+            ax.axhline(level, color="k", lw=0.8, ls="-.", label="DDPM-1000")
+        if oracle == "gaussian":
+            ax.axhline(mine[0].metrics["floor"], color="grey", lw=0.8, ls=":", label="final-step floor (t=0)")
+            ax.set_ylabel("covariance error (DDPM: exact)")
+        else:
+            ax.axhline(
+                mine[0].metrics["null_q95"], color="grey", lw=0.8, ls="--", label="exact samples, 95th pct"
+            )
+            ax.set_ylabel("energy distance / floor")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_ylim(top=PLOT_TOP["gaussian" if oracle == "gaussian" else "mixture"])  # after the log scale
+        ax.set_xticks(ticks)
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("NFE")
+        ax.set_title(f"{ORACLE_TITLES[oracle]}, {schedule}", fontsize=10)
+        ax.grid(True, which="both", lw=0.3, alpha=0.5)
+    legend: dict[str, Any] = {}
+    for ax in axes.flat:  # the Gaussian panels have the final-step floor, the mixtures the exact-sample band
+        for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(name, handle)
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=5, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.9 / height, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=70)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def machine_description() -> str:
+    """``nproc`` cores and ``lscpu``'s model name, torch version and threads."""
+
+    def run(cmd: list[str]) -> str:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    cores = run(["nproc"]).strip() or str(os.cpu_count())
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in run(["lscpu"]).splitlines()
+            if line.startswith("Model name")
+        ),
+        platform.processor() or "unknown CPU",
+    )
+    return f"{model}, {cores} cores (nproc), torch {torch.__version__} ({torch.get_num_threads()} threads)"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line: ``--out``, ``--quick``, ``--n``, ``--seeds``, ``--mc-n``, ``--threads``."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown report (plot beside it)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a small slice: linear only, budgets {QUICK_BUDGETS}, n=500, one seed, mc-n=2000",
+    )
+    p.add_argument("--n", type=int, default=None, help="samples per mixture run (default 2000)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="mixture seeds (default 0 1 2)")
+    p.add_argument("--mc-n", type=int, default=None, help="DDPM Monte-Carlo samples (default 20000)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the leaderboard, write the report and the plot, print the tables; returns rows and report."""
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    n = args.n or (500 if args.quick else 2000)
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    mc_n = args.mc_n or (2000 if args.quick else 20_000)
+    schedules = ("linear",) if args.quick else SCHEDULES
+    budgets = QUICK_BUDGETS if args.quick else BUDGETS
+    started = dt.datetime.now(dt.UTC)
+    t0, cpu0 = time.perf_counter(), time.process_time()
+
+    diffusion = make_diffusion("linear")
+    mu, sigma = gaussian_data()
+    verify = {
+        s.label: verify_affine(s.factory(20), diffusion, mu, sigma, n=mc_n, seed=0)
+        for s in sampler_specs()
+        if not s.factory(20).stochastic
+    }
+    rows = leaderboard(schedules, budgets, n=n, seeds=seeds, mc_n=mc_n)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+
+    plot = args.out.with_name(args.out.stem + "_error_vs_nfe.png")
+    render_plot(rows, plot)
+    s2 = sigma.float().double()
+    mc_noise = math.sqrt(float((torch.outer(s2.diag(), s2.diag()) + s2**2).sum()) / (mc_n - 1)) / float(
+        s2.norm()
+    )
+    command = "uv run python scripts/sampler_leaderboard.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    meta = {
+        "command": command.strip(),
+        "date": f"{started:%Y-%m-%d %H:%M} UTC",
+        "machine": machine_description(),
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "plot": plot.name,
+        "verify": verify,
+        "n": n,
+        "seeds": seeds,
+        "mc_n": mc_n,
+        "mc_noise": mc_noise,
+    }
+    report = render_markdown(rows, meta)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report)
+    print(report)
+    print(f"Wrote {args.out} and {plot} ({wall:.0f} s)")
+    return {"rows": rows, "report": report, "meta": meta}
+
+
+if __name__ == "__main__":
+    main()
