@@ -363,13 +363,14 @@ def test_sample_and_eval_figures_come_before_a_failing_write(
 def test_a_key_the_runs_sampler_does_not_take_leaves_nothing(
     toy_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Without sampler=..., the run's own sampler (DDPM) is known only once loaded; still no sampling."""
+    """Without sampler=..., the run's own sampler (UniPC) is known only once loaded; still no sampling."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotPureNoiseWarning)
         code, err = _exits(sample_main, [str(toy_run), "sampler.eta=0.5", "--n", "10"], capsys)
     assert code == 2
     line = _one_line(err)
     assert (
-        "sampler.eta=0.5 is not an option of DDPMSampler (the run's sampler); it takes steps, spacing" in line
+        "sampler.eta=0.5 is not an option of UniPCSampler (the run's sampler); it takes "
+        "lower_order_final, order, spacing, steps" in line
     )
     assert not (toy_run / "samples").exists()
