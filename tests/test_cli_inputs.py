@@ -371,6 +371,6 @@ def test_a_key_the_runs_sampler_does_not_take_leaves_nothing(
     line = _one_line(err)
     assert (
         "sampler.eta=0.5 is not an option of UniPCSampler (the run's sampler); it takes "
-        "lower_order_final, order, spacing, steps" in line
+        "steps, order, spacing, lower_order_final" in line
     )
     assert not (toy_run / "samples").exists()

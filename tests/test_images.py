@@ -37,7 +37,7 @@ SHORT = [
     "final_samples=16",
     "callbacks.samples.num_samples=8",
     "callbacks.samples.strip_images=2",
-    "callbacks.samples.sampler=null",  # digits' grids use DDIM 100, more steps than T=20 has
+    "sampler.steps=null",  # digits and mnist sample with DDPM-250, more steps than T=20 has
     "callbacks.progress_bar=null",
     "trainer.enable_progress_bar=false",
     "logger=csv",
