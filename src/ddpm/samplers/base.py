@@ -33,7 +33,9 @@ __all__ = [
     "Sampler",
     "StepOutput",
     "alpha_sigma",
+    "check_order",
     "check_steps",
+    "step_index",
 ]
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -93,6 +95,15 @@ def alpha_sigma(diffusion: GaussianDiffusion, t: int | float | torch.Tensor) -> 
     else:
         abar = float(diffusion.alphas_cumprod_at(float(t)))
     return math.sqrt(abar), math.sqrt(1.0 - abar)  # DDPM eq. 4: x_t = alpha_t x0 + sigma_t eps
+
+
+def step_index(timesteps: list, t: object) -> int | None:
+    """Where ``t`` lies in a sampler's own timesteps, or None for a timestep outside them."""
+    t = t.item() if isinstance(t, torch.Tensor) else t
+    try:
+        return timesteps.index(t)
+    except ValueError:
+        return None
 
 
 def _check_finite(x: torch.Tensor, t: object, i: int, total: int) -> None:

@@ -21,7 +21,15 @@ from typing import NamedTuple
 import torch
 
 from ddpm.diffusion import GaussianDiffusion, _parse_enum
-from ddpm.samplers.base import CLEAN, Sampler, StepOutput, alpha_sigma, check_order, check_steps
+from ddpm.samplers.base import (
+    CLEAN,
+    Sampler,
+    StepOutput,
+    alpha_sigma,
+    check_order,
+    check_steps,
+    step_index,
+)
 from ddpm.samplers.spacing import Spacing, make_timesteps
 
 __all__ = ["MULTISTEP_LOWER_ORDER_BELOW", "DPMSolverSampler", "DPMSolverState"]
@@ -36,15 +44,6 @@ class DPMSolverState(NamedTuple):
 
     lambdas: tuple[float, ...] = ()
     x0s: tuple[torch.Tensor, ...] = ()
-
-
-def step_index(timesteps: list, t: object) -> int | None:
-    """Where ``t`` lies in a sampler's own timesteps, or None for a timestep outside them."""
-    t = t.item() if isinstance(t, torch.Tensor) else t
-    try:
-        return timesteps.index(t)
-    except ValueError:
-        return None
 
 
 class DPMSolverSampler(Sampler):

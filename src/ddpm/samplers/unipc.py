@@ -17,8 +17,15 @@ from typing import NamedTuple
 import torch
 
 from ddpm.diffusion import GaussianDiffusion, _parse_enum
-from ddpm.samplers.base import CLEAN, Sampler, StepOutput, alpha_sigma, check_order, check_steps
-from ddpm.samplers.dpm_solver import step_index
+from ddpm.samplers.base import (
+    CLEAN,
+    Sampler,
+    StepOutput,
+    alpha_sigma,
+    check_order,
+    check_steps,
+    step_index,
+)
 from ddpm.samplers.spacing import Spacing, make_timesteps
 
 __all__ = ["UniPCSampler", "UniPCState"]
