@@ -7,7 +7,8 @@ current sample and returns the next one, so a user can write their own loop::
     ts = sampler.timesteps(diffusion)
     for i, t in enumerate(ts):
         t_prev = ts[i + 1] if i + 1 < len(ts) else -1        # -1: the clean data, abar = 1
-        out = sampler.step(diffusion, model(x, t), t, t_prev, x, noise=torch.randn_like(x), state=state)
+        output = model(x, torch.full((len(x),), t))
+        out = sampler.step(diffusion, output, t, t_prev, x, noise=torch.randn_like(x), state=state)
         x, state = out.prev_sample, out.state
 
 Multistep samplers carry their history in ``state`` (taken and returned by ``step``), so nothing is left
