@@ -3,8 +3,12 @@ that needs no training is part of the library, ddpm.oracle.GaussianOracle."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+
+from ddpm.samplers import Sampler
 
 
 @pytest.fixture
@@ -13,3 +17,19 @@ def gaussian_2d() -> tuple[torch.Tensor, torch.Tensor]:
     mu = torch.tensor([1.0, -0.5])
     sigma = torch.tensor([[0.5, 0.3], [0.3, 0.8]])
     return mu, sigma
+
+
+@pytest.fixture
+def fake_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A run folder whose checkpoint must never be read, and no sampler may run: both fail the test."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
+
+    def never(*args: object, **kwargs: object) -> None:
+        pytest.fail("work started before the inputs were checked")
+
+    monkeypatch.setattr("ddpm.build.load_run", never)
+    monkeypatch.setattr(Sampler, "sample", never)
+    monkeypatch.chdir(tmp_path)  # ddpm-viz writes to ./outputs/viz by default
+    return run

@@ -6,12 +6,15 @@ tests/conftest.py.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import subprocess
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -111,3 +114,14 @@ def train_in_process(argv: list[str]) -> int:
         root.setLevel(level)
         GlobalHydra.instance().clear()
     return code
+
+
+def load_script(path: Path, name: str) -> Iterator[ModuleType]:
+    """Import a script of ``scripts/`` as module ``name`` for a fixture to yield, then forget it."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
 
 
 @pytest.fixture(scope="module")
 def benchmark_module():
-    spec = importlib.util.spec_from_file_location("ddpm_benchmark_script", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield from load_script(SCRIPT, "ddpm_benchmark_script")
 
 
 def test_tiny_benchmark_writes_its_report(benchmark_module, tmp_path: Path) -> None:

@@ -29,22 +29,6 @@ from ddpm.samplers import Sampler
 from ddpm.schedules import NotPureNoiseWarning, make_beta_schedule
 
 
-@pytest.fixture
-def fake_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A run folder whose checkpoint must never be read, and no sampler may run: both fail the test."""
-    run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    (run / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
-
-    def never(*args: object, **kwargs: object) -> None:
-        pytest.fail("work started before the inputs were checked")
-
-    monkeypatch.setattr("ddpm.build.load_run", never)
-    monkeypatch.setattr(Sampler, "sample", never)
-    monkeypatch.chdir(tmp_path)  # ddpm-viz writes to ./outputs/viz by default
-    return run
-
-
 def _exits(main, argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     """The exit code of a sample/eval ``main`` that must exit, and its stderr."""
     with pytest.raises(SystemExit) as exc:

@@ -3,8 +3,6 @@ mixture figure, and the report's tables and PASS/FAIL lines."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +10,7 @@ import torch
 
 from ddpm.metrics import quality_report
 from ddpm.samplers import DDIMSampler, DDPMSampler, DPMSolverSampler, UniPCSampler
+from tests.helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "sampler_leaderboard.py"
 
@@ -27,13 +26,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def lb():
-    spec = importlib.util.spec_from_file_location("ddpm_sampler_leaderboard_script", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up here
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield from load_script(SCRIPT, "ddpm_sampler_leaderboard_script")
 
 
 @pytest.fixture(scope="module")

@@ -176,21 +176,6 @@ def test_a_label_without_an_option_names_the_run_sampler(diffusion: GaussianDiff
 
 
 # ---------------------------------------------------------------------------- refused before the checkpoint
-@pytest.fixture
-def fake_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A run folder whose checkpoint must never be read, and no sampler may run: both fail the test."""
-    run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    (run / "checkpoints" / "last.ckpt").write_bytes(b"not a checkpoint")
-
-    def never(*args: object, **kwargs: object) -> None:
-        pytest.fail("work started before the inputs were checked")
-
-    monkeypatch.setattr("ddpm.build.load_run", never)
-    monkeypatch.setattr(Sampler, "sample", never)
-    return run
-
-
 @pytest.mark.parametrize(
     ("args", "needle"),
     [

@@ -25,10 +25,12 @@ from typing import Any, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from ddpm.diffusion import GaussianDiffusion
+from ddpm.diffusion import GaussianDiffusion, _parse_enum
+from ddpm.samplers.spacing import Spacing, make_timesteps
 
 __all__ = [
     "Model",
+    "MultistepSampler",
     "NonFiniteSampleError",
     "SampleResult",
     "Sampler",
@@ -201,3 +203,39 @@ class Sampler:
         if traj is None or x0s is None:
             return x
         return SampleResult(x, torch.stack(traj), torch.stack(x0s), ts)
+
+
+class MultistepSampler(Sampler):
+    """The settings and timesteps the multistep solvers (DPM-Solver++, UniPC) share.
+
+    Args:
+        steps: network evaluations, 1 <= steps <= T.
+        order: 1, 2 or 3.
+        spacing: ``linspace``, ``leading``, ``trailing``, ``karras`` or ``logsnr``
+            (:mod:`ddpm.samplers.spacing`; linspace and leading leave t = 0 to the clean data).
+        lower_order_final: lower the order of the last steps (each solver says how).
+    """
+
+    def __init__(
+        self, steps: int = 20, order: int = 2, spacing: str = "linspace", lower_order_final: bool = True
+    ) -> None:
+        self.steps = check_steps(steps)
+        self.order = check_order(order, (1, 2, 3))
+        self.spacing = _parse_enum(Spacing, "spacing", spacing)
+        self.lower_order_final = bool(lower_order_final)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(steps={self.steps}, order={self.order}, spacing={self.spacing.value!r}, "
+            f"lower_order_final={self.lower_order_final})"
+        )
+
+    def timesteps(self, diffusion: GaussianDiffusion) -> list[int]:
+        """The descending timesteps; the step after the last lands on the clean data."""
+        return make_timesteps(
+            diffusion.num_timesteps,
+            self.steps,
+            self.spacing,
+            alphas_cumprod=diffusion.alphas_cumprod,
+            include_zero=False,
+        )

@@ -20,17 +20,14 @@ from typing import NamedTuple
 
 import torch
 
-from ddpm.diffusion import GaussianDiffusion, _parse_enum
+from ddpm.diffusion import GaussianDiffusion
 from ddpm.samplers.base import (
     CLEAN,
-    Sampler,
+    MultistepSampler,
     StepOutput,
     alpha_sigma,
-    check_order,
-    check_steps,
     step_index,
 )
-from ddpm.samplers.spacing import Spacing, make_timesteps
 
 __all__ = ["MULTISTEP_LOWER_ORDER_BELOW", "DPMSolverSampler", "DPMSolverState"]
 
@@ -46,7 +43,7 @@ class DPMSolverState(NamedTuple):
     x0s: tuple[torch.Tensor, ...] = ()
 
 
-class DPMSolverSampler(Sampler):
+class DPMSolverSampler(MultistepSampler):
     """Multistep DPM-Solver++ of order 1, 2 (2M) or 3 (3M): ``steps`` network evaluations.
 
     Args:
@@ -70,31 +67,12 @@ class DPMSolverSampler(Sampler):
         spacing: str = "linspace",
         lower_order_final: bool = True,
     ) -> None:
-        self.steps = check_steps(steps)
-        self.order = check_order(order, (1, 2, 3))
+        super().__init__(steps, order, spacing, lower_order_final)
         if algorithm not in self.ALGORITHMS:
             raise ValueError(
                 f"algorithm={algorithm!r} is unknown; choose one of {', '.join(self.ALGORITHMS)}"
             )
         self.algorithm = algorithm
-        self.spacing = _parse_enum(Spacing, "spacing", spacing)
-        self.lower_order_final = bool(lower_order_final)
-
-    def __repr__(self) -> str:
-        return (
-            f"DPMSolverSampler(steps={self.steps}, order={self.order}, spacing={self.spacing.value!r}, "
-            f"lower_order_final={self.lower_order_final})"
-        )
-
-    def timesteps(self, diffusion: GaussianDiffusion) -> list[int]:
-        """The descending timesteps; the step after the last lands on the clean data."""
-        return make_timesteps(
-            diffusion.num_timesteps,
-            self.steps,
-            self.spacing,
-            alphas_cumprod=diffusion.alphas_cumprod,
-            include_zero=False,
-        )
 
     def order_at(self, diffusion: GaussianDiffusion, t: object, t_prev: object, history: int) -> int:
         """The order of the step t -> t_prev given ``history`` earlier x0 predictions."""

@@ -16,17 +16,14 @@ from typing import NamedTuple
 
 import torch
 
-from ddpm.diffusion import GaussianDiffusion, _parse_enum
+from ddpm.diffusion import GaussianDiffusion
 from ddpm.samplers.base import (
     CLEAN,
-    Sampler,
+    MultistepSampler,
     StepOutput,
     alpha_sigma,
-    check_order,
-    check_steps,
     step_index,
 )
-from ddpm.samplers.spacing import Spacing, make_timesteps
 
 __all__ = ["UniPCSampler", "UniPCState"]
 
@@ -86,7 +83,7 @@ def _unipc_update(
     return base - (alpha_t * b_h) * (res + rhos[-1] * (x0_at_t - m0))
 
 
-class UniPCSampler(Sampler):
+class UniPCSampler(MultistepSampler):
     """UniPC-bh2 of order 1-3: ``steps`` network evaluations, one corrector per step at no extra cost.
 
     Args:
@@ -97,30 +94,6 @@ class UniPCSampler(Sampler):
         lower_order_final: cap the order at the number of steps left (diffusers' default). The last step,
             onto the clean data, is first order regardless.
     """
-
-    def __init__(
-        self, steps: int = 20, order: int = 2, spacing: str = "linspace", lower_order_final: bool = True
-    ) -> None:
-        self.steps = check_steps(steps)
-        self.order = check_order(order, (1, 2, 3))
-        self.spacing = _parse_enum(Spacing, "spacing", spacing)
-        self.lower_order_final = bool(lower_order_final)
-
-    def __repr__(self) -> str:
-        return (
-            f"UniPCSampler(steps={self.steps}, order={self.order}, spacing={self.spacing.value!r}, "
-            f"lower_order_final={self.lower_order_final})"
-        )
-
-    def timesteps(self, diffusion: GaussianDiffusion) -> list[int]:
-        """The descending timesteps; the step after the last lands on the clean data."""
-        return make_timesteps(
-            diffusion.num_timesteps,
-            self.steps,
-            self.spacing,
-            alphas_cumprod=diffusion.alphas_cumprod,
-            include_zero=False,
-        )
 
     def step(
         self,
