@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GaussianDiffusion", "LossType", "LossWeighting", "Objective", "VarianceType"]
+__all__ = ["GaussianDiffusion", "LossType", "LossWeighting", "Objective", "VarianceType", "log_sigmas"]
 
 
 class Objective(enum.StrEnum):
@@ -58,6 +58,12 @@ def _parse_enum(cls: type[E], arg: str, value: object) -> E:
     except ValueError:
         allowed = ", ".join(repr(m.value) for m in cls)
         raise ValueError(f"{arg}={value!r} is unknown; choose one of {allowed}") from None
+
+
+def log_sigmas(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """log sigma_t, float64 on the CPU, of the noise levels sigma = sqrt((1 - abar) / abar) of a schedule."""
+    abar = alphas_cumprod.detach().double().cpu()
+    return 0.5 * ((1 - abar) / abar).log()  # VP: sigma^2 = (1 - abar) / abar (EDM table 1)
 
 
 class GaussianDiffusion(nn.Module):
@@ -199,8 +205,7 @@ class GaussianDiffusion(nn.Module):
         t = torch.as_tensor(t, dtype=torch.float64)
         if bool(((t < 0) | (t > self.num_timesteps - 1)).any()):
             raise ValueError(f"t must lie in [0, T-1] = [0, {self.num_timesteps - 1}]")
-        abar = self.alphas_cumprod.detach().double().cpu()
-        log_sigma = 0.5 * ((1 - abar) / abar).log()  # VP: sigma^2 = (1 - abar) / abar (EDM table 1)
+        log_sigma = log_sigmas(self.alphas_cumprod)
         low = t.floor().long().clamp(max=self.num_timesteps - 1)
         high = (low + 1).clamp(max=self.num_timesteps - 1)
         w = t - low

@@ -31,7 +31,7 @@ import enum
 
 import torch
 
-from ddpm.diffusion import _parse_enum
+from ddpm.diffusion import _parse_enum, log_sigmas
 
 __all__ = ["Spacing", "make_timesteps", "sigma_to_timestep"]
 
@@ -49,32 +49,27 @@ class Spacing(enum.StrEnum):
     LOGSNR = "logsnr"
 
 
-def _log_sigmas(alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    abar = alphas_cumprod.detach().double().cpu()
-    return 0.5 * ((1 - abar) / abar).log()  # VP: sigma^2 = (1 - abar) / abar (EDM table 1)
-
-
 def sigma_to_timestep(sigma: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """The real-valued timestep whose noise level is ``sigma``: log sigma interpolated linearly between
     the integers (diffusers' ``_sigma_to_t``; the inverse of ``GaussianDiffusion.alphas_cumprod_at``)."""
-    log_sigmas = _log_sigmas(alphas_cumprod)
+    levels = log_sigmas(alphas_cumprod)
     log_sigma = torch.as_tensor(sigma, dtype=torch.float64).clamp(min=1e-10).log()
     # index of the last log_sigma <= the target; log sigma rises with t
-    low = (torch.searchsorted(log_sigmas, log_sigma, right=True) - 1).clamp(0, len(log_sigmas) - 2)
-    lo, hi = log_sigmas[low], log_sigmas[low + 1]
+    low = (torch.searchsorted(levels, log_sigma, right=True) - 1).clamp(0, len(levels) - 2)
+    lo, hi = levels[low], levels[low + 1]
     w = ((log_sigma - lo) / (hi - lo)).clamp(0, 1)
     return low + w
 
 
 def _noise_level_grid(spacing: Spacing, steps: int, alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """``steps`` noise levels from sigma(T-1) down to sigma(0), float64."""
-    log_sigmas = _log_sigmas(alphas_cumprod)
+    levels = log_sigmas(alphas_cumprod)
     ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
     if spacing is Spacing.KARRAS:
-        lo, hi = log_sigmas[0].exp() ** (1 / KARRAS_RHO), log_sigmas[-1].exp() ** (1 / KARRAS_RHO)
+        lo, hi = levels[0].exp() ** (1 / KARRAS_RHO), levels[-1].exp() ** (1 / KARRAS_RHO)
         return (hi + ramp * (lo - hi)) ** KARRAS_RHO  # EDM eq. 5
     # DPM-Solver sec. 3.3: uniform steps in lambda = log(alpha / sigma) = -log sigma (VP)
-    return (log_sigmas[-1] + ramp * (log_sigmas[0] - log_sigmas[-1])).exp()
+    return (levels[-1] + ramp * (levels[0] - levels[-1])).exp()
 
 
 def make_timesteps(
