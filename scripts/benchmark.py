@@ -334,10 +334,12 @@ def compare_training(
 
 def ema_update_table(make_net: Callable[[], nn.Module], T: int, repeats: int) -> Table:
     """The cost of one EMA update: Lightning's EMAWeightAveraging by default (a per-tensor ``avg_fn`` over
-    the whole LightningModule, parameters and buffers), ddpm-lab's ``EMA`` (torch's foreach
-    ``multi_avg_fn``) and the plain loop's (foreach over the network only), interleaved."""
+    the whole LightningModule, parameters and buffers), torch's foreach ``multi_avg_fn`` through
+    ``AveragedModel.update_parameters`` (which regroups the tensors at every call), ddpm-lab's ``EMA``
+    callback (foreach, groups built once) and the plain loop's (foreach, network only), interleaved."""
     from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn, get_ema_multi_avg_fn
 
+    from ddpm.callbacks import EMA
     from ddpm.lit_module import DiffusionModule
     from ddpm.samplers import DDIMSampler
 
@@ -345,26 +347,32 @@ def ema_update_table(make_net: Callable[[], nn.Module], T: int, repeats: int) ->
     module = DiffusionModule(
         net, make_diffusion(T), DDIMSampler(steps=10), lambda params: torch.optim.AdamW(params)
     )
-    variants = {
-        "EMAWeightAveraging's default update (per tensor, whole module)": (
-            AveragedModel(module, use_buffers=True, avg_fn=get_ema_avg_fn(0.995)),
-            module,
+    callback = EMA(decay=0.995)
+    callback.setup(None, module, "fit")  # type: ignore[arg-type]  # builds its AveragedModel, as in a fit
+    callback._update(module)  # the first update copies the weights
+    lightning_default = AveragedModel(module, use_buffers=True, avg_fn=get_ema_avg_fn(0.995))
+    foreach = AveragedModel(module, use_buffers=True, multi_avg_fn=get_ema_multi_avg_fn(0.995))
+    plain = AveragedModel(net, use_buffers=True, multi_avg_fn=get_ema_multi_avg_fn(0.995))
+    variants: dict[str, Callable[[], None]] = {
+        "EMAWeightAveraging's default update (per tensor, whole module)": lambda: (
+            lightning_default.update_parameters(module)
         ),
-        "ddpm-lab's EMA callback (foreach multi_avg_fn, whole module)": (
-            AveragedModel(module, use_buffers=True, multi_avg_fn=get_ema_multi_avg_fn(0.995)),
-            module,
+        "foreach multi_avg_fn through AveragedModel.update_parameters (whole module)": lambda: (
+            foreach.update_parameters(module)
         ),
-        "plain loop's update (foreach, network only)": (
-            AveragedModel(net, use_buffers=True, multi_avg_fn=get_ema_multi_avg_fn(0.995)),
-            net,
+        "ddpm-lab's EMA callback (foreach, tensor groups built once; whole module)": lambda: callback._update(
+            module
+        ),
+        "plain loop's update (foreach through AveragedModel, network only)": lambda: plain.update_parameters(
+            net
         ),
     }
     times: dict[str, list[float]] = {k: [] for k in variants}
     for _ in range(repeats):
-        for key, (avg, src) in variants.items():
+        for key, update in variants.items():
             start = time.perf_counter()
             for _ in range(50):
-                avg.update_parameters(src)
+                update()
             times[key].append((time.perf_counter() - start) / 50)
     table = Table("One EMA update of the toy MLP (CPU)", ["implementation", "ms per update (median)"])
     table.rows = [[key, 1000 * statistics.median(v)] for key, v in times.items()]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import warnings
+from typing import Any
 
+import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
@@ -53,6 +56,58 @@ def test_ema_callback_averages_like_lightnings_default() -> None:
     for a, b, e in zip(fast.module.parameters(), slow.module.parameters(), expected, strict=True):
         torch.testing.assert_close(a, b)
         torch.testing.assert_close(a, e)
+
+
+class _TinyModule(L.LightningModule):
+    """A linear model with a buffer, trained on fixed random batches (both EMA callbacks see the same)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 1))
+        self.register_buffer("scale", torch.ones(1, dtype=torch.float64))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return ((self.net(x) - y) ** 2).mean()
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.log("val/loss", self.training_step(batch, batch_idx))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _fit_with(callback: L.Callback) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(64, 3, generator=gen), torch.randn(64, 1, generator=gen)
+    data = torch.utils.data.TensorDataset(x, y)
+    loader = torch.utils.data.DataLoader(data, batch_size=8)
+    module = _TinyModule()
+    trainer = L.Trainer(
+        max_steps=12, val_check_interval=4, limit_val_batches=2, callbacks=[callback], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # few dataloader workers: expected here
+        trainer.fit(module, loader, loader)
+    return [t.detach().clone() for t in (*module.parameters(), *module.buffers())]
+
+
+def test_ema_callback_in_a_fit_equals_lightnings_own() -> None:
+    # the cached foreach groups survive the validation swaps and give Lightning's average at the end
+    ours, lightnings = _fit_with(EMA(decay=0.8)), _fit_with(EMAWeightAveraging(decay=0.8))
+    for a, b in zip(ours, lightnings, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_ema_average_moves_to_the_device_the_module_trains_on() -> None:
+    callback, module = EMA(decay=0.9), _TinyModule()
+    callback.setup(None, module, "fit")  # type: ignore[arg-type]  # Lightning: before the module moves
+    module.to("meta")
+    callback.on_fit_start(None, module)  # type: ignore[arg-type]
+    assert callback._average_model is not None
+    assert {t.device.type for t in callback._average_model.module.parameters()} == {"meta"}
 
 
 def test_ema_callback_rejects_a_bad_decay() -> None:

@@ -88,11 +88,18 @@ class SampleQualityCallback(Callback):
 
 
 class EMA(EMAWeightAveraging):
-    """Lightning's ``EMAWeightAveraging`` (same options, same checkpoints) with torch's foreach update.
+    """Lightning's ``EMAWeightAveraging`` (same options, same checkpoints) with torch's foreach update,
+    kept on the training device.
 
     Lightning hands ``AveragedModel`` a per-tensor ``avg_fn``, so each step launches a few small ops per
     parameter and buffer; for the toy MLP that cost more than the training step. ``get_ema_multi_avg_fn``
     does the same update, ``decay * avg + (1 - decay) * p``, with one foreach kernel per group of tensors.
+    ``AveragedModel.update_parameters`` also walks both modules and regroups their tensors at every step;
+    the groups are fixed for a fit, so they are built once (at the first averaging step) and reused.
+
+    Lightning builds the average in ``setup``, before the strategy moves the module to its device, so
+    without ``device`` the average of a GPU run would stay in host memory and every step would copy the
+    weights across: it is moved to the module's device when the fit starts.
     """
 
     def __init__(self, decay: float = 0.999, **kwargs: Any) -> None:
@@ -104,6 +111,47 @@ class EMA(EMAWeightAveraging):
         self._kwargs.pop("avg_fn", None)  # AveragedModel accepts one of avg_fn / multi_avg_fn
         self._kwargs["multi_avg_fn"] = get_ema_multi_avg_fn(decay)
         self.decay = decay
+        self._groups: list[tuple[list[Any], list[Any]]] | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Put the average where the module trains (unless ``device`` chose otherwise): the strategy has
+        moved the module by now, and the sanity check's swap has not run yet."""
+        if self._average_model is not None and self._device is None:
+            self._average_model.to(pl_module.device)
+        self._groups = None  # tensors may have moved: regroup at the next update
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Average after each optimizer step that ``should_update`` selects (as Lightning's callback)."""
+        step_idx = trainer.global_step - 1
+        if trainer.global_step > self._latest_update_step and self.should_update(step_idx=step_idx):
+            self._update(pl_module)
+            self._latest_update_step = trainer.global_step
+
+    def _update(self, pl_module: L.LightningModule) -> None:
+        import torch
+
+        average = self._average_model
+        assert average is not None
+        if average.n_averaged == 0 or not average.use_buffers:
+            average.update_parameters(pl_module)  # the first call copies; the rest is Lightning's own path
+            return
+        if self._groups is None:
+            from torch.utils._foreach_utils import _group_tensors_by_device_and_dtype
+
+            mine = [t.detach() for t in (*average.module.parameters(), *average.module.buffers())]
+            theirs = [t.detach() for t in (*pl_module.parameters(), *pl_module.buffers())]
+            pairs = zip(mine, theirs, strict=False)
+            if len(mine) != len(theirs) or any(a.device != b.device for a, b in pairs):
+                average.update_parameters(pl_module)
+                return
+            grouped = _group_tensors_by_device_and_dtype([mine, theirs])  # type: ignore[list-item]
+            self._groups = [(avg, cur) for (avg, cur), _ in grouped.values()]
+        with torch.no_grad():
+            for avg, cur in self._groups:
+                self._kwargs["multi_avg_fn"](avg, cur, average.n_averaged)
+        average.n_averaged += 1
 
 
 class LossByTimestepCallback(Callback):
