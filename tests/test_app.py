@@ -161,6 +161,7 @@ def test_toy2d_default_reaches_its_quality_threshold(tmp_path: Path) -> None:
         (["schedule.beta_end=1.5"], r"schedule: beta_end=1\.5 is outside \(0, 1\)"),
         (["schedule=cosine", "schedule.s=-1"], r"schedule: s=-1"),
         (["diffusion.objective=score"], r"diffusion: objective='score' is unknown"),
+        (["cpu_threads=0"], r"cpu_threads=0 is invalid; use an integer >= 1"),
     ],
 )
 def test_bad_config_fails_before_work_and_leaves_no_run_folder(overrides, match, tmp_path: Path) -> None:
@@ -250,6 +251,36 @@ def test_ddpm_train_names_the_run_folder_and_the_quality(trained_by_command) -> 
     res, run_dir = trained_by_command
     assert f"Run folder: {run_dir}" in res.stdout
     assert "x the data-vs-data floor" in res.stdout
+
+
+def test_ddpm_train_says_where_its_time_went(trained_by_command) -> None:
+    res, run_dir = trained_by_command
+    timings = json.loads((run_dir / "timings.json").read_text())
+    phases = timings["phases_s"]
+    assert list(phases) == [
+        "start-up",
+        "imports",
+        "set-up",
+        "validation",  # the sanity check comes first
+        "training",
+        "final samples",
+        "reverse process figures",
+        "loggers",
+    ]
+    assert all(v >= 0 for v in phases.values()) and phases["training"] > 0 and phases["validation"] > 0
+    assert timings["steps"] == 30
+    assert timings["total_s"] == pytest.approx(sum(phases.values()), abs=1e-3)
+    line = next(x for x in res.stdout.splitlines() if x.startswith("Time: "))
+    assert f"training {phases['training']:.1f} s" in line and "ms per step" in line
+
+
+def test_cpu_threads_sets_torchs_threads_for_the_run(tmp_path: Path) -> None:
+    before = torch.get_num_threads()
+    try:
+        run_train(tmp_path, [*SHORT, "cpu_threads=1", "reverse_gif=false"])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_ddpm_train_keeps_the_hydra_config_and_the_best_checkpoint(trained_by_command) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,16 @@ from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-__all__ = ["EMA", "ImageSampleCallback", "LossByTimestepCallback", "SampleQualityCallback", "log_figure"]
+from ddpm.timings import Phases
+
+__all__ = [
+    "EMA",
+    "ImageSampleCallback",
+    "LossByTimestepCallback",
+    "SampleQualityCallback",
+    "ValidationTimer",
+    "log_figure",
+]
 
 
 def log_figure(trainer: L.Trainer, key: str, fig: Any, path: Path) -> None:
@@ -85,6 +95,28 @@ class SampleQualityCallback(Callback):
         fig = viz.plot_samples_vs_data(result["samples"].numpy(), result["held_out"].numpy())
         path = Path(trainer.default_root_dir) / "plots" / f"samples_step{trainer.global_step:07d}.png"
         log_figure(trainer, "val/samples_vs_data", fig, path)
+
+
+class ValidationTimer(Callback):
+    """Adds the wall time of every validation loop (sanity check included) to ``phases`` as ``validation``.
+
+    ``ddpm-train`` puts it after the other callbacks, so the sampling, plots and checkpoint that the other
+    callbacks do at the end of a validation count as validation time.
+    """
+
+    def __init__(self, phases: Phases) -> None:
+        self.phases = phases
+        self._start: float | None = None
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Start the clock."""
+        self._start = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Stop it and add the loop's seconds."""
+        if self._start is not None:
+            self.phases.add("validation", time.perf_counter() - self._start)
+            self._start = None
 
 
 class EMA(EMAWeightAveraging):

@@ -133,6 +133,11 @@ def validate_config(cfg: DictConfig) -> None:
             f"checkpoint_every_n_steps={every!r} is invalid; use an integer >= 1, auto, or null (0) to "
             "save only at validations, SIGTERM and the end"
         )
+    threads = cfg.get("cpu_threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(
+            f"cpu_threads={threads!r} is invalid; use an integer >= 1, or null for torch's default"
+        )
     final = _get(cfg, "final_samples")
     if not isinstance(final, int) or final < 0:
         raise ConfigError(f"final_samples={final!r} is invalid; it must be an integer >= 0")

@@ -8,6 +8,7 @@ ddpm-train -m schedule=linear,cosine T=100,1000   # a sweep
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -28,11 +29,15 @@ from ddpm.config import (
     upgrade_stored_config,
     validate_config,
 )
+from ddpm.timings import Phases
 
 # torch and Lightning are imported inside train(), after the config checks: a bad value is
 # reported in a second or two instead of after the ~15 s it takes to import them on a small CPU.
 
 __all__ = ["main", "train"]
+
+#: when ddpm-train's entry point started (None when :func:`train` is called from other code)
+_STARTED: float | None = None
 
 
 def _callbacks(cfg: DictConfig) -> list[Any]:
@@ -133,12 +138,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate one composed config; returns the final metrics.
 
     A resumed run (``ckpt_path``) trains the config stored in its checkpoint: today's command line may
-    change only what :data:`ddpm.resume.SAFE_ON_RESUME` lists.
+    change only what :data:`ddpm.resume.SAFE_ON_RESUME` lists. The seconds each phase took are printed at
+    the end and written to ``<run>/timings.json``.
 
     Raises:
         ConfigError: a bad config value, before any training, logger or checkpoint is created.
     """
     output_dir = Path(cfg.paths.output_dir)
+    phases = Phases()
+    if _STARTED is not None:  # ddpm-train's own process: Hydra's composition and the config checks
+        phases.add("start-up", time.perf_counter() - _STARTED)
     try:
         ckpt_path = _resolve_ckpt_path(cfg, output_dir)
         if ckpt_path:
@@ -147,15 +156,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         from ddpm.safe_loading import resolved_config
 
         resolved_config(cfg, "the run config")  # every _target_ on the allow-list, before any import
-        import lightning as L
+        with phases.time("imports"):
+            import lightning as L
 
-        from ddpm.build import build
-        from ddpm.results import reverse_process_figures, write_results
+            from ddpm.build import build
+            from ddpm.callbacks import ValidationTimer
+            from ddpm.results import reverse_process_figures, write_results
 
+        setup_started = time.perf_counter()
+        if cfg.get("cpu_threads"):
+            import torch
+
+            torch.set_num_threads(int(cfg.cpu_threads))
         _check_trainer(cfg)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule, module = build(cfg)
-        callbacks = _callbacks(cfg)
+        callbacks = [*_callbacks(cfg), ValidationTimer(phases)]  # last: it times the others' validation work
     except ConfigError:
         remove_unstarted_run_dir(output_dir)
         raise
@@ -197,6 +213,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     start = time.perf_counter()
+    phases.add("set-up", start - setup_started)  # build, loggers (W&B starts here), trainer
     try:
         # weights_only: a checkpoint to resume from runs no code either (it holds only tensors and
         # plain containers, see ddpm.safe_loading)
@@ -209,12 +226,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
         raise SystemExit(143) from None
     train_seconds = time.perf_counter() - start
+    phases.add("training", train_seconds - phases.seconds.get("validation", 0.0))
 
     metrics: dict[str, Any] = {"train_seconds": train_seconds, "global_step": trainer.global_step}
     # printed last, after W&B's own closing lines, so the headline ends the output
     summary: list[str] = []
     if trainer.is_global_zero and cfg.final_samples > 0:
-        final = write_results(module, datamodule, output_dir, cfg.final_samples)
+        with phases.time("final samples"):
+            final = write_results(module, datamodule, output_dir, cfg.final_samples)
         metrics.update(final["metrics"])
         for logger in loggers:
             logger.log_metrics(final["metrics"], step=trainer.global_step)
@@ -228,21 +247,28 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 # 2D scatters need many points; chains and signals are drawn a few at a time.
                 n = 300 if tuple(module.data_shape) == (2,) else 32
                 plots = output_dir / "plots"
-                reverse_process_figures(
-                    module, datamodule, plots / "reverse_process.png", plots / "reverse_process.gif", n=n
-                )
+                with phases.time("reverse process figures"):
+                    reverse_process_figures(
+                        module, datamodule, plots / "reverse_process.png", plots / "reverse_process.gif", n=n
+                    )
         if final["moments"]:
             summary.append("Moments: " + ", ".join(f"{k} {v:.4f}" for k, v in final["moments"].items()))
-    for logger in loggers:
-        finalize = getattr(logger, "finalize", None)
-        if finalize is not None:
-            finalize("success")
-    from ddpm.sweeps import finish_wandb_run
+    with phases.time("loggers"):
+        for logger in loggers:
+            finalize = getattr(logger, "finalize", None)
+            if finalize is not None:
+                finalize("success")
+        from ddpm.sweeps import finish_wandb_run
 
-    finish_wandb_run()  # flushed and closed: a later run in this process starts its own W&B run
+        finish_wandb_run()  # flushed and closed: a later run in this process starts its own W&B run
     if trainer.is_global_zero:
         print("\n" + "\n".join(summary) if summary else "")
-        print(f"Trained {trainer.global_step} steps in {train_seconds:.1f} s. Run folder: {output_dir}")
+        steps = trainer.global_step
+        per_step = f" ({1000 * phases.seconds['training'] / steps:.1f} ms per step)" if steps else ""
+        print(f"Time: {phases.summary()}{per_step}")
+        with contextlib.suppress(OSError):  # a diagnostic: a read-only folder must not fail a finished run
+            phases.write(output_dir / "timings.json", steps=steps)
+        print(f"Trained {steps} steps in {train_seconds:.1f} s. Run folder: {output_dir}")
     return metrics
 
 
@@ -299,6 +325,8 @@ def resume_in_run_folder(argv: list[str]) -> list[str]:
 
 def main() -> None:
     """Console entry point: check group choices in one line, then hand over to Hydra."""
+    global _STARTED
+    _STARTED = time.perf_counter()
     check_group_overrides(sys.argv[1:])
     check_moved_keys(sys.argv[1:])
     if "-m" not in sys.argv and "--multirun" not in sys.argv:
