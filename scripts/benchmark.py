@@ -56,6 +56,10 @@ GPU_IMAGES_PER_S_TARGET = 9000
 DIFFUSERS_SPEEDUP_TARGET = 1.5
 DDIM100_50K_MINUTES_TARGET = 3.0
 NO_GPU = "pending: no GPU was lent to this task"
+#: the real app's step (default callbacks, logging, validation) against the plain loop's
+APP_STEP_TARGET = 1.2
+#: whole-command seconds on a 2-core CPU, by the start of the command's row name
+WHOLE_COMMAND_TARGETS = {"`ddpm-train`": 30.0, "`ddpm-sample": 5.0, "`ddpm-eval": 8.0}
 
 
 @dataclass
@@ -380,6 +384,208 @@ def ema_update_table(make_net: Callable[[], nn.Module], T: int, repeats: int) ->
     return table
 
 
+# ----------------------------------------------------------------------------- the real app
+def _compose_app(out_dir: Path, overrides: list[str]) -> Any:
+    """conf/train.yaml composed as ``ddpm-train`` composes it, its run folder ``out_dir``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from ddpm.config import CONF_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name="train",
+            overrides=[f"hydra.run.dir={out_dir}", f"paths.root_dir={out_dir.parent}", *overrides],
+            return_hydra_config=True,
+        )
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(out_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return cfg
+
+
+def app_train(steps: int, overrides: list[str]) -> dict[str, float]:
+    """``ddpm-train``'s default run, in this process, for ``steps`` steps with every default callback and
+    logger on (W&B offline); its phases (``timings.json``) in seconds. Its output is swallowed."""
+    import contextlib
+    import io
+
+    from ddpm.cli.train import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = _compose_app(
+            Path(tmp) / "run", [f"trainer.max_steps={steps}", "print_config=false", *overrides]
+        )
+        sink = io.StringIO()
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            train(cfg)
+        return json.loads((Path(tmp) / "run" / "timings.json").read_text())["phases_s"]
+
+
+def compare_app(data: torch.Tensor, steps: int, val_every: int, rounds: int) -> Table:
+    """The default run (``experiment=toy2d``: moons, MLP 128 x 3, batch 256) against the plain loop doing
+    the same steps, interleaved over rounds: per-step time of the app's training alone and with its
+    validations (EMA sampling, the quality figure and its plot, the best checkpoint) counted in."""
+    from ddpm.models import MLPDenoiser
+
+    overrides = [
+        f"trainer.val_check_interval={val_every}",
+        "final_samples=0",  # final sampling and figures are phases of their own (start-up section)
+        f"cpu_threads={torch.get_num_threads()}",  # the plain loop's thread count
+    ]
+    plain: list[float] = []
+    app: list[dict[str, float]] = []
+    for r in range(rounds):
+        for variant in ("plain", "app") if r % 2 == 0 else ("app", "plain"):
+            if variant == "plain":
+                net = MLPDenoiser(data_dim=2, hidden=128, depth=3)
+                plain.append(
+                    plain_train(net, in_memory_loader(data, 256), 1000, 0, steps, torch.device("cpu"))
+                )
+            else:
+                app.append(app_train(steps, overrides))
+    training = [a["training"] for a in app]
+    with_val = [a["training"] + a.get("validation", 0.0) for a in app]
+    table = Table(
+        f"The real app vs the plain loop: ddpm-train's default run, {steps} steps (CPU)",
+        ["variant", "ms/step (median)", "time / plain loop (median of rounds)", "overhead"],
+    )
+    table.rows.append(["plain PyTorch loop", 1000 * statistics.median(plain) / steps, 1.0, "+0.0%"])
+    for name, times in (
+        ("the real app: training steps (default callbacks, logging)", training),
+        ("the real app (default callbacks, logging, validation)", with_val),
+    ):
+        ratio = statistics.median(t / b for t, b in zip(times, plain, strict=True))
+        table.rows.append(
+            [name, 1000 * statistics.median(times) / steps, ratio, f"{100 * (ratio - 1):+.1f}%"]
+        )
+    table.notes.append(
+        f"{rounds} rounds, interleaved; the app is `ddpm-train` in this process with its default callbacks "
+        f"(EMA, checkpoints every {max(50, min(5000, steps // 10))} steps and the best at validations, "
+        "progress bar, learning-rate monitor, loss by timestep, validation samples and plot) and loggers "
+        f"(W&B offline, CSV), validating every {val_every} steps; its times are its own `timings.json` "
+        "phases (training = fit minus validation; start-up, set-up and the final samples are not counted). "
+        "The plain loop does the same math (L_simple, clipping, fused AdamW, foreach EMA) on the same data."
+    )
+    return table
+
+
+# ----------------------------------------------------------------------------- start-up and end to end
+#: the phases of a ddpm-train run, in the order the run goes through them (``timings.json``)
+PHASES = (
+    "start-up",
+    "imports",
+    "set-up",
+    "training",
+    "validation",
+    "final samples",
+    "reverse process figures",
+    "loggers",
+)
+
+
+def whole_command(argv: list[str], cwd: Path) -> float:
+    """Seconds from starting ``argv`` as a new process to its exit (it must succeed)."""
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "MPLBACKEND": "Agg"}
+    start = time.perf_counter()
+    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {' / '.join(tail)}")
+    return seconds
+
+
+def startup_tables(repeats: int, tiny: bool) -> list[Table]:
+    """Each command's whole-process time (median of ``repeats``) and the default run's phases.
+
+    ``ddpm-train`` (the README's quick start; tiny: 20 steps) runs ``repeats`` times, each in a fresh run
+    folder; the other commands then run on its last run folder. Commands start from this environment's
+    entry points (``uv run`` adds its own start-up: the ``uv run`` row).
+    """
+    import shutil
+
+    bin_dir = Path(sys.executable).parent
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        train_args = (
+            ["trainer.max_steps=20", "trainer.val_check_interval=10", "final_samples=200"] if tiny else []
+        )
+        runs: list[Path] = []
+        times: dict[str, list[float]] = {}
+        phases: list[dict[str, float]] = []
+        for r in range(repeats):
+            run = root / f"run{r}"
+            cmd = [str(bin_dir / "ddpm-train"), f"hydra.run.dir={run}", f"paths.root_dir={root}", *train_args]
+            times.setdefault("`ddpm-train` (the default run: train, sample, plots, W&B)", []).append(
+                whole_command(cmd, root)
+            )
+            runs.append(run)
+            phases.append(json.loads((run / "timings.json").read_text())["phases_s"])
+        run = runs[-1]
+        commands = {
+            "`python -c 'import torch'` (for reference)": [sys.executable, "-c", "import torch"],
+            "`python -c 'import lightning'` (for reference)": [sys.executable, "-c", "import lightning"],
+            "`ddpm-sample RUN sampler=ddim sampler.steps=50 --n 2000`": [
+                str(bin_dir / "ddpm-sample"),
+                str(run),
+                "sampler=ddim",
+                "sampler.steps=50",
+                "--n",
+                "2000",
+            ],
+            "`ddpm-eval RUN`": [str(bin_dir / "ddpm-eval"), str(run)],
+            "`ddpm-viz reverse RUN`": [
+                str(bin_dir / "ddpm-viz"),
+                "reverse",
+                str(run),
+                "--out",
+                str(root / "r.png"),
+            ],
+            "`ddpm-viz schedules`": [str(bin_dir / "ddpm-viz"), "schedules", "--out", str(root / "s.png")],
+        }
+        uv = shutil.which("uv")
+        if uv is not None:
+            commands["`uv run python -c pass` (uv's own start-up)"] = [uv, "run", "python", "-c", "pass"]
+        for _ in range(repeats):
+            for name, cmd in commands.items():
+                times.setdefault(name, []).append(whole_command(cmd, REPO if "uv" in name else root))
+    whole = Table(
+        f"Start-up and end to end: whole commands (median of {repeats})",
+        ["command", "seconds (median)", "runs"],
+        [[name, statistics.median(v), " / ".join(f"{x:.1f}" for x in v)] for name, v in times.items()],
+    )
+    whole.notes.append(
+        "Each command is a new process started from this environment's entry points, timed from start to "
+        "exit; RUN is a default run trained just before."
+        + (" Tiny mode: ddpm-train runs 20 steps." if tiny else "")
+    )
+    names = [p for p in PHASES if any(p in ph for ph in phases)]
+    split = Table(
+        f"The default run's phases (`ddpm-train`, median of {repeats}, from its `timings.json`)",
+        ["phase", "seconds (median)", "share of the in-process total"],
+    )
+    totals = statistics.median(sum(ph.values()) for ph in phases)
+    for name in names:
+        value = statistics.median(ph.get(name, 0.0) for ph in phases)
+        split.rows.append([name, value, f"{100 * value / totals:.0f}%"])
+    split.rows.append(["in-process total", totals, "100%"])
+    split.notes.append(
+        "start-up: from the entry point to the run (Hydra's composition, config checks); imports: torch, "
+        "Lightning and the training modules; set-up: data, model, loggers (W&B starts here), trainer; "
+        "training: the fit without its validations; validation: the validation loops with their samples, "
+        "plots and best checkpoint; final samples: sampling, quality figure, samples.npz and plot; loggers: "
+        "closing W&B and CSV. The whole command also pays the interpreter's start before the entry point."
+    )
+    return [whole, split]
+
+
 # ----------------------------------------------------------------------------- sampling
 def sampling_table(
     name: str, net: nn.Module, shape: tuple[int, ...], T: int, n: int, s: Settings, device: torch.device
@@ -621,9 +827,34 @@ def digits_quality(budget_s: int, out_dir: Path) -> Table:
 
 
 # ----------------------------------------------------------------------------- report
-def targets_section(lightning_ratio: float | None, gpu: dict[str, Any] | None) -> str:
+def startup_targets(app: Table | None, startup: list[Table] | None) -> list[str]:
+    """The start-up and real-app targets (issue 17) against the figures of this run."""
+    lines = []
+    if app is not None:
+        ratio = float(app.rows[2][2])
+        verdict = "met" if ratio <= APP_STEP_TARGET else "NOT met"
+        lines.append(
+            f"- The real app (default callbacks, logging, validation) within {APP_STEP_TARGET}x of the plain "
+            f"loop, toy MLP: {ratio:.2f}x ({verdict})."
+        )
+    if startup is not None:
+        whole = {row[0]: float(row[1]) for row in startup[0].rows}
+        for prefix, limit in WHOLE_COMMAND_TARGETS.items():
+            name = next((k for k in whole if k.startswith(prefix)), None)
+            if name is not None:
+                verdict = "met" if whole[name] <= limit else "NOT met"
+                lines.append(f"- {name} in <= {limit:g} s: {whole[name]:.1f} s ({verdict}).")
+    return lines
+
+
+def targets_section(
+    lightning_ratio: float | None,
+    gpu: dict[str, Any] | None,
+    app: Table | None = None,
+    startup: list[Table] | None = None,
+) -> str:
     """Where each target stands."""
-    lines = ["## Targets", ""]
+    lines = ["## Targets", "", *startup_targets(app, startup)]
     if lightning_ratio is None:
         lines.append("- Lightning overhead within 10% of the plain loop on CPU: not measured in this run.")
     else:
@@ -670,6 +901,14 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--digits-budget-s", type=int, default=0, help="also train experiment=digits this long")
     p.add_argument("--device", default="auto", help="auto (cuda when present), cpu or cuda")
     p.add_argument(
+        "--no-app",
+        action="store_true",
+        help="skip the real app vs plain loop table",
+    )
+    p.add_argument(
+        "--no-startup", action="store_true", help="skip the start-up and end-to-end section (whole commands)"
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -710,6 +949,10 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
     toy = compare_training("toy MLP (moons, 128 x 3)", mlp, moons, s.toy_batch, s.toy_T, s, cpu)
     tables.append(toy)
     lightning_ratio = float(toy.rows[2][3])
+    app = None
+    if not args.no_app:
+        app = compare_app(moons, *((6, 3, 1) if s.tiny else (2000, 1000, 3)))
+        tables.append(app)
     tables.append(ema_update_table(mlp, s.toy_T, repeats=s.rounds))
     tables.append(sampling_table("toy MLP", mlp(), (2,), s.toy_T, s.sample_n, s, cpu))
 
@@ -753,6 +996,10 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
     if gpu is None:
         tables.append(gpu_note)
 
+    startup = None
+    if not args.no_startup:
+        startup = startup_tables(repeats=1 if s.tiny else 3, tiny=s.tiny)
+        tables += startup
     if args.digits_budget_s > 0:
         with tempfile.TemporaryDirectory() as tmp:
             tables.append(digits_quality(args.digits_budget_s, Path(tmp)))
@@ -776,12 +1023,19 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
         "",
     ]
     report = "\n".join(header) + "\n" + "\n".join(t.markdown() for t in tables) + "\n"
-    report += targets_section(lightning_ratio, gpu_results)
+    report += targets_section(lightning_ratio, gpu_results, app, startup)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)
     print(report)
     print(f"Wrote {args.out}")
-    return {"tables": tables, "lightning_ratio": lightning_ratio, "gpu": gpu_results, "report": report}
+    return {
+        "tables": tables,
+        "lightning_ratio": lightning_ratio,
+        "gpu": gpu_results,
+        "report": report,
+        "app": app,
+        "startup": startup,
+    }
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ def benchmark_module():
 
 def test_tiny_benchmark_writes_its_report(benchmark_module, tmp_path: Path) -> None:
     out = tmp_path / "bench.md"
-    result = benchmark_module.run(["--tiny", "--out", str(out), "--device", "cpu"])
+    # the whole-command section starts a dozen processes: the slow test below runs it
+    result = benchmark_module.run(["--tiny", "--out", str(out), "--device", "cpu", "--no-startup"])
     report = out.read_text()
     assert report == result["report"]
     for line in ("# Benchmarks", "- Command: `", "- Device: ", "- Date: ", "## Targets"):
@@ -44,3 +45,27 @@ def test_tiny_benchmark_writes_its_report(benchmark_module, tmp_path: Path) -> N
     if result["gpu"] is None:
         assert report.count("pending: no GPU was lent to this task") >= 3
     assert "Lightning (ddpm-lab's DiffusionModule) within 10% of the plain loop on CPU" in report
+    app = result["app"]  # the real app in this process, against the plain loop
+    assert [row[0] for row in app.rows] == [
+        "plain PyTorch loop",
+        "the real app: training steps (default callbacks, logging)",
+        "the real app (default callbacks, logging, validation)",
+    ]
+    assert app.rows[1][1] <= app.rows[2][1]  # validation only adds time
+    assert "The real app (default callbacks, logging, validation) within 1.2x of the plain loop" in report
+
+
+@pytest.mark.slow
+def test_startup_section_times_every_command(benchmark_module) -> None:
+    whole, phases = benchmark_module.startup_tables(repeats=1, tiny=True)
+    commands = [row[0] for row in whole.rows]
+    for prefix in ("`ddpm-train`", "`ddpm-sample", "`ddpm-eval", "`ddpm-viz reverse", "`ddpm-viz schedules"):
+        assert any(c.startswith(prefix) for c in commands), prefix
+    assert all(row[1] > 0 for row in whole.rows)
+    by_phase = {row[0]: row[1] for row in phases.rows}
+    for phase in ("start-up", "imports", "set-up", "training", "validation", "final samples", "loggers"):
+        assert by_phase[phase] >= 0, phase
+    parts = sum(v for k, v in by_phase.items() if k != "in-process total")
+    assert parts == pytest.approx(by_phase["in-process total"], rel=1e-6)
+    train = next(row[1] for row in whole.rows if row[0].startswith("`ddpm-train`"))
+    assert by_phase["in-process total"] < train  # the process also starts the interpreter
