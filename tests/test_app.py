@@ -274,6 +274,12 @@ def test_ddpm_train_says_where_its_time_went(trained_by_command) -> None:
     assert f"training {phases['training']:.1f} s" in line and "ms per step" in line
 
 
+def test_ddpm_train_saves_checkpoints_without_lightnings_default_notice(trained_by_command) -> None:
+    res, run_dir = trained_by_command
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert "`weights_only` was not set" not in res.stdout + res.stderr
+
+
 def test_cpu_threads_sets_torchs_threads_for_the_run(tmp_path: Path) -> None:
     before = torch.get_num_threads()
     try:

@@ -135,5 +135,7 @@ class LastCheckpoint(Callback):
 
     def _save(self, trainer: L.Trainer) -> None:
         path = self.dirpath / "last.ckpt"
-        trainer.save_checkpoint(path)
+        # a full checkpoint (optimizer, loops, callbacks) to resume from; saying so also keeps Lightning
+        # from logging that it chose this default at every save
+        trainer.save_checkpoint(path, weights_only=False)
         self.saved = path
