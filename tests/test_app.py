@@ -224,6 +224,7 @@ def trained_by_command(tmp_path_factory: pytest.TempPathFactory) -> tuple[subpro
         "trainer.log_every_n_steps=5",
         "final_samples=200",
         "callbacks.samples.num_samples=200",
+        "checkpoint_every_n_steps=10",  # last.ckpt between validations too
         f"hydra.run.dir={run_dir}",
         cwd=cwd,
     )
