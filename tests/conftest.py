@@ -33,3 +33,14 @@ def fake_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(Sampler, "sample", never)
     monkeypatch.chdir(tmp_path)  # ddpm-viz writes to ./outputs/viz by default
     return run
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real trained run: four training steps of the default toy config with T = 50 (EMA on, as in every
+    run), one per test module that asks for it."""
+    from tests.helpers import SHORT, run_train  # here: it imports ddpm-train, which not every test needs
+
+    overrides = [*SHORT, "T=50", "callbacks.samples=null", "final_samples=0"]  # no plots: seconds saved
+    _, run_dir = run_train(tmp_path_factory.mktemp("toy"), overrides)
+    return run_dir

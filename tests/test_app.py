@@ -68,9 +68,9 @@ def test_every_schedule_and_sampler_trains_a_step(schedule: str, sampler: str, t
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotPureNoiseWarning)  # T=50 on purpose: a fast step
         run = load_run(run_dir)
-    assert run.module.diffusion.num_timesteps == 50
+    assert run.model.diffusion.num_timesteps == 50
     target = OmegaConf.load(CONF_DIR / "sampler" / f"{sampler}.yaml")._target_
-    assert type(run.module.sampler).__name__ == target.rsplit(".", 1)[1]
+    assert type(run.model.sampler).__name__ == target.rsplit(".", 1)[1]
     # the validation figures were drawn with this sampler
     assert any((run_dir / "plots").glob("samples_step*.png"))
 
@@ -203,8 +203,8 @@ def test_array_data_from_a_user_file(tmp_path: Path) -> None:
         assert npz["samples"].shape == (64, 16)
         assert npz["held_out"].shape == (50, 16)  # 10% of 500
     run = load_run(run_dir)
-    assert run.datamodule.data_dim == 16
-    assert torch.allclose(run.datamodule.mean, torch.from_numpy(traj).mean(0), atol=0.5)
+    assert run.data.data_dim == 16
+    assert torch.allclose(run.data.mean, torch.from_numpy(traj).mean(0), atol=0.5)
 
 
 # ----------------------------------------------------------------------------- the commands

@@ -20,8 +20,11 @@ LAYERS = {
     "ddpm.optim": 0,
     "ddpm.metrics": 0,
     "ddpm.likelihood": 0,
+    "ddpm.diffusion_model": 0,
     # 1. plain support: data on disk, evaluation, configs, files, figures; no Lightning
     "ddpm.data.image_sets": 1,
+    "ddpm.data.toy": 1,
+    "ddpm.data.images": 1,
     "ddpm.evaluation": 1,
     "ddpm.config": 1,
     "ddpm.safe_loading": 1,
@@ -32,7 +35,8 @@ LAYERS = {
     "ddpm.viz": 1,
     # 2. Lightning
     "ddpm.lit_module": 2,
-    "ddpm.data": 2,
+    "ddpm.data.datamodules": 2,
+    "ddpm.data": 2,  # the package: its lazy exports include the DataModules
     "ddpm.callbacks": 2,
     "ddpm.checkpointing": 2,
     "ddpm.sweeps": 2,

@@ -235,7 +235,7 @@ def test_viz_refuses_a_runs_oversized_chain_before_sampling(
     """Reverse: the run's chain (1000 steps of 3x32x32 images) x --n is known once loaded, before sampling."""
     diffusion = GaussianDiffusion(make_beta_schedule("linear", 1000))
     module = types.SimpleNamespace(diffusion=diffusion, data_shape=(3, 32, 32), sample=Sampler.sample)
-    loaded = types.SimpleNamespace(module=module, datamodule=None)
+    loaded = types.SimpleNamespace(model=module, data=None)
     monkeypatch.setattr("ddpm.build.load_run", lambda path: loaded)
     assert viz_main(["reverse", str(fake_run), "--n", "1000"]) == 2
     line = _one_line(capsys.readouterr().err)
@@ -292,18 +292,7 @@ def test_an_old_file_survives_a_failed_write(tmp_path: Path) -> None:
     assert out.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["x.json"]
 
 
-# ---------------------------------------------------------------------------- a trained run
-@pytest.fixture(scope="module")
-def toy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Four training steps of the default toy config with T = 50."""
-    from tests.helpers import SHORT, run_train
-
-    _, run_dir = run_train(
-        tmp_path_factory.mktemp("toy"), [*SHORT, "T=50", "callbacks.samples=null", "final_samples=0"]
-    )
-    return run_dir
-
-
+# ---------------------------------------------------------------------------- a trained run (toy_run)
 @pytest.mark.filterwarnings("ignore::ddpm.schedules.NotPureNoiseWarning")
 def test_sample_and_eval_figures_come_before_a_failing_write(
     toy_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

@@ -24,14 +24,6 @@ from tests.helpers import SHORT, run_train
 from tests.wandb_records import logged_history, logged_summary
 
 
-@pytest.fixture(scope="module")
-def toy_run(tmp_path_factory) -> Path:
-    """Four training steps of the default toy config with T = 50 (EMA on, as in every run)."""
-    overrides = [*SHORT, "T=50", "callbacks.samples=null", "final_samples=0"]  # no plots: seconds saved
-    _, run_dir = run_train(tmp_path_factory.mktemp("toy"), overrides)
-    return run_dir
-
-
 def test_ddpm_eval_writes_its_json(toy_run: Path, capsys) -> None:
     args = [str(toy_run), "sampler=ddim", "sampler.steps=10", "--n", "200", "--repeats", "3"]
     with warnings.catch_warnings():
@@ -206,7 +198,7 @@ def test_ddpm_eval_sampler_sweep_refuses_steps_beyond_t_before_sampling(
 
 # ----------------------------------------------------------------------------- the image branch
 class StandInModule:
-    """A "generator" that returns given images in [-1, 1] (the shape of ``DiffusionModule.sample``)."""
+    """A "generator" that returns given images in [-1, 1] (the shape of ``DiffusionModel.sample``)."""
 
     def __init__(self, images: torch.Tensor) -> None:
         self.images = images * 2 - 1
@@ -223,7 +215,7 @@ class StandInModule:
 
 
 class StandInImageData:
-    """What ddpm-eval uses of an image DataModule: held-out images in [0, 1], the [-1, 1] network scale."""
+    """What ddpm-eval uses of a run's image data: held-out images in [0, 1], the [-1, 1] network scale."""
 
     kind = "image"
 
@@ -245,8 +237,8 @@ def image_run(tmp_path: Path, images: torch.Tensor) -> LoadedRun:
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": {}}, ckpt)  # no current_model_state: "raw" weights
     return LoadedRun(
-        module=StandInModule(images),  # type: ignore[arg-type]
-        datamodule=StandInImageData(digits_metric().data.test_x),
+        model=StandInModule(images),  # type: ignore[arg-type]
+        data=StandInImageData(digits_metric().data.test_x),
         config=OmegaConf.create({"data": {"dataset": "digits"}}),
         checkpoint=ckpt,
         run_dir=tmp_path,

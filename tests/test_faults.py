@@ -173,12 +173,12 @@ def test_bf16_mixed_trains_on_cpu_with_float32_diffusion_math(tmp_path: Path) ->
     loaded = load_run(run)
     # fused AdamW cannot have its gradients clipped under mixed precision: torch's default is used
     assert loaded.config.optimizer.fused is None and loaded.config.trainer.gradient_clip_val
-    module = loaded.module
-    assert module.diffusion.alphas_cumprod.dtype == torch.float32
+    model = loaded.model
+    assert model.diffusion.alphas_cumprod.dtype == torch.float32
     with torch.autocast("cpu", dtype=torch.bfloat16):
         x0 = torch.randn(8, 2)
-        assert module.diffusion.q_sample(x0, torch.arange(8)).dtype == torch.float32
-        loss = module.diffusion.training_loss(module.net, x0)
+        assert model.diffusion.q_sample(x0, torch.arange(8)).dtype == torch.float32
+        loss = model.diffusion.training_loss(model.net, x0)
     assert loss.dtype == torch.float32
 
 

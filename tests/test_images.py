@@ -461,7 +461,7 @@ def test_on_device_batches_are_whole_slices_of_the_same_images() -> None:
 
 
 def test_on_device_batched_collate_matches_per_image_collate() -> None:
-    from ddpm.data.images import _ToNetwork
+    from ddpm.data.datamodules import _ToNetwork
 
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8, generator=gen)

@@ -137,9 +137,10 @@ def test_model_compile_trains_through_the_compiled_network(tmp_path, monkeypatch
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert any(k.startswith("net.") for k in state)
     assert not any("_orig_mod" in k for k in state)  # the checkpoint loads into a plain network
-    from ddpm.build import load_run
+    from ddpm.build import build, load_run
 
-    assert load_run(run).module.compile_net  # the run's own setting comes back with it
+    _, module = build(load_run(run).config)  # a loaded run samples with the plain network; training compiles
+    assert module.compile_net  # the run's own setting comes back with its stored config
 
 
 def test_channels_last_images(tmp_path) -> None:
@@ -148,9 +149,9 @@ def test_channels_last_images(tmp_path) -> None:
     overrides = [*SHORT, "experiment=digits", "module.channels_last=true", "callbacks.samples=null"]
     metrics, run = run_train(tmp_path, [*overrides, "final_samples=4"])
     assert metrics["global_step"] == 4
-    from ddpm.build import load_run
+    from ddpm.build import build, load_run
 
-    module = load_run(run).module
+    _, module = build(load_run(run).config)  # the training module of the run's stored config
     assert module.channels_last
     module.setup("fit")
     conv = next(m for m in module.net.modules() if isinstance(m, torch.nn.Conv2d))

@@ -258,7 +258,7 @@ def _in_the_earlier_layout(trained: Path, dest: Path) -> Path:
 def test_a_run_stored_in_the_earlier_layout_loads_and_resumes(trained: Path, tmp_path: Path) -> None:
     run = _in_the_earlier_layout(trained, tmp_path / "old")
     loaded = load_run(run)
-    assert loaded.module.diffusion.num_timesteps == STORED_T
+    assert loaded.model.diffusion.num_timesteps == STORED_T
     assert loaded.config.module.compile is False and "compile" not in loaded.config.model
     assert "T" not in loaded.config.diffusion and loaded.config.diffusion._partial_
     steps = load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"]

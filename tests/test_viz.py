@@ -369,9 +369,9 @@ def test_cli_reverse_writes_png_and_gif(
     def load_run(path: Path) -> object:
         loaded.append(Path(path))
         kind = "image" if len(shape) == 3 else "toy"
-        datamodule = types.SimpleNamespace(kind=kind, denormalize=lambda x: x)
-        module = _FakeModule(shape, mu, 0.5)
-        return types.SimpleNamespace(module=module, datamodule=datamodule, data_shape=shape)
+        data = types.SimpleNamespace(kind=kind, denormalize=lambda x: x)
+        model = _FakeModule(shape, mu, 0.5)
+        return types.SimpleNamespace(model=model, data=data, data_shape=shape)
 
     monkeypatch.setattr("ddpm.build.load_run", load_run)
     out = tmp_path / "rev.png"

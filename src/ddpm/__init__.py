@@ -1,7 +1,9 @@
 """ddpm-lab: denoising diffusion probabilistic models.
 
-The core (``schedules``, ``diffusion``, ``samplers``, ``models``, ``oracle``) is plain PyTorch; Lightning
-and Hydra live in ``lit_module``, ``data``, ``callbacks``, ``build`` and ``cli``.
+The core (``schedules``, ``diffusion``, ``samplers``, ``models``, ``oracle``, ``diffusion_model``) is plain
+PyTorch; Lightning lives in ``lit_module``, ``data.datamodules``, ``callbacks`` and ``checkpointing``, which
+only training imports (a trained run is loaded without them: ``build.load_run``); Hydra in ``build`` and
+``cli``.
 """
 
 from __future__ import annotations

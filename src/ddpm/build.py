@@ -3,8 +3,11 @@
 This is the one place that knows how the config groups combine: the ``schedule`` node builds the betas the
 ``diffusion`` node takes, ``data`` says the shape ``model`` and the module see, ``optimizer`` and
 ``lr_scheduler`` are partials the module calls. :func:`build` makes a new run's DataModule and
-DiffusionModule; :func:`load_run` rebuilds a trained one from its checkpoint with its own config (never
-today's defaults), and its sampler with any ``sampler=...`` overrides applied.
+DiffusionModule (Lightning, for training); :func:`load_run` rebuilds a trained one from its checkpoint with
+its own config (never today's defaults) in plain PyTorch, a :class:`~ddpm.diffusion_model.DiffusionModel`
+and the run's data class (:data:`ddpm.data.PLAIN_DATA`), with its sampler and any ``sampler=...``
+overrides applied. Loading a run imports neither Lightning nor torchmetrics, so the commands that only
+sample and evaluate start in seconds.
 
 A run folder (``outputs/<task>/runs/<timestamp>/``) holds ``.hydra/config.yaml`` (the composed config),
 ``checkpoints/`` (``last.ckpt``, ``best.ckpt``), the loggers' files, and what :mod:`ddpm.results` writes.
@@ -16,7 +19,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from hydra.errors import InstantiationException
@@ -25,22 +28,58 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from ddpm.config import ConfigError, first_line, root_cause, upgrade_stored_config
-from ddpm.lit_module import DiffusionModule
+from ddpm.data import PLAIN_DATA
+from ddpm.diffusion import GaussianDiffusion
+from ddpm.diffusion_model import DiffusionModel
 from ddpm.run_folder import find_checkpoint, run_dir_of
 from ddpm.safe_loading import load_checkpoint, resolved_config
 from ddpm.sampler_overrides import sampler_config
 from ddpm.samplers import Sampler
 
-__all__ = ["LoadedRun", "build", "build_model", "load_run", "stored_config"]
+if TYPE_CHECKING:  # Lightning: imported by build() only, so that loading a run does not pay for it
+    from ddpm.lit_module import DiffusionModule
+
+__all__ = [
+    "LoadedRun",
+    "build",
+    "build_data",
+    "build_diffusion",
+    "build_for_sampling",
+    "build_model",
+    "load_run",
+    "stored_config",
+]
 
 
-def _instantiate(cfg: DictConfig, key: str, **completion: Any) -> Any:
-    """``cfg[key]`` built; a partial node is then called with ``completion`` (what other nodes built)."""
+def _instantiate(cfg: DictConfig, key: str, node: Any = None, **completion: Any) -> Any:
+    """``cfg[key]`` (or ``node`` in its place) built; a partial node is then called with ``completion``
+    (what other nodes built)."""
     try:
-        built = instantiate(cfg[key])
+        built = instantiate(cfg[key] if node is None else node)
         return built(**completion) if completion else built
     except (InstantiationException, ValueError, TypeError, FileNotFoundError, OmegaConfBaseException) as err:
         raise ConfigError(f"{key}: {first_line(root_cause(err))}") from err
+
+
+def build_data(cfg: DictConfig, plain: bool = False) -> Any:
+    """The data of a config's ``data`` node: its DataModule, or with ``plain`` the DataModule's data class
+    (:data:`ddpm.data.PLAIN_DATA`: the same arguments, no loaders, no Lightning). A target with no data
+    class (your own, trusted through ``DDPM_TRUSTED_TARGETS``) is built as it is named.
+
+    ``data.data_dim: null`` is filled in with the dimension the data has (a user's file).
+
+    Raises:
+        ConfigError: a bad value, with the key it came from.
+    """
+    node = None
+    if plain and cfg.data.get("_target_") in PLAIN_DATA:
+        node = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
+        node._target_ = PLAIN_DATA[cfg.data._target_]
+    data = _instantiate(cfg, "data", node)
+    if "data_dim" in cfg.data and cfg.data.data_dim is None:
+        with open_dict(cfg):
+            cfg.data.data_dim = data.data_dim  # inferred from the user's file
+    return data
 
 
 def build_model(cfg: DictConfig) -> torch.nn.Module:
@@ -52,16 +91,26 @@ def build_model(cfg: DictConfig) -> torch.nn.Module:
     return _instantiate(cfg, "model")
 
 
+def build_diffusion(cfg: DictConfig) -> GaussianDiffusion:
+    """The diffusion of a config: the ``schedule`` node's betas completing the ``diffusion`` partial.
+
+    Raises:
+        ConfigError: a bad value, with the key it came from (the schedule's own errors name the schedule).
+    """
+    betas = _instantiate(cfg, "schedule")  # on its own first, so an error names the schedule
+    return _instantiate(cfg, "diffusion", betas=betas)  # a partial: the schedule's betas complete it
+
+
 def build(cfg: DictConfig) -> tuple[Any, DiffusionModule]:
-    """Instantiate the DataModule and the DiffusionModule (net, diffusion, sampler, optimizer) of a config.
+    """Instantiate the DataModule and the DiffusionModule (net, diffusion, sampler, optimizer) of a config,
+    for training (this imports Lightning; :func:`build_for_sampling` does not).
 
     Raises:
         ConfigError: a bad value, with the config key it came from.
     """
-    datamodule = _instantiate(cfg, "data")
-    if "data_dim" in cfg.data and cfg.data.data_dim is None:
-        with open_dict(cfg):
-            cfg.data.data_dim = datamodule.data_dim  # inferred from the user's file
+    from ddpm.lit_module import DiffusionModule
+
+    datamodule = build_data(cfg)
     net = build_model(cfg)
     if (
         cfg.optimizer.get("fused")
@@ -70,8 +119,7 @@ def build(cfg: DictConfig) -> tuple[Any, DiffusionModule]:
     ):
         with open_dict(cfg):  # Lightning cannot clip a fused optimizer's gradients under mixed precision
             cfg.optimizer.fused = None  # torch's default: foreach on GPUs
-    betas = _instantiate(cfg, "schedule")  # on its own first, so an error names the schedule
-    diffusion = _instantiate(cfg, "diffusion", betas=betas)  # a partial: the schedule's betas complete it
+    diffusion = build_diffusion(cfg)
     sampler = _instantiate(cfg, "sampler")
     optimizer = _instantiate(cfg, "optimizer")
     lr_scheduler = _instantiate(cfg, "lr_scheduler") if cfg.get("lr_scheduler") else None
@@ -93,6 +141,21 @@ def build(cfg: DictConfig) -> tuple[Any, DiffusionModule]:
     )
     module.run_config = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     return datamodule, module
+
+
+def build_for_sampling(cfg: DictConfig) -> tuple[Any, DiffusionModel]:
+    """The data class and the :class:`~ddpm.diffusion_model.DiffusionModel` (net, diffusion, sampler) of a
+    config, in plain PyTorch: what sampling and evaluating a trained run need (no optimizer, no loaders,
+    no Lightning). The weights are the network's initial ones; :func:`load_run` loads the trained ones.
+
+    Raises:
+        ConfigError: a bad value, with the config key it came from.
+    """
+    data = build_data(cfg, plain=True)
+    net = build_model(cfg)
+    diffusion = build_diffusion(cfg)
+    sampler = _instantiate(cfg, "sampler")
+    return data, DiffusionModel(net, diffusion, sampler, data.data_shape)
 
 
 def stored_config(ckpt: dict[str, Any], ckpt_path: Path, run_dir: Path) -> DictConfig:
@@ -130,11 +193,14 @@ def stored_config(ckpt: dict[str, Any], ckpt_path: Path, run_dir: Path) -> DictC
 class LoadedRun:
     """A trained run rebuilt from its own config, with EMA weights loaded when the run had EMA.
 
-    ``sampler`` is the run's own sampler, or the one the overrides given to :func:`load_run` chose.
+    ``model`` samples (:meth:`~ddpm.diffusion_model.DiffusionModel.sample`); ``data`` is the run's data
+    class (:class:`~ddpm.data.toy.ToyData` or :class:`~ddpm.data.images.ImageData`: ``kind``,
+    ``normalize`` / ``denormalize``, ``held_out``); ``sampler`` is the run's own sampler, or the one the
+    overrides given to :func:`load_run` chose.
     """
 
-    module: DiffusionModule
-    datamodule: Any
+    model: DiffusionModel
+    data: Any
     config: DictConfig
     checkpoint: Path
     run_dir: Path
@@ -143,7 +209,7 @@ class LoadedRun:
     @property
     def data_shape(self) -> tuple[int, ...]:
         """Shape of one sample."""
-        return self.module.data_shape
+        return self.model.data_shape
 
     def make_sampler(self, overrides: Sequence[str]) -> Sampler:
         """Another sampler for this run: its own sampler config with ``sampler=<option>`` /
@@ -152,18 +218,18 @@ class LoadedRun:
         Raises:
             ConfigError: an override that does not fit the run's sampler or chain (steps > T).
         """
-        return _sampler(self.config, overrides, self.module)
+        return _sampler(self.config, overrides, self.model)
 
 
-def _sampler(cfg: DictConfig, overrides: Sequence[str], module: DiffusionModule) -> Sampler:
+def _sampler(cfg: DictConfig, overrides: Sequence[str], model: DiffusionModel) -> Sampler:
     """The run's sampler with ``sampler=<option>`` / ``sampler.<key>=<value>`` applied, checked against
     the run's chain (steps > T fails here, before any sampling)."""
     if not overrides:
-        return module.sampler
+        return model.sampler
     node = sampler_config(OmegaConf.to_container(cfg.sampler), list(overrides))  # type: ignore[arg-type]
     try:
         sampler = instantiate(node)
-        sampler.timesteps(module.diffusion)
+        sampler.timesteps(model.diffusion)
     except InstantiationException as err:  # Hydra wraps the sampler's own error; report that one
         cause = err.__cause__ if isinstance(err.__cause__, ValueError | TypeError) else err
         raise ConfigError(f"sampler: {str(cause).strip().splitlines()[-1]}") from err
@@ -179,11 +245,12 @@ def load_run(
 
     The config comes from the checkpoint (``ddpm_config``) or the run folder's ``.hydra/config.yaml``; the
     checkpoint is read with ``weights_only=True`` and the config's classes must be on the allow-list, so
-    loading runs none of the run's code.
+    loading runs none of the run's code. The run comes back in plain PyTorch (:func:`build_for_sampling`):
+    Lightning, torchmetrics and W&B are not imported.
 
     Args:
         path: a run folder (its ``checkpoints/last.ckpt``) or a checkpoint file.
-        map_location: the device the module is put on.
+        map_location: the device the model is put on.
         sampler_overrides: ``sampler=<option>`` / ``sampler.<key>=<value>`` for :attr:`LoadedRun.sampler`
             (see :mod:`ddpm.sampler_overrides`); none keeps the run's sampler.
 
@@ -198,9 +265,9 @@ def load_run(
         raise ConfigError(f"checkpoint {str(ckpt_path)!r} is not a Lightning checkpoint (no state_dict)")
     run_dir = run_dir_of(ckpt_path) or ckpt_path.parent
     cfg = stored_config(ckpt, ckpt_path, run_dir)
-    datamodule, module = build(cfg)
-    try:
-        missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
+    data, model = build_for_sampling(cfg)
+    try:  # the model's names are the training module's (net.*, diffusion.*): its state_dict fits as is
+        missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
     except RuntimeError as err:  # same names, other shapes
         detail = str(err).strip().splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
         raise ConfigError(
@@ -211,6 +278,6 @@ def load_run(
             f"checkpoint {str(ckpt_path)!r} does not match its config's model: "
             f"missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}"
         )
-    module.to(map_location).eval()
-    sampler = _sampler(cfg, sampler_overrides, module)
-    return LoadedRun(module, datamodule, cfg, ckpt_path, run_dir, sampler)
+    model.to(map_location).eval()
+    sampler = _sampler(cfg, sampler_overrides, model)
+    return LoadedRun(model, data, cfg, ckpt_path, run_dir, sampler)

@@ -15,6 +15,7 @@ from torch import nn
 from torchmetrics import Metric
 
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.diffusion_model import draw_samples
 from ddpm.samplers import Sampler, SampleResult
 
 __all__ = ["DiffusionModule", "NonFiniteLossError"]
@@ -289,7 +290,6 @@ class DiffusionModule(L.LightningModule):
             _restore_rng_states(checkpoint["rng_states"])
         self.nonfinite_skipped = int(checkpoint.get("nonfinite_skipped", 0))
 
-    @torch.no_grad()
     def sample(
         self,
         n: int,
@@ -303,7 +303,8 @@ class DiffusionModule(L.LightningModule):
 
         The weights in the module are the EMA weights after training, during validation, and when
         loaded from a checkpoint written with EMA on (Lightning's ``EMAWeightAveraging`` puts the
-        average in the checkpoint's ``state_dict``).
+        average in the checkpoint's ``state_dict``). The same sampling as a loaded run's
+        :meth:`ddpm.diffusion_model.DiffusionModel.sample` (:func:`~ddpm.diffusion_model.draw_samples`).
 
         Args:
             n: number of samples.
@@ -313,33 +314,15 @@ class DiffusionModule(L.LightningModule):
             progress: show a progress bar.
             batch_size: sample in chunks of this size to bound memory.
         """
-        sampler = sampler or self.sampler
-        was_training = self.training
-        self.eval()
-        try:
-            if return_trajectory or batch_size is None or batch_size >= n:
-                return sampler.sample(
-                    self.net,
-                    self.diffusion,
-                    (n, *self.data_shape),
-                    generator=generator,
-                    return_trajectory=return_trajectory,
-                    progress=progress,
-                    device=self.device,
-                )
-            chunks = []
-            for start in range(0, n, batch_size):
-                size = min(batch_size, n - start)
-                chunks.append(
-                    sampler.sample(
-                        self.net,
-                        self.diffusion,
-                        (size, *self.data_shape),
-                        generator=generator,
-                        progress=progress,
-                        device=self.device,
-                    )
-                )
-            return torch.cat(chunks)
-        finally:
-            self.train(was_training)
+        return draw_samples(
+            self.net,
+            self.diffusion,
+            sampler or self.sampler,
+            self.data_shape,
+            n,
+            device=self.device,
+            generator=generator,
+            return_trajectory=return_trajectory,
+            progress=progress,
+            batch_size=batch_size,
+        )

@@ -14,12 +14,14 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from ddpm.lit_module import DiffusionModule
+if TYPE_CHECKING:  # not at run time: ddpm-viz reverse draws a loaded run without importing Lightning
+    from ddpm.diffusion_model import DiffusionModel
+    from ddpm.lit_module import DiffusionModule
 
 __all__ = ["GRID_IMAGES", "ResultsNotWrittenError", "reverse_process_figures", "write_results"]
 
@@ -111,7 +113,7 @@ def write_results(module: DiffusionModule, datamodule: Any, output_dir: Path, n:
 
 
 def reverse_process_figures(
-    module: DiffusionModule,
+    module: DiffusionModule | DiffusionModel,
     datamodule: Any,
     png: Path,
     gif: Path | None,

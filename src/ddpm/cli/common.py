@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from ddpm.config import CONF_DIR, ConfigError
 from ddpm.safe_writes import writable_problem
 
-if TYPE_CHECKING:  # ddpm.build imports torch and Lightning: only the commands that load a run need it
+if TYPE_CHECKING:  # ddpm.build imports torch and Hydra: only the commands that load a run need it
     from ddpm.build import LoadedRun
 
 __all__ = [

@@ -186,11 +186,11 @@ def _weights_kind(checkpoint: Path) -> str:
 def _bpd(run: LoadedRun, args: argparse.Namespace, log: list[str]) -> dict[str, Any]:
     from ddpm.likelihood import infer_bins, variational_bound
 
-    dm = run.datamodule
-    x = dm.normalize(dm.held_out(args.bpd_n)).to(run.module.device)  # the bound is on the network's scale
+    data = run.data
+    x = data.normalize(data.held_out(args.bpd_n)).to(run.model.device)  # the bound is on the network's scale
     if len(x) == 0:
-        raise ConfigError("the run's DataModule has no validation data for --bpd")
-    if dm.kind == "image":
+        raise ConfigError("the run's data has no validation data for --bpd")
+    if data.kind == "image":
         bins = infer_bins(x)
         decoder = "discretized" if bins else "gaussian"
         if bins is None:
@@ -201,8 +201,8 @@ def _bpd(run: LoadedRun, args: argparse.Namespace, log: list[str]) -> dict[str, 
         bins, decoder = None, "gaussian"
     start = time.perf_counter()
     vb = variational_bound(
-        run.module.diffusion,
-        run.module.net,
+        run.model.diffusion,
+        run.model.net,
         x,
         decoder=decoder,
         bins=bins or 256,
@@ -213,7 +213,7 @@ def _bpd(run: LoadedRun, args: argparse.Namespace, log: list[str]) -> dict[str, 
     )
     out = {**vb.as_dict(), "seconds": time.perf_counter() - start}
     log.append(f"Bits/dim: {vb.headline()}")
-    std = dm.std if dm.kind == "toy" else None
+    std = data.std if data.kind == "toy" else None
     if decoder == "gaussian" and std is not None and std.numel() in (1, vb.dims):
         # -log p_raw(x) = -log p_net(z) + sum_d log std_d for z = (x - mean) / std.
         log_std = std.double().log().expand(vb.dims).mean() / math.log(2)
@@ -225,7 +225,7 @@ def _bpd(run: LoadedRun, args: argparse.Namespace, log: list[str]) -> dict[str, 
 def _toy_quality(run: LoadedRun, draw, n: int, repeats: int, log: list[str]) -> dict[str, Any]:
     from ddpm.evaluation.toy import repeated_quality
 
-    held_out, pool = run.datamodule.held_out(), run.datamodule.training_data()
+    held_out, pool = run.data.held_out(), run.data.training_data()
     n = min(n, len(held_out), len(pool))  # sample only what the floor can match
     result = repeated_quality(lambda k: draw(k, n), held_out, pool, n, repeats)
     log.append(f"Quality: {result.headline()}")
@@ -251,7 +251,7 @@ def _classifier_metric(run: LoadedRun, args: argparse.Namespace, log: list[str])
         return f"no offline classifier for dataset {dataset!r} (have {', '.join(CLASSIFIER_DATASETS)})"
     try:
         return ImageClassifierMetric.load_or_train(
-            dataset, _data_dir(run), args.cache_dir, device=run.module.device, log=log.append
+            dataset, _data_dir(run), args.cache_dir, device=run.model.device, log=log.append
         )
     except FileNotFoundError as err:
         return str(err)
@@ -299,7 +299,7 @@ def _image_quality(
         return images, {"skipped": reason}
     real = metric.data.train_x[: args.fid_real]
     fake = torch.cat(drawn)
-    value = inception_fid(fake, real, args.inception_weights, device=run.module.device)
+    value = inception_fid(fake, real, args.inception_weights, device=run.model.device)
     log.append(f"FID {value:.2f} ({len(fake)} samples vs {len(real)} training images)")
     return images, {"fid": value, "n_fake": len(fake), "n_real": len(real)}
 
@@ -309,16 +309,16 @@ def _drawer(
 ) -> Callable[[int, int], torch.Tensor]:
     """``draw(k, n)``: n samples with ``sampler`` and seed ``--seed + k`` in the data's units; the sampling
     alone is timed, into ``timing`` (``seconds``, ``samples``)."""
-    module = run.module
-    image = run.datamodule.kind == "image"
+    model = run.model
+    image = run.data.kind == "image"
 
     def draw(k: int, n: int) -> torch.Tensor:
-        gen = torch.Generator(device=module.device).manual_seed(args.seed + k)
+        gen = torch.Generator(device=model.device).manual_seed(args.seed + k)
         start = time.perf_counter()
-        x = module.sample(n, sampler=sampler, generator=gen, progress=True, batch_size=args.batch_size)
+        x = model.sample(n, sampler=sampler, generator=gen, progress=True, batch_size=args.batch_size)
         timing["seconds"] += time.perf_counter() - start
         timing["samples"] += n
-        out = run.datamodule.denormalize(x).cpu()
+        out = run.data.denormalize(x).cpu()
         return out.clamp(0, 1) if image else out  # images: denormalize gives [0, 1]; clip the overshoot
 
     return draw
@@ -326,14 +326,14 @@ def _drawer(
 
 def evaluate(run: LoadedRun, sampler: Any, args: argparse.Namespace, log: list[str]) -> dict[str, Any]:
     """Run the requested evaluations on a loaded run; lines for the person go to ``log``."""
-    module = run.module
-    steps = len(sampler.timesteps(module.diffusion))
-    image = run.datamodule.kind == "image"
+    model = run.model
+    steps = len(sampler.timesteps(model.diffusion))
+    image = run.data.kind == "image"
     result: dict[str, Any] = {
         "run_dir": str(run.run_dir),
         "checkpoint": str(run.checkpoint),
         "weights": _weights_kind(run.checkpoint),
-        "kind": run.datamodule.kind,
+        "kind": run.data.kind,
         "sampler": repr(sampler),
         "steps": steps,
         "repeats": args.repeats,
@@ -444,7 +444,7 @@ def _sweep_scorer(run: LoadedRun, args: argparse.Namespace) -> tuple[Callable[[A
     from ddpm.evaluation.toy import Spread
 
     quiet: list[str] = []  # each row's own line says it shorter than the metrics' headlines
-    if run.datamodule.kind == "image":
+    if run.data.kind == "image":
         metric = _classifier_metric(run, args, quiet)
         if isinstance(metric, str):
             fail(f"--sampler-sweep needs the classifier metric of image runs: {metric}")
@@ -455,8 +455,8 @@ def _sweep_scorer(run: LoadedRun, args: argparse.Namespace) -> tuple[Callable[[A
             return _image_scores(metric, lambda k: draw(k, n), n, args, quiet)
 
     else:
-        dm = run.datamodule
-        n = min(args.n or DEFAULT_TOY_N, len(dm.held_out()), len(dm.training_data()))
+        data = run.data
+        n = min(args.n or DEFAULT_TOY_N, len(data.held_out()), len(data.training_data()))
         name = "energy distance / floor"
 
         def quality(draw: Callable[[int, int], torch.Tensor]) -> dict[str, Any]:
@@ -503,31 +503,31 @@ def sampler_sweep(args: argparse.Namespace) -> int:
     run = load_run_or_fail(args.run, args.device, [])
     cases, skipped = _sweep_cases(run, args.grid, default=not args.overrides)
     score, metric, n = _sweep_scorer(run, args)
-    module = run.module
+    model = run.model
     weights = _weights_kind(run.checkpoint)
     print(f"Sampler sweep of {run.checkpoint}: {len(cases)} combinations, {args.repeats} draws of n={n} each")
     for line in skipped:
         print(line)
 
     def warm_up(sampler: Any) -> None:
-        gen = torch.Generator(device=module.device).manual_seed(args.seed)
-        module.sample(min(n, args.batch_size or n), sampler=sampler, generator=gen, progress=False)
+        gen = torch.Generator(device=model.device).manual_seed(args.seed)
+        model.sample(min(n, args.batch_size or n), sampler=sampler, generator=gen, progress=False)
 
     try:
-        rows: list[SweepRow] = run_sweep(cases, module.diffusion, score, warm_up=warm_up, log=tqdm.write)
+        rows: list[SweepRow] = run_sweep(cases, model.diffusion, score, warm_up=warm_up, log=tqdm.write)
     except (ConfigError, ValueError) as err:
         fail(str(err).strip().splitlines()[0])
     result: dict[str, Any] = {
         "run_dir": str(run.run_dir),
         "checkpoint": str(run.checkpoint),
         "weights": weights,
-        "kind": run.datamodule.kind,
+        "kind": run.data.kind,
         "metric": metric,
-        "T": module.diffusion.num_timesteps,
+        "T": model.diffusion.num_timesteps,
         "n": next((r.details["n"] for r in rows if "n" in r.details), n),
         "repeats": args.repeats,
         "seed": args.seed,
-        "device": str(module.device),
+        "device": str(model.device),
         "batch_size": args.batch_size,
         "grid": "default" if not args.overrides else list(args.overrides),
         "left_out": skipped,

@@ -104,13 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     ensure_output_folder(args, "samples", "samples")
     run = load_run_or_fail(args.run, args.device, args.overrides)
     sampler = run.sampler
-    steps = len(sampler.timesteps(run.module.diffusion))
+    steps = len(sampler.timesteps(run.model.diffusion))
     print(f"Sampling {args.n} with {sampler!r} ({steps} network evaluations each) from {run.checkpoint}")
-    gen = torch.Generator(device=run.module.device).manual_seed(args.seed)
+    gen = torch.Generator(device=run.model.device).manual_seed(args.seed)
     start = time.perf_counter()
-    x = run.module.sample(args.n, sampler=sampler, generator=gen, progress=True, batch_size=args.batch_size)
+    x = run.model.sample(args.n, sampler=sampler, generator=gen, progress=True, batch_size=args.batch_size)
     seconds = time.perf_counter() - start
-    samples = run.datamodule.denormalize(x).cpu()
+    samples = run.data.denormalize(x).cpu()
 
     # The figures first: they are on screen even if a write below fails.
     print(f"Throughput: {args.n / seconds:.1f} samples/s ({seconds:.2f} s for {args.n}, {steps} steps)")
@@ -121,18 +121,18 @@ def main(argv: list[str] | None = None) -> int:
         "samples_per_s": args.n / seconds,
     }
     held_out = None
-    if run.datamodule.kind == "toy":
+    if run.data.kind == "toy":
         from ddpm.metrics import quality_report
 
-        held_out = run.datamodule.held_out(args.n)
-        report = quality_report(samples, held_out, run.datamodule.training_data(len(held_out)))
+        held_out = run.data.held_out(args.n)
+        report = quality_report(samples, held_out, run.data.training_data(len(held_out)))
         summary.update(report.as_dict())
         print(f"Quality: {report.headline()}")
 
     name = f"{sampler_label(sampler, steps)}_n{args.n}_seed{args.seed}.npz"
     out = args.out or run.run_dir / "samples" / name
     try:
-        image = run.datamodule.kind == "image"
+        image = run.data.kind == "image"
         _write_outputs(out, samples, held_out, summary, image=image, plot=not args.no_plot)
     except WriteError as err:
         fail(str(err), code=1)

@@ -84,7 +84,7 @@ def _quiet_expected_resume_warnings(datamodule: Any) -> None:
 
     # The run continues in its own folder, so its checkpoint folder is not empty.
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-    from ddpm.data.toy import ToyDataModule
+    from ddpm.data import ToyDataModule
 
     if isinstance(datamodule, ToyDataModule):
         # Toy loaders resume mid-epoch exactly (ShardedBatchSampler.resume); Lightning cannot know that.

@@ -400,36 +400,34 @@ def _cmd_reverse(args: argparse.Namespace) -> Callable[[], int]:
     _check_arguments(args, "max_frames", "fps")  # the GIF's, checked before the run is loaded and sampled
 
     def run() -> int:
-        # imported here: they pull in Lightning
+        # imported here, after the checks: torch and matplotlib (not Lightning: load_run builds plain torch)
         from ddpm.build import load_run
         from ddpm.results import reverse_process_figures
 
         # load_run(run_dir) rebuilds the run from its own config and weights. It returns an object with
-        #   .module      whose .module.sample(n, return_trajectory=True, generator=...) gives a SampleResult
+        #   .model       whose .model.sample(n, return_trajectory=True, generator=...) gives a SampleResult
         #                (samples, trajectory [S+1, n, ...] with x_T first, pred_x0 [S, n, ...], timesteps),
         #                on the network's scale;
         #   .data_shape  the shape of one sample: () or (1,) scalar, (L,) signal, (2,) point, (C, H, W) image;
-        #   .datamodule  its kind ("toy" / "image") and .denormalize(x), to show toy data in raw units.
+        #   .data        its kind ("toy" / "image") and .denormalize(x), to show toy data in raw units.
         try:
             loaded = load_run(args.run_dir)
         except (FileNotFoundError, ValueError) as err:  # no checkpoint there, or it does not fit its config
             print(f"{PROG} reverse: error: {err}", file=sys.stderr)
             return 2
-        module = loaded.module
-        sampler = getattr(module, "sampler", None)  # the run's own; without one, DDPM's T steps
+        model = loaded.model
+        sampler = getattr(model, "sampler", None)  # the run's own; without one, DDPM's T steps
         steps = (
-            len(sampler.timesteps(module.diffusion))
-            if sampler is not None
-            else module.diffusion.num_timesteps
+            len(sampler.timesteps(model.diffusion)) if sampler is not None else model.diffusion.num_timesteps
         )
-        _check_memory(_data_terms(args, (steps, math.prod(module.data_shape))))
+        _check_memory(_data_terms(args, (steps, math.prod(model.data_shape))))
         name = f"reverse-{args.run_dir.resolve().name}"
         png = _out_path(args, name)
         gif = None if args.no_gif else png.with_suffix(".gif")
 
         def write(tmp: list[Path]) -> None:
             reverse_process_figures(
-                module, loaded.datamodule, tmp[0], tmp[1] if gif else None, n=args.n, seed=args.seed,
+                model, loaded.data, tmp[0], tmp[1] if gif else None, n=args.n, seed=args.seed,
                 fps=args.fps, max_frames=args.frames, dpi=args.dpi,
             )  # fmt: skip
 

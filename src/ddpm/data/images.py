@@ -1,56 +1,30 @@
-"""Image datasets (MNIST, CIFAR-10, scikit-learn's 8x8 digits) as one LightningDataModule.
+"""Image datasets (MNIST, CIFAR-10, scikit-learn's 8x8 digits) as one class, :class:`ImageData`.
 
 The images come from each dataset's official splits (:mod:`ddpm.data.image_sets`, which also lists the
 files torchvision expects). They reach the network scaled to [-1, 1] (DDPM sec. 3.3);
-:meth:`ImageDataModule.denormalize` maps the network's scale back to [0, 1].
+:meth:`ImageData.denormalize` maps the network's scale back to [0, 1]. No loaders and no Lightning here:
+training adds them (:class:`ddpm.data.datamodules.ImageDataModule`, the LightningDataModule).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+from torch.utils.data import TensorDataset
 
 from ddpm.data.image_sets import IMAGE_DATASETS, ImageSplits, ensure_files, to_unit
 
-__all__ = ["ImageDataModule"]
+__all__ = ["RESIZE_MODES", "VAL_SOURCES", "ImageData", "resize"]
 
 RESIZE_MODES = ("pad", "bilinear", "nearest")
 VAL_SOURCES = ("train", "test")
 
 
-# ----------------------------------------------------------------------------- batches
-class _ToNetwork:
-    """Collate (image, label) items into a batch on the network's scale, with the training augmentation.
-
-    A class rather than a closure so DataLoader workers can pickle it.
-    """
-
-    def __init__(self, image_size: int, resize_mode: str, flip: bool) -> None:
-        self.image_size = image_size
-        self.resize_mode = resize_mode
-        self.flip = flip
-
-    def __call__(
-        self, items: list[tuple[torch.Tensor, torch.Tensor]] | tuple[torch.Tensor, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(items, tuple):  # a whole batch indexed at once (``on_device``)
-            images, labels = items
-        else:
-            images = torch.stack([item[0] for item in items])
-            labels = torch.stack([item[1] for item in items])
-        x = _resize(to_unit(images), self.image_size, self.resize_mode)
-        if self.flip:
-            # DDPM sec. 4: random horizontal flips for CIFAR-10, one coin per image.
-            mask = torch.rand(x.shape[0], device=x.device) < 0.5
-            x = torch.where(mask[:, None, None, None], x.flip(-1), x)
-        return x * 2.0 - 1.0, labels  # DDPM sec. 3.3: [0, 1] -> [-1, 1]
-
-
-def _resize(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+# ----------------------------------------------------------------------------- sizes
+def resize(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    """Images [N, C, h, w] to [N, C, size, size] by ``mode`` (one of :data:`RESIZE_MODES`)."""
     if x.shape[-1] == size and x.shape[-2] == size:
         return x
     if mode == "pad":
@@ -63,12 +37,14 @@ def _resize(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="nearest")
 
 
-# ----------------------------------------------------------------------------- the DataModule
-class ImageDataModule(L.LightningDataModule):
+# ----------------------------------------------------------------------------- the data
+class ImageData:
     """MNIST, CIFAR-10 or scikit-learn's 8x8 digits, scaled to [-1, 1], with a seeded train/val split.
 
-    Batches are ``(images [B, C, H, W] in [-1, 1], labels [B])``. Missing MNIST/CIFAR-10 files are
-    reported at construction, before any run folder, logger or training exists.
+    Missing MNIST/CIFAR-10 files are reported at construction, before any run folder, logger or training
+    exists. It takes the arguments of the config's ``data`` node, loader options included, so one node builds
+    it or the training :class:`~ddpm.data.datamodules.ImageDataModule`, whose batches are
+    ``(images [B, C, H, W] in [-1, 1], labels [B])``.
 
     Args:
         dataset: ``mnist``, ``cifar10`` or ``digits``.
@@ -115,7 +91,7 @@ class ImageDataModule(L.LightningDataModule):
         seed: int = 0,
         on_device: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__()  # cooperative: ImageDataModule puts LightningDataModule after this class
         if on_device and num_workers:
             raise ValueError(
                 f"data.on_device=true needs data.num_workers=0 (got {num_workers!r}): the batches are cut "
@@ -198,13 +174,9 @@ class ImageDataModule(L.LightningDataModule):
         assert self.val_set is not None
         images = self.val_set.tensors[0][:n]
         # the validation batches' resize, without their [-1, 1] scaling; clipped like denormalize's output
-        return _resize(to_unit(images), self.image_size, self.resize_mode).clamp(0.0, 1.0)
+        return resize(to_unit(images), self.image_size, self.resize_mode).clamp(0.0, 1.0)
 
-    # ------------------------------------------------------------------ Lightning hooks
-    def prepare_data(self) -> None:
-        """Download or unpack the files once per node (Lightning calls this on one process)."""
-        ensure_files(self.dataset, self.data_dir, self.download)
-
+    # ------------------------------------------------------------------ the splits
     def setup(self, stage: str | None = None) -> None:
         """Read the official splits (:meth:`ImageSplits.load`) and pick the seeded validation images.
 
@@ -237,35 +209,3 @@ class ImageDataModule(L.LightningDataModule):
         idx = torch.randperm(len(test_images), generator=gen)[:n_val]
         self.train_set = TensorDataset(images, labels)
         self.val_set = TensorDataset(test_images[idx], test_labels[idx])
-
-    def _loader(self, data: TensorDataset, train: bool) -> DataLoader:
-        collate = _ToNetwork(self.image_size, self.resize_mode, flip=train and self.random_flip)
-        if self.on_device:
-            from ddpm.data.toy import batch_loader
-
-            trainer = getattr(self, "trainer", None)
-            device = trainer.strategy.root_device if trainer is not None else None
-            return batch_loader(data, trainer, self.batch_size, train, self.seed, collate, device)
-        sampler = RandomSampler(data, generator=torch.Generator().manual_seed(self.seed)) if train else None
-        return DataLoader(
-            data,
-            batch_size=min(self.batch_size, len(data)),
-            sampler=sampler,
-            drop_last=train,
-            collate_fn=collate,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches ``(images, labels)`` in [-1, 1], randomly flipped when enabled."""
-        self.setup()
-        assert self.train_set is not None
-        return self._loader(self.train_set, train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        """Validation batches in order, never flipped."""
-        self.setup()
-        assert self.val_set is not None
-        return self._loader(self.val_set, train=False)

@@ -1,30 +1,22 @@
-"""Toy datasets (1D and 2D) and their LightningDataModule.
+"""Toy datasets (1D and 2D) and :class:`ToyData`, what a toy run's data is (no loaders, no Lightning).
 
 Each generator is ``fn(n, rng, **params) -> float32 array [n, D]`` and registered by name, so a config
 picks it with ``dataset: moons``. ``array`` loads the user's own ``.npy`` / ``.csv`` file of shape [N, D]
 (points) or [N, L] (signals, trajectories).
+
+:class:`ToyData` generates or loads the data and holds its normalisation: what sampling and evaluation use.
+Training adds the loaders: :class:`ddpm.data.datamodules.ToyDataModule`, the LightningDataModule.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
-from sklearn import datasets as skd
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-__all__ = [
-    "TOY_DATASETS",
-    "ShardedBatchSampler",
-    "ToyDataModule",
-    "batch_loader",
-    "load_array",
-    "make_toy_data",
-]
+__all__ = ["TOY_DATASETS", "ToyData", "load_array", "make_toy_data"]
 
 Generator = Callable[..., np.ndarray]
 TOY_DATASETS: dict[str, Generator] = {}
@@ -95,21 +87,27 @@ def _sk_seed(rng: np.random.Generator) -> int:
 @_register("moons")
 def moons(n: int, rng: np.random.Generator, noise: float = 0.05) -> np.ndarray:
     """scikit-learn's two interleaving half circles; [n, 2]."""
-    x, _ = skd.make_moons(n, noise=noise, random_state=_sk_seed(rng))
+    from sklearn.datasets import make_moons  # here: scikit-learn takes a second to import
+
+    x, _ = make_moons(n, noise=noise, random_state=_sk_seed(rng))
     return x.astype(np.float32)
 
 
 @_register("circles")
 def circles(n: int, rng: np.random.Generator, noise: float = 0.04, factor: float = 0.5) -> np.ndarray:
     """scikit-learn's two concentric circles; [n, 2]."""
-    x, _ = skd.make_circles(n, noise=noise, factor=factor, random_state=_sk_seed(rng))
+    from sklearn.datasets import make_circles
+
+    x, _ = make_circles(n, noise=noise, factor=factor, random_state=_sk_seed(rng))
     return x.astype(np.float32)
 
 
 @_register("swiss_roll")
 def swiss_roll(n: int, rng: np.random.Generator, noise: float = 0.5) -> np.ndarray:
     """The 2D swiss roll (x and z of scikit-learn's 3D roll, scaled by 1/5); [n, 2]."""
-    x, _ = skd.make_swiss_roll(n, noise=noise, random_state=_sk_seed(rng))
+    from sklearn.datasets import make_swiss_roll
+
+    x, _ = make_swiss_roll(n, noise=noise, random_state=_sk_seed(rng))
     return (x[:, [0, 2]] / 5.0).astype(np.float32)
 
 
@@ -173,82 +171,13 @@ def make_toy_data(dataset: str, n: int, seed: int, **params: object) -> np.ndarr
     return TOY_DATASETS[dataset](n, np.random.default_rng(seed), **params)
 
 
-class ShardedBatchSampler(DistributedSampler):
-    """Yields whole batches of indices: a per-epoch permutation from (seed, epoch), split across ranks.
-
-    It subclasses ``DistributedSampler`` so Lightning leaves it in place under DDP (it shards itself,
-    every rank taking the same number of batches), and Lightning's ``set_epoch`` call gives each epoch
-    a new, reproducible order. ``resume(epoch, skip)`` drops the first ``skip`` batches of ``epoch``.
-    """
-
-    def __init__(
-        self, n: int, batch_size: int, shuffle: bool, seed: int, num_replicas: int = 1, rank: int = 0
-    ) -> None:
-        super().__init__(range(n), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
-        self.n, self.batch_size = n, batch_size
-        self._resume: tuple[int, int] | None = None
-
-    def resume(self, epoch: int, skip: int) -> None:
-        """Skip the first ``skip`` batches when epoch ``epoch`` is iterated."""
-        self._resume = (epoch, skip)
-
-    def __len__(self) -> int:
-        """Batches per epoch on this rank (training drops the ragged end)."""
-        per_rank = self.n // self.num_replicas
-        return per_rank // self.batch_size if self.shuffle else math.ceil(per_rank / self.batch_size)
-
-    def __iter__(self):  # type: ignore[override]
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.n, generator=gen)
-        else:
-            order = torch.arange(self.n)
-        per_rank = self.n // self.num_replicas
-        mine = order[self.rank * per_rank : (self.rank + 1) * per_rank]
-        start = 0
-        if self._resume is not None and self._resume[0] == self.epoch:
-            start = self._resume[1]
-            self._resume = None
-        for b in range(start, len(self)):
-            yield mine[b * self.batch_size : (b + 1) * self.batch_size].tolist()
-
-
-def batch_loader(
-    data: TensorDataset,
-    trainer: L.Trainer | None,
-    batch_size: int,
-    train: bool,
-    seed: int,
-    collate_fn: Callable | None = None,
-    device: torch.device | None = None,
-) -> DataLoader:
-    """A DataLoader of whole batches of in-memory tensors, sharded per DDP rank and resumable mid-epoch.
-
-    Whole batches are indexed at once (``batch_size=None``): no per-sample collation. ``device`` moves the
-    tensors there first (data held on the GPU). Under a trainer that has already stepped (a resumed run),
-    the batches the checkpointed run took in this epoch are skipped: the epoch's order is a function of
-    (seed, epoch), so the resumed run continues exactly where it stopped.
-    """
-    if device is not None:
-        data = TensorDataset(*(t.to(device) for t in data.tensors))
-    world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-    sampler = ShardedBatchSampler(
-        len(data), min(batch_size, len(data)), shuffle=train, seed=seed, num_replicas=world, rank=rank
-    )
-    if train and trainer is not None and trainer.global_step > 0:
-        taken = trainer.global_step * trainer.accumulate_grad_batches  # batches, not optimizer steps
-        sampler.resume(trainer.current_epoch, taken % max(1, len(sampler)))
-    # Its own generator: a DataLoader iterator otherwise draws its base seed from the global RNG, and a
-    # resumed run (which creates one mid-epoch) would then draw different t and noise.
-    gen = torch.Generator().manual_seed(seed)
-    return DataLoader(data, sampler=sampler, batch_size=None, generator=gen, collate_fn=collate_fn)
-
-
-class ToyDataModule(L.LightningDataModule):
+class ToyData:
     """Toy data generated from a seed, or loaded from a file, with train/val splits and normalisation.
 
     ``kind`` is ``"toy"``: samples are vectors [D] (points, signals, scalars), scored against
-    :meth:`held_out` data with the energy distance (:mod:`ddpm.evaluation.toy`).
+    :meth:`held_out` data with the energy distance (:mod:`ddpm.evaluation.toy`). It takes the arguments of
+    the config's ``data`` node, loader options included (``batch_size``), so one node builds it or the
+    training :class:`~ddpm.data.datamodules.ToyDataModule`, which adds only the loaders.
 
     Args:
         dataset: a name in :data:`TOY_DATASETS`, or ``array`` to load ``path``.
@@ -279,7 +208,7 @@ class ToyDataModule(L.LightningDataModule):
         val_fraction: float = 0.1,
         params: dict | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__()  # cooperative: ToyDataModule puts LightningDataModule after this class
         if dataset != "array" and dataset not in TOY_DATASETS:
             raise ValueError(
                 f"data.dataset={dataset!r} is unknown; choose one of {sorted(TOY_DATASETS)} or 'array'"
@@ -357,20 +286,6 @@ class ToyDataModule(L.LightningDataModule):
         if self.dataset == "point":
             return torch.tensor([float(self.params.get("value", 5.0))]), torch.zeros(1, 1)
         return None
-
-    def _loader(self, x: torch.Tensor, train: bool) -> DataLoader:
-        data = TensorDataset(self.normalize(x))
-        return batch_loader(data, getattr(self, "trainer", None), self.batch_size, train, self.seed)
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled, normalised training batches (a 1-tuple of a tensor [B, D])."""
-        assert self.train_raw is not None
-        return self._loader(self.train_raw, train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        """Held-out normalised batches, in order."""
-        assert self.val_raw is not None
-        return self._loader(self.val_raw, train=False)
 
     def held_out(self, n: int | None = None) -> torch.Tensor:
         """Up to ``n`` (default all) held-out samples in raw units: what a quality figure compares with."""

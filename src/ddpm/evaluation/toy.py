@@ -26,8 +26,10 @@ def sample_quality(module: Any, datamodule: Any, n: int, seed: int = 0) -> dict[
     """Draw ``n`` samples with ``module.sample`` and score them against held-out toy data in raw units.
 
     Args:
-        module: a trained :class:`~ddpm.lit_module.DiffusionModule` (its sampler and current weights).
-        datamodule: a toy DataModule (``kind == "toy"``): ``denormalize``, ``held_out``, ``training_data``.
+        module: a trained :class:`~ddpm.lit_module.DiffusionModule` or a loaded run's
+            :class:`~ddpm.diffusion_model.DiffusionModel` (its sampler and current weights).
+        datamodule: toy data (``kind == "toy"``), a :class:`~ddpm.data.toy.ToyData` or its DataModule:
+            ``denormalize``, ``held_out``, ``training_data``, ``true_moments``.
         n: samples to draw; the held-out set and the floor's training sample are cut to the same size.
         seed: seeds the sampler's noise.
 

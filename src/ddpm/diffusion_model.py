@@ -1,0 +1,141 @@
+"""A trained denoiser ready to sample: the network, its diffusion, its sampler, the shape of one sample.
+
+:class:`DiffusionModel` is what the commands that only sample and evaluate a run (``ddpm-sample``,
+``ddpm-eval``, ``ddpm-viz reverse``) load, in plain PyTorch: :func:`ddpm.build.load_run` builds it from the
+run's stored config. Its ``state_dict`` has the training module's names (``net.*``, ``diffusion.*``), so a
+checkpoint written by :class:`~ddpm.lit_module.DiffusionModule` loads into it unchanged. Both sample with
+:func:`draw_samples`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ddpm.diffusion import GaussianDiffusion
+from ddpm.samplers import Sampler, SampleResult
+
+__all__ = ["DiffusionModel", "draw_samples"]
+
+
+@torch.no_grad()
+def draw_samples(
+    net: nn.Module,
+    diffusion: GaussianDiffusion,
+    sampler: Sampler,
+    data_shape: Sequence[int],
+    n: int,
+    *,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+    return_trajectory: bool = False,
+    progress: bool = False,
+    batch_size: int | None = None,
+) -> torch.Tensor | SampleResult:
+    """``n`` samples of shape ``data_shape`` from ``net`` with ``sampler``, on the network's scale.
+
+    The network is in eval mode while sampling (no dropout) and back in its own mode afterwards.
+
+    Args:
+        net: the denoiser, ``net(x_t, t)`` under ``diffusion.objective``.
+        diffusion: the process it was trained on.
+        sampler: the sampling algorithm.
+        data_shape: the shape of one sample, e.g. (2,) or (3, 32, 32).
+        n: number of samples.
+        device: where to sample (default: where ``diffusion``'s buffers are).
+        generator: RNG for reproducible samples.
+        return_trajectory: return a :class:`SampleResult` with the whole chain (not batched).
+        progress: show a progress bar.
+        batch_size: sample in chunks of this size to bound memory.
+    """
+    shape = tuple(int(s) for s in data_shape)
+    was_training = net.training
+    net.eval()
+    try:
+        if return_trajectory or batch_size is None or batch_size >= n:
+            return sampler.sample(
+                net,
+                diffusion,
+                (n, *shape),
+                generator=generator,
+                return_trajectory=return_trajectory,
+                progress=progress,
+                device=device,
+            )
+        chunks = []
+        for start in range(0, n, batch_size):
+            size = min(batch_size, n - start)
+            chunks.append(
+                sampler.sample(
+                    net, diffusion, (size, *shape), generator=generator, progress=progress, device=device
+                )
+            )
+        return torch.cat(chunks)
+    finally:
+        net.train(was_training)
+
+
+class DiffusionModel(nn.Module):
+    """``net``, ``diffusion`` and ``sampler`` of a trained run, sampling like the training module does.
+
+    Args:
+        net: the denoiser, ``net(x_t, t) -> output`` under ``diffusion.objective``.
+        diffusion: the forward process the network was trained on.
+        sampler: the default sampler for :meth:`sample`.
+        data_shape: the shape of one sample as the network sees it, e.g. (2,) or (3, 32, 32).
+    """
+
+    def __init__(
+        self, net: nn.Module, diffusion: GaussianDiffusion, sampler: Sampler, data_shape: Sequence[int]
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.diffusion = diffusion
+        self.sampler = sampler
+        self.data_shape = tuple(int(s) for s in data_shape)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model is (its diffusion's buffers move with it, parameters or not)."""
+        return self.diffusion.betas.device
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The network output for noisy data at timesteps ``t``."""
+        return self.net(x_t, t)
+
+    def sample(
+        self,
+        n: int,
+        sampler: Sampler | None = None,
+        generator: torch.Generator | None = None,
+        return_trajectory: bool = False,
+        progress: bool = False,
+        batch_size: int | None = None,
+    ) -> torch.Tensor | SampleResult:
+        """Generate ``n`` samples on the network's scale (the data class's ``denormalize`` undoes it).
+
+        The weights are the EMA weights when the checkpoint was written with EMA on (Lightning's
+        ``EMAWeightAveraging`` puts the average in the checkpoint's ``state_dict``).
+
+        Args:
+            n: number of samples.
+            sampler: override the model's sampler (e.g. ``DDIMSampler(50)``).
+            generator: RNG for reproducible samples.
+            return_trajectory: return a :class:`SampleResult` with the whole chain (not batched).
+            progress: show a progress bar.
+            batch_size: sample in chunks of this size to bound memory.
+        """
+        return draw_samples(
+            self.net,
+            self.diffusion,
+            sampler or self.sampler,
+            self.data_shape,
+            n,
+            device=self.device,
+            generator=generator,
+            return_trajectory=return_trajectory,
+            progress=progress,
+            batch_size=batch_size,
+        )
