@@ -32,6 +32,7 @@ LAYERS = {
     "ddpm.sampler_overrides": 1,
     "ddpm.resume": 1,
     "ddpm.run_folder": 1,
+    "ddpm.timings": 1,
     "ddpm.viz": 1,
     # 2. Lightning
     "ddpm.lit_module": 2,

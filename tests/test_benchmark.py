@@ -41,6 +41,8 @@ def test_tiny_benchmark_writes_its_report(benchmark_module, tmp_path: Path) -> N
             assert all(v > 0 for v in row if isinstance(v, float))
     assert toy.rows[0][3] == 1.0 and result["lightning_ratio"] > 0
     assert any(t.startswith("One EMA update") for t in titles)
+    threads = next(t for t in result["tables"] if t.title.startswith("CPU threads"))
+    assert threads.rows[0][0] == 1 and all(len(row) == 3 for row in threads.rows)
     # No GPU here: the GPU targets say so instead of showing a number.
     if result["gpu"] is None:
         assert report.count("pending: no GPU was lent to this task") >= 3
