@@ -990,7 +990,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
     lightning_ratio = float(toy.rows[2][3])
     app = None
     if not args.no_app:
-        app = compare_app(moons, *((6, 3, 1) if s.tiny else (2000, 1000, 3)))
+        app = compare_app(moons, *((6, 3, 1) if s.tiny else (1500, 750, 3)))
         tables.append(app)
     tables.append(ema_update_table(mlp, s.toy_T, repeats=s.rounds))
     tables.append(threads_table(moons, 5 if s.tiny else 100))
