@@ -89,6 +89,9 @@ def test_grid_sweep_runs_each_combination_in_its_own_folder_and_writes_a_summary
         assert math.isfinite(metrics["final/ratio"]) and metrics["final/n"] == 32
         record = json.loads((job / JOB_RECORD).read_text())
         assert record["status"] == "completed" and record["job"] == num
+        # the process's start-up is the first job's alone: a later job would otherwise count the earlier ones
+        phases = json.loads((job / "timings.json").read_text())["phases_s"]
+        assert ("start-up" in phases) == (num == 0) and phases["training"] > 0
         combos.add((over["schedule"], over["T"]))
     assert combos == {(s, t) for s in ("linear", "cosine") for t in ("20", "40")}
     assert not list(sweep.glob("*/wandb"))  # logger=csv: no W&B

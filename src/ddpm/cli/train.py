@@ -32,7 +32,7 @@ from ddpm.config import (
 from ddpm.timings import Phases
 
 # torch and Lightning are imported inside train(), after the config checks: a bad value is
-# reported in a second or two instead of after the ~15 s it takes to import them on a small CPU.
+# reported in a second instead of after the 4-5 s it takes to import them on a small CPU.
 
 __all__ = ["main", "train"]
 
@@ -144,10 +144,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     Raises:
         ConfigError: a bad config value, before any training, logger or checkpoint is created.
     """
+    global _STARTED
     output_dir = Path(cfg.paths.output_dir)
     phases = Phases()
     if _STARTED is not None:  # ddpm-train's own process: Hydra's composition and the config checks
         phases.add("start-up", time.perf_counter() - _STARTED)
+        _STARTED = None  # the later jobs of a sweep in this process have no start-up of their own
     try:
         ckpt_path = _resolve_ckpt_path(cfg, output_dir)
         if ckpt_path:
