@@ -84,30 +84,52 @@ def _sk_seed(rng: np.random.Generator) -> int:
     return int(rng.integers(0, 2**31 - 1))
 
 
+# moons, circles and swiss_roll draw exactly what scikit-learn's make_moons / make_circles /
+# make_swiss_roll draw for the same seed (tests/test_toy_data.py compares them bit for bit): importing
+# scikit-learn costs about a second, more than sampling a trained toy model, and the commands that only
+# sample regenerate the data.
+def _two_arcs(outer: np.ndarray, inner: np.ndarray, rs: np.random.RandomState, noise: float) -> np.ndarray:
+    """Both point sets stacked, shuffled and noised in scikit-learn's order of random draws."""
+    x = np.concatenate([outer, inner])
+    order = np.arange(len(x))
+    rs.shuffle(order)  # sklearn.utils.shuffle(X, y, random_state=rs)
+    x = x[order]
+    return x + rs.normal(scale=noise, size=x.shape)
+
+
 @_register("moons")
 def moons(n: int, rng: np.random.Generator, noise: float = 0.05) -> np.ndarray:
-    """scikit-learn's two interleaving half circles; [n, 2]."""
-    from sklearn.datasets import make_moons  # here: scikit-learn takes a second to import
-
-    x, _ = make_moons(n, noise=noise, random_state=_sk_seed(rng))
-    return x.astype(np.float32)
+    """scikit-learn's two interleaving half circles (``make_moons``); [n, 2]."""
+    rs = np.random.RandomState(_sk_seed(rng))
+    n_out = n // 2
+    n_in = n - n_out
+    arc_out, arc_in = np.linspace(0, np.pi, n_out), np.linspace(0, np.pi, n_in)
+    outer = np.stack([np.cos(arc_out), np.sin(arc_out)], axis=1)
+    inner = np.stack([1 - np.cos(arc_in), 1 - np.sin(arc_in) - 0.5], axis=1)
+    return _two_arcs(outer, inner, rs, noise).astype(np.float32)
 
 
 @_register("circles")
 def circles(n: int, rng: np.random.Generator, noise: float = 0.04, factor: float = 0.5) -> np.ndarray:
-    """scikit-learn's two concentric circles; [n, 2]."""
-    from sklearn.datasets import make_circles
-
-    x, _ = make_circles(n, noise=noise, factor=factor, random_state=_sk_seed(rng))
-    return x.astype(np.float32)
+    """scikit-learn's two concentric circles (``make_circles``); [n, 2]."""
+    rs = np.random.RandomState(_sk_seed(rng))
+    n_out = n // 2
+    n_in = n - n_out
+    angle_out = np.linspace(0, 2 * np.pi, n_out, endpoint=False)  # no point twice at angle 0 and 2 pi
+    angle_in = np.linspace(0, 2 * np.pi, n_in, endpoint=False)
+    outer = np.stack([np.cos(angle_out), np.sin(angle_out)], axis=1)
+    inner = np.stack([np.cos(angle_in) * factor, np.sin(angle_in) * factor], axis=1)
+    return _two_arcs(outer, inner, rs, noise).astype(np.float32)
 
 
 @_register("swiss_roll")
 def swiss_roll(n: int, rng: np.random.Generator, noise: float = 0.5) -> np.ndarray:
-    """The 2D swiss roll (x and z of scikit-learn's 3D roll, scaled by 1/5); [n, 2]."""
-    from sklearn.datasets import make_swiss_roll
-
-    x, _ = make_swiss_roll(n, noise=noise, random_state=_sk_seed(rng))
+    """The 2D swiss roll: x and z of scikit-learn's 3D roll (``make_swiss_roll``), scaled by 1/5; [n, 2]."""
+    rs = np.random.RandomState(_sk_seed(rng))
+    t = 1.5 * np.pi * (1 + 2 * rs.uniform(size=n))
+    height = 21 * rs.uniform(size=n)
+    x = np.vstack((t * np.cos(t), height, t * np.sin(t)))
+    x = (x + noise * rs.standard_normal(size=(3, n))).T
     return (x[:, [0, 2]] / 5.0).astype(np.float32)
 
 
