@@ -147,7 +147,8 @@ def test_channels_last_images(tmp_path) -> None:
     from tests.helpers import SHORT, run_train
 
     overrides = [*SHORT, "experiment=digits", "module.channels_last=true", "callbacks.samples=null"]
-    metrics, run = run_train(tmp_path, [*overrides, "final_samples=4"])
+    quick = ["final_samples=4", "sampler.steps=2", "reverse_gif=false", "+trainer.limit_val_batches=1"]
+    metrics, run = run_train(tmp_path, [*overrides, *quick])
     assert metrics["global_step"] == 4
     from ddpm.build import build, load_run
 
