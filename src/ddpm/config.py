@@ -22,6 +22,7 @@ __all__ = [
     "first_line",
     "remove_unstarted_run_dir",
     "root_cause",
+    "slurm_tasks_per_node",
     "upgrade_stored_config",
     "validate_config",
 ]
@@ -38,6 +39,21 @@ def find_conf_dir() -> Path:
 
 #: the config groups ``ddpm-train`` composes from (``conf/train.yaml`` and one folder per group)
 CONF_DIR = find_conf_dir()
+
+
+def slurm_tasks_per_node(gpus_per_node: Any, devices: Any) -> int:
+    """SLURM tasks per node for ``hydra/launcher=slurm``: one per GPU, else what ``trainer.devices`` asks.
+
+    A CPU cluster (``gpus_per_node=0``) runs ``trainer.devices`` processes when it is a number (2 with
+    ``trainer=ddp_cpu``) and one otherwise (``auto``, ``-1``): never 0 tasks.
+    """
+    if isinstance(gpus_per_node, int) and gpus_per_node > 0:
+        return gpus_per_node
+    return devices if isinstance(devices, int) and not isinstance(devices, bool) and devices > 0 else 1
+
+
+# conf/hydra/launcher/slurm.yaml: tasks_per_node: ${ddpm.slurm_tasks_per_node:...}
+OmegaConf.register_new_resolver("ddpm.slurm_tasks_per_node", slurm_tasks_per_node, replace=True)
 
 
 class ConfigError(ValueError):

@@ -12,8 +12,10 @@ the sweep folder (``hydra.sweep.dir``). :class:`SweepSummary`, a Hydra callback 
 
 A job that raised is recorded as failed and the sweep goes on (``ddpm-train``'s task function catches the
 error in multirun mode, see :func:`job_failed`); a job killed before it could write its record (out of
-memory, ``scancel``) is listed as unfinished. ``python -m ddpm.sweeps SWEEP_DIR`` rebuilds the summary of a
-sweep folder at any time, e.g. while cluster jobs are still running.
+memory) is listed as unfinished; under ``hydra/launcher=slurm`` a job cancelled with ``scancel`` is listed
+as cancelled and one that ended without a result (a time limit, a node failure) as failed, with SLURM's
+state. ``python -m ddpm.sweeps SWEEP_DIR`` rebuilds the summary of a sweep folder at any time, e.g. while
+cluster jobs are still running.
 
 This module is imported by Hydra when it starts any ``ddpm-train`` run, so it stays free of torch and
 Lightning at import time.
@@ -53,6 +55,7 @@ __all__ = [
     "is_global_zero",
     "job_failed",
     "objective_value",
+    "write_job_record",
     "write_summary",
 ]
 
@@ -63,6 +66,8 @@ SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
 
 COMPLETED, FAILED, UNFINISHED = "completed", "failed", "unfinished"
+#: a cluster job cancelled (``scancel``) before it ended: recorded by ``ddpm.cluster.SlurmLauncher``
+CANCELLED = "cancelled"
 
 # Set by job_failed() in the task function and read by SweepSummary.on_job_end() right after it, in the same
 # process: the task function returns a sentinel instead of raising, so Hydra itself sees a completed job.
@@ -306,6 +311,15 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_job_record(job_dir: Path, record: Mapping[str, Any]) -> Path:
+    """Write ``sweep_job.json`` (job number, status, overrides, objective, error) into a job's folder."""
+    job_dir = Path(job_dir)
+    # a config error removes the job's folder before training; the record brings back the reason
+    job_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(job_dir / JOB_RECORD, json.dumps(dict(record), indent=2) + "\n")
+    return job_dir / JOB_RECORD
+
+
 def write_summary(sweep_dir: Path, direction: str = "minimize") -> SweepTable:
     """Write ``summary.csv`` and ``summary.md`` into ``sweep_dir`` from its job folders; return the table.
 
@@ -348,7 +362,8 @@ def write_summary(sweep_dir: Path, direction: str = "minimize") -> SweepTable:
     _write_atomic(sweep_dir / SUMMARY_CSV, buf.getvalue())
 
     failed = [j for j in jobs if j.get("status") != COMPLETED]
-    counts = {s: sum(j.get("status") == s for j in jobs) for s in (COMPLETED, FAILED, UNFINISHED)}
+    statuses = (COMPLETED, FAILED, CANCELLED, UNFINISHED)
+    counts = {s: sum(j.get("status") == s for j in jobs) for s in statuses}
     lines = [f"# Sweep summary: {sweep_dir}", ""]
     lines.append(
         f"{len(jobs)} jobs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n or s == COMPLETED)
@@ -413,9 +428,7 @@ class SweepSummary(Callback):
                 record.update(status=FAILED, error=f"optimized_metric {record['optimized_metric']} is NaN")
         if record["status"] == FAILED:
             record["objective"] = None
-        # a config error removes the job's folder before training; the record brings back the reason
-        output_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(output_dir / JOB_RECORD, json.dumps(record, indent=2) + "\n")
+        write_job_record(output_dir, record)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Write and print the sweep's summary; exit with code 1 if a job failed and ``fail_on_error``."""

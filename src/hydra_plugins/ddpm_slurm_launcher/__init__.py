@@ -1,0 +1,1 @@
+"""ddpm-lab's Hydra launcher plugin: Hydra takes launcher classes only from the ``hydra_plugins`` package."""
