@@ -119,8 +119,8 @@ start() {
   slurmctld -f "${CONF}"
   slurmd -f "${CONF}"
   # ready when the node is idle and the partition takes jobs
-  local i state=""
-  for i in $(seq 1 60); do
+  local state=""
+  for _ in $(seq 1 60); do
     state="$(sinfo -h -n "${HOST}" -o %t 2>/dev/null || true)"
     [[ "$state" == idle* || "$state" == mix* || "$state" == alloc* ]] && break
     sleep 0.5

@@ -41,6 +41,7 @@ LAYERS = {
     "ddpm.callbacks": 2,
     "ddpm.checkpointing": 2,
     "ddpm.sweeps": 2,
+    "ddpm.cluster": 2,  # a Hydra launcher: submitit and SLURM, beside the sweeps it runs
     # 3. assembly
     "ddpm.build": 3,
     "ddpm.results": 3,

@@ -208,24 +208,31 @@ def tensors(tree: object, prefix: str = "") -> dict[str, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------- tests
-def test_a_gpu_request_on_a_cpu_partition_is_one_line(cluster: str, tmp_path: Path) -> None:
-    sweep = f"hydra.sweep.dir={tmp_path / 'sweep'}"
-    res = subprocess.run(
-        [DDPM_TRAIN, "-m", "hydra/launcher=slurm", f"hydra.launcher.partition={cluster}", "T=20,40", sweep],
-        cwd=tmp_path,
-        env={**os.environ, **CLI_ENV},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert res.returncode == 2
-    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
-    assert errors == [
+def test_requests_the_cluster_cannot_meet_are_one_line(cluster: str, tmp_path: Path) -> None:
+    """The default launcher settings (a GPU, 8 CPUs, 64 GB) on a small CPU cluster."""
+
+    def sweep(*overrides: str) -> list[str]:
+        launcher = ["hydra/launcher=slurm", f"hydra.launcher.partition={cluster}"]
+        res = subprocess.run(
+            [DDPM_TRAIN, "-m", *launcher, "T=20,40", *overrides, f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+            cwd=tmp_path,
+            env={**os.environ, **CLI_ENV},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        assert not (tmp_path / "sweep").exists()  # no job ran: no sweep folder is left
+        return [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+
+    assert sweep() == [
         f"error: hydra.launcher.gpus_per_node=1: {cluster} has no GPUs (sbatch: Invalid generic resource "
         "(gres) specification); on a CPU cluster set hydra.launcher.gpus_per_node=0"
     ]
-    assert "Traceback" not in res.stderr
-    assert not (tmp_path / "sweep").exists()  # nothing was submitted: no sweep folder is left
+    # sbatch takes the jobs, SLURM holds them for ever: the sweep cancels them and says why
+    (error,) = sweep("hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1000")
+    assert "reason PartitionConfig" in error and "cpus_per_task=1000" in error, error
+    assert "the sweep's jobs were cancelled" in error
 
 
 def test_a_two_job_sweep_completes_and_its_summary_lists_both(sweeps: list[Sweep], tmp_path: Path) -> None:

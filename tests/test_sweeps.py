@@ -429,6 +429,48 @@ def test_slurm_launcher_config_composes_into_an_sbatch_script(tmp_path: Path, mo
     assert local._target_.endswith("submitit_launcher.LocalLauncher") and local.tasks_per_node == 1
 
 
+@pytest.mark.parametrize(
+    ("overrides", "tasks"),
+    [
+        ([], 1),  # one GPU, one task
+        (["hydra.launcher.gpus_per_node=4", "trainer=ddp"], 4),
+        (["hydra.launcher.gpus_per_node=0"], 1),  # a CPU cluster: trainer.devices=1
+        (["hydra.launcher.gpus_per_node=0", "trainer=ddp_cpu"], 2),  # 2 CPU processes
+        (["hydra.launcher.gpus_per_node=0", "trainer=ddp"], 1),  # devices=-1 is no count of CPU processes
+        (["hydra.launcher.gpus_per_node=0", "trainer.devices=auto"], 1),
+    ],
+)
+def test_slurm_tasks_per_node_follow_gpus_or_trainer_devices(
+    tmp_path: Path, overrides: list[str], tasks: int
+) -> None:
+    cfg = compose_cfg(tmp_path, ["hydra/launcher=slurm", *overrides], run_folder=False)
+    assert cfg.hydra.launcher.tasks_per_node == tasks
+
+
+def test_sbatch_refusals_are_explained_in_one_line() -> None:
+    from ddpm.cluster import explain_sbatch_error
+
+    params = {"partition": "debug", "gpus_per_node": 1, "tasks_per_node": 1, "cpus_per_task": 8, "mem_gb": 64}
+    # the messages submitit raises with, as this machine's SLURM 22.05 printed them
+    gres = "sbatch: error: Invalid generic resource (gres) specification"
+    config = "sbatch: error: Batch job submission failed: Requested node configuration is not available"
+    partition = (
+        "sbatch: error: invalid partition specified: gpu\n"
+        "sbatch: error: Batch job submission failed: Invalid partition name specified"
+    )
+    assert explain_sbatch_error(gres, params) == (
+        "hydra.launcher.gpus_per_node=1: debug has no GPUs (sbatch: Invalid generic resource (gres) "
+        "specification); on a CPU cluster set hydra.launcher.gpus_per_node=0"
+    )
+    assert explain_sbatch_error(config, params).startswith(
+        "no node of debug has 1 x hydra.launcher.cpus_per_task=8 CPUs and hydra.launcher.mem_gb=64 GB"
+    )
+    assert explain_sbatch_error(partition, {**params, "partition": "gpu"}) == (
+        "hydra.launcher.partition=gpu: sbatch: invalid partition specified: gpu (sinfo -s lists them)"
+    )
+    assert all("\n" not in explain_sbatch_error(m, params) for m in (gres, config, partition, "odd\n"))
+
+
 # ----------------------------------------------------------------------------- W&B sweep file
 def _agent_command(sweep: dict, point: dict) -> list[str]:
     """The command a W&B agent runs for one point, built with wandb's own helpers as its agent does."""
@@ -497,7 +539,10 @@ def _calls(log: Path) -> list[list[str]]:
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed")
 def test_slurm_scripts_pass_shellcheck() -> None:
-    scripts = [SCRIPTS / "slurm_multinode.sh", SCRIPTS / "slurm_multinode.sbatch"]
+    scripts = [
+        SCRIPTS / n for n in ("slurm_multinode.sh", "slurm_multinode.sbatch", "slurm_local_cluster.sh")
+    ]
+    scripts.append(REPO / ".ci" / "run")
     res = subprocess.run(["shellcheck", *map(str, scripts)], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout
 

@@ -27,16 +27,16 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from omegaconf import open_dict
 
-from ddpm.cli.common import fail
 from ddpm.sweeps import CANCELLED, FAILED, write_job_record
 
 __all__ = ["SlurmLauncher", "explain_sbatch_error", "slurm_job_states"]
@@ -59,7 +59,11 @@ ENDED = {
 def explain_sbatch_error(message: str, params: dict[str, Any]) -> str:
     """One line for sbatch's refusal of a sweep's jobs, naming the ``hydra.launcher`` key to change."""
     lines = [ln.strip() for ln in message.splitlines() if "error" in ln.lower() and ln.strip()]
-    said = re.sub(r"^.*?sbatch: error: ", "", lines[-1] if lines else message.strip().splitlines()[-1])
+    said = re.sub(
+        r"^.*?sbatch: error: ",
+        "",
+        lines[0] if lines else (message.strip().splitlines() or ["no reason given"])[-1],
+    )
     partition = params.get("partition") or "the default partition"
     if "generic resource" in said or "gres" in said.lower():
         return (
@@ -77,14 +81,24 @@ def explain_sbatch_error(message: str, params: dict[str, Any]) -> str:
     return f"sbatch refused the jobs: {said}"
 
 
-def slurm_job_states(job_ids: Sequence[str]) -> dict[str, str] | None:
-    """SLURM's state of each job (``123`` or array task ``123_4``) that ``squeue`` still knows.
+#: why SLURM holds a pending job that no wait will start: the request exceeds what the partition has
+NEVER_STARTS = {
+    "PartitionConfig": "more CPUs or memory per node than the partition's nodes have",
+    "PartitionNodeLimit": "more nodes than the partition allows",
+    "PartitionTimeLimit": "a longer time limit than the partition allows",
+    "BadConstraints": "constraints no node meets",
+}
+
+
+def slurm_job_states(job_ids: Sequence[str]) -> dict[str, tuple[str, str]] | None:
+    """SLURM's state and reason of each job (``123`` or array task ``123_4``) that ``squeue`` still knows.
 
     A job missing from the answer has left the queue. None when squeue cannot be asked.
     """
     if not job_ids:
         return {}
-    cmd = ["squeue", "--noheader", "--array", "--states=all", "--format=%i %T", f"--jobs={','.join(job_ids)}"]
+    fmt = "--format=%i %T %r"
+    cmd = ["squeue", "--noheader", "--array", "--states=all", fmt, f"--jobs={','.join(job_ids)}"]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired):
@@ -93,10 +107,16 @@ def slurm_job_states(job_ids: Sequence[str]) -> dict[str, str] | None:
         return None
     states = {}
     for line in out.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            states[parts[0]] = parts[1]
+        parts = line.split(maxsplit=2)
+        if len(parts) >= 2:
+            states[parts[0]] = (parts[1], parts[2] if len(parts) == 3 else "")
     return states
+
+
+def _fail(message: str) -> NoReturn:
+    # Hydra prints a launcher's exceptions with a traceback; a refused submission is a user error: one line
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def _remove_unstarted_sweep_dir(sweep_dir: Path) -> None:
@@ -172,7 +192,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
                 cluster="slurm", folder=folder, slurm_max_num_timeout=max_num_timeout
             )
         except RuntimeError as err:  # submitit finds no srun
-            fail(f"hydra/launcher=slurm needs SLURM's commands (srun, sbatch) on PATH: {err}")
+            _fail(f"hydra/launcher=slurm needs SLURM's commands (srun, sbatch) on PATH: {err}")
         base = set(OmegaConf.structured(BaseQueueConf).keys())
         executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
 
@@ -189,7 +209,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
             jobs = executor.map_array(self, *zip(*job_params, strict=True))
         except submitit.core.utils.FailedJobError as err:
             _remove_unstarted_sweep_dir(sweep_dir)
-            fail(explain_sbatch_error(str(err), self.params))
+            _fail(explain_sbatch_error(str(err), self.params))
         print(
             f"Submitted SLURM jobs {', '.join(j.job_id for j in jobs)}; logs in {sweep_dir / '.submitit'}",
             flush=True,
@@ -211,7 +231,10 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
                 elif states is None:  # no squeue: submitit's own (sacct) answer
                     state = job.state if job.done() else None
                 elif job_id in states:
-                    state = states[job_id] if states[job_id] in ENDED else None  # requeued: PENDING again
+                    slurm_state, reason = states[job_id]
+                    if slurm_state == "PENDING" and reason in NEVER_STARTS:
+                        self._refused(jobs, job_id, reason)
+                    state = slurm_state if slurm_state in ENDED else None  # requeued: PENDING again
                 else:
                     state = "UNKNOWN"  # it left the queue between two looks
                 if state is not None:
@@ -221,6 +244,22 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
                 low, high = self.POLL_S
                 time.sleep(min(high, low + (time.monotonic() - started) / 20))
         return seen
+
+    def _refused(self, jobs: Sequence[Any], job_id: str, reason: str) -> NoReturn:
+        """SLURM will never start a job of the sweep: cancel them all and say which request is too big."""
+        subprocess.run(["scancel", *(j.job_id for j in jobs)], capture_output=True, timeout=60, check=False)
+        assert self.config is not None
+        _remove_unstarted_sweep_dir(Path(str(self.config.hydra.sweep.dir)))
+        p = self.params
+        asked = (
+            f"hydra.launcher.nodes={p.get('nodes')}, tasks_per_node={p.get('tasks_per_node')}, "
+            f"cpus_per_task={p.get('cpus_per_task')}, mem_gb={p.get('mem_gb')}, "
+            f"timeout_min={p.get('timeout_min')}"
+        )
+        _fail(
+            f"SLURM holds job {job_id} with reason {reason} ({NEVER_STARTS[reason]}): {asked} on "
+            f"partition {p.get('partition')}; the sweep's jobs were cancelled (sinfo -N -l shows the nodes)"
+        )
 
     def _job_return(self, job: Any, overrides: list[str], idx: int, state: str) -> JobReturn:
         """The job's JobReturn; a job without a usable result is recorded in its folder and returns None."""
@@ -239,10 +278,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
                 status = FAILED
         else:
             status = CANCELLED if state == "CANCELLED" else FAILED
-            reason = (
-                f"SLURM job {job.job_id} ended {state} without a result "
-                f"(log: {job.paths.stderr})"
-            )
+            reason = f"SLURM job {job.job_id} ended {state} without a result (log: {job.paths.stderr})"
         job_dir = self._job_dir(overrides, idx)
         write_job_record(
             job_dir,
