@@ -109,6 +109,38 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path: Path
         assert np.array_equal(x["samples"], y["samples"])
 
 
+class SigtermDuring(L.Callback):
+    """Test helper: raises Lightning's SIGTERM flag while optimizer step ``step`` trains, like a signal."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == self.step - 1:
+            trainer._signal_connector.received_sigterm = True
+
+
+@pytest.mark.slow  # three runs: ~10 s idle, ~30 s on the shared 2-core machine
+def test_a_sigterm_at_an_epochs_last_batch_resumes_exactly(tmp_path: Path) -> None:
+    """Step 31 ends epoch 0 (31 batches): the SIGTERM checkpoint must resume into epoch 1's first batch with
+    that step's EMA update (a requeued cluster job resumes this way, ``tests/test_slurm.py``)."""
+    _, full = run_train(tmp_path / "full", [*BASE, "trainer.max_steps=45"])
+    stop = [*BASE, "trainer.max_steps=45", "+callbacks.stop._target_=tests.test_faults.SigtermDuring"]
+    with pytest.raises(SystemExit):
+        run_train(tmp_path / "part", [*stop, "+callbacks.stop.step=31"])
+    _, resumed = run_train(tmp_path / "part", [*BASE, "trainer.max_steps=45", "ckpt_path=last"])
+    for key in ("current_model_state", "state_dict"):  # raw weights, and the EMA weights
+        a = _weights(full / "checkpoints" / "last.ckpt", key)
+        b = _weights(resumed / "checkpoints" / "last.ckpt", key)
+        assert all(torch.equal(a[name], b[name]) for name in a), key
+    whole = _losses(full / "csv" / "metrics.csv")
+    first, second = (
+        _losses(resumed / "csv" / "metrics.csv"),
+        _losses(resumed / "csv" / "resumed_1" / "metrics.csv"),
+    )
+    assert max(first) == 30 and {**first, **second} == whole  # steps are logged from 0
+
+
 def test_resuming_a_run_that_stopped_before_its_first_validation_keeps_one_current_last_ckpt(
     tmp_path: Path,
 ) -> None:

@@ -135,6 +135,12 @@ class Sweep:
                 raise AssertionError(f"no {what} within {timeout} s; jobs {self.jobs()}")
             time.sleep(0.5)
 
+    def wait_for_state(self, job_id: str, state: str, timeout: float = 60) -> None:
+        """SLURM lists a job as RUNNING or COMPLETING for a moment after its result was written."""
+        deadline = time.monotonic() + timeout
+        while self.jobs().get(job_id, ("",))[0] != state and time.monotonic() < deadline:
+            time.sleep(0.5)
+
     def release_when_held(self, job_id: str, timeout: float = 120) -> None:
         """SLURM holds a requeued job for about 2 minutes (its BeginTime); start it again now."""
         deadline = time.monotonic() + timeout
@@ -260,6 +266,7 @@ def test_scontrol_requeue_resumes_the_job_exactly(sweeps: list[Sweep], tmp_path:
     sweep.release_when_held(job_id)
     assert sweep.finish() == 0, sweep.stderr()[-3000:]
 
+    sweep.wait_for_state(job_id, "COMPLETED")
     assert sweep.jobs()[job_id] == ("COMPLETED", "1")  # it ran twice
     parts = csv_parts(job0)
     assert len(parts) == 2 and parts[0][-1] < n, parts  # stopped early, then went on where it stopped

@@ -117,7 +117,12 @@ class LastCheckpoint(Callback):
         """Save every ``interval`` optimizer steps (not per micro-batch under gradient accumulation)."""
         every = self.interval(trainer.max_steps)
         step = trainer.global_step
-        if every and step > 0 and step % every == 0 and step != self._saved_step and not trainer.fast_dev_run:
+        if step == self._saved_step or trainer.fast_dev_run:
+            return
+        if (every and step > 0 and step % every == 0) or trainer.received_sigterm:
+            # On SIGTERM Lightning stops right after this hook: saving here rather than in on_exception
+            # stores the loop state Lightning resumes exactly, also after an epoch's last batch (saved on
+            # the exception, a resume there skips the rest of the next epoch's batches)
             self._save(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -129,8 +134,8 @@ class LastCheckpoint(Callback):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        """Save when the exception is Lightning's SIGTERM signal."""
-        if isinstance(exception, SIGTERMException):
+        """Save when the exception is Lightning's SIGTERM signal, unless this step was saved already."""
+        if isinstance(exception, SIGTERMException) and trainer.global_step != self._saved_step:
             self._save(trainer)
 
     def _save(self, trainer: L.Trainer) -> None:

@@ -147,15 +147,18 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         usr = JobEnvironment._usr_sig()
         requeue = signal.getsignal(usr)  # submitit's: checkpoint the submission, scontrol requeue, exit
         outside_training = signal.getsignal(signal.SIGTERM)  # submitit's, until Lightning adds its own
-        received: list[int] = []
+        deferred: list[int] = []  # the signal, once training was asked to stop: requeue when it has
 
         def stop_then_requeue(signum: int, frame: Any) -> None:
-            received.append(signum)
+            if deferred:
+                return  # SLURM may signal again while the step finishes
             on_sigterm = signal.getsignal(signal.SIGTERM)
             if callable(on_sigterm) and on_sigterm != outside_training:
+                deferred.append(signum)
                 log.warning("%s: stopping at the next step to save last.ckpt, then requeueing", usr.name)
                 on_sigterm(signal.SIGTERM, frame)  # Lightning's: stop at the next batch, LastCheckpoint saves
             elif callable(requeue):
+                signal.signal(usr, signal.SIG_IGN)  # requeueing now; a second signal must not requeue twice
                 requeue(signum, frame)  # not training (yet or any more): nothing to save first
 
         if callable(requeue):
@@ -163,8 +166,9 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         try:
             return super().__call__(*args, **kwargs)
         except SystemExit:
-            if received and callable(requeue):
-                requeue(received[0], None)  # exits: SLURM runs the job again, DDPM_CKPT_PATH=auto resumes
+            if deferred and callable(requeue):
+                signal.signal(usr, signal.SIG_IGN)
+                requeue(deferred[0], None)  # exits: SLURM runs the job again, DDPM_CKPT_PATH=auto resumes
             raise
         finally:
             if callable(requeue):
