@@ -15,7 +15,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, WeightAveraging
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -122,7 +122,13 @@ class LastCheckpoint(Callback):
         if (every and step > 0 and step % every == 0) or trainer.received_sigterm:
             # On SIGTERM Lightning stops right after this hook: saving here rather than in on_exception
             # stores the loop state Lightning resumes exactly, also after an epoch's last batch (saved on
-            # the exception, a resume there skips the rest of the next epoch's batches)
+            # the exception, a resume there skips the rest of the next epoch's batches).
+            # The weight average runs after this callback (train.py puts it last); its update of this step
+            # goes into the checkpoint too, or a resumed run's average would lag one update behind. The
+            # update is done once: the callbacks skip a step they have averaged already.
+            for callback in trainer.callbacks:
+                if isinstance(callback, WeightAveraging):
+                    callback.on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
             self._save(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -47,14 +47,9 @@ def _callbacks(cfg: DictConfig) -> list[Any]:
     if not any(c is not None for c in (cfg.get("logger") or {}).values()):
         # it only writes to loggers, and Lightning refuses it without one (logger=none, debug presets)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    from ddpm.checkpointing import LastCheckpoint
-
     # EMA swaps its average out at the end of validation, so callbacks that sample with the EMA
-    # weights must run before it: weight averaging goes after them. LastCheckpoint goes after EMA: a
-    # step's checkpoint must hold that step's EMA update, or a resumed run's average lags by one.
-    return sorted(
-        callbacks, key=lambda c: 2 if isinstance(c, LastCheckpoint) else isinstance(c, WeightAveraging)
-    )
+    # weights must run before it: put weight averaging last.
+    return sorted(callbacks, key=lambda c: isinstance(c, WeightAveraging))
 
 
 def _loggers(cfg: DictConfig) -> list[Any]:
