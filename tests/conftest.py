@@ -44,3 +44,22 @@ def toy_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     overrides = [*SHORT, "T=50", "callbacks.samples=null", "final_samples=0"]  # no plots: seconds saved
     _, run_dir = run_train(tmp_path_factory.mktemp("toy"), overrides)
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four training steps of ``experiment=digits`` (the small UNet on 8x8 digits) with T = 20, trained once
+    for every test module that asks for it (tests may add files to it, never change its checkpoint)."""
+    import warnings
+
+    from ddpm.schedules import NotPureNoiseWarning
+    from tests.helpers import run_train
+
+    overrides = ["experiment=digits", "trainer.max_steps=4", "trainer.val_check_interval=2", "T=20"]
+    overrides += ["trainer.log_every_n_steps=1"]
+    overrides += ["sampler.steps=null", "callbacks.samples=null", "final_samples=0", "logger=csv"]
+    overrides += ["callbacks.progress_bar=null", "trainer.enable_progress_bar=false", "print_config=false"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotPureNoiseWarning)
+        _, run_dir = run_train(tmp_path_factory.mktemp("digits"), overrides)
+    return run_dir

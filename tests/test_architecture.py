@@ -45,6 +45,7 @@ LAYERS = {
     # 3. assembly
     "ddpm.build": 3,
     "ddpm.results": 3,
+    "ddpm.interop": 3,
     # 4. commands
     "ddpm.cli": 4,
     "ddpm": 4,  # the package's lazy exports

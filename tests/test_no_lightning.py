@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import lightning as L
@@ -22,9 +21,8 @@ from ddpm.build import build, load_run
 from ddpm.data import ImageData, ImageDataModule, ToyData, ToyDataModule
 from ddpm.diffusion_model import DiffusionModel
 from ddpm.samplers import DDIMSampler, DDPMSampler
-from ddpm.schedules import NotPureNoiseWarning
 from tests.digits_classifier import CACHE_DIR, digits_metric
-from tests.helpers import CLI_ENV, run_train
+from tests.helpers import CLI_ENV
 
 #: the packages that only training may import (each costs seconds: Lightning pulls in torch._dynamo)
 TRAINING_ONLY = ("lightning", "pytorch_lightning", "torchmetrics", "wandb")
@@ -138,19 +136,6 @@ def test_each_datamodule_is_its_data_class_plus_loaders() -> None:
 
 
 # ----------------------------------------------------------------------------- an image run
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Four training steps of ``experiment=digits`` (the small UNet on 8x8 digits) with T = 20."""
-    overrides = ["experiment=digits", "trainer.max_steps=4", "trainer.val_check_interval=2", "T=20"]
-    overrides += ["trainer.log_every_n_steps=1"]
-    overrides += ["sampler.steps=null", "callbacks.samples=null", "final_samples=0", "logger=csv"]
-    overrides += ["callbacks.progress_bar=null", "trainer.enable_progress_bar=false", "print_config=false"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotPureNoiseWarning)
-        _, run_dir = run_train(tmp_path_factory.mktemp("digits"), overrides)
-    return run_dir
-
-
 def test_ddpm_sample_of_an_image_run_imports_no_lightning(digits_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "s.npz"
     argv = [str(digits_run), "sampler=ddim", "sampler.steps=5", "--n", "10", "--out", str(out)]

@@ -249,7 +249,8 @@ def load_run(
     Lightning, torchmetrics and W&B are not imported.
 
     Args:
-        path: a run folder (its ``checkpoints/last.ckpt``) or a checkpoint file.
+        path: a run folder (its ``checkpoints/last.ckpt``), a checkpoint file, or the ``.safetensors`` file
+            ``ddpm-export RUN --format safetensors`` wrote (read without pickle).
         map_location: the device the model is put on.
         sampler_overrides: ``sampler=<option>`` / ``sampler.<key>=<value>`` for :attr:`LoadedRun.sampler`
             (see :mod:`ddpm.sampler_overrides`); none keeps the run's sampler.
@@ -260,14 +261,21 @@ def load_run(
             sampler override does not fit the run's sampler or chain.
     """
     ckpt_path = find_checkpoint(path)
-    ckpt = load_checkpoint(ckpt_path, map_location=map_location)  # weights only: runs no code
-    if "state_dict" not in ckpt:
-        raise ConfigError(f"checkpoint {str(ckpt_path)!r} is not a Lightning checkpoint (no state_dict)")
     run_dir = run_dir_of(ckpt_path) or ckpt_path.parent
-    cfg = stored_config(ckpt, ckpt_path, run_dir)
+    if ckpt_path.suffix == ".safetensors":  # ddpm-export's file: the config rides in its metadata
+        from ddpm.interop import read_safetensors_run
+
+        stored, state = read_safetensors_run(ckpt_path)
+        cfg = upgrade_stored_config(resolved_config(stored, f"the config stored in {str(ckpt_path)!r}"))
+    else:
+        ckpt = load_checkpoint(ckpt_path, map_location=map_location)  # weights only: runs no code
+        if "state_dict" not in ckpt:
+            raise ConfigError(f"checkpoint {str(ckpt_path)!r} is not a Lightning checkpoint (no state_dict)")
+        cfg = stored_config(ckpt, ckpt_path, run_dir)
+        state = ckpt["state_dict"]
     data, model = build_for_sampling(cfg)
     try:  # the model's names are the training module's (net.*, diffusion.*): its state_dict fits as is
-        missing, unexpected = model.load_state_dict(ckpt["state_dict"], strict=False)
+        missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as err:  # same names, other shapes
         detail = str(err).strip().splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
         raise ConfigError(

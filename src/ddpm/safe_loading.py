@@ -47,6 +47,7 @@ ALLOWED_TARGETS = frozenset(
         "ddpm.checkpointing.LastCheckpoint",
         "ddpm.data.ImageDataModule",
         "ddpm.data.ToyDataModule",
+        "ddpm.data.images.ImageScale",
         "ddpm.diffusion.GaussianDiffusion",
         "ddpm.models.MLPDenoiser",
         "ddpm.models.UNet",

@@ -26,6 +26,7 @@ __all__ = [
     "ensure_output_folder",
     "ensure_writable",
     "fail",
+    "load_from_args",
     "load_run_or_fail",
     "run_folder",
     "sampler_label",
@@ -154,19 +155,39 @@ def ensure_writable(folder: Path, what: str, hint: str = "") -> None:
 
 # ---------------------------------------------------------------------------- commands that read a run
 def add_run_arguments(parser: argparse.ArgumentParser, seed_help: str) -> None:
-    """The arguments of every command that reads a trained run: the run, sampler overrides, ``--seed``,
-    ``--batch-size`` and ``--device``."""
-    parser.add_argument("run", help="a run folder (uses checkpoints/last.ckpt) or a checkpoint file")
+    """The arguments of every command that reads a trained run: the run (or ``--pretrained`` weights),
+    sampler overrides, ``--seed``, ``--batch-size`` and ``--device``."""
+    parser.add_argument(
+        "run",
+        nargs="?",
+        default=None,
+        help="a run folder (uses checkpoints/last.ckpt), a checkpoint file or a ddpm-export .safetensors",
+    )
     parser.add_argument("overrides", nargs="*", help="sampler=ddim sampler.steps=50 sampler.eta=0.0 ...")
     parser.add_argument("--seed", type=int, default=0, help=seed_help)
     parser.add_argument("--batch-size", type=int, default=None, help="sample in chunks of this size")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
+    parser.add_argument(
+        "--pretrained",
+        default=None,
+        metavar="PATH",
+        help="a diffusers DDPM pipeline folder (e.g. google/ddpm-cifar10-32) instead of a run; its sampler "
+        "is DDPM over all T steps unless sampler=... says otherwise",
+    )
+    parser.add_argument(
+        "--dataset",
+        default=None,
+        help="with --pretrained: the image set the weights were trained on (digits, mnist, cifar10), for "
+        "the metrics that compare with it",
+    )
+    parser.add_argument("--data-dir", default="data", help="with --dataset: where its files are")
 
 
 def check_run_arguments(args: argparse.Namespace, draws: int = 1, overrides: bool = True) -> None:
     """Check what :func:`add_run_arguments` adds before the checkpoint is read (``draws`` seeds from
     ``--seed`` on); a one-line error (status 2) otherwise. ``overrides=False`` leaves the sampler overrides
     to the caller (``ddpm-eval --sampler-sweep`` reads them as comma lists)."""
+    _check_source(args)
     if args.batch_size is not None and args.batch_size < 1:
         fail(f"--batch-size={args.batch_size} is invalid; it must be an integer >= 1")
     check_seed(args.seed, draws=draws)
@@ -175,10 +196,36 @@ def check_run_arguments(args: argparse.Namespace, draws: int = 1, overrides: boo
         check_sampler_overrides(args.overrides)
 
 
+def _check_source(args: argparse.Namespace) -> None:
+    """A run or ``--pretrained`` weights, not both; with ``--pretrained`` the positional RUN, if any, is the
+    first sampler override (``--pretrained P sampler=ddim``)."""
+    if args.pretrained is None:
+        if args.run is None:
+            fail("give a run folder or checkpoint, or --pretrained PATH (a diffusers pipeline folder)")
+        if args.dataset is not None:
+            fail(f"--dataset={args.dataset} goes with --pretrained; a run knows its own data")
+        return
+    from ddpm.data.image_sets import IMAGE_DATASETS
+    from ddpm.interop import is_diffusers_folder
+
+    if args.run is not None:
+        if "=" not in args.run:
+            fail(f"give either a run ({args.run!r}) or --pretrained {args.pretrained}, not both")
+        args.overrides = [args.run, *args.overrides]
+        args.run = None
+    if not is_diffusers_folder(args.pretrained):
+        fail(
+            f"--pretrained={args.pretrained!r} is not a diffusers pipeline folder "
+            "(expected model_index.json or unet/config.json in it)"
+        )
+    if args.dataset is not None and args.dataset not in IMAGE_DATASETS:
+        fail(f"--dataset={args.dataset!r} is unknown; choose one of {', '.join(sorted(IMAGE_DATASETS))}")
+
+
 def ensure_output_folder(args: argparse.Namespace, subfolder: str, what: str) -> Path:
     """Exit with a one-line error (status 2) unless ``what`` can be written where it goes: ``--out``'s
     folder, else ``<run>/<subfolder>``. Returns the run folder (found without reading the checkpoint)."""
-    run_dir = run_folder(args.run)
+    run_dir = Path(args.pretrained) if getattr(args, "pretrained", None) else run_folder(args.run)
     if args.out is not None:
         ensure_writable(args.out.parent, what)
     else:
@@ -212,6 +259,21 @@ def run_folder(run_path: str) -> Path:
         fail(str(err))
     # As load_run: a checkpoint in <run>/checkpoints/ belongs to <run>, any other to its own folder.
     return run_dir_of(ckpt) or ckpt.parent
+
+
+def load_from_args(args: argparse.Namespace, overrides: list[str]) -> LoadedRun:
+    """The run of :func:`add_run_arguments`' arguments: ``--pretrained`` weights
+    (:func:`ddpm.interop.load_diffusers_pipeline`) or the run; a one-line error (status 2) if it fails."""
+    if args.pretrained is None:
+        return load_run_or_fail(args.run, args.device, overrides)
+    from ddpm.interop import load_diffusers_pipeline
+
+    try:
+        return load_diffusers_pipeline(
+            args.pretrained, args.device, overrides, dataset=args.dataset, data_dir=args.data_dir
+        )
+    except (ConfigError, FileNotFoundError) as err:
+        fail(str(err))
 
 
 def load_run_or_fail(run_path: str, device: str, overrides: list[str]) -> LoadedRun:

@@ -58,7 +58,7 @@ from ddpm.cli.common import (
     ensure_output_folder,
     ensure_writable,
     fail,
-    load_run_or_fail,
+    load_from_args,
     sampler_label,
 )
 from ddpm.config import ConfigError
@@ -176,11 +176,9 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 
 def _weights_kind(checkpoint: Path) -> str:
-    from ddpm.safe_loading import load_checkpoint
+    from ddpm.interop import weights_kind
 
-    ckpt = load_checkpoint(checkpoint, mmap=True)  # weights only, like load_run: runs no code
-    # Lightning's WeightAveraging moves the live weights to current_model_state and saves the average.
-    return "ema" if "current_model_state" in ckpt else "raw"
+    return weights_kind(checkpoint)
 
 
 def _bpd(run: LoadedRun, args: argparse.Namespace, log: list[str]) -> dict[str, Any]:
@@ -500,7 +498,7 @@ def sampler_sweep(args: argparse.Namespace) -> int:
     from ddpm.evaluation.sampler_sweep import run_sweep, sweep_table
     from ddpm.viz.figures import plot_sampler_sweep, save_figure
 
-    run = load_run_or_fail(args.run, args.device, [])
+    run = load_from_args(args, [])
     cases, skipped = _sweep_cases(run, args.grid, default=not args.overrides)
     score, metric, n = _sweep_scorer(run, args)
     model = run.model
@@ -565,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     _check_outputs(args)
     if args.sampler_sweep:
         return sampler_sweep(args)
-    run = load_run_or_fail(args.run, args.device, args.overrides)
+    run = load_from_args(args, args.overrides)
     sampler = run.sampler
     print(f"Evaluating {run.checkpoint} with {sampler!r}")
     log: list[str] = []

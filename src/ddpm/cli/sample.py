@@ -3,6 +3,8 @@
 ddpm-sample outputs/toy2d/runs/2026-11-22_10-00-00                 # the run's sampler, 2000 samples
 ddpm-sample RUN --n 10000 sampler=ddim sampler.steps=50            # DDIM with 50 steps
 ddpm-sample RUN/checkpoints/best.ckpt sampler=ddpm sampler.steps=100 --out /tmp/s.npz
+ddpm-sample RUN/export/model.safetensors                           # ddpm-export's file, read without pickle
+ddpm-sample --pretrained ddpm-cifar10-32 --n 64 sampler=ddim sampler.steps=50  # a diffusers DDPM folder
 
 For image runs the .npz holds uint8 images [N, H, W, C] and the .png a grid of the first 256.
 
@@ -27,7 +29,7 @@ from ddpm.cli.common import (
     check_run_arguments,
     ensure_output_folder,
     fail,
-    load_run_or_fail,
+    load_from_args,
     sampler_label,
 )
 from ddpm.safe_writes import WriteError, write_file
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _check_args(args)
     ensure_output_folder(args, "samples", "samples")
-    run = load_run_or_fail(args.run, args.device, args.overrides)
+    run = load_from_args(args, args.overrides)
     sampler = run.sampler
     steps = len(sampler.timesteps(run.model.diffusion))
     print(f"Sampling {args.n} with {sampler!r} ({steps} network evaluations each) from {run.checkpoint}")

@@ -16,7 +16,7 @@ from torch.utils.data import TensorDataset
 
 from ddpm.data.image_sets import IMAGE_DATASETS, ImageSplits, ensure_files, to_unit
 
-__all__ = ["RESIZE_MODES", "VAL_SOURCES", "ImageData", "resize"]
+__all__ = ["RESIZE_MODES", "VAL_SOURCES", "ImageData", "ImageScale", "resize"]
 
 RESIZE_MODES = ("pad", "bilinear", "nearest")
 VAL_SOURCES = ("train", "test")
@@ -37,8 +37,43 @@ def resize(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="nearest")
 
 
+# ----------------------------------------------------------------------------- the scale
+class ImageScale:
+    """Images of ``channels`` x ``image_size`` x ``image_size`` on DDPM's [-1, 1] scale, with no images
+    behind them: the data of published weights (:func:`ddpm.interop.load_diffusers_pipeline`) when no
+    dataset is named, and the base of :class:`ImageData`.
+    """
+
+    #: what the data is, for the code that draws and scores samples: ``"toy"`` or ``"image"``
+    kind = "image"
+
+    def __init__(self, channels: int = 3, image_size: int = 32) -> None:
+        super().__init__()  # cooperative: ImageDataModule puts LightningDataModule after this class
+        self.channels = int(channels)
+        self.image_size = int(image_size)
+
+    @property
+    def data_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image as the network sees it."""
+        return (self.channels, self.image_size, self.image_size)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] -> the network's [-1, 1] scale."""
+        return x * 2.0 - 1.0  # DDPM sec. 3.3: data scaled linearly to [-1, 1]
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's [-1, 1] scale -> images in [0, 1], clipped (for saving and plotting)."""
+        return ((x + 1.0) / 2.0).clamp(0.0, 1.0)  # DDPM sec. 3.3 inverted; samples may overshoot [-1, 1]
+
+    def held_out(self, n: int | None = None) -> torch.Tensor:
+        """No images here: a one-line error saying how to name a dataset."""
+        from ddpm.config import ConfigError
+
+        raise ConfigError("no held-out images: these weights came without a dataset (pass --dataset NAME)")
+
+
 # ----------------------------------------------------------------------------- the data
-class ImageData:
+class ImageData(ImageScale):
     """MNIST, CIFAR-10 or scikit-learn's 8x8 digits, scaled to [-1, 1], with a seeded train/val split.
 
     Missing MNIST/CIFAR-10 files are reported at construction, before any run folder, logger or training
@@ -91,7 +126,7 @@ class ImageData:
         seed: int = 0,
         on_device: bool = False,
     ) -> None:
-        super().__init__()  # cooperative: ImageDataModule puts LightningDataModule after this class
+        super().__init__(channels or 1, 1)  # both set again below, once checked
         if on_device and num_workers:
             raise ValueError(
                 f"data.on_device=true needs data.num_workers=0 (got {num_workers!r}): the batches are cut "
@@ -155,19 +190,6 @@ class ImageData:
         ensure_files(dataset, self.data_dir, self.download)
 
     # ------------------------------------------------------------------ the interface the app uses
-    @property
-    def data_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one image as the network sees it."""
-        return (self.channels, self.image_size, self.image_size)
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] -> the network's [-1, 1] scale."""
-        return x * 2.0 - 1.0  # DDPM sec. 3.3: data scaled linearly to [-1, 1]
-
-    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
-        """The network's [-1, 1] scale -> images in [0, 1], clipped (for saving and plotting)."""
-        return ((x + 1.0) / 2.0).clamp(0.0, 1.0)  # DDPM sec. 3.3 inverted; samples may overshoot [-1, 1]
-
     def held_out(self, n: int | None = None) -> torch.Tensor:
         """Up to ``n`` (default all) validation images in [0, 1], at the size the network sees, unflipped."""
         self.setup()

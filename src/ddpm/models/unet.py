@@ -9,6 +9,11 @@ ResBlock - attention - ResBlock at the lowest resolution. With ``base_channels=1
 CIFAR-10 network.
 
 Plain PyTorch: ``forward(x, t)`` with ``x`` of shape [B, C, H, W] and integer timesteps ``t`` [B].
+
+Three options exist only to express published weights exactly (:mod:`ddpm.interop`: the DDPM checkpoints in
+diffusers' format) and leave the default network unchanged: ``norm_eps`` (DDPM's TF GroupNorm uses 1e-6),
+``time_freq_shift`` (DDPM's sinusoidal frequencies divide by half - 1) and ``downsample_padding="tf_same"``
+(TF's "SAME" padding of a stride-2 conv: one row and column after, none before).
 """
 
 from __future__ import annotations
@@ -21,7 +26,10 @@ from torch import Tensor, nn
 
 from ddpm.models.embeddings import TimestepEmbedding
 
-__all__ = ["UNet"]
+__all__ = ["DOWNSAMPLE_PADDINGS", "UNet"]
+
+#: how the stride-2 downsampling conv pads: one pixel on every side (PyTorch), or TF's "SAME" (after only)
+DOWNSAMPLE_PADDINGS = ("symmetric", "tf_same")
 
 
 def _zero(module: nn.Module) -> nn.Module:
@@ -35,12 +43,14 @@ def _zero(module: nn.Module) -> nn.Module:
 class _ResBlock(nn.Module):
     """Wide ResNet block with the timestep embedding added after the first conv (DDPM's ``resnet_block``)."""
 
-    def __init__(self, in_ch: int, out_ch: int, temb_dim: int, dropout: float, groups: int) -> None:
+    def __init__(
+        self, in_ch: int, out_ch: int, temb_dim: int, dropout: float, groups: int, eps: float = 1e-5
+    ) -> None:
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, in_ch)
+        self.norm1 = nn.GroupNorm(groups, in_ch, eps=eps)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.temb = nn.Linear(temb_dim, out_ch)
-        self.norm2 = nn.GroupNorm(groups, out_ch)
+        self.norm2 = nn.GroupNorm(groups, out_ch, eps=eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = _zero(nn.Conv2d(out_ch, out_ch, 3, padding=1))
         # DDPM's "nin_shortcut": a 1x1 conv where the width changes.
@@ -56,10 +66,10 @@ class _ResBlock(nn.Module):
 class _AttentionBlock(nn.Module):
     """Residual self-attention over the H*W positions (DDPM's ``attn_block``), with ``heads`` heads."""
 
-    def __init__(self, ch: int, heads: int, groups: int) -> None:
+    def __init__(self, ch: int, heads: int, groups: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.heads = heads
-        self.norm = nn.GroupNorm(groups, ch)
+        self.norm = nn.GroupNorm(groups, ch, eps=eps)
         # q, k and v as one 1x1 conv: the same parameters as DDPM's three NIN layers.
         self.qkv = nn.Conv2d(ch, 3 * ch, 1)
         self.proj = _zero(nn.Conv2d(ch, ch, 1))
@@ -75,11 +85,14 @@ class _AttentionBlock(nn.Module):
 
 
 class _Downsample(nn.Module):
-    def __init__(self, ch: int) -> None:
+    def __init__(self, ch: int, padding: str = "symmetric") -> None:
         super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+        self.tf_same = padding == "tf_same"
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=0 if self.tf_same else 1)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.tf_same:  # TF "SAME" for an even size, stride 2, kernel 3: pad 0 before, 1 after
+            x = F.pad(x, (0, 1, 0, 1))
         return self.conv(x)
 
 
@@ -118,6 +131,11 @@ class UNet(nn.Module):
         num_heads: attention heads (DDPM: 1).
         norm_groups: GroupNorm groups (DDPM: 32); every level's width must be divisible by it.
         out_channels: output channels; defaults to ``in_channels`` (eps, x0 or v prediction).
+        norm_eps: every GroupNorm's epsilon (PyTorch's 1e-5; DDPM's TF code 1e-6).
+        time_freq_shift: the timestep features' frequencies divide by ``base_channels // 2 - shift``
+            (0: improved-diffusion; 1: DDPM's TF code and its diffusers port).
+        downsample_padding: ``symmetric`` (one pixel on every side) or ``tf_same`` (DDPM's TF code: one row
+            and column after, none before).
     """
 
     def __init__(
@@ -132,6 +150,9 @@ class UNet(nn.Module):
         num_heads: int = 1,
         norm_groups: int = 32,
         out_channels: int | None = None,
+        norm_eps: float = 1e-5,
+        time_freq_shift: int = 0,
+        downsample_padding: str = "symmetric",
     ) -> None:
         super().__init__()
         channel_mult = tuple(int(m) for m in channel_mult)
@@ -150,6 +171,15 @@ class UNet(nn.Module):
             raise ValueError(f"UNet: channel_mult={channel_mult!r} must be a non-empty list of integers >= 1")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"UNet: dropout={dropout!r} is outside [0, 1)")
+        if not norm_eps > 0:
+            raise ValueError(f"UNet: norm_eps={norm_eps!r} is invalid; it must be > 0")
+        if isinstance(time_freq_shift, bool) or time_freq_shift not in (0, 1):
+            raise ValueError(f"UNet: time_freq_shift={time_freq_shift!r} is invalid; choose 0 or 1")
+        if downsample_padding not in DOWNSAMPLE_PADDINGS:
+            raise ValueError(
+                f"UNet: downsample_padding={downsample_padding!r} is unknown; choose one of "
+                f"{list(DOWNSAMPLE_PADDINGS)}"
+            )
         self.factor = 2 ** (len(channel_mult) - 1)
         if image_size % self.factor:
             raise ValueError(
@@ -179,15 +209,21 @@ class UNet(nn.Module):
         self.image_size = image_size
         self.channel_mult = channel_mult
         self.attn_resolutions = attn_resolutions
+        self.base_channels = base_channels
+        self.num_res_blocks = num_res_blocks
+        self.num_heads = num_heads
+        self.norm_groups = norm_groups
         temb_dim = 4 * base_channels
         # DDPM: sinusoidal features of width ch -> dense(4ch) -> swish -> dense(4ch).
-        self.time_embed = TimestepEmbedding(base_channels, temb_dim)
+        self.time_embed = TimestepEmbedding(base_channels, temb_dim, freq_shift=time_freq_shift)
+        self.norm_eps = float(norm_eps)
+        self.downsample_padding = downsample_padding
 
         def attention(ch: int) -> nn.Module:
-            return _AttentionBlock(ch, num_heads, norm_groups)
+            return _AttentionBlock(ch, num_heads, norm_groups, norm_eps)
 
         def resblock(cin: int, cout: int) -> _ResBlock:
-            return _ResBlock(cin, cout, temb_dim, dropout, norm_groups)
+            return _ResBlock(cin, cout, temb_dim, dropout, norm_groups, norm_eps)
 
         self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
         skip_channels = [base_channels]
@@ -204,7 +240,7 @@ class UNet(nn.Module):
                 skip_channels.append(ch)
             self.down.append(blocks)
             if level != len(widths) - 1:
-                self.downsample.append(_Downsample(ch))
+                self.downsample.append(_Downsample(ch, downsample_padding))
                 skip_channels.append(ch)
 
         self.mid_res1 = resblock(ch, ch)
@@ -224,7 +260,7 @@ class UNet(nn.Module):
             if level != 0:
                 self.upsample.append(_Upsample(ch))
 
-        self.norm_out = nn.GroupNorm(norm_groups, ch)
+        self.norm_out = nn.GroupNorm(norm_groups, ch, eps=norm_eps)
         self.conv_out = _zero(nn.Conv2d(ch, self.out_channels, 3, padding=1))
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
