@@ -38,6 +38,7 @@ def one_thread():
     yield
     torch.set_num_threads(threads)
 
+
 #: google/ddpm-cifar10-32's unet/config.json (diffusers' conversion of the DDPM paper's CIFAR-10 model)
 DDPM_CIFAR10 = {
     "sample_size": 32,

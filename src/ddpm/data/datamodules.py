@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, TensorDataset
 
 from ddpm.data.image_sets import ensure_files, to_unit
-from ddpm.data.images import ImageData, resize
+from ddpm.data.images import FOLDER, ImageData, resize
 from ddpm.data.toy import ToyData
 
 __all__ = ["ImageDataModule", "ShardedBatchSampler", "ToyDataModule", "batch_loader"]
@@ -146,9 +147,17 @@ class ImageDataModule(ImageData, L.LightningDataModule):
     """:class:`~ddpm.data.images.ImageData` (same arguments) with its loaders: batches ``(images [B, C, H,
     W] in [-1, 1], labels [B])``, training ones shuffled and randomly flipped when enabled."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.dataset == FOLDER:
+            # decoded (or read from the cache) now: a folder with no readable image fails in one line before
+            # the run starts, not inside the trainer
+            self.prepare_folder()
+
     def prepare_data(self) -> None:
         """Download or unpack the files once per node (Lightning calls this on one process)."""
-        ensure_files(self.dataset, self.data_dir, self.download)
+        if self.dataset != FOLDER:
+            ensure_files(self.dataset, self.data_dir, self.download)
 
     def _loader(self, data: TensorDataset, train: bool) -> DataLoader:
         collate = _ToNetwork(self.image_size, self.resize_mode, flip=train and self.random_flip)

@@ -1,7 +1,9 @@
-"""Image datasets (MNIST, CIFAR-10, scikit-learn's 8x8 digits) as one class, :class:`ImageData`.
+"""Image datasets (MNIST, CIFAR-10, scikit-learn's 8x8 digits, or a folder of your own images) as one class,
+:class:`ImageData`.
 
 The images come from each dataset's official splits (:mod:`ddpm.data.image_sets`, which also lists the
-files torchvision expects). They reach the network scaled to [-1, 1] (DDPM sec. 3.3);
+files torchvision expects), or from a folder prepared once and cached (:mod:`ddpm.data.image_folder`,
+``dataset="folder"``). They reach the network scaled to [-1, 1] (DDPM sec. 3.3);
 :meth:`ImageData.denormalize` maps the network's scale back to [0, 1]. No loaders and no Lightning here:
 training adds them (:class:`ddpm.data.datamodules.ImageDataModule`, the LightningDataModule).
 """
@@ -14,9 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from ddpm.data.image_sets import IMAGE_DATASETS, ImageSplits, ensure_files, to_unit
+from ddpm.data.image_folder import FolderListing, PreparedFolder, list_image_folder, prepare_image_folder
+from ddpm.data.image_sets import IMAGE_DATASETS, ImageSplits, _Spec, ensure_files, to_unit
 
-__all__ = ["RESIZE_MODES", "VAL_SOURCES", "ImageData", "ImageScale", "resize"]
+__all__ = ["FOLDER", "RESIZE_MODES", "VAL_SOURCES", "ImageData", "ImageScale", "resize"]
+
+#: ``data.dataset`` of a folder of your own images (``data.path``)
+FOLDER = "folder"
 
 RESIZE_MODES = ("pad", "bilinear", "nearest")
 VAL_SOURCES = ("train", "test")
@@ -82,7 +88,9 @@ class ImageData(ImageScale):
     ``(images [B, C, H, W] in [-1, 1], labels [B])``.
 
     Args:
-        dataset: ``mnist``, ``cifar10`` or ``digits``.
+        dataset: ``mnist``, ``cifar10``, ``digits``, or ``folder``: the images under ``path``, decoded once
+            (resized on the short side to ``image_size``, centre-cropped) and cached, labelled by their class
+            subfolders if every image is in one (else -1); validation takes ``val_size`` of them.
         data_dir: where torchvision's files are (see the module docstring); unused for digits.
         download: let torchvision download missing files (needs internet).
         channels: image channels, stated by the config so the model can read them; must match the dataset
@@ -104,6 +112,9 @@ class ImageData(ImageScale):
         on_device: hold the (uint8) images on the training device, e.g. the GPU: whole batches are indexed,
             scaled and flipped there, with no per-image collation, no workers and no host-to-device copy
             per step (MNIST is 47 MB, CIFAR-10 150 MB). Needs ``num_workers=0``.
+        path: ``dataset=folder``: the folder of images (PNG, JPEG, WebP, searched recursively).
+        cache_dir: ``dataset=folder``: where the prepared set is cached (None: ``$DDPM_LAB_CACHE`` or
+            ``~/.cache/ddpm-lab``), under ``image_folder/<hash of the file list, sizes and mtimes>.pt``.
     """
 
     #: what the data is, for the code that draws and scores samples: ``"toy"`` or ``"image"``
@@ -125,6 +136,8 @@ class ImageData(ImageScale):
         random_flip: bool | None = None,
         seed: int = 0,
         on_device: bool = False,
+        path: str | None = None,
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__(channels or 1, 1)  # both set again below, once checked
         if on_device and num_workers:
@@ -132,9 +145,24 @@ class ImageData(ImageScale):
                 f"data.on_device=true needs data.num_workers=0 (got {num_workers!r}): the batches are cut "
                 "on the device, not in worker processes"
             )
-        if dataset not in IMAGE_DATASETS:
-            raise ValueError(f"data.dataset={dataset!r} is unknown; choose one of {sorted(IMAGE_DATASETS)}")
-        spec = IMAGE_DATASETS[dataset]
+        self.listing: FolderListing | None = None
+        self.prepared: PreparedFolder | None = None
+        if dataset == FOLDER:
+            if not path:
+                raise ValueError("data.dataset=folder needs data.path=/abs/path/to/your/images")
+            if channels not in (1, 3):
+                raise ValueError(
+                    f"data.channels={channels!r} is invalid for a folder; choose 1 (grey) or 3 (RGB)"
+                )
+            if image_size is None:
+                raise ValueError("data.dataset=folder needs data.image_size (the side the images are cut to)")
+            self.listing = list_image_folder(path)  # cheap: an empty or missing folder fails here
+            spec = _Spec(channels=channels, size=image_size, has_test=False)
+        elif dataset not in IMAGE_DATASETS:
+            choices = [*sorted(IMAGE_DATASETS), FOLDER]
+            raise ValueError(f"data.dataset={dataset!r} is unknown; choose one of {choices}")
+        else:
+            spec = IMAGE_DATASETS[dataset]
         if channels is not None and channels != spec.channels:
             raise ValueError(
                 f"data.channels={channels!r} but {dataset} images have {spec.channels} channel(s); "
@@ -184,10 +212,26 @@ class ImageData(ImageScale):
         self.random_flip = dataset == "cifar10" if random_flip is None else bool(random_flip)
         self.seed = int(seed)
         self.on_device = bool(on_device)
+        self.path = path
+        self.cache_dir = cache_dir
         self.train_set: TensorDataset | None = None
         self.val_set: TensorDataset | None = None
         # Cheap (file checks), and it makes missing files fail before any run folder or logger.
-        ensure_files(dataset, self.data_dir, self.download)
+        if dataset != FOLDER:
+            ensure_files(dataset, self.data_dir, self.download)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """A folder's class names (its subfolders), label i being ``classes[i]``; () when unlabelled."""
+        return self.listing.classes if self.listing is not None else ()
+
+    def prepare_folder(self) -> PreparedFolder:
+        """``dataset=folder``: decode the images once, or read them from the cache (see
+        :func:`~ddpm.data.image_folder.prepare_image_folder`)."""
+        if self.prepared is None:
+            assert self.path is not None
+            self.prepared = prepare_image_folder(self.path, self.image_size, self.channels, self.cache_dir)
+        return self.prepared
 
     # ------------------------------------------------------------------ the interface the app uses
     def held_out(self, n: int | None = None) -> torch.Tensor:
@@ -207,8 +251,13 @@ class ImageData(ImageScale):
         if self.train_set is not None:
             return
         gen = torch.Generator().manual_seed(self.seed)
-        splits = ImageSplits.load(self.dataset, self.data_dir)
-        images, labels = splits.train_x, splits.train_y
+        if self.dataset == FOLDER:
+            prepared = self.prepare_folder()
+            splits = None
+            images, labels = prepared.images, prepared.labels
+        else:
+            splits = ImageSplits.load(self.dataset, self.data_dir)
+            images, labels = splits.train_x, splits.train_y
         if self.val_source == "train":
             assert self.val_size is not None
             if self.val_size >= len(images):
@@ -221,6 +270,7 @@ class ImageData(ImageScale):
             self.train_set = TensorDataset(images[train_idx], labels[train_idx])
             self.val_set = TensorDataset(images[val_idx], labels[val_idx])
             return
+        assert splits is not None  # a folder has no test split (checked at construction)
         test_images, test_labels = splits.test_x, splits.test_y
         n_val = len(test_images) if self.val_size is None else self.val_size
         if n_val > len(test_images):
