@@ -252,7 +252,15 @@ class ImageSampleCallback(Callback):
             (``val/classifier_frechet``), its ratio to held-out real images of the same n
             (``val/classifier_ratio``), class balance and confidence (:mod:`ddpm.evaluation.classifier`;
             the classifier is trained once and cached).
-        cache_dir: the classifier cache (default ``~/.cache/ddpm-lab``).
+        cache_dir: the classifier cache and the FID reference cache (default ``~/.cache/ddpm-lab``).
+        fid_samples: when > 0 and Inception weights are on disk (``inception_weights``, else
+            ``$DDPM_INCEPTION_WEIGHTS``, else torch hub's cache; nothing is downloaded) with torch-fidelity
+            installed, also draw this many images and log ``val/fid`` and ``val/kid`` against the training
+            images' Inception statistics (computed once per dataset and cached, :class:`~ddpm.evaluation.fid.
+            FIDReference`), the real-vs-real floor of as many held-out images (``val/fid_floor``,
+            ``val/kid_floor``) and ``val/fid_ratio``. Otherwise one line says why FID is off.
+        fid_reference: training images in FID's reference statistics.
+        inception_weights: the Inception weights file (torch-fidelity's ``weights-inception-2015-12-05``).
     """
 
     def __init__(
@@ -267,7 +275,15 @@ class ImageSampleCallback(Callback):
         at_end: bool = True,
         metric_samples: int = 0,
         cache_dir: str | None = None,
+        fid_samples: int = 0,
+        fid_reference: int = 10000,
+        inception_weights: str | None = None,
     ) -> None:
+        if fid_samples < 0 or fid_samples == 1 or fid_reference < 2:
+            raise ValueError(
+                f"callbacks.samples: fid_samples={fid_samples!r} must be 0 (off) or >= 2 and "
+                f"fid_reference={fid_reference!r} >= 2"
+            )
         if metric_samples < 0:
             raise ValueError(f"callbacks.samples.metric_samples={metric_samples!r} must be >= 0")
         if num_samples < 1:
@@ -289,6 +305,10 @@ class ImageSampleCallback(Callback):
         self.at_end = at_end
         self.metric_samples = metric_samples
         self.cache_dir = cache_dir
+        self.fid_samples = fid_samples
+        self.fid_reference = fid_reference
+        self.inception_weights = inception_weights
+        self._fid: Any = None  # (features, reference) once set up; False when FID is off
         self._metric: Any = None
         self._validations = 0
         self._last_step: int | None = None
@@ -297,6 +317,8 @@ class ImageSampleCallback(Callback):
         self.written: list[Path] = []
         #: the classifier figures logged so far, by step
         self.scores: dict[int, dict[str, float]] = {}
+        #: the FID figures logged so far, by step
+        self.fid_scores: dict[int, dict[str, float]] = {}
 
     @staticmethod
     def _is_image(trainer: L.Trainer) -> bool:
@@ -367,7 +389,59 @@ class ImageSampleCallback(Callback):
             self.written.append(strip)
         if self.metric_samples:
             self._classifier_scores(trainer, pl_module, denormalize)
+        if self.fid_samples:
+            self._fid_figures(trainer, pl_module, denormalize)
         self._last_step = step
+
+    def _fid_setup(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Any:
+        """(features, reference), or False with one line saying why FID is off."""
+        from ddpm.data.image_folder import default_cache_dir
+        from ddpm.evaluation.fid import FIDReference, InceptionFeatures, fid_unavailable_reason
+
+        dm = trainer.datamodule
+        reason = fid_unavailable_reason(self.inception_weights)
+        if reason is None and not all(hasattr(dm, a) for a in ("training_images", "held_out", "identity")):
+            reason = f"FID skipped: {type(dm).__name__} does not give training and held-out images"
+        if reason is not None:
+            print(reason.replace("FID skipped:", "FID during training is off:", 1))
+            return False
+        features = InceptionFeatures(self.inception_weights, device=pl_module.device)
+        key = [*dm.identity(), self.fid_reference, features.identity()]
+        path = FIDReference.cache_file(self.cache_dir or default_cache_dir(), key)
+        reference = FIDReference.load_or_compute(
+            path, lambda: dm.training_images(self.fid_reference), features, log=print
+        )
+        return features, reference
+
+    def _fid_figures(self, trainer: L.Trainer, pl_module: L.LightningModule, denormalize: Any) -> None:
+        import torch
+
+        if self._fid is None:
+            self._fid = self._fid_setup(trainer, pl_module)
+        if self._fid is False or not callable(denormalize):
+            return
+        features, reference = self._fid
+        dm = trainer.datamodule
+        n = min(self.fid_samples, len(dm.held_out()))  # the floor needs as many held-out images
+        gen = torch.Generator(device=pl_module.device).manual_seed(self.seed + 3)
+        x = pl_module.sample(n, sampler=self.sampler, generator=gen)  # type: ignore[operator]
+        fid, kid = reference.score(features(denormalize(x).clamp(0, 1)))
+        fid_floor, kid_floor = reference.floor(n, dm.held_out, features)
+        values = {
+            "val/fid": fid,
+            "val/kid": kid,
+            "val/fid_floor": fid_floor,
+            "val/kid_floor": kid_floor,
+            "val/fid_ratio": fid / fid_floor if fid_floor > 0 else float("inf"),
+        }
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=trainer.global_step)
+        self.fid_scores[trainer.global_step] = values
+        print(
+            f"step {trainer.global_step}: FID {fid:.2f} = {values['val/fid_ratio']:.3g}x the real-vs-real "
+            f"floor ({fid_floor:.2f}, n={n} vs {reference.n_ref} training images); KID {kid:.4f} "
+            f"(floor {kid_floor:.4f})"
+        )
 
     def _classifier_scores(self, trainer: L.Trainer, pl_module: L.LightningModule, denormalize: Any) -> None:
         import torch

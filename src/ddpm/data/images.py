@@ -242,6 +242,21 @@ class ImageData(ImageScale):
         # the validation batches' resize, without their [-1, 1] scaling; clipped like denormalize's output
         return resize(to_unit(images), self.image_size, self.resize_mode).clamp(0.0, 1.0)
 
+    def training_images(self, n: int | None = None) -> torch.Tensor:
+        """Up to ``n`` (default all) training images in [0, 1] at the size the network sees, unflipped: the
+        reference side of FID during training."""
+        self.setup()
+        assert self.train_set is not None
+        images = self.train_set.tensors[0][:n]
+        return resize(to_unit(images), self.image_size, self.resize_mode).clamp(0.0, 1.0)
+
+    def identity(self) -> list:
+        """What names this data's images in a cache key: the dataset, the folder's file list (its hash), the
+        size, channels and the split."""
+        folder = self.listing.key if self.listing is not None else None
+        return [self.dataset, folder, self.image_size, self.channels, self.resize_mode, self.seed,
+                self.val_source, self.val_size]  # fmt: skip
+
     # ------------------------------------------------------------------ the splits
     def setup(self, stage: str | None = None) -> None:
         """Read the official splits (:meth:`ImageSplits.load`) and pick the seeded validation images.
