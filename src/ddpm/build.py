@@ -46,6 +46,7 @@ __all__ = [
     "build_diffusion",
     "build_for_sampling",
     "build_model",
+    "check_network",
     "load_run",
     "stored_config",
 ]
@@ -101,6 +102,30 @@ def build_diffusion(cfg: DictConfig) -> GaussianDiffusion:
     return _instantiate(cfg, "diffusion", betas=betas)  # a partial: the schedule's betas complete it
 
 
+def check_network(net: torch.nn.Module, diffusion: GaussianDiffusion, data_shape: Sequence[int]) -> None:
+    """One forward pass of one zero sample: the network's output must be what the diffusion reads
+    (twice the data's channels with a learned variance), before any training or sampling.
+
+    Raises:
+        ConfigError: in one line, naming the shapes and the setting that fits.
+    """
+    shape = (1, *(int(s) for s in data_shape))
+    device = next((p.device for p in net.parameters()), torch.device("cpu"))
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            out = net(torch.zeros(shape, device=device), torch.zeros(1, dtype=torch.long, device=device))
+    except (RuntimeError, ValueError) as err:
+        raise ConfigError(f"model: {first_line(err)}") from err
+    finally:
+        net.train(was_training)
+    try:
+        diffusion.check_output(tuple(out.shape), shape)
+    except ValueError as err:
+        raise ConfigError(f"model: {first_line(err)}") from None
+
+
 def build(cfg: DictConfig) -> tuple[Any, DiffusionModule]:
     """Instantiate the DataModule and the DiffusionModule (net, diffusion, sampler, optimizer) of a config,
     for training (this imports Lightning; :func:`build_for_sampling` does not).
@@ -120,7 +145,12 @@ def build(cfg: DictConfig) -> tuple[Any, DiffusionModule]:
         with open_dict(cfg):  # Lightning cannot clip a fused optimizer's gradients under mixed precision
             cfg.optimizer.fused = None  # torch's default: foreach on GPUs
     diffusion = build_diffusion(cfg)
+    check_network(net, diffusion, datamodule.data_shape)
     sampler = _instantiate(cfg, "sampler")
+    try:  # the sampler against this chain (e.g. a spacing that a zero-terminal-SNR schedule cannot take)
+        sampler.timesteps(diffusion)
+    except ValueError as err:
+        raise ConfigError(f"sampler: {first_line(err)}") from None
     optimizer = _instantiate(cfg, "optimizer")
     lr_scheduler = _instantiate(cfg, "lr_scheduler") if cfg.get("lr_scheduler") else None
     if lr_scheduler is not None:  # the partial's own checks run now, not after the trainer starts
@@ -154,6 +184,7 @@ def build_for_sampling(cfg: DictConfig) -> tuple[Any, DiffusionModel]:
     data = build_data(cfg, plain=True)
     net = build_model(cfg)
     diffusion = build_diffusion(cfg)
+    check_network(net, diffusion, data.data_shape)
     sampler = _instantiate(cfg, "sampler")
     return data, DiffusionModel(net, diffusion, sampler, data.data_shape)
 

@@ -40,6 +40,21 @@ def find_conf_dir() -> Path:
 #: the config groups ``ddpm-train`` composes from (``conf/train.yaml`` and one folder per group)
 CONF_DIR = find_conf_dir()
 
+#: the reverse variances the network outputs itself (GaussianDiffusion's ``learned`` and ``learned_range``)
+LEARNED_VARIANCES = ("learned", "learned_range")
+
+
+def output_multiplier(variance: str) -> int:
+    """The network's output channels per data channel for ``diffusion.variance``: 2 when it learns the
+    variance, else 1 (``GaussianDiffusion.output_multiplier``, without importing torch).
+
+    The model configs read it as ``out_mult: ${ddpm.out_mult:${diffusion.variance}}``.
+    """
+    return 2 if variance in LEARNED_VARIANCES else 1
+
+
+OmegaConf.register_new_resolver("ddpm.out_mult", output_multiplier, replace=True)
+
 
 def slurm_tasks_per_node(gpus_per_node: Any, devices: Any) -> int:
     """SLURM tasks per node for ``hydra/launcher=slurm``: one per GPU, else what ``trainer.devices`` asks.

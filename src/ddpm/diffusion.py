@@ -16,7 +16,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GaussianDiffusion", "LossType", "LossWeighting", "Objective", "VarianceType", "log_sigmas"]
+__all__ = [
+    "ZERO_SNR_ABAR",
+    "GaussianDiffusion",
+    "LossType",
+    "LossWeighting",
+    "Objective",
+    "TimestepSampler",
+    "VarianceType",
+    "log_sigmas",
+]
+
+#: abar used in place of an exact 0 (a zero-terminal-SNR schedule's last step) where a formula needs
+#: log(abar) or 1 / abar: the noise level sigma = sqrt((1 - abar) / abar) of the solvers and the spacings.
+#: diffusers' Euler, DPM-Solver and UniPC schedulers set ``alphas_cumprod[-1] = 2**-24`` for the same reason.
+ZERO_SNR_ABAR = 2.0**-24
+
+#: improved DDPM sec. 3.3: 10 losses per t kept for the importance sampler, 0.001 of uniform mixed in
+HISTORY_PER_TERM = 10
+UNIFORM_PROB = 1e-3
 
 
 class Objective(enum.StrEnum):
@@ -28,18 +46,30 @@ class Objective(enum.StrEnum):
 
 
 class VarianceType(enum.StrEnum):
-    """The fixed reverse-process variance sigma_t^2."""
+    """The reverse-process variance sigma_t^2: fixed, or learned by the network (improved DDPM sec. 3.1)."""
 
     FIXED_LARGE = "fixed_large"
     FIXED_SMALL = "fixed_small"
+    LEARNED = "learned"
+    LEARNED_RANGE = "learned_range"
 
 
 class LossType(enum.StrEnum):
-    """Per-element distance between the target and the network output."""
+    """The loss: a per-element distance to the target (L_simple for mse), or the variational bound's terms
+    alone (``vlb``) or added to L_simple (``hybrid``, improved DDPM sec. 3.1)."""
 
     MSE = "mse"
     L1 = "l1"
     HUBER = "huber"
+    HYBRID = "hybrid"
+    VLB = "vlb"
+
+
+class TimestepSampler(enum.StrEnum):
+    """How training draws t: uniformly, or by importance sampling (improved DDPM sec. 3.3)."""
+
+    UNIFORM = "uniform"
+    LOSS_SECOND_MOMENT = "loss_second_moment"
 
 
 class LossWeighting(enum.StrEnum):
@@ -61,8 +91,12 @@ def _parse_enum(cls: type[E], arg: str, value: object) -> E:
 
 
 def log_sigmas(alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """log sigma_t, float64 on the CPU, of the noise levels sigma = sqrt((1 - abar) / abar) of a schedule."""
+    """log sigma_t, float64 on the CPU, of the noise levels sigma = sqrt((1 - abar) / abar) of a schedule.
+
+    An abar of exactly 0 (zero terminal SNR) is taken as :data:`ZERO_SNR_ABAR`, so sigma stays finite.
+    """
     abar = alphas_cumprod.detach().double().cpu()
+    abar = torch.where(abar == 0, ZERO_SNR_ABAR, abar)
     return 0.5 * ((1 - abar) / abar).log()  # VP: sigma^2 = (1 - abar) / abar (EDM table 1)
 
 
@@ -72,13 +106,28 @@ class GaussianDiffusion(nn.Module):
     Args:
         betas: beta_t for t = 0 .. T-1, each in (0, 1); see :func:`ddpm.schedules.make_beta_schedule`.
         objective: what the network predicts: ``eps`` (DDPM), ``x0`` or ``v`` (Salimans & Ho).
-        variance: reverse variance: ``fixed_large`` (beta_t, DDPM's CIFAR-10 choice) or
-            ``fixed_small`` (the posterior variance).
+        variance: reverse variance: ``fixed_large`` (beta_t, DDPM's CIFAR-10 choice), ``fixed_small``
+            (the posterior variance), or learned by the network, which then outputs twice the data's
+            channels (:attr:`output_multiplier`): ``learned_range`` (improved DDPM eq. 15: the second half
+            v in [-1, 1] interpolates log sigma^2 between log beta-tilde_t and log beta_t) or ``learned``
+            (the second half is log sigma^2 itself).
         clip_denoised: clip the predicted x0 to ``clip_range`` before forming the posterior mean.
         clip_range: (low, high) for ``clip_denoised``; (-1, 1) for images scaled to [-1, 1].
-        loss: ``mse`` (L_simple), ``l1`` or ``huber``.
+        loss: ``mse`` (L_simple), ``l1``, ``huber``, ``hybrid`` (L_simple + ``vlb_weight`` L_vlb with the
+            mean's gradient stopped in L_vlb: it trains the learned variance, improved DDPM sec. 3.1) or
+            ``vlb`` (L_vlb alone). L_vlb's terms are :func:`ddpm.likelihood.vb_terms`, the bound
+            ``ddpm-eval --bpd`` reports.
         loss_weighting: ``none`` or ``min_snr`` (Hang et al. 2023) with ``min_snr_gamma``.
         min_snr_gamma: the gamma of min-SNR weighting.
+        vlb_weight: lambda of the hybrid loss (improved DDPM: 0.001).
+        vlb_decoder: L_0's decoder in the training loss: ``discretized`` (images), ``gaussian``, or
+            ``auto``: discretised with the levels :func:`ddpm.likelihood.infer_bins` finds in the first
+            training batch, else Gaussian (as ``ddpm-eval --bpd`` decides on held-out data).
+        timestep_sampler: ``uniform`` (DDPM Algorithm 1) or ``loss_second_moment``: t drawn with
+            probability proportional to sqrt(E[L_t^2]) over the last 10 losses at each t, uniform until
+            every t has 10 (improved DDPM sec. 3.3); for losses with the bound's terms (``vlb``, ``hybrid``).
+        offset_noise: the std of a per-sample, per-channel constant added to the training noise (offset
+            noise, Guttenberg 2023), images only; 0 turns it off.
     """
 
     betas: torch.Tensor
@@ -105,14 +154,48 @@ class GaussianDiffusion(nn.Module):
         loss: str = "mse",
         loss_weighting: str = "none",
         min_snr_gamma: float = 5.0,
+        vlb_weight: float = 1e-3,
+        vlb_decoder: str = "auto",
+        timestep_sampler: str = "uniform",
+        offset_noise: float = 0.0,
     ) -> None:
         super().__init__()
         self.objective = _parse_enum(Objective, "objective", objective)
         self.variance = _parse_enum(VarianceType, "variance", variance)
         self.loss_type = _parse_enum(LossType, "loss", loss)
         self.loss_weighting = _parse_enum(LossWeighting, "loss_weighting", loss_weighting)
+        self.timestep_sampler = _parse_enum(TimestepSampler, "timestep_sampler", timestep_sampler)
         if min_snr_gamma <= 0:
             raise ValueError(f"min_snr_gamma={min_snr_gamma!r} must be > 0")
+        if not (isinstance(vlb_weight, int | float) and vlb_weight > 0):
+            raise ValueError(f"vlb_weight={vlb_weight!r} is invalid; it must be a number > 0")
+        if vlb_decoder not in ("auto", "discretized", "gaussian"):
+            raise ValueError(
+                f"vlb_decoder={vlb_decoder!r} is unknown; choose 'auto', 'discretized' or 'gaussian'"
+            )
+        if not (isinstance(offset_noise, int | float) and offset_noise >= 0):
+            raise ValueError(f"offset_noise={offset_noise!r} is invalid; it must be a number >= 0 (0: off)")
+        if self.loss_type is LossType.HYBRID and not self.learns_variance:
+            raise ValueError(
+                f"loss=hybrid with variance={self.variance.value}: its L_vlb term trains only the variance "
+                "(the mean's gradient is stopped there); use variance=learned_range or learned, or loss=vlb"
+            )
+        if self.loss_type is LossType.VLB and self.loss_weighting is not LossWeighting.NONE:
+            raise ValueError(
+                f"loss_weighting={self.loss_weighting.value} with loss=vlb: the bound's terms have their own "
+                "weights; use loss_weighting=none"
+            )
+        if self.timestep_sampler is TimestepSampler.LOSS_SECOND_MOMENT and not self.uses_vlb:
+            raise ValueError(
+                f"timestep_sampler=loss_second_moment with loss={self.loss_type.value}: it samples t by the "
+                "bound's per-t terms L_t, which this loss has none of; use loss=vlb (or hybrid) or "
+                "timestep_sampler=uniform"
+            )
+        self.vlb_weight = float(vlb_weight)
+        self.vlb_decoder = vlb_decoder
+        #: the decoder and levels ``auto`` settled on (from the first training batch)
+        self._vlb_decoder_found: tuple[str, int] | None = None
+        self.offset_noise = float(offset_noise)
         low, high = (float(v) for v in clip_range)
         if not low < high:
             raise ValueError(f"clip_range={tuple(clip_range)!r} must be (low, high) with low < high")
@@ -123,9 +206,18 @@ class GaussianDiffusion(nn.Module):
         b = torch.as_tensor(betas, dtype=torch.float64).detach().cpu()
         if b.ndim != 1 or b.numel() < 1:
             raise ValueError(f"betas must be a 1D tensor with T >= 1 entries, got shape {tuple(b.shape)}")
-        if not bool(((b > 0) & (b < 1)).all()):
+        # a last beta of exactly 1 is a zero-terminal-SNR schedule (Lin et al. 2023): abar[T-1] = 0
+        self.zero_terminal_snr = b.numel() > 1 and float(b[-1]) == 1.0
+        inner = b[:-1] if self.zero_terminal_snr else b
+        if not bool(((inner > 0) & (inner < 1)).all()):
             raise ValueError(
-                f"betas span [{b.min().item():.3g}, {b.max().item():.3g}]; all must lie in (0, 1)"
+                f"betas span [{b.min().item():.3g}, {b.max().item():.3g}]; all must lie in (0, 1) "
+                "(the last may be 1: zero terminal SNR)"
+            )
+        if self.zero_terminal_snr and self.objective is Objective.EPS:
+            raise ValueError(
+                "objective=eps with a zero-terminal-SNR schedule (abar[T-1] = 0): at t = T-1 x_t is pure "
+                "noise, so eps says nothing about x0 (x0 = (x_t - eps) / 0); use objective=v or x0"
             )
         self.num_timesteps = b.numel()
 
@@ -156,7 +248,12 @@ class GaussianDiffusion(nn.Module):
         # float32 holds abar down to ~1e-45 and 1/sqrt(abar) up to ~3e38: a chain that runs far past
         # pure noise (e.g. T=18000 on the linear schedule) would otherwise train, then sample inf/NaN.
         tiny = torch.finfo(torch.float32).tiny
-        if abar[-1] < tiny or any(not bool(v.float().isfinite().all()) for v in buffers.values()):
+        if self.zero_terminal_snr:  # 1 / abar and log abar are infinite at t = T-1 by design
+            checked = {k: v[:-1] for k, v in buffers.items()}
+            abar_checked = abar[:-1]
+        else:
+            checked, abar_checked = buffers, abar
+        if abar_checked[-1] < tiny or any(not bool(v.float().isfinite().all()) for v in checked.values()):
             last_ok = int((abar >= tiny).sum())
             raise ValueError(
                 f"T={b.numel()} is too long for this schedule: abar[T-1]={abar[-1].item():.3g} is below "
@@ -166,6 +263,10 @@ class GaussianDiffusion(nn.Module):
         # Derived from the betas, so they are not saved in checkpoints (persistent=False).
         for name, value in buffers.items():
             self.register_buffer(name, value.to(torch.float32), persistent=False)
+        # improved DDPM sec. 3.3's loss history, on the CPU in float64; in checkpoints through
+        # timestep_sampler_state (the training module's hook), not the state_dict the EMA averages
+        self._loss_history = torch.zeros(self.num_timesteps, HISTORY_PER_TERM, dtype=torch.float64)
+        self._loss_counts = torch.zeros(self.num_timesteps, dtype=torch.long)
 
     # ------------------------------------------------------------------ helpers
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True):  # type: ignore[override]
@@ -180,6 +281,78 @@ class GaussianDiffusion(nn.Module):
     def T(self) -> int:
         """Number of diffusion steps."""
         return self.num_timesteps
+
+    @property
+    def learns_variance(self) -> bool:
+        """Whether the network outputs the reverse variance (``learned`` or ``learned_range``)."""
+        return self.variance in (VarianceType.LEARNED, VarianceType.LEARNED_RANGE)
+
+    @property
+    def uses_vlb(self) -> bool:
+        """Whether the loss holds the variational bound's per-t terms (``vlb`` or ``hybrid``)."""
+        return self.loss_type in (LossType.VLB, LossType.HYBRID)
+
+    @property
+    def output_multiplier(self) -> int:
+        """The network's output channels per data channel: 2 with a learned variance (the mean's target,
+        then the variance), else 1."""
+        return 2 if self.learns_variance else 1
+
+    def output_shape(self, data_shape: Sequence[int]) -> tuple[int, ...]:
+        """The network output's shape for data of ``data_shape`` (batch first): the channel axis (axis 1)
+        doubled with a learned variance; scalar data [B] gives [B, 2]."""
+        shape = tuple(int(s) for s in data_shape)
+        if not self.learns_variance:
+            return shape
+        if len(shape) == 1:
+            return (shape[0], 2)
+        return (shape[0], 2 * shape[1], *shape[2:])
+
+    def check_output(self, output_shape: Sequence[int], data_shape: Sequence[int]) -> None:
+        """A one-line ValueError when a network's output does not fit this diffusion (checked at build).
+
+        Also refuses ``offset_noise`` on data without a channel axis and values per channel (images).
+        """
+        expected = self.output_shape(data_shape)
+        if tuple(output_shape) != expected:
+            what = (
+                f"variance={self.variance.value} needs the network to output {self.output_multiplier}x the "
+                "data's channels (the mean's target, then the variance: model.out_mult=2)"
+                if self.learns_variance
+                else f"variance={self.variance.value} needs an output of the data's shape (model.out_mult=1)"
+            )
+            raise ValueError(
+                f"the network outputs {tuple(output_shape)[1:]} per sample for data of shape "
+                f"{tuple(data_shape)[1:]}, expected {expected[1:]}: {what}"
+            )
+        if self.offset_noise and len(data_shape) < 3:
+            raise ValueError(
+                f"offset_noise={self.offset_noise} needs data with channels and positions (images "
+                f"[B, C, H, W]), got samples of shape {tuple(data_shape)[1:]}; use offset_noise=0"
+            )
+
+    def split_output(
+        self, model_output: torch.Tensor, x_t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the objective's prediction, the variance values or None) of a network output.
+
+        With a learned variance the output is [B, 2C, ...] (scalar data: [B, 2]) and is split along the
+        channel axis, as improved-diffusion does; an output already of x_t's shape is the prediction alone.
+
+        Raises:
+            ValueError: an output of neither shape.
+        """
+        if model_output.shape == x_t.shape:
+            return model_output, None
+        if self.learns_variance and tuple(model_output.shape) == self.output_shape(x_t.shape):
+            if x_t.ndim == 1:
+                return model_output[:, 0], model_output[:, 1]
+            mean_part, var_part = model_output.chunk(2, dim=1)
+            return mean_part, var_part
+        raise ValueError(
+            f"model output shape {tuple(model_output.shape)} does not fit data of shape {tuple(x_t.shape)} "
+            f"under variance={self.variance.value} (expected {self.output_shape(x_t.shape)})"
+        )
 
     def timesteps_for_batch(self, t: torch.Tensor | int, batch: int, device: torch.device) -> torch.Tensor:
         """``t`` as int64 [batch] on ``device``: one timestep for all, or one per sample.
@@ -276,8 +449,10 @@ class GaussianDiffusion(nn.Module):
         """x0-hat (not clipped) given alpha_t = sqrt(abar_t) and sigma_t = sqrt(1 - abar_t) directly.
 
         This is the form the solvers use, whose timesteps may lie between the integers (Heun); ``alpha``
-        and ``sigma`` are floats or tensors that broadcast against ``x_t``.
+        and ``sigma`` are floats or tensors that broadcast against ``x_t``. A learned variance's channels
+        are ignored (:meth:`split_output`).
         """
+        model_output = self.split_output(model_output, x_t)[0]
         if self.objective is Objective.EPS:
             # DDPM eq. 4 solved for x0: x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar).
             return (x_t - sigma * model_output) / alpha
@@ -289,7 +464,8 @@ class GaussianDiffusion(nn.Module):
     def predict_eps(
         self, x_t: torch.Tensor, t: torch.Tensor | int, model_output: torch.Tensor
     ) -> torch.Tensor:
-        """eps-hat from the network output under this objective."""
+        """eps-hat from the network output under this objective (a learned variance's channels ignored)."""
+        model_output = self.split_output(model_output, x_t)[0]
         if self.objective is Objective.EPS:
             return model_output
         if self.objective is Objective.X0:
@@ -303,9 +479,14 @@ class GaussianDiffusion(nn.Module):
     def eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor | int, x0: torch.Tensor) -> torch.Tensor:
         """The eps that maps x0 to x_t (DDPM eq. 4 solved for eps)."""
         # eps = (sqrt(1/abar) x_t - x0) / sqrt(1/abar - 1)
-        return (self.extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0) / self.extract(
+        eps = (self.extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0) / self.extract(
             self.sqrt_recipm1_alphas_cumprod, t, x_t
         )
+        if not self.zero_terminal_snr:
+            return eps
+        # at abar = 0 the form above is inf / inf; DDPM eq. 4 gives eps = x_t there
+        last = self.extract(self.alphas_cumprod, t, x_t) == 0
+        return torch.where(last, x_t, eps)
 
     def training_target(self, x0: torch.Tensor, t: torch.Tensor | int, noise: torch.Tensor) -> torch.Tensor:
         """What the network should output for (x0, t, noise) under this objective."""
@@ -326,8 +507,28 @@ class GaussianDiffusion(nn.Module):
             return x0
         return x0.clamp(*self.clip_range)
 
-    def reverse_variance(self, t: torch.Tensor | int, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sigma_t^2, log sigma_t^2) of p(x_{t-1} | x_t), broadcast against x_t."""
+    def reverse_variance(
+        self, t: torch.Tensor | int, x_t: torch.Tensor, var_values: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sigma_t^2, log sigma_t^2) of p(x_{t-1} | x_t), broadcast against x_t.
+
+        ``var_values`` is the variance half of a network output (:meth:`split_output`), required with a
+        learned variance.
+        """
+        if self.learns_variance:
+            if var_values is None:
+                raise ValueError(f"variance={self.variance.value} needs the network's variance output")
+            var_values = var_values.float()
+            if self.variance is VarianceType.LEARNED:
+                log_var = var_values  # improved-diffusion's LEARNED: the output is log sigma^2
+            else:
+                min_log = self.extract(self.posterior_log_variance_clipped, t, x_t)
+                max_log = self.extract(self.betas, t, x_t).log()
+                # improved DDPM eq. 15: sigma^2 = exp(v log beta_t + (1 - v) log beta-tilde_t), v in [0, 1]
+                # from the output in [-1, 1] (improved-diffusion's LEARNED_RANGE)
+                frac = (var_values + 1) / 2
+                log_var = frac * max_log + (1 - frac) * min_log
+            return log_var.exp(), log_var
         if self.variance is VarianceType.FIXED_SMALL:
             var, log_var = self.posterior_variance, self.posterior_log_variance_clipped
         else:
@@ -338,13 +539,24 @@ class GaussianDiffusion(nn.Module):
         return self.extract(var, t, x_t), self.extract(log_var, t, x_t)
 
     def p_mean_variance(
-        self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor | int
+        self,
+        model_output: torch.Tensor,
+        x_t: torch.Tensor,
+        t: torch.Tensor | int,
+        clip_denoised: bool | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Mean and variance of p(x_{t-1} | x_t) plus the (clipped) x0 and eps predictions."""
-        x0 = self.clip(self.predict_x0(x_t, t, model_output))
+        """Mean and variance of p(x_{t-1} | x_t) plus the (clipped) x0 prediction.
+
+        ``clip_denoised`` overrides the diffusion's own setting (None keeps it); a learned variance is
+        read from the output's second half.
+        """
+        prediction, var_values = self.split_output(model_output, x_t)
+        x0 = self.predict_x0(x_t, t, prediction)
+        if self.clip_denoised if clip_denoised is None else clip_denoised:
+            x0 = x0.clamp(*self.clip_range)
         # Clip x0 BEFORE the posterior mean (clipping the mean afterwards would do nothing).
         mean, _, _ = self.q_posterior(x0, x_t, t)
-        var, log_var = self.reverse_variance(t, x_t)
+        var, log_var = self.reverse_variance(t, x_t, var_values)
         return {"mean": mean, "variance": var, "log_variance": log_var, "pred_x0": x0}
 
     # ------------------------------------------------------------------ training
@@ -354,8 +566,74 @@ class GaussianDiffusion(nn.Module):
         device: torch.device | str | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """t ~ Uniform{0, ..., T-1}, one per sample (DDPM Algorithm 1)."""
-        return torch.randint(0, self.num_timesteps, (batch,), device=device, generator=generator)
+        """t, one per sample: uniform on {0, ..., T-1} (DDPM Algorithm 1), or with ``loss_second_moment``
+        drawn from :meth:`timestep_probabilities` (improved DDPM sec. 3.3)."""
+        if not self.importance_sampling:
+            return torch.randint(0, self.num_timesteps, (batch,), device=device, generator=generator)
+        t = torch.multinomial(self.timestep_probabilities(), batch, replacement=True, generator=generator)
+        return t.to(device)
+
+    @property
+    def importance_sampling(self) -> bool:
+        """Whether t is drawn by the loss history (``loss_second_moment``, once every t has its 10 losses)."""
+        return self.timestep_sampler is TimestepSampler.LOSS_SECOND_MOMENT and bool(
+            (self._loss_counts == HISTORY_PER_TERM).all()
+        )
+
+    def timestep_probabilities(self) -> torch.Tensor:
+        """p_t [T] (float64, CPU) with which training draws t.
+
+        ``loss_second_moment`` (improved DDPM sec. 3.3, eq. 18): p_t proportional to sqrt(E[L_t^2]) over the
+        last 10 losses at t, mixed with 0.001 of uniform (improved-diffusion's ``LossSecondMomentResampler``);
+        uniform until every t has 10 losses, and with ``uniform``.
+        """
+        T = self.num_timesteps
+        if not self.importance_sampling:
+            return torch.full((T,), 1.0 / T, dtype=torch.float64)
+        weights = self._loss_history.square().mean(dim=1).sqrt()  # improved DDPM eq. 18: sqrt(E[L_t^2])
+        weights = weights / weights.sum()
+        return weights * (1 - UNIFORM_PROB) + UNIFORM_PROB / T
+
+    def importance_weights(self, t: torch.Tensor) -> torch.Tensor:
+        """1 / (T p_t) per sample [B], float32 on t's device: the losses times these weights average to the
+        uniform-t mean, so the estimate stays unbiased (1 everywhere under uniform sampling)."""
+        p = self.timestep_probabilities()
+        return (1.0 / (self.num_timesteps * p[t.cpu().long()])).float().to(t.device)
+
+    def update_timestep_sampler(self, t: torch.Tensor, losses: torch.Tensor) -> None:
+        """Add the per-sample losses [B] at timesteps ``t`` [B] to the history, in order (oldest dropped
+        once a t holds 10); ``uniform`` keeps none. Under DDP give every rank's losses, in the same order
+        on every rank, so that their histories stay equal (the training module gathers them)."""
+        if self.timestep_sampler is not TimestepSampler.LOSS_SECOND_MOMENT:
+            return
+        history, counts = self._loss_history, self._loss_counts
+        for ti, loss in zip(t.cpu().tolist(), losses.detach().double().cpu().tolist(), strict=True):
+            n = int(counts[ti])
+            if n == HISTORY_PER_TERM:  # improved-diffusion: shift out the oldest loss
+                history[ti, :-1] = history[ti, 1:].clone()
+                history[ti, -1] = loss
+            else:
+                history[ti, n] = loss
+                counts[ti] = n + 1
+
+    def timestep_sampler_state(self) -> dict[str, torch.Tensor]:
+        """The loss history, for a checkpoint (tensors only: loadable with ``weights_only=True``)."""
+        return {"loss_history": self._loss_history.clone(), "loss_counts": self._loss_counts.clone()}
+
+    def load_timestep_sampler_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`timestep_sampler_state`.
+
+        Raises:
+            ValueError: a history of another T.
+        """
+        history, counts = state["loss_history"], state["loss_counts"]
+        if tuple(history.shape) != tuple(self._loss_history.shape) or counts.shape != self._loss_counts.shape:
+            raise ValueError(
+                f"the checkpoint's timestep-sampler history has shape {tuple(history.shape)}; "
+                f"this diffusion's is {tuple(self._loss_history.shape)}"
+            )
+        self._loss_history = history.detach().double().cpu().clone()
+        self._loss_counts = counts.detach().long().cpu().clone()
 
     def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
         """Per-sample loss weights [B] for the configured weighting (1 for ``none``)."""
@@ -370,6 +648,65 @@ class GaussianDiffusion(nn.Module):
             return clipped
         return clipped / (snr + 1.0)
 
+    def training_noise(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """eps ~ N(0, I) of x0's shape, plus ``offset_noise`` times a per-sample, per-channel constant
+        (offset noise, Guttenberg 2023: lets a model change an image's mean brightness)."""
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        if self.offset_noise:
+            if x0.ndim < 3:
+                raise ValueError(f"offset_noise needs images [B, C, H, W], got shape {tuple(x0.shape)}")
+            shape = (*x0.shape[:2], *([1] * (x0.ndim - 2)))
+            offset = torch.randn(shape, generator=generator, device=x0.device, dtype=x0.dtype)
+            noise = noise + self.offset_noise * offset  # offset noise: one constant per (sample, channel)
+        return noise
+
+    def _vlb_decoder_for(self, x0: torch.Tensor) -> tuple[str, int]:
+        """(decoder, bins) of L_0 in the training loss; ``auto`` decides once, on the first batch."""
+        if self.vlb_decoder != "auto":
+            return self.vlb_decoder, 256
+        if self._vlb_decoder_found is None:
+            from ddpm.likelihood import infer_bins  # the likelihood module imports this one
+
+            bins = infer_bins(x0.detach())
+            self._vlb_decoder_found = ("discretized", bins) if bins else ("gaussian", 256)
+        return self._vlb_decoder_found
+
+    def vlb_terms(
+        self,
+        output: torch.Tensor,
+        x0: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+        stop_mean_gradient: bool = False,
+    ) -> torch.Tensor:
+        """T * L_t per sample [B] in bits/dim: the one-draw estimate of the bound's diffusion and decoder
+        terms (the prior, which has no parameters, left out), from a network output already computed at
+        x_t = q_sample(x0, t, noise). The terms are :func:`ddpm.likelihood.vb_terms`, the bound of
+        ``ddpm-eval --bpd``, without clipping x0 (as improved-diffusion trains).
+
+        ``stop_mean_gradient``: the hybrid loss's L_vlb, whose gradient reaches only the variance
+        (improved DDPM sec. 3.1).
+        """
+        from ddpm.likelihood import LN2, vb_terms
+
+        if stop_mean_gradient:
+            x_t = self.q_sample(x0, t, noise)
+            prediction, var_values = self.split_output(output, x_t)
+            if var_values is not None:  # improved-diffusion's frozen_out: the mean part detached
+                output = (
+                    torch.stack([prediction.detach(), var_values], dim=1)
+                    if x_t.ndim == 1
+                    else torch.cat([prediction.detach(), var_values], dim=1)
+                )
+            else:
+                output = output.detach()
+        decoder, bins = self._vlb_decoder_for(x0)
+        nats = vb_terms(self, lambda *_: output, x0, t, noise, decoder, bins, clip_denoised=False)
+        dims = x0[0].numel()
+        # improved DDPM sec. 3.1: L_vlb = L_0 + ... + L_T, estimated by T L_t for uniform t (in bits/dim,
+        # improved-diffusion's RESCALED_KL); the importance weights correct for other p_t
+        return (nats / (dims * LN2) * self.num_timesteps).float()
+
     def training_loss(
         self,
         model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
@@ -378,13 +715,17 @@ class GaussianDiffusion(nn.Module):
         noise: torch.Tensor | None = None,
         reduction: str = "mean",
     ) -> torch.Tensor:
-        """The denoising loss (L_simple for eps + mse, DDPM eq. 14).
+        """The training loss: L_simple for eps + mse (DDPM eq. 14), or with ``hybrid`` / ``vlb`` the
+        variational bound's terms (improved DDPM sec. 3.1).
+
+        The per-sample losses are those of uniform t; the importance weights of ``loss_second_moment``
+        (:meth:`importance_weights`) are applied by the caller, who also feeds the history.
 
         Args:
-            model: ``model(x_t, t) -> output`` of x0's shape.
+            model: ``model(x_t, t) -> output`` of :meth:`output_shape`.
             x0: clean data [B, ...].
-            t: per-sample timesteps [B]; drawn uniformly when None.
-            noise: eps ~ N(0, I) of x0's shape; drawn when None.
+            t: per-sample timesteps [B]; drawn by :meth:`sample_timesteps` when None.
+            noise: the noise of x0's shape; :meth:`training_noise` (with any offset noise) when None.
             reduction: ``mean`` for a scalar, ``none`` for the per-sample losses [B].
         """
         if reduction not in ("mean", "none"):
@@ -392,17 +733,26 @@ class GaussianDiffusion(nn.Module):
         if t is None:
             t = self.sample_timesteps(x0.shape[0], x0.device)
         if noise is None:
-            noise = torch.randn_like(x0)
+            noise = self.training_noise(x0)
         x_t = self.q_sample(x0, t, noise)
-        output = model(x_t, t)
-        if output.shape != x0.shape:
+        raw = model(x_t, t)
+        if tuple(raw.shape) != self.output_shape(x0.shape):
             raise ValueError(
-                f"model output shape {tuple(output.shape)} does not match data shape {tuple(x0.shape)}"
+                f"model output shape {tuple(raw.shape)} does not match data shape {tuple(x0.shape)}"
+                + (
+                    f" (variance={self.variance.value} expects {self.output_shape(x0.shape)})"
+                    if self.learns_variance
+                    else ""
+                )
             )
         # Keep the loss in float32 even when the network ran under autocast.
-        output = output.float()
+        raw = raw.float()
+        if self.loss_type is LossType.VLB:
+            per_sample = self.vlb_terms(raw, x0, t, noise)
+            return per_sample.mean() if reduction == "mean" else per_sample
+        output = self.split_output(raw, x_t)[0]
         target = self.training_target(x0, t, noise).float()
-        if self.loss_type is LossType.MSE:
+        if self.loss_type in (LossType.MSE, LossType.HYBRID):
             per_elem = F.mse_loss(output, target, reduction="none")
         elif self.loss_type is LossType.L1:
             per_elem = F.l1_loss(output, target, reduction="none")
@@ -410,6 +760,11 @@ class GaussianDiffusion(nn.Module):
             per_elem = F.huber_loss(output, target, reduction="none")
         per_sample = per_elem.reshape(per_elem.shape[0], -1).mean(dim=1)
         per_sample = per_sample * self.loss_weights(t).to(per_sample.device)
+        if self.loss_type is LossType.HYBRID:
+            # improved DDPM sec. 3.1: L_hybrid = L_simple + lambda L_vlb, the mean's gradient stopped in L_vlb
+            per_sample = per_sample + self.vlb_weight * self.vlb_terms(
+                raw, x0, t, noise, stop_mean_gradient=True
+            )
         return per_sample.mean() if reduction == "mean" else per_sample
 
     def extra_repr(self) -> str:
@@ -418,4 +773,7 @@ class GaussianDiffusion(nn.Module):
             f"T={self.num_timesteps}, objective={self.objective.value}, "
             f"variance={self.variance.value}, clip_denoised={self.clip_denoised}, "
             f"loss={self.loss_type.value}, loss_weighting={self.loss_weighting.value}"
+            + (f", timestep_sampler={self.timestep_sampler.value}" if self.uses_vlb else "")
+            + (f", offset_noise={self.offset_noise}" if self.offset_noise else "")
+            + (", zero_terminal_snr=True" if self.zero_terminal_snr else "")
         )

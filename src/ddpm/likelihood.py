@@ -7,9 +7,10 @@ Plain PyTorch. For data x0 with D values per sample (DDPM eq. 5, 0-based t as in
     L_t = E_q KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t))        between two Gaussians (DDPM eq. 7)
     L_0 = E_q -log p(x0 | x_1)                                    the decoder (t = 0 in code)
 
-and bits/dim = L / (D ln 2). p(x_{t-1} | x_t) is the model's Gaussian with the diffusion's fixed variance
-(``fixed_large`` or ``fixed_small``), its mean from the network through ``GaussianDiffusion.p_mean_variance``
-(so the x0 clipping of the sampler applies here too).
+and bits/dim = L / (D ln 2). p(x_{t-1} | x_t) is the model's Gaussian with the diffusion's variance (fixed:
+``fixed_large`` or ``fixed_small``; or the network's own: ``learned_range`` / ``learned``, improved DDPM
+eq. 15), its mean from the network through ``GaussianDiffusion.p_mean_variance`` (so the x0 clipping of
+the sampler applies here too).
 
 Decoders:
 
@@ -144,26 +145,37 @@ def vb_terms(
     noise: torch.Tensor | None = None,
     decoder: str = "discretized",
     bins: int = 256,
+    clip_denoised: bool | None = None,
 ) -> torch.Tensor:
-    """One draw of L_t per sample [B] in nats: the KL term where t > 0, the decoder NLL where t == 0."""
+    """One draw of L_t per sample [B] in nats: the KL term where t > 0, the decoder NLL where t == 0.
+
+    The model's variance is the diffusion's: fixed, or the network's own with a learned variance. This is
+    the one implementation of the bound: ``ddpm-eval --bpd`` sums it, and the ``vlb`` and ``hybrid``
+    training losses (:meth:`GaussianDiffusion.vlb_terms`) train on it, with gradients. ``clip_denoised``
+    overrides the diffusion's x0 clipping (None keeps it; training uses False, as improved-diffusion).
+    """
     if decoder not in DECODERS:
         raise ValueError(f"decoder={decoder!r} is unknown; choose one of {DECODERS}")
     if noise is None:
         noise = torch.randn_like(x0)
     x_t = diffusion.q_sample(x0, t, noise)  # DDPM eq. 4
-    out = diffusion.p_mean_variance(model(x_t, t).float(), x_t, t)
+    out = diffusion.p_mean_variance(model(x_t, t).float(), x_t, t, clip_denoised=clip_denoised)
     # DDPM eqs. 6-7: the true posterior q(x_{t-1} | x_t, x0); its log-variance is exact for t >= 1.
     true_mean, _, true_log_var = diffusion.q_posterior(x0, x_t, t)
     model_mean, model_log_var = out["mean"].double(), out["log_variance"].double().expand_as(x_t)
     # DDPM eq. 5, L_{t-1}: KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t)).
     kl = _sum_dims(normal_kl(true_mean.double(), true_log_var.double(), model_mean, model_log_var))
-    # DDPM eq. 5, L_0 = -log p(x0 | x_1); eq. 13 for discrete data.
+    # DDPM eq. 5, L_0 = -log p(x0 | x_1); eq. 13 for discrete data. Evaluated on the t == 0 rows only, so
+    # a far-off tail elsewhere cannot put a NaN into the gradient of the rows that use the KL.
+    first = (t.to(kl.device) == 0).nonzero().squeeze(1)
+    if first.numel() == 0:
+        return kl
+    x0_first, mean_first, log_var_first = x0[first], model_mean[first], model_log_var[first]
     if decoder == "discretized":
-        log_px = discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_log_var, bins)
+        log_px = discretized_gaussian_log_likelihood(x0_first, mean_first, 0.5 * log_var_first, bins)
     else:
-        log_px = gaussian_log_likelihood(x0, model_mean, model_log_var)
-    nll = -_sum_dims(log_px)
-    return torch.where(t.to(kl.device) == 0, nll, kl)
+        log_px = gaussian_log_likelihood(x0_first, mean_first, log_var_first)
+    return kl.index_put((first,), -_sum_dims(log_px))
 
 
 @dataclass

@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics import Metric
 
-from ddpm.diffusion import GaussianDiffusion
+from ddpm.diffusion import GaussianDiffusion, TimestepSampler
 from ddpm.diffusion_model import draw_samples
 from ddpm.samplers import Sampler, SampleResult
 
@@ -189,17 +189,39 @@ class DiffusionModule(L.LightningModule):
         self._log_and_reset_loss_by_quarter("val")
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        """L_simple on a batch with t ~ U{0..T-1} per sample."""
+        """The diffusion's loss on a batch, t drawn by its timestep sampler (uniform: U{0..T-1})."""
         x0 = self._batch(batch)
         t = self.diffusion.sample_timesteps(x0.shape[0], x0.device)
+        weights = self.diffusion.importance_weights(t)  # before the history moves on: the p_t t was drawn by
         losses = self.diffusion.training_loss(self.denoiser, x0, t, reduction="none")
-        loss = losses.mean()
+        loss = (losses * weights).mean()  # improved DDPM sec. 3.3: L_t / p_t keeps the estimate unbiased
         if not self._finite_on_every_rank(loss):
             return self._nonfinite(loss)
+        if self.diffusion.timestep_sampler is TimestepSampler.LOSS_SECOND_MOMENT:
+            self.diffusion.update_timestep_sampler(*self._gather_across_ranks(t, losses.detach()))
         if self._logging_step():  # self.log costs more than a small network's step: call it when it writes
             self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         self._update_loss_by_quarter("train", losses, t)
         return loss
+
+    def _gather_across_ranks(
+        self, t: torch.Tensor, losses: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every rank's (t, loss) pairs, rank 0's first, on every rank (one process: its own), so that the
+        importance sampler's history is the same on all ranks (improved-diffusion's
+        ``update_with_local_losses``). Batches may differ in size across ranks: they are padded to the
+        largest, with t = -1 marking the padding."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return t, losses
+        size = torch.tensor([t.shape[0]], device=t.device)
+        largest = int(self.trainer.strategy.all_gather(size).max())
+        pad = largest - t.shape[0]
+        t_pad = torch.cat([t, t.new_full((pad,), -1)])
+        loss_pad = torch.cat([losses, losses.new_zeros(pad)])
+        all_t = self.trainer.strategy.all_gather(t_pad).reshape(-1)
+        all_losses = self.trainer.strategy.all_gather(loss_pad).reshape(-1)
+        keep = all_t >= 0
+        return all_t[keep], all_losses[keep]
 
     def _logging_step(self) -> bool:
         """Whether the loggers write at this optimizer step, by Lightning's rule (``should_update_logs``):
@@ -283,12 +305,17 @@ class DiffusionModule(L.LightningModule):
         # resumed run only repeats an uninterrupted one if they are saved too.
         checkpoint["rng_states"] = _rng_states()
         checkpoint["nonfinite_skipped"] = self.nonfinite_skipped
+        if self.diffusion.timestep_sampler is TimestepSampler.LOSS_SECOND_MOMENT:
+            # t is drawn by this history: a resumed run repeats an uninterrupted one only with it
+            checkpoint["timestep_sampler"] = self.diffusion.timestep_sampler_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the global RNGs and the skipped-step count of the checkpointed run."""
         if "rng_states" in checkpoint:
             _restore_rng_states(checkpoint["rng_states"])
         self.nonfinite_skipped = int(checkpoint.get("nonfinite_skipped", 0))
+        if "timestep_sampler" in checkpoint:
+            self.diffusion.load_timestep_sampler_state(checkpoint["timestep_sampler"])
 
     def sample(
         self,

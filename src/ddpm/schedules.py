@@ -21,6 +21,7 @@ __all__ = [
     "alphas_cumprod",
     "make_beta_schedule",
     "register_schedule",
+    "rescale_zero_terminal_snr",
 ]
 
 ScheduleFn = Callable[..., torch.Tensor]
@@ -105,13 +106,41 @@ def alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:
     return torch.cumprod(1.0 - betas, dim=0)
 
 
-def make_beta_schedule(name: str, T: int, warn: bool = True, **kwargs: float) -> torch.Tensor:
+def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Betas rescaled so that abar[T-1] is exactly 0 (zero terminal SNR), abar[0] unchanged.
+
+    Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed", Algorithm 1 (as
+    diffusers' ``rescale_zero_terminal_snr``): sqrt(abar) is shifted so its last value is 0 and scaled so its
+    first keeps its value; it stays monotone. The last beta becomes 1, so x_{T-1} is pure noise and a model
+    must predict v or x0 there (eps carries no information about x0 at abar = 0).
+    """
+    b = torch.as_tensor(betas, dtype=torch.float64)
+    if b.numel() < 2:
+        raise ValueError("rescale_zero_terminal_snr needs T >= 2: with one step abar[0] cannot stay and be 0")
+    root = torch.cumprod(1.0 - b, 0).sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    # Lin et al. 2023, Algorithm 1: shift sqrt(abar) so that its last value is 0, then scale the first back
+    root = (root - last) * first / (first - last)
+    abar = root**2
+    alphas = torch.cat([abar[:1], abar[1:] / abar[:-1]])
+    return 1.0 - alphas
+
+
+_rescale = rescale_zero_terminal_snr  # make_beta_schedule's argument of the same name hides it
+
+
+def make_beta_schedule(
+    name: str, T: int, warn: bool = True, rescale_zero_terminal_snr: bool = False, **kwargs: float
+) -> torch.Tensor:
     """Return the float64 betas of schedule ``name`` for a chain of ``T`` steps, shape [T].
 
     Args:
         name: one of :data:`SCHEDULES` (``linear``, ``quadratic``, ``cosine``, ``sigmoid``).
         T: number of diffusion steps, >= 1.
         warn: emit :class:`NotPureNoiseWarning` when abar[T-1] > 1e-2.
+        rescale_zero_terminal_snr: rescale the betas so that abar[T-1] = 0 exactly (Lin et al. 2023,
+            :func:`rescale_zero_terminal_snr`); the last beta is then 1, and the diffusion needs the v or x0
+            objective.
         **kwargs: the schedule's own options (``beta_start``, ``beta_end``, ``scale_to_T``, ``s``...).
 
     Raises:
@@ -130,6 +159,8 @@ def make_beta_schedule(name: str, T: int, warn: bool = True, **kwargs: float) ->
             f"schedule {name!r} with T={T} and {kwargs} gives betas in "
             f"[{betas.min().item():.3g}, {betas.max().item():.3g}]; all must lie in (0, 1)"
         )
+    if rescale_zero_terminal_snr:
+        betas = _rescale(betas)  # abar[T-1] = 0: nothing to warn about below
     final = alphas_cumprod(betas)[-1].item()
     if warn and final > PURE_NOISE_TOLERANCE:
         warnings.warn(

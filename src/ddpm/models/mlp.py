@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from ddpm.models.embeddings import TimestepEmbedding
@@ -31,6 +32,8 @@ class MLPDenoiser(nn.Module):
         depth: number of residual blocks.
         time_embed_dim: size of the sinusoidal timestep features.
         dropout: dropout inside the blocks.
+        out_mult: outputs per input value: 1, or 2 for a learned variance (the diffusion's
+            ``output_multiplier``, which the configs wire in): [B, 2 D] for [B, D] data, [B, 2] for scalars.
     """
 
     def __init__(
@@ -40,19 +43,26 @@ class MLPDenoiser(nn.Module):
         depth: int = 3,
         time_embed_dim: int = 64,
         dropout: float = 0.0,
+        out_mult: int = 1,
     ) -> None:
         super().__init__()
-        for arg, value in (("data_dim", data_dim), ("hidden", hidden), ("depth", depth)):
+        for arg, value in (
+            ("data_dim", data_dim),
+            ("hidden", hidden),
+            ("depth", depth),
+            ("out_mult", out_mult),
+        ):
             if value < 1:
                 raise ValueError(f"{arg}={value!r} is invalid; it must be an integer >= 1")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout={dropout!r} is outside [0, 1)")
         self.data_dim = data_dim
+        self.out_mult = out_mult
         self.time_embed = TimestepEmbedding(time_embed_dim)
         temb_dim = 4 * time_embed_dim
         self.inp = nn.Linear(data_dim, hidden)
         self.blocks = nn.ModuleList(_ResidualBlock(hidden, temb_dim, dropout) for _ in range(depth))
-        self.out = nn.Linear(hidden, data_dim)
+        self.out = nn.Linear(hidden, data_dim * out_mult)
         self.act = nn.SiLU()
         # A per-timestep linear path x -> a(t) * x. For Gaussian data the optimal eps is affine in
         # x_t with t-dependent slope, so this lets the net extrapolate linearly beyond the x_t
@@ -71,5 +81,10 @@ class MLPDenoiser(nn.Module):
         h = self.inp(h)
         for block in self.blocks:
             h = block(h, temb)
-        out = self.out(self.act(h)) + self.skip(temb) * x.reshape(shape[0], -1)
-        return out.reshape(shape)
+        skip = self.skip(temb) * x.reshape(shape[0], -1)
+        if self.out_mult == 1:
+            return (self.out(self.act(h)) + skip).reshape(shape)
+        out = self.out(self.act(h))
+        # the per-timestep linear path feeds the prediction; the extra outputs (a variance) follow it
+        out = torch.cat([out[:, : self.data_dim] + skip, out[:, self.data_dim :]], dim=1)
+        return out.reshape(shape[0], -1, *shape[2:]) if len(shape) > 1 else out

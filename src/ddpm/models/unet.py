@@ -130,12 +130,15 @@ class UNet(nn.Module):
         dropout: dropout inside the residual blocks (DDPM CIFAR-10: 0.1).
         num_heads: attention heads (DDPM: 1).
         norm_groups: GroupNorm groups (DDPM: 32); every level's width must be divisible by it.
-        out_channels: output channels; defaults to ``in_channels`` (eps, x0 or v prediction).
+        out_channels: output channels; defaults to ``in_channels * out_mult``.
         norm_eps: every GroupNorm's epsilon (PyTorch's 1e-5; DDPM's TF code 1e-6).
         time_freq_shift: the timestep features' frequencies divide by ``base_channels // 2 - shift``
             (0: improved-diffusion; 1: DDPM's TF code and its diffusers port).
         downsample_padding: ``symmetric`` (one pixel on every side) or ``tf_same`` (DDPM's TF code: one row
             and column after, none before).
+        out_mult: output channels per input channel when ``out_channels`` is not given: 1 (eps, x0 or v
+            prediction) or 2 (the prediction, then a learned variance; the diffusion's
+            ``output_multiplier``, which the configs wire in). Only ``conv_out``'s size changes.
     """
 
     def __init__(
@@ -153,6 +156,7 @@ class UNet(nn.Module):
         norm_eps: float = 1e-5,
         time_freq_shift: int = 0,
         downsample_padding: str = "symmetric",
+        out_mult: int = 1,
     ) -> None:
         super().__init__()
         channel_mult = tuple(int(m) for m in channel_mult)
@@ -164,6 +168,7 @@ class UNet(nn.Module):
             ("num_res_blocks", num_res_blocks),
             ("num_heads", num_heads),
             ("norm_groups", norm_groups),
+            ("out_mult", out_mult),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"UNet: {arg}={value!r} is invalid; it must be an integer >= 1")
@@ -205,7 +210,7 @@ class UNet(nn.Module):
             )
 
         self.in_channels = in_channels
-        self.out_channels = out_channels or in_channels
+        self.out_channels = out_channels or in_channels * out_mult
         self.image_size = image_size
         self.channel_mult = channel_mult
         self.attn_resolutions = attn_resolutions

@@ -12,7 +12,11 @@ __all__ = ["DDPMSampler"]
 
 
 class DDPMSampler(Sampler):
-    """Ancestral sampling (DDPM Algorithm 2) with the diffusion's fixed variance.
+    """Ancestral sampling (DDPM Algorithm 2) with the diffusion's variance, fixed or learned.
+
+    A learned variance is read from the network's output on each jump as improved-diffusion's respacing
+    does: ``learned_range`` interpolates between the jump's own log beta' and log beta-tilde', ``learned``
+    is taken as the log-variance itself.
 
     Args:
         steps: None for all T steps; S < T runs ancestral sampling on a respaced subsequence: each jump
@@ -75,11 +79,16 @@ class DDPMSampler(Sampler):
         )
         # improved-diffusion respacing: the jump t_prev -> t is one step of beta' = 1 - abar_t / abar_prev
         beta = -torch.expm1(log_abar - log_abar_prev)
-        x0 = diffusion.clip(diffusion.predict_x0(x_t, t_b, model_output))
+        prediction, var_values = diffusion.split_output(model_output, x_t)
+        x0 = diffusion.clip(diffusion.predict_x0(x_t, t_b, prediction))
         # DDPM eq. 7 on the jump: mu = (sqrt(abar') beta' x0 + sqrt(1 - beta') (1 - abar') x_t) / (1 - abar)
         mean = (abar_prev.sqrt() * beta * x0 + (1 - beta).sqrt() * one_minus_abar_prev * x_t) / one_minus_abar
         if diffusion.variance is VarianceType.FIXED_SMALL:
             var = beta * one_minus_abar_prev / one_minus_abar  # DDPM eq. 7: beta-tilde of the jump
+        elif diffusion.variance is VarianceType.LEARNED:
+            var = var_values.float().exp()  # improved-diffusion's LEARNED: the output is log sigma^2
+        elif diffusion.variance is VarianceType.LEARNED_RANGE:
+            var = self._learned_range(diffusion, var_values, t_b, prev_b, beta, one_minus_abar, x_t)
         else:
             var = beta  # DDPM sec. 3.2: sigma^2 = beta
         if noise is None:
@@ -87,3 +96,31 @@ class DDPMSampler(Sampler):
         nonzero = (~last).float().reshape(-1, *([1] * (x_t.ndim - 1))).to(x_t.device)
         # DDPM Algorithm 2, line 4: x_{t-1} = mu_theta(x_t, t) + sigma_t z, z = 0 at the last step.
         return StepOutput(mean + nonzero * var.sqrt() * noise, x0)
+
+    @staticmethod
+    def _learned_range(
+        diffusion: GaussianDiffusion,
+        var_values: torch.Tensor,
+        t: torch.Tensor,
+        t_prev: torch.Tensor,
+        beta: torch.Tensor,
+        one_minus_abar: torch.Tensor,
+        x_t: torch.Tensor,
+    ) -> torch.Tensor:
+        """sigma^2 of ``learned_range`` on the jump t -> t_prev, as improved-diffusion's respaced process.
+
+        Between log beta-tilde' of the jump (its posterior variance, clipped at its first step as
+        ``posterior_log_variance_clipped``) and log beta'. All T steps give the diffusion's own
+        :meth:`~ddpm.diffusion.GaussianDiffusion.reverse_variance`.
+        """
+        if bool((t_prev == t - 1).all()):  # no respacing: the diffusion's own range
+            return diffusion.reverse_variance(t, x_t, var_values)[0]
+        last = (t_prev == CLEAN).reshape(beta.shape).to(x_t.device)
+        # DDPM eq. 7 on the jump: beta-tilde' = beta' (1 - abar_prev) / (1 - abar); at the last jump it is 0,
+        # and the clipped log takes no noise there anyway: beta' itself keeps the log finite
+        log_abar_prev = diffusion.extract(diffusion.log_alphas_cumprod, t_prev.clamp(min=0), x_t)
+        post = beta * -log_abar_prev.expm1() / one_minus_abar
+        min_log = torch.where(last, beta.log(), post.clamp(min=torch.finfo(post.dtype).tiny).log())
+        max_log = beta.log()
+        frac = (var_values.float() + 1) / 2  # improved DDPM eq. 15
+        return (frac * max_log + (1 - frac) * min_log).exp()

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from ddpm.diffusion import GaussianDiffusion, _parse_enum
+from ddpm.diffusion import ZERO_SNR_ABAR, GaussianDiffusion, _parse_enum
 from ddpm.samplers.spacing import Spacing, make_timesteps
 
 __all__ = [
@@ -97,6 +97,8 @@ def alpha_sigma(diffusion: GaussianDiffusion, t: int | float | torch.Tensor) -> 
         abar = float(diffusion.alphas_cumprod[int(t)])
     else:
         abar = float(diffusion.alphas_cumprod_at(float(t)))
+    # zero terminal SNR: log(alpha / sigma) and sigma / alpha need alpha > 0 (diffusers sets the same 2**-24)
+    abar = abar or ZERO_SNR_ABAR
     return math.sqrt(abar), math.sqrt(1.0 - abar)  # DDPM eq. 4: x_t = alpha_t x0 + sigma_t eps
 
 
