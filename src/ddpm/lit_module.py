@@ -211,9 +211,9 @@ class DiffusionModule(L.LightningModule):
         importance sampler's history is the same on all ranks (improved-diffusion's
         ``update_with_local_losses``). Batches may differ in size across ranks: they are padded to the
         largest, with t = -1 marking the padding."""
-        if self._trainer is None or self.trainer.world_size == 1:
+        if self._trainer is None:
             return t, losses
-        size = torch.tensor([t.shape[0]], device=t.device)
+        size = torch.tensor([t.shape[0]], device=t.device)  # one process: the strategy returns its own
         largest = int(self.trainer.strategy.all_gather(size).max())
         pad = largest - t.shape[0]
         t_pad = torch.cat([t, t.new_full((pad,), -1)])

@@ -179,6 +179,11 @@ class GaussianMixtureOracle:
         abar = abar[:, None]
         eps = (1 - abar).sqrt() * (r[:, :, None] * sol).sum(1)  # Tweedie: -sqrt(1 - abar_t) grad log q(x_t)
         x0 = (x - (1 - abar).sqrt() * eps) / abar.sqrt()  # DDPM eq. 4 solved for x0, in expectation (Tweedie)
+        pure = abar[:, 0] == 0
+        if bool(pure.any()):
+            # zero terminal SNR: the form above is 0 / 0 at abar = 0, where x_t says nothing of x0 and
+            # E[x0 | x_t] is the data mean (PRML eq. 2.81: E[x0 | x_t, k] = mu_k + sqrt(abar) Sigma_k C_k^-1 ...)
+            x0[pure] = (r[pure, :, None] * self.means.to(x.device)[None]).sum(1)
         return eps, x0
 
     def eps(self, x_t: torch.Tensor, t: torch.Tensor | int | float) -> torch.Tensor:
