@@ -162,6 +162,19 @@ def test_toy2d_default_reaches_its_quality_threshold(tmp_path: Path) -> None:
         (["schedule=cosine", "schedule.s=-1"], r"schedule: s=-1"),
         (["diffusion.objective=score"], r"diffusion: objective='score' is unknown"),
         (["cpu_threads=0"], r"cpu_threads=0 is invalid; use an integer >= 1"),
+        (
+            ["diffusion.variance=learned_range", "model.out_mult=1"],
+            r"model: the network outputs \(2,\) per sample .* learned_range needs the network to output 2x",
+        ),
+        (
+            ["diffusion.timestep_sampler=loss_second_moment"],
+            r"diffusion: timestep_sampler=loss_second_moment with loss=mse",
+        ),
+        (
+            ["schedule.rescale_zero_terminal_snr=true"],
+            r"diffusion: objective=eps with a zero-terminal-SNR schedule",
+        ),
+        (["diffusion.offset_noise=0.1"], r"model: offset_noise=0.1 needs data with channels and positions"),
     ],
 )
 def test_bad_config_fails_before_work_and_leaves_no_run_folder(overrides, match, tmp_path: Path) -> None:

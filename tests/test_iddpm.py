@@ -8,6 +8,7 @@ References: improved-diffusion's ``gaussian_diffusion.py`` (``p_mean_variance``,
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from pathlib import Path
@@ -370,3 +371,50 @@ def test_offset_noise_adds_one_constant_per_sample_and_channel() -> None:
     assert torch.equal(plain, torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)))  # 0: off
     with pytest.raises(ValueError, match=r"offset_noise=0.5 needs data with channels and positions"):
         d.check_output((4, 2), (4, 2))
+
+
+# ----------------------------------------------------------------------------- runs
+@pytest.mark.slow
+def test_a_digits_iddpm_run_trains_and_ddpm_eval_bpd_uses_its_learned_variances(
+    tmp_path: Path, capsys
+) -> None:
+    from ddpm.build import load_run
+    from ddpm.cli.eval import main as eval_main
+    from tests.helpers import SHORT, run_train
+
+    overrides = [
+        "experiment=digits_iddpm",
+        *SHORT,
+        "T=20",
+        "sampler.steps=10",
+        "callbacks.samples.metric_samples=0",
+    ]
+    overrides += ["diffusion.loss=vlb", "diffusion.timestep_sampler=loss_second_moment", "cpu_threads=1"]
+    _, run_dir = run_train(tmp_path, overrides)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    counts = ckpt["timestep_sampler"]["loss_counts"]
+    assert 0 < int(counts.sum()) <= 20 * HISTORY_PER_TERM  # the history of the 4 steps' losses is saved
+    assert eval_main([str(run_dir), "--bpd", "--no-quality", "--bpd-n", "40"]) == 0
+    result = next((run_dir / "eval").glob("*_bpd.json"))
+
+    bpd = json.loads(result.read_text())["bpd"]
+    assert bpd["decoder_kind"] == "discretized" and bpd["bins"] == 17 and bpd["T"] == 20
+    # the bound is the learned variances': not the fixed variances' for the same means
+    run = load_run(run_dir)
+    x = run.data.normalize(run.data.held_out(40))
+    own = variational_bound(
+        run.model.diffusion, run.model.net, x, bins=17, generator=torch.Generator().manual_seed(0)
+    )
+    net = run.model.net
+    with torch.no_grad():  # the variance channel set to v = -1: the bound becomes fixed_small's exactly
+        net.conv_out.weight[1:].zero_()
+        net.conv_out.bias[1:].fill_(-1.0)
+    at_small = variational_bound(
+        run.model.diffusion, net, x, bins=17, generator=torch.Generator().manual_seed(0)
+    )
+    fixed = GaussianDiffusion(run.model.diffusion.betas.double(), variance="fixed_small", clip_denoised=True)
+    reference = variational_bound(
+        fixed, lambda x_t, t: net(x_t, t)[:, :1], x, bins=17, generator=torch.Generator().manual_seed(0)
+    )
+    assert math.isclose(at_small.bits_per_dim, reference.bits_per_dim, rel_tol=1e-6)
+    assert not math.isclose(own.bits_per_dim, at_small.bits_per_dim, rel_tol=1e-3)
