@@ -48,7 +48,8 @@ def output_multiplier(variance: str) -> int:
     """The network's output channels per data channel for ``diffusion.variance``: 2 when it learns the
     variance, else 1 (``GaussianDiffusion.output_multiplier``, without importing torch).
 
-    The model configs read it as ``out_mult: ${ddpm.out_mult:${diffusion.variance}}``.
+    The model configs read it as ``out_mult: ${ddpm.out_mult:${oc.select:diffusion.variance,fixed_large}}``
+    (a model node composed without a diffusion node gets 1).
     """
     return 2 if variance in LEARNED_VARIANCES else 1
 

@@ -182,7 +182,7 @@ class GaussianMixtureOracle:
         pure = abar[:, 0] == 0
         if bool(pure.any()):
             # zero terminal SNR: the form above is 0 / 0 at abar = 0, where x_t says nothing of x0 and
-            # E[x0 | x_t] is the data mean (PRML eq. 2.81: E[x0 | x_t, k] = mu_k + sqrt(abar) Sigma_k C_k^-1 ...)
+            # E[x0 | x_t] is the data mean (PRML eq. 2.81: E[x0 | x_t, k] = mu_k + sqrt(abar) Sigma_k ...)
             x0[pure] = (r[pure, :, None] * self.means.to(x.device)[None]).sum(1)
         return eps, x0
 
