@@ -80,13 +80,31 @@ def _losses(metrics_csv: Path) -> dict[int, float]:
     return {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
 
 
-def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path: Path) -> None:
-    _, full = run_train(tmp_path / "full", [*BASE, "trainer.max_steps=45"])
-    _, part = run_train(tmp_path / "part", [*BASE, "trainer.max_steps=20"])
+#: improved DDPM's importance-sampled L_vlb: t is drawn by a loss history the checkpoint must carry (T=20
+#: so that every t has its 10 losses, and t follows the history, well before the interruption at step 20)
+IMPORTANCE_SAMPLED = [
+    "T=20",
+    "diffusion.variance=learned_range",
+    "diffusion.loss=vlb",
+    "diffusion.timestep_sampler=loss_second_moment",
+]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [pytest.param([], id="default"), pytest.param(IMPORTANCE_SAMPLED, id="iddpm", marks=pytest.mark.slow)],
+)
+def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path: Path, extra: list[str]) -> None:
+    base = [*BASE, *extra]
+    _, full = run_train(tmp_path / "full", [*base, "trainer.max_steps=45"])
+    _, part = run_train(tmp_path / "part", [*base, "trainer.max_steps=20"])
     ckpt = part / "checkpoints" / "last.ckpt"
-    assert torch.load(ckpt, weights_only=True)["global_step"] == 20
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["global_step"] == 20
+    if extra:  # the history is in the checkpoint, and already drives t
+        assert bool((saved["timestep_sampler"]["loss_counts"] == 10).all())
     # resume in the same run folder, as `ddpm-train ckpt_path=<run>` does
-    metrics, resumed = run_train(tmp_path / "part", [*BASE, "trainer.max_steps=45", "ckpt_path=last"])
+    metrics, resumed = run_train(tmp_path / "part", [*base, "trainer.max_steps=45", "ckpt_path=last"])
     assert resumed == part
     assert metrics["global_step"] == 45
     for run in (full, resumed):  # 45 is not a validation step: the final step is saved all the same
