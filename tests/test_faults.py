@@ -70,6 +70,20 @@ class EMAProbe(L.Callback):
         )
 
 
+class HistoryProbe(L.Callback):
+    """Test helper: each rank writes its importance sampler's loss history (count and digest) at the end."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        state = pl_module.diffusion.timestep_sampler_state()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"rank{trainer.global_rank}.txt").write_text(
+            f"{int(state['loss_counts'].sum())} {state['loss_history'].sum().item()!r}"
+        )
+
+
 def _weights(ckpt: Path, key: str) -> dict[str, torch.Tensor]:
     state = torch.load(ckpt, map_location="cpu", weights_only=True)[key]
     return {k: v for k, v in state.items() if k.startswith("net.")}
@@ -317,6 +331,37 @@ def test_ddp_on_cpu_trains_and_samples_once(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["probe", "run"]  # one run folder, nothing else
     digests = {p.read_text() for p in probe.glob("rank*.txt")}
     assert len(list(probe.glob("rank*.txt"))) == 2 and len(digests) == 1  # EMA identical on both ranks
+
+
+@pytest.mark.slow
+def test_ddp_ranks_share_one_importance_sampler_history(tmp_path: Path) -> None:
+    """Two CPU ranks: every rank adds both ranks' losses, so the histories stay equal (and hold 2 x 64 per
+    step until full)."""
+    probe = tmp_path / "probe"
+    env_path = f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    res = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "ddpm-train"),
+            *BASE,
+            *IMPORTANCE_SAMPLED,
+            "T=200",  # 200 x 10 places: no t gets more than 10 of the 384 losses, so all are kept
+            "trainer=ddp_cpu",
+            "trainer.max_steps=3",
+            "trainer.val_check_interval=3",
+            "+callbacks.probe._target_=tests.test_faults.HistoryProbe",
+            f"+callbacks.probe.folder={probe}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": env_path, **CLI_ENV},
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    digests = [p.read_text() for p in sorted(probe.glob("rank*.txt"))]
+    assert len(digests) == 2 and digests[0] == digests[1], digests
+    assert int(digests[0].split()[0]) == 3 * 2 * 64  # 3 steps of 64 per rank, both ranks' on each
 
 
 def test_ckpt_path_auto_takes_the_newest_of_last_and_lightnings_slurm_checkpoint(tmp_path: Path) -> None:
