@@ -370,7 +370,7 @@ def test_offset_noise_adds_one_constant_per_sample_and_channel() -> None:
     plain = GaussianDiffusion(_betas()).training_noise(x0, torch.Generator().manual_seed(0))
     assert torch.equal(plain, torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)))  # 0: off
     with pytest.raises(ValueError, match=r"offset_noise=0.5 needs data with channels and positions"):
-        d.check_output((4, 2), (4, 2))
+        d.check_data((4, 2))
 
 
 # ----------------------------------------------------------------------------- runs

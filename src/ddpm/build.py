@@ -110,6 +110,10 @@ def check_network(net: torch.nn.Module, diffusion: GaussianDiffusion, data_shape
         ConfigError: in one line, naming the shapes and the setting that fits.
     """
     shape = (1, *(int(s) for s in data_shape))
+    try:
+        diffusion.check_data(shape)
+    except ValueError as err:
+        raise ConfigError(f"diffusion: {first_line(err)}") from None
     device = next((p.device for p in net.parameters()), torch.device("cpu"))
     was_training = net.training
     net.eval()

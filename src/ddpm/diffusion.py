@@ -309,10 +309,7 @@ class GaussianDiffusion(nn.Module):
         return (shape[0], 2 * shape[1], *shape[2:])
 
     def check_output(self, output_shape: Sequence[int], data_shape: Sequence[int]) -> None:
-        """A one-line ValueError when a network's output does not fit this diffusion (checked at build).
-
-        Also refuses ``offset_noise`` on data without a channel axis and values per channel (images).
-        """
+        """A one-line ValueError when a network's output does not fit this diffusion (checked at build)."""
         expected = self.output_shape(data_shape)
         if tuple(output_shape) != expected:
             what = (
@@ -325,6 +322,10 @@ class GaussianDiffusion(nn.Module):
                 f"the network outputs {tuple(output_shape)[1:]} per sample for data of shape "
                 f"{tuple(data_shape)[1:]}, expected {expected[1:]}: {what}"
             )
+
+    def check_data(self, data_shape: Sequence[int]) -> None:
+        """A one-line ValueError when this diffusion's options do not fit data of ``data_shape`` (batch
+        first): ``offset_noise`` needs a channel axis and positions (images)."""
         if self.offset_noise and len(data_shape) < 3:
             raise ValueError(
                 f"offset_noise={self.offset_noise} needs data with channels and positions (images "
