@@ -174,7 +174,10 @@ def test_toy2d_default_reaches_its_quality_threshold(tmp_path: Path) -> None:
             ["schedule.rescale_zero_terminal_snr=true"],
             r"diffusion: objective=eps with a zero-terminal-SNR schedule",
         ),
-        (["diffusion.offset_noise=0.1"], r"diffusion: offset_noise=0.1 needs data with channels and positions"),
+        (
+            ["diffusion.offset_noise=0.1"],
+            r"diffusion: offset_noise=0.1 needs data with channels and positions",
+        ),
     ],
 )
 def test_bad_config_fails_before_work_and_leaves_no_run_folder(overrides, match, tmp_path: Path) -> None:
