@@ -164,7 +164,7 @@ def test_toy2d_default_reaches_its_quality_threshold(tmp_path: Path) -> None:
         (["cpu_threads=0"], r"cpu_threads=0 is invalid; use an integer >= 1"),
         (
             ["diffusion.variance=learned_range", "model.out_mult=1"],
-            r"model: the network outputs \(2,\) per sample .* learned_range needs the network to output 2x",
+            r"model: the network outputs \(2,\) per sample .*=learned_range needs the network to output 2x",
         ),
         (
             ["diffusion.timestep_sampler=loss_second_moment"],
