@@ -188,7 +188,8 @@ def build_for_sampling(cfg: DictConfig) -> tuple[Any, DiffusionModel]:
     data = build_data(cfg, plain=True)
     net = build_model(cfg)
     diffusion = build_diffusion(cfg)
-    check_network(net, diffusion, data.data_shape)
+    # no check_network here: a run's config trained its network, and a checkpoint whose output layer does
+    # not fit is refused by load_run's state_dict check
     sampler = _instantiate(cfg, "sampler")
     return data, DiffusionModel(net, diffusion, sampler, data.data_shape)
 
