@@ -100,6 +100,15 @@ def log_sigmas(alphas_cumprod: torch.Tensor) -> torch.Tensor:
     return 0.5 * ((1 - abar) / abar).log()  # VP: sigma^2 = (1 - abar) / abar (EDM table 1)
 
 
+def _check_drop_prob(p: object) -> float:
+    if isinstance(p, bool) or not isinstance(p, int | float) or not 0.0 <= float(p) < 1.0:
+        raise ValueError(
+            f"cond_drop_prob={p!r} is outside [0, 1); it is the probability of training a sample without its "
+            "label (0.1 in Ho & Salimans 2022)"
+        )
+    return float(p)
+
+
 class GaussianDiffusion(nn.Module):
     """The DDPM forward process q and the Gaussian reverse process p for a fixed beta schedule.
 
@@ -128,6 +137,9 @@ class GaussianDiffusion(nn.Module):
             every t has 10 (improved DDPM sec. 3.3); for losses with the bound's terms (``vlb``, ``hybrid``).
         offset_noise: the std of a per-sample, per-channel constant added to the training noise (offset
             noise, Guttenberg 2023), images only; 0 turns it off.
+        cond_drop_prob: label dropout for class-conditional training (Ho & Salimans 2022, sec. 3.2): the
+            probability that a sample's label is replaced by the null label, so one network learns both
+            p(x | y) and p(x) for classifier-free guidance. Used only when ``training_loss`` gets labels.
     """
 
     betas: torch.Tensor
@@ -158,6 +170,7 @@ class GaussianDiffusion(nn.Module):
         vlb_decoder: str = "auto",
         timestep_sampler: str = "uniform",
         offset_noise: float = 0.0,
+        cond_drop_prob: float = 0.1,
     ) -> None:
         super().__init__()
         self.objective = _parse_enum(Objective, "objective", objective)
@@ -202,6 +215,7 @@ class GaussianDiffusion(nn.Module):
         self.clip_denoised = bool(clip_denoised)
         self.clip_range = (low, high)
         self.min_snr_gamma = float(min_snr_gamma)
+        self.cond_drop_prob = _check_drop_prob(cond_drop_prob)
 
         b = torch.as_tensor(betas, dtype=torch.float64).detach().cpu()
         if b.ndim != 1 or b.numel() < 1:
@@ -710,11 +724,13 @@ class GaussianDiffusion(nn.Module):
 
     def training_loss(
         self,
-        model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        model: Callable[..., torch.Tensor],
         x0: torch.Tensor,
         t: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         reduction: str = "mean",
+        y: torch.Tensor | None = None,
+        cond_drop_prob: float | None = None,
     ) -> torch.Tensor:
         """The training loss: L_simple for eps + mse (DDPM eq. 14), or with ``hybrid`` / ``vlb`` the
         variational bound's terms (improved DDPM sec. 3.1).
@@ -723,11 +739,15 @@ class GaussianDiffusion(nn.Module):
         (:meth:`importance_weights`) are applied by the caller, who also feeds the history.
 
         Args:
-            model: ``model(x_t, t) -> output`` of :meth:`output_shape`.
+            model: ``model(x_t, t) -> output`` of :meth:`output_shape`; with ``y``, a class-conditional
+                network ``model(x_t, t, y)`` whose ``num_classes`` is the null label.
             x0: clean data [B, ...].
             t: per-sample timesteps [B]; drawn by :meth:`sample_timesteps` when None.
             noise: the noise of x0's shape; :meth:`training_noise` (with any offset noise) when None.
             reduction: ``mean`` for a scalar, ``none`` for the per-sample losses [B].
+            y: class labels [B] (None: the unconditional loss, and no random draw beyond t and noise).
+            cond_drop_prob: label dropout for this call (None: the diffusion's ``cond_drop_prob``; 0 for a
+                validation loss that is conditional throughout).
         """
         if reduction not in ("mean", "none"):
             raise ValueError(f"reduction={reduction!r} is unknown; choose 'mean' or 'none'")
@@ -736,7 +756,18 @@ class GaussianDiffusion(nn.Module):
         if noise is None:
             noise = self.training_noise(x0)
         x_t = self.q_sample(x0, t, noise)
-        raw = model(x_t, t)
+        if y is None:
+            raw = model(x_t, t)
+        else:
+            num_classes = getattr(model, "num_classes", 0)
+            if not num_classes:
+                raise ValueError("training_loss got labels y but the model has no num_classes (unconditional)")
+            p = self.cond_drop_prob if cond_drop_prob is None else _check_drop_prob(cond_drop_prob)
+            if p > 0:
+                # Ho & Salimans 2022, Algorithm 1: c <- null with probability p_uncond
+                drop = torch.rand(y.shape[0], device=y.device) < p
+                y = torch.where(drop, torch.full_like(y, num_classes), y)
+            raw = model(x_t, t, y)
         if tuple(raw.shape) != self.output_shape(x0.shape):
             raise ValueError(
                 f"model output shape {tuple(raw.shape)} does not match data shape {tuple(x0.shape)}"
@@ -773,7 +804,8 @@ class GaussianDiffusion(nn.Module):
         return (
             f"T={self.num_timesteps}, objective={self.objective.value}, "
             f"variance={self.variance.value}, clip_denoised={self.clip_denoised}, "
-            f"loss={self.loss_type.value}, loss_weighting={self.loss_weighting.value}"
+            f"loss={self.loss_type.value}, loss_weighting={self.loss_weighting.value}, "
+            f"cond_drop_prob={self.cond_drop_prob:g}"
             + (f", timestep_sampler={self.timestep_sampler.value}" if self.uses_vlb else "")
             + (f", offset_noise={self.offset_noise}" if self.offset_noise else "")
             + (", zero_terminal_snr=True" if self.zero_terminal_snr else "")

@@ -34,6 +34,13 @@ q(x_t) = sum_k w_k N(sqrt(abar_t) mu_k, C_k), C_k = abar_t Sigma_k + (1 - abar_t
 with r_k(x_t) the posterior probability of component k given x_t (Bishop 2006, PRML eq. 9.13). One component
 gives the Gaussian formula above.
 
+Labelled mixtures. When each component k carries a class c(k), the class-conditional data distribution is
+the mixture of that class's components alone, q(x0 | y) = sum_{c(k) = y} w_k N(mu_k, Sigma_k) / sum_{c(k) = y}
+w_k, and the forward process acts on it the same way, so eps*(x_t, t, y) is the formula above with r_k
+restricted to (and renormalised over) the components of class y: exactly what a perfectly trained
+class-conditional network computes, and with the null label (y = num_classes) the unconditional eps*.
+Classifier-free guidance (:mod:`ddpm.samplers.guidance`) is checked against these.
+
 Timesteps may be fractional (the Heun sampler's Karras noise levels): abar_t is then
 ``GaussianDiffusion.alphas_cumprod_at``. Plain PyTorch: no Lightning or Hydra import.
 """
@@ -52,7 +59,8 @@ __all__ = ["GaussianMixtureOracle", "GaussianOracle"]
 class GaussianMixtureOracle:
     """The exact optimal network for x0 ~ sum_k w_k N(mu_k, Sigma_k) under ``diffusion``'s objective.
 
-    Call it as a model, ``oracle(x_t, t)``, wherever a trained network goes (samplers, ``training_loss``,
+    Call it as a model, ``oracle(x_t, t)`` (or ``oracle(x_t, t, y)`` with class labels, like a conditional
+    network whose ``num_classes`` is the null label), wherever a trained network goes (samplers, ``training_loss``,
     ``variational_bound``). The closed forms are computed in float64; see the module docstring for their
     derivation. Data of any shape [B, *S] with prod(S) = D is accepted and flattened to [B, D] per sample.
 
@@ -61,6 +69,8 @@ class GaussianMixtureOracle:
         means: the component means, [K, D].
         covs: the component covariances, [K, D, D], symmetric positive semi-definite.
         weights: the mixture weights, K positive values (normalised to sum to 1).
+        classes: the class of each component, K integers in 0 .. C - 1 with every class used (default: each
+            component its own class, C = K); ``num_classes`` is C.
     """
 
     def __init__(
@@ -69,6 +79,7 @@ class GaussianMixtureOracle:
         means: torch.Tensor,
         covs: torch.Tensor,
         weights: torch.Tensor | None = None,
+        classes: torch.Tensor | None = None,
     ) -> None:
         means = torch.as_tensor(means).double()
         covs = torch.as_tensor(covs).double()
@@ -87,6 +98,13 @@ class GaussianMixtureOracle:
         self.means = means
         self.covs = covs
         self.weights = weights / weights.sum()
+        classes = torch.arange(k) if classes is None else torch.as_tensor(classes)
+        if classes.shape != (k,) or classes.is_floating_point() or int(classes.min()) < 0:
+            raise ValueError(f"classes must be {k} integers >= 0, one per component, got {classes.tolist()}")
+        self.classes = classes.long()
+        self.num_classes = int(self.classes.max()) + 1
+        if len(self.classes.unique()) != self.num_classes:
+            raise ValueError(f"classes {classes.tolist()} leave a class in 0 .. {self.num_classes - 1} unused")
 
     @classmethod
     def eight_gaussians(
@@ -112,9 +130,12 @@ class GaussianMixtureOracle:
         """D, the number of values in one sample."""
         return self.means.shape[1]
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n draws of x0 from the data distribution, float64 [n, D]."""
-        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, y: int | None = None
+    ) -> torch.Tensor:
+        """n draws of x0 from the data distribution, float64 [n, D]; from class ``y``'s alone when given."""
+        weights = self.weights if y is None else self.weights * (self.classes == y)
+        k = torch.multinomial(weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         # Sigma_k may be singular (a point mass): eigen-decomposition rather than Cholesky
         vals, vecs = torch.linalg.eigh(self.covs)
@@ -123,16 +144,27 @@ class GaussianMixtureOracle:
 
     def mode_weights(self, x0: torch.Tensor) -> torch.Tensor:
         """The fraction of samples x0 [N, D] each component most probably drew (PRML eq. 9.13 at t = 0)."""
+        log_r = self._component_log_density(x0)
+        return torch.bincount(log_r.argmax(1), minlength=len(self.weights)).double() / len(x0)
+
+    def _component_log_density(self, x0: torch.Tensor) -> torch.Tensor:
+        """log w_k + log N(x0; mu_k, Sigma_k), float64 [N, K] (Sigma_k jittered: it may be singular)."""
         x = x0.reshape(x0.shape[0], -1).double()
         covs = self.covs + 1e-9 * torch.eye(self.dim, dtype=torch.float64)
-        log_r = torch.stack(
+        return torch.stack(
             [
                 torch.distributions.MultivariateNormal(m, c).log_prob(x) + w.log()
                 for m, c, w in zip(self.means, covs, self.weights, strict=True)
             ],
             dim=1,
         )
-        return torch.bincount(log_r.argmax(1), minlength=len(self.weights)).double() / len(x)
+
+    def class_log_prob(self, x0: torch.Tensor, y: torch.Tensor | int) -> torch.Tensor:
+        """log p(y | x0) [N] under the labelled mixture: Bayes' rule over the components of class y."""
+        log_p = self._component_log_density(x0)
+        y = torch.as_tensor(y).expand(len(log_p)).long()
+        mine = self.classes[None, :] == y[:, None]
+        return torch.logsumexp(log_p.masked_fill(~mine, -math.inf), 1) - torch.logsumexp(log_p, 1)
 
     def _abar(self, t: torch.Tensor | int | float, batch: int, device: torch.device) -> torch.Tensor:
         """abar_t per sample, float64, shape [B] (fractional t interpolated as the diffusion does)."""
@@ -152,9 +184,9 @@ class GaussianMixtureOracle:
         return mean, cov
 
     def _eps_and_x0(
-        self, x_t: torch.Tensor, t: torch.Tensor | int | float
+        self, x_t: torch.Tensor, t: torch.Tensor | int | float, y: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(eps*, x0*) as float64 [B, D]."""
+        """(eps*, x0*) as float64 [B, D], given class labels ``y`` [B] (num_classes or None: no label)."""
         x = x_t.reshape(x_t.shape[0], -1).double()
         if x.shape[1] != self.dim:
             raise ValueError(f"x_t has {x.shape[1]} values per sample; this oracle's data has {self.dim}")
@@ -175,6 +207,14 @@ class GaussianMixtureOracle:
             # PRML eq. 9.13: r_k proportional to w_k N(x_t; sqrt(abar_t) mu_k, C_k)
             log_det = 2 * torch.diagonal(chol, dim1=-2, dim2=-1).log().sum(-1)[which]  # [B, K]
             log_r = self.weights.to(x.device).log() - 0.5 * ((diff * sol).sum(-1) + log_det)
+            if y is not None:
+                # q(x0 | y): only class y's components; the null label keeps them all (module docstring)
+                y = torch.as_tensor(y, device=x.device).long().reshape(-1).expand(len(x))
+                if int(y.min()) < 0 or int(y.max()) > self.num_classes:
+                    raise ValueError(f"y holds labels outside 0 .. {self.num_classes} (num_classes: no label)")
+                classes = self.classes.to(x.device)
+                keep = (classes[None, :] == y[:, None]) | (y[:, None] == self.num_classes)
+                log_r = log_r.masked_fill(~keep, -math.inf)
             r = torch.softmax(log_r, dim=1)
         abar = abar[:, None]
         eps = (1 - abar).sqrt() * (r[:, :, None] * sol).sum(1)  # Tweedie: -sqrt(1 - abar_t) grad log q(x_t)
@@ -186,17 +226,25 @@ class GaussianMixtureOracle:
             x0[pure] = (r[pure, :, None] * self.means.to(x.device)[None]).sum(1)
         return eps, x0
 
-    def eps(self, x_t: torch.Tensor, t: torch.Tensor | int | float) -> torch.Tensor:
-        """eps*(x_t, t) = E[eps | x_t], float64, shaped like ``x_t``."""
-        return self._eps_and_x0(x_t, t)[0].reshape(x_t.shape)
+    def eps(
+        self, x_t: torch.Tensor, t: torch.Tensor | int | float, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """eps*(x_t, t) = E[eps | x_t] (E[eps | x_t, y] given labels), float64, shaped like ``x_t``."""
+        return self._eps_and_x0(x_t, t, y)[0].reshape(x_t.shape)
 
-    def x0(self, x_t: torch.Tensor, t: torch.Tensor | int | float) -> torch.Tensor:
-        """x0*(x_t, t) = E[x0 | x_t] (Tweedie's formula), float64, shaped like ``x_t``."""
-        return self._eps_and_x0(x_t, t)[1].reshape(x_t.shape)
+    def x0(
+        self, x_t: torch.Tensor, t: torch.Tensor | int | float, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x0*(x_t, t) = E[x0 | x_t] (Tweedie's formula; E[x0 | x_t, y] given labels), float64, shaped like
+        ``x_t``."""
+        return self._eps_and_x0(x_t, t, y)[1].reshape(x_t.shape)
 
-    def __call__(self, x_t: torch.Tensor, t: torch.Tensor | int | float) -> torch.Tensor:
-        """The network output under ``diffusion.objective`` (eps*, x0* or v*), in ``x_t``'s dtype."""
-        eps, x0 = (v.reshape(x_t.shape) for v in self._eps_and_x0(x_t, t))
+    def __call__(
+        self, x_t: torch.Tensor, t: torch.Tensor | int | float, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The network output under ``diffusion.objective`` (eps*, x0* or v*), in ``x_t``'s dtype; given
+        labels ``y`` [B], class-conditional (``num_classes``: the null label)."""
+        eps, x0 = (v.reshape(x_t.shape) for v in self._eps_and_x0(x_t, t, y))
         a = self._abar(t, x_t.shape[0], x_t.device).reshape(-1, *([1] * (x_t.ndim - 1)))
         # the targets are linear in (x0, eps), so the optimal target is the target of (x0*, eps*):
         # v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho, sec. 4)

@@ -39,3 +39,44 @@ class TimestepEmbedding(nn.Module):
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """Embed timesteps [B] into [B, out_dim]."""
         return self.mlp(sinusoidal_embedding(t, self.dim, freq_shift=self.freq_shift))
+
+
+def check_num_classes(num_classes: object) -> int:
+    """``num_classes`` as an int >= 0 (0: an unconditional network), or a one-line ValueError."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(
+            f"num_classes={num_classes!r} is invalid; it must be an integer >= 0 (0: unconditional)"
+        )
+    return num_classes
+
+
+class ClassEmbedding(nn.Module):
+    """A learned vector per class label, added to the timestep embedding (improved-diffusion's
+    ``label_emb``; Ho & Salimans 2022, "Classifier-Free Diffusion Guidance").
+
+    Labels are ``0 .. num_classes - 1``; index ``num_classes`` is the null label ("no class"), which label
+    dropout trains and the unconditional branch of classifier-free guidance asks for. ``y=None`` means the
+    null label for the whole batch.
+    """
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.embed = nn.Embedding(num_classes + 1, dim)
+
+    def forward(self, y: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
+        """Embeddings [B, dim] of the labels ``y`` [B] (integers in 0 .. num_classes)."""
+        if y is None:
+            y = torch.full((batch,), self.num_classes, device=device, dtype=torch.long)
+        elif y.shape != (batch,) or y.is_floating_point() or y.is_complex():
+            raise ValueError(
+                f"y has shape {tuple(y.shape)} and dtype {y.dtype}; it must be integer labels of shape "
+                f"[{batch}] (one per sample, 0 .. {self.num_classes - 1}, or {self.num_classes} for no label)"
+            )
+        return self.embed(y.to(device=device, dtype=torch.long))
+
+
+def unconditional_y(y: torch.Tensor | None, name: str) -> None:
+    """Raise a one-line ValueError when labels reach a network built without classes."""
+    if y is not None:
+        raise ValueError(f"{name} was built with num_classes=0 (unconditional) and takes no labels y")

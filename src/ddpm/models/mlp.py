@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ddpm.models.embeddings import TimestepEmbedding
+from ddpm.models.embeddings import ClassEmbedding, TimestepEmbedding, check_num_classes, unconditional_y
 
 
 class _ResidualBlock(nn.Module):
@@ -24,7 +24,7 @@ class _ResidualBlock(nn.Module):
 
 
 class MLPDenoiser(nn.Module):
-    """``forward(x, t)`` for x of shape [B] (scalar data), [B, D] (point) or [B, L] (1D signal).
+    """``forward(x, t, y=None)`` for x of shape [B] (scalar data), [B, D] (point) or [B, L] (1D signal).
 
     Args:
         data_dim: D or L, the number of values per sample (1 for a scalar).
@@ -34,6 +34,8 @@ class MLPDenoiser(nn.Module):
         dropout: dropout inside the blocks.
         out_mult: outputs per input value: 1, or 2 for a learned variance (the diffusion's
             ``output_multiplier``, which the configs wire in): [B, 2 D] for [B, D] data, [B, 2] for scalars.
+        num_classes: class labels ``y`` in 0 .. num_classes - 1 (num_classes is the null label); 0 builds
+            the unconditional network, parameter for parameter.
     """
 
     def __init__(
@@ -44,8 +46,10 @@ class MLPDenoiser(nn.Module):
         time_embed_dim: int = 64,
         dropout: float = 0.0,
         out_mult: int = 1,
+        num_classes: int = 0,
     ) -> None:
         super().__init__()
+        self.num_classes = check_num_classes(num_classes)
         for arg, value in (
             ("data_dim", data_dim),
             ("hidden", hidden),
@@ -70,14 +74,22 @@ class MLPDenoiser(nn.Module):
         self.skip = nn.Linear(temb_dim, data_dim)
         nn.init.zeros_(self.skip.weight)
         nn.init.zeros_(self.skip.bias)
+        # created last, so an unconditional network draws the same initial weights as before
+        self.class_embed = ClassEmbedding(num_classes, temb_dim) if num_classes else None
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """Predict the objective's target for noisy ``x`` at integer timesteps ``t`` [B]."""
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """Predict the objective's target for noisy ``x`` at integer timesteps ``t`` [B], given class labels
+        ``y`` [B] (None: no label) when the network is conditional."""
         shape = x.shape
         h = x.reshape(shape[0], -1)
         if h.shape[1] != self.data_dim:
             raise ValueError(f"MLPDenoiser(data_dim={self.data_dim}) got input of shape {tuple(shape)}")
-        temb = self.act(self.time_embed(t))
+        temb = self.time_embed(t)
+        if self.class_embed is None:
+            unconditional_y(y, "MLPDenoiser")
+        else:
+            temb = temb + self.class_embed(y, shape[0], x.device)
+        temb = self.act(temb)
         h = self.inp(h)
         for block in self.blocks:
             h = block(h, temb)

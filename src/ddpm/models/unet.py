@@ -8,7 +8,9 @@ ResBlock - attention - ResBlock at the lowest resolution. With ``base_channels=1
 ``channel_mult=(1, 2, 2, 2)``, ``num_res_blocks=2`` and attention at 16x16 it is DDPM's 35.7M-parameter
 CIFAR-10 network.
 
-Plain PyTorch: ``forward(x, t)`` with ``x`` of shape [B, C, H, W] and integer timesteps ``t`` [B].
+Plain PyTorch: ``forward(x, t, y=None)`` with ``x`` of shape [B, C, H, W], integer timesteps ``t`` [B] and,
+for a class-conditional network (``num_classes > 0``), labels ``y`` [B] whose embedding is added to the
+timestep embedding (improved-diffusion's ``label_emb``).
 
 Three options exist only to express published weights exactly (:mod:`ddpm.interop`: the DDPM checkpoints in
 diffusers' format) and leave the default network unchanged: ``norm_eps`` (DDPM's TF GroupNorm uses 1e-6),
@@ -24,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ddpm.models.embeddings import TimestepEmbedding
+from ddpm.models.embeddings import ClassEmbedding, TimestepEmbedding, check_num_classes, unconditional_y
 
 __all__ = ["DOWNSAMPLE_PADDINGS", "UNet"]
 
@@ -139,6 +141,8 @@ class UNet(nn.Module):
         out_mult: output channels per input channel when ``out_channels`` is not given: 1 (eps, x0 or v
             prediction) or 2 (the prediction, then a learned variance; the diffusion's
             ``output_multiplier``, which the configs wire in). Only ``conv_out``'s size changes.
+        num_classes: class labels ``y`` in 0 .. num_classes - 1 (num_classes is the null label); 0 builds
+            the unconditional network, parameter for parameter.
     """
 
     def __init__(
@@ -157,8 +161,10 @@ class UNet(nn.Module):
         time_freq_shift: int = 0,
         downsample_padding: str = "symmetric",
         out_mult: int = 1,
+        num_classes: int = 0,
     ) -> None:
         super().__init__()
+        self.num_classes = check_num_classes(num_classes)
         channel_mult = tuple(int(m) for m in channel_mult)
         attn_resolutions = tuple(int(r) for r in attn_resolutions)
         for arg, value in (
@@ -267,9 +273,12 @@ class UNet(nn.Module):
 
         self.norm_out = nn.GroupNorm(norm_groups, ch, eps=norm_eps)
         self.conv_out = _zero(nn.Conv2d(ch, self.out_channels, 3, padding=1))
+        # created last, so an unconditional network draws the same initial weights as before
+        self.class_embed = ClassEmbedding(num_classes, temb_dim) if num_classes else None
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """Predict the objective's target for noisy images ``x`` [B, C, H, W] at timesteps ``t`` [B]."""
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """Predict the objective's target for noisy images ``x`` [B, C, H, W] at timesteps ``t`` [B], given
+        class labels ``y`` [B] (None: no label) when the network is conditional."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"UNet(in_channels={self.in_channels}) expects images [B, {self.in_channels}, H, W], "
@@ -284,7 +293,12 @@ class UNet(nn.Module):
         t = torch.as_tensor(t, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        temb = F.silu(self.time_embed(t))
+        temb = self.time_embed(t)
+        if self.class_embed is None:
+            unconditional_y(y, "UNet")
+        else:
+            temb = temb + self.class_embed(y, x.shape[0], x.device)
+        temb = F.silu(temb)
 
         h = self.conv_in(x)
         skips = [h]

@@ -8,7 +8,8 @@
 
 Each has a model-agnostic ``step(diffusion, model_output, t, t_prev, x_t, noise=None, state=None)`` and
 the shared ``sample`` loop of :mod:`ddpm.samplers.base`; :mod:`ddpm.samplers.spacing` chooses the
-timesteps. Plain PyTorch.
+timesteps. ``sample(..., y=labels)`` guides a class-conditional network with classifier-free guidance
+(:mod:`ddpm.samplers.guidance`, the sampler's ``guidance_scale``). Plain PyTorch.
 """
 
 from ddpm.samplers.ancestral import DDPMSampler
@@ -21,11 +22,13 @@ from ddpm.samplers.base import (
 )
 from ddpm.samplers.ddim import DDIMSampler
 from ddpm.samplers.dpm_solver import DPMSolverSampler, DPMSolverState
+from ddpm.samplers.guidance import ClassifierFreeGuidance
 from ddpm.samplers.heun import HeunSampler, HeunState
 from ddpm.samplers.spacing import Spacing, make_timesteps
 from ddpm.samplers.unipc import UniPCSampler, UniPCState
 
 __all__ = [
+    "ClassifierFreeGuidance",
     "DDIMSampler",
     "DDPMSampler",
     "DPMSolverSampler",

@@ -6,6 +6,7 @@ import torch
 
 from ddpm.diffusion import GaussianDiffusion, VarianceType, _parse_enum
 from ddpm.samplers.base import CLEAN, Sampler, StepOutput, check_steps
+from ddpm.samplers.guidance import check_guidance_scale
 from ddpm.samplers.spacing import Spacing, make_timesteps
 
 __all__ = ["DDPMSampler"]
@@ -23,11 +24,15 @@ class DDPMSampler(Sampler):
             t -> t_prev is one DDPM step of beta' = 1 - abar[t] / abar[t_prev] (improved-diffusion's
             respacing), computed in the step.
         spacing: how the subsequence is chosen when ``steps`` is given (:mod:`ddpm.samplers.spacing`).
+        guidance_scale: classifier-free guidance w when sampling with labels (:mod:`ddpm.samplers.guidance`:
+            0 unconditional, 1 conditional, > 1 guided).
     """
 
     stochastic = True
 
-    def __init__(self, steps: int | None = None, spacing: str = "linspace") -> None:
+    def __init__(
+        self, steps: int | None = None, spacing: str = "linspace", guidance_scale: float = 1.0
+    ) -> None:
         if steps is not None:
             try:
                 check_steps(steps)
@@ -37,9 +42,10 @@ class DDPMSampler(Sampler):
                 ) from None
         self.steps = steps
         self.spacing = _parse_enum(Spacing, "spacing", spacing)
+        self.guidance_scale = check_guidance_scale(guidance_scale)
 
     def __repr__(self) -> str:
-        return f"DDPMSampler(steps={self.steps}, spacing={self.spacing.value!r})"
+        return f"DDPMSampler(steps={self.steps}, spacing={self.spacing.value!r}{self._guidance_repr()})"
 
     def timesteps(self, diffusion: GaussianDiffusion) -> list[int]:
         """All T steps, or the respaced subsequence."""

@@ -14,6 +14,10 @@ current sample and returns the next one, so a user can write their own loop::
 Multistep samplers carry their history in ``state`` (taken and returned by ``step``), so nothing is left
 over between two ``sample`` calls. A model is any callable ``model(x_t, t) -> output`` where ``t`` is a
 tensor [B] of timesteps (int64, or float32 for samplers that visit fractional timesteps).
+
+Class-conditional sampling: ``sample(..., y=labels)`` wraps the network in
+:class:`~ddpm.samplers.guidance.ClassifierFreeGuidance` with the sampler's ``guidance_scale`` (or the one
+given to ``sample``), so every sampler is guided the same way.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ddpm.diffusion import ZERO_SNR_ABAR, GaussianDiffusion, _parse_enum
+from ddpm.samplers.guidance import ClassifierFreeGuidance, check_guidance_scale
 from ddpm.samplers.spacing import Spacing, make_timesteps
 
 __all__ = [
@@ -126,6 +131,12 @@ class Sampler:
 
     #: whether ``step`` uses the noise it is given (the loop draws none for deterministic samplers)
     stochastic: bool = False
+    #: classifier-free guidance scale w for labelled sampling (:mod:`ddpm.samplers.guidance`: 1 conditional)
+    guidance_scale: float = 1.0
+
+    def _guidance_repr(self) -> str:
+        """``, guidance_scale=w`` for a repr when w is not the default 1."""
+        return "" if self.guidance_scale == 1.0 else f", guidance_scale={self.guidance_scale:g}"
 
     def timesteps(self, diffusion: GaussianDiffusion) -> list:
         """Descending timesteps the sampler evaluates the network at, one entry per evaluation."""
@@ -159,11 +170,15 @@ class Sampler:
         progress: bool = True,
         device: torch.device | str | None = None,
         x_T: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+        guidance_scale: float | None = None,
+        guidance_rescale: float = 0.0,
     ) -> torch.Tensor | SampleResult:
         """Draw samples of ``shape`` (batch first) by running the reverse chain from x_T ~ N(0, I).
 
         Args:
-            model: ``model(x_t, t) -> output`` under ``diffusion.objective``.
+            model: ``model(x_t, t) -> output`` under ``diffusion.objective``; with ``y``, a conditional
+                network ``model(x_t, t, y)`` with ``num_classes``.
             diffusion: the process the model was trained on.
             shape: [B, ...] of the samples.
             generator: torch RNG for x_T and the per-step noise (reproducible sampling).
@@ -171,6 +186,10 @@ class Sampler:
             progress: show a progress bar.
             device: where to sample; defaults to the device of ``diffusion``'s buffers.
             x_T: a given starting point instead of fresh noise.
+            y: class labels [B] for a conditional network (None: call ``model(x_t, t)`` as it is).
+            guidance_scale: classifier-free guidance w for ``y`` (None: the sampler's ``guidance_scale``;
+                :mod:`ddpm.samplers.guidance`: 0 unconditional, 1 conditional).
+            guidance_rescale: Lin et al. 2023's phi in [0, 1] (0: off).
 
         Returns:
             The samples, or a :class:`SampleResult` when ``return_trajectory`` is set.
@@ -180,6 +199,9 @@ class Sampler:
         """
         device = torch.device(device) if device is not None else diffusion.betas.device
         shape = tuple(int(s) for s in shape)
+        if y is not None:
+            w = self.guidance_scale if guidance_scale is None else check_guidance_scale(guidance_scale)
+            model = ClassifierFreeGuidance(model, y.to(device), w, guidance_rescale)
         if x_T is None:
             x = torch.randn(shape, generator=generator, device=device)
         else:
@@ -216,11 +238,19 @@ class MultistepSampler(Sampler):
         spacing: ``linspace``, ``leading``, ``trailing``, ``karras`` or ``logsnr``
             (:mod:`ddpm.samplers.spacing`; linspace and leading leave t = 0 to the clean data).
         lower_order_final: lower the order of the last steps (each solver says how).
+        guidance_scale: classifier-free guidance w when sampling with labels (:mod:`ddpm.samplers.guidance`:
+            0 unconditional, 1 conditional, > 1 guided).
     """
 
     def __init__(
-        self, steps: int = 20, order: int = 2, spacing: str = "linspace", lower_order_final: bool = True
+        self,
+        steps: int = 20,
+        order: int = 2,
+        spacing: str = "linspace",
+        lower_order_final: bool = True,
+        guidance_scale: float = 1.0,
     ) -> None:
+        self.guidance_scale = check_guidance_scale(guidance_scale)
         self.steps = check_steps(steps)
         self.order = check_order(order, (1, 2, 3))
         self.spacing = _parse_enum(Spacing, "spacing", spacing)
@@ -229,7 +259,7 @@ class MultistepSampler(Sampler):
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(steps={self.steps}, order={self.order}, spacing={self.spacing.value!r}, "
-            f"lower_order_final={self.lower_order_final})"
+            f"lower_order_final={self.lower_order_final}{self._guidance_repr()})"
         )
 
     def timesteps(self, diffusion: GaussianDiffusion) -> list[int]:

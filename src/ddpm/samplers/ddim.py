@@ -8,6 +8,7 @@ import torch
 
 from ddpm.diffusion import GaussianDiffusion, _parse_enum
 from ddpm.samplers.base import CLEAN, Sampler, StepOutput, check_steps
+from ddpm.samplers.guidance import check_guidance_scale
 from ddpm.samplers.spacing import Spacing, make_timesteps
 
 __all__ = ["DDIMSampler"]
@@ -21,15 +22,20 @@ class DDIMSampler(Sampler):
         eta: stochasticity, >= 0.
         spacing: ``linspace``, ``leading``, ``trailing``, ``karras`` or ``logsnr``
             (:mod:`ddpm.samplers.spacing`; linspace and leading end at t = 0, as diffusers' DDIMScheduler).
+        guidance_scale: classifier-free guidance w when sampling with labels (:mod:`ddpm.samplers.guidance`:
+            0 unconditional, 1 conditional, > 1 guided).
     """
 
-    def __init__(self, steps: int = 50, eta: float = 0.0, spacing: str = "linspace") -> None:
+    def __init__(
+        self, steps: int = 50, eta: float = 0.0, spacing: str = "linspace", guidance_scale: float = 1.0
+    ) -> None:
         check_steps(steps)
         if not (isinstance(eta, int | float) and math.isfinite(eta)) or eta < 0:
             raise ValueError(f"eta={eta!r} is invalid; eta must be a finite number >= 0")
         self.steps = steps
         self.eta = float(eta)
         self.spacing = _parse_enum(Spacing, "spacing", spacing)
+        self.guidance_scale = check_guidance_scale(guidance_scale)
 
     @property
     def stochastic(self) -> bool:  # type: ignore[override]
@@ -37,7 +43,10 @@ class DDIMSampler(Sampler):
         return self.eta > 0
 
     def __repr__(self) -> str:
-        return f"DDIMSampler(steps={self.steps}, eta={self.eta}, spacing={self.spacing.value!r})"
+        return (
+            f"DDIMSampler(steps={self.steps}, eta={self.eta}, spacing={self.spacing.value!r}"
+            f"{self._guidance_repr()})"
+        )
 
     def timesteps(self, diffusion: GaussianDiffusion) -> list[int]:
         """The S descending timesteps for this diffusion's T."""

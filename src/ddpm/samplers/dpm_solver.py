@@ -55,6 +55,8 @@ class DPMSolverSampler(MultistepSampler):
         lower_order_final: with fewer than 15 steps, cap the second-to-last step at order 2; it steadies
             few-step sampling (diffusers' default). The last step, onto the clean data (sigma = 0), is
             always first order: a divided difference over an infinite h is undefined.
+        guidance_scale: classifier-free guidance w when sampling with labels (:mod:`ddpm.samplers.guidance`:
+            0 unconditional, 1 conditional, > 1 guided).
     """
 
     ALGORITHMS = ("dpmsolver++",)
@@ -66,8 +68,9 @@ class DPMSolverSampler(MultistepSampler):
         algorithm: str = "dpmsolver++",
         spacing: str = "linspace",
         lower_order_final: bool = True,
+        guidance_scale: float = 1.0,
     ) -> None:
-        super().__init__(steps, order, spacing, lower_order_final)
+        super().__init__(steps, order, spacing, lower_order_final, guidance_scale)
         if algorithm not in self.ALGORITHMS:
             raise ValueError(
                 f"algorithm={algorithm!r} is unknown; choose one of {', '.join(self.ALGORITHMS)}"

@@ -17,6 +17,7 @@ import torch
 
 from ddpm.diffusion import GaussianDiffusion, _parse_enum
 from ddpm.samplers.base import CLEAN, Sampler, StepOutput, alpha_sigma, check_steps
+from ddpm.samplers.guidance import check_guidance_scale
 from ddpm.samplers.spacing import Spacing, make_timesteps
 
 __all__ = ["HeunSampler", "HeunState"]
@@ -37,14 +38,17 @@ class HeunSampler(Sampler):
         steps: the number of noise levels N >= 2 (sigma_max ... sigma_min, then 0).
         spacing: ``karras`` (EDM eq. 5, rho = 7; the default) or any other spacing of
             :mod:`ddpm.samplers.spacing`; karras and logsnr stay fractional.
+        guidance_scale: classifier-free guidance w when sampling with labels (:mod:`ddpm.samplers.guidance`:
+            0 unconditional, 1 conditional, > 1 guided).
     """
 
-    def __init__(self, steps: int = 10, spacing: str = "karras") -> None:
+    def __init__(self, steps: int = 10, spacing: str = "karras", guidance_scale: float = 1.0) -> None:
         self.steps = check_steps(steps, minimum=2)
         self.spacing = _parse_enum(Spacing, "spacing", spacing)
+        self.guidance_scale = check_guidance_scale(guidance_scale)
 
     def __repr__(self) -> str:
-        return f"HeunSampler(steps={self.steps}, spacing={self.spacing.value!r})"
+        return f"HeunSampler(steps={self.steps}, spacing={self.spacing.value!r}{self._guidance_repr()})"
 
     def noise_levels(self, diffusion: GaussianDiffusion) -> list:
         """The N descending timesteps of the noise levels (fractional for karras / logsnr)."""

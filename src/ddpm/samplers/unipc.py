@@ -93,6 +93,8 @@ class UniPCSampler(MultistepSampler):
             clean data).
         lower_order_final: cap the order at the number of steps left (diffusers' default). The last step,
             onto the clean data, is first order regardless.
+        guidance_scale: classifier-free guidance w when sampling with labels (:mod:`ddpm.samplers.guidance`:
+            0 unconditional, 1 conditional, > 1 guided).
     """
 
     def step(
