@@ -8,6 +8,8 @@ raise log p(y | x) of the samples. Deterministic samplers on a one-Gaussian clas
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -82,7 +84,9 @@ def test_guidance_scale_1_recovers_each_class_gaussian(sampler, gaussian_2d) -> 
     d = _diffusion()
     mu, sigma = gaussian_2d
     means = torch.stack([mu, torch.tensor([-2.0, 1.0]), torch.tensor([2.0, 2.0])])
-    covs = torch.stack([sigma, torch.tensor([[0.8, -0.2], [-0.2, 0.6]]), torch.tensor([[0.4, 0.0], [0.0, 0.7]])])
+    covs = torch.stack(
+        [sigma, torch.tensor([[0.8, -0.2], [-0.2, 0.6]]), torch.tensor([[0.4, 0.0], [0.0, 0.7]])]
+    )
     mix = GaussianMixtureOracle(d, means, covs)
     for k in range(3):
         mean, cov = _affine_moments(sampler, d, mix, k)
@@ -113,7 +117,7 @@ def test_mean_log_p_y_given_x_rises_with_guidance_scale() -> None:
         x = _draw(UniPCSampler(10), mix, d, len(y), seed=5, y=y, guidance_scale=w)
         means.append(float(mix.class_log_prob(x, y).mean()))
     # measured -1.72, -0.65, -0.29, -0.09: each step far above the ~0.03 sampling noise of a mean of 900
-    assert all(b > a + 0.1 for a, b in zip(means, means[1:], strict=False)), means
+    assert all(b > a + 0.1 for a, b in itertools.pairwise(means)), means
 
 
 def test_class_log_prob_is_bayes_rule() -> None:
@@ -164,7 +168,10 @@ def test_bad_labels_and_scales_are_one_line_errors(call, match: str) -> None:
 
 @pytest.mark.parametrize(
     "make",
-    [lambda k: MLPDenoiser(2, hidden=32, depth=2, num_classes=k), lambda k: UNet(1, 8, 32, (1,), 1, (), 0.0, num_classes=k)],
+    [
+        lambda k: MLPDenoiser(2, hidden=32, depth=2, num_classes=k),
+        lambda k: UNet(1, 8, 32, (1,), 1, (), 0.0, num_classes=k),
+    ],
     ids=["mlp", "unet"],
 )
 def test_unconditional_network_is_unchanged_by_the_class_option(make) -> None:

@@ -83,12 +83,23 @@ def build_data(cfg: DictConfig, plain: bool = False) -> Any:
     return data
 
 
-def build_model(cfg: DictConfig) -> torch.nn.Module:
-    """The network of a config's ``model`` node.
+def build_model(cfg: DictConfig, data: Any = None) -> torch.nn.Module:
+    """The network of a config's ``model`` node; with ``conditional=true``, class-conditional on the
+    ``data``'s labels (``model.num_classes`` is set to the data's number of classes and stored so).
 
     Raises:
-        ConfigError: a bad value, with the key it came from.
+        ConfigError: a bad value, with the key it came from, or ``conditional=true`` on data without labels.
     """
+    if cfg.get("conditional"):
+        classes = int(getattr(data, "num_classes", 0) or 0)
+        if not classes:
+            raise ConfigError(
+                f"conditional=true but data.dataset={cfg.data.get('dataset')!r} has no class labels; "
+                "labelled data: eight_gaussians, gaussian_mixture, moons, circles, checkerboard, "
+                "array with labels (an .npz 'labels' array or data.label_column), digits, mnist, cifar10"
+            )
+        with open_dict(cfg):
+            cfg.model.num_classes = classes
     return _instantiate(cfg, "model")
 
 
@@ -140,7 +151,7 @@ def build(cfg: DictConfig) -> tuple[Any, DiffusionModule]:
     from ddpm.lit_module import DiffusionModule
 
     datamodule = build_data(cfg)
-    net = build_model(cfg)
+    net = build_model(cfg, datamodule)
     if (
         cfg.optimizer.get("fused")
         and "mixed" in str(cfg.trainer.get("precision"))
@@ -186,7 +197,7 @@ def build_for_sampling(cfg: DictConfig) -> tuple[Any, DiffusionModel]:
         ConfigError: a bad value, with the config key it came from.
     """
     data = build_data(cfg, plain=True)
-    net = build_model(cfg)
+    net = build_model(cfg, data)
     diffusion = build_diffusion(cfg)
     # no check_network here: a run's config trained its network, and a checkpoint whose output layer does
     # not fit is refused by load_run's state_dict check

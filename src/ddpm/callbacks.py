@@ -82,6 +82,13 @@ class SampleQualityCallback(Callback):
         }
         for key, value in result.get("moments", {}).items():
             metrics[f"val/{key}"] = value
+        if getattr(pl_module, "num_classes", 0):  # a conditional run: the figures by class
+            from ddpm.evaluation.toy import class_quality
+
+            n_per_class = max(2, self.num_samples // pl_module.num_classes)
+            metrics.update(
+                class_quality(pl_module, datamodule, n_per_class, seed=trainer.global_step).as_dict("val/")
+            )
         for key, value in metrics.items():
             if not math.isnan(value):
                 pl_module.log(key, value, on_step=False, on_epoch=True, rank_zero_only=True)

@@ -139,6 +139,17 @@ def validate_config(cfg: DictConfig) -> None:
     steps = _get(cfg, "sampler.steps")
     if steps is not None and (not isinstance(steps, int) or not 1 <= steps <= T):
         raise ConfigError(f"sampler.steps={steps!r} is invalid; it must be an integer in [1, T={T}]")
+    w = _get(cfg, "sampler.guidance_scale")
+    if w is not None and (
+        isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0
+    ):
+        raise ConfigError(
+            f"sampler.guidance_scale={w!r} is invalid; it must be a number >= 0 (0: unconditional, "
+            "1: conditional, > 1: guided)"
+        )
+    conditional = cfg.get("conditional")
+    if conditional is not None and not isinstance(conditional, bool):
+        raise ConfigError(f"conditional={conditional!r} is invalid; use true or false")
     eta = _get(cfg, "sampler.eta")
     if eta is not None and eta < 0:
         raise ConfigError(f"sampler.eta={eta!r} is invalid; eta must be >= 0")

@@ -731,6 +731,7 @@ class GaussianDiffusion(nn.Module):
         reduction: str = "mean",
         y: torch.Tensor | None = None,
         cond_drop_prob: float | None = None,
+        num_classes: int | None = None,
     ) -> torch.Tensor:
         """The training loss: L_simple for eps + mse (DDPM eq. 14), or with ``hybrid`` / ``vlb`` the
         variational bound's terms (improved DDPM sec. 3.1).
@@ -748,6 +749,7 @@ class GaussianDiffusion(nn.Module):
             y: class labels [B] (None: the unconditional loss, and no random draw beyond t and noise).
             cond_drop_prob: label dropout for this call (None: the diffusion's ``cond_drop_prob``; 0 for a
                 validation loss that is conditional throughout).
+            num_classes: the null label (None: ``model.num_classes``).
         """
         if reduction not in ("mean", "none"):
             raise ValueError(f"reduction={reduction!r} is unknown; choose 'mean' or 'none'")
@@ -759,9 +761,11 @@ class GaussianDiffusion(nn.Module):
         if y is None:
             raw = model(x_t, t)
         else:
-            num_classes = getattr(model, "num_classes", 0)
+            num_classes = getattr(model, "num_classes", 0) if num_classes is None else num_classes
             if not num_classes:
-                raise ValueError("training_loss got labels y but the model has no num_classes (unconditional)")
+                raise ValueError(
+                    "training_loss got labels y but the model has no num_classes (unconditional)"
+                )
             p = self.cond_drop_prob if cond_drop_prob is None else _check_drop_prob(cond_drop_prob)
             if p > 0:
                 # Ho & Salimans 2022, Algorithm 1: c <- null with probability p_uncond

@@ -4,7 +4,8 @@
 ``ddpm-eval``, ``ddpm-viz reverse``) load, in plain PyTorch: :func:`ddpm.build.load_run` builds it from the
 run's stored config. Its ``state_dict`` has the training module's names (``net.*``, ``diffusion.*``), so a
 checkpoint written by :class:`~ddpm.lit_module.DiffusionModule` loads into it unchanged. Both sample with
-:func:`draw_samples`.
+:func:`draw_samples`, which gives a class-conditional network (``num_classes > 0``) its labels and guidance
+scale.
 """
 
 from __future__ import annotations
@@ -16,8 +17,15 @@ from torch import nn
 
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.samplers import Sampler, SampleResult
+from ddpm.samplers.guidance import check_labels
 
-__all__ = ["DiffusionModel", "draw_samples"]
+__all__ = ["DiffusionModel", "balanced_labels", "draw_samples"]
+
+
+def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
+    """``n`` labels, each class equally often (to within one) and in order: class k fills the k-th run of
+    ``n / num_classes`` samples, so a grid of ``num_classes`` rows shows one class per row."""
+    return torch.arange(n) * num_classes // n
 
 
 @torch.no_grad()
@@ -33,10 +41,15 @@ def draw_samples(
     return_trajectory: bool = False,
     progress: bool = False,
     batch_size: int | None = None,
+    y: torch.Tensor | None = None,
+    guidance_scale: float | None = None,
 ) -> torch.Tensor | SampleResult:
     """``n`` samples of shape ``data_shape`` from ``net`` with ``sampler``, on the network's scale.
 
-    The network is in eval mode while sampling (no dropout) and back in its own mode afterwards.
+    The network is in eval mode while sampling (no dropout) and back in its own mode afterwards. A
+    class-conditional network (``net.num_classes > 0``) samples the labels ``y`` with classifier-free
+    guidance (:mod:`ddpm.samplers.guidance`); without ``y``, every class equally often
+    (:func:`balanced_labels`).
 
     Args:
         net: the denoiser, ``net(x_t, t)`` under ``diffusion.objective``.
@@ -49,8 +62,19 @@ def draw_samples(
         return_trajectory: return a :class:`SampleResult` with the whole chain (not batched).
         progress: show a progress bar.
         batch_size: sample in chunks of this size to bound memory.
+        y: class labels [n] for a conditional network.
+        guidance_scale: classifier-free guidance w (None: the sampler's ``guidance_scale``).
+
+    Raises:
+        ValueError: labels for an unconditional network, or labels of the wrong shape or range.
     """
     shape = tuple(int(s) for s in data_shape)
+    num_classes = int(getattr(net, "num_classes", 0))
+    if y is None and num_classes:
+        y = balanced_labels(n, num_classes)
+    if y is not None:
+        y = check_labels(y, n, num_classes).to(device if device is not None else diffusion.betas.device)
+    guide = {"y": y, "guidance_scale": guidance_scale} if y is not None else {}
     was_training = net.training
     net.eval()
     try:
@@ -63,13 +87,21 @@ def draw_samples(
                 return_trajectory=return_trajectory,
                 progress=progress,
                 device=device,
+                **guide,
             )
         chunks = []
         for start in range(0, n, batch_size):
             size = min(batch_size, n - start)
+            part = {**guide, "y": y[start : start + size]} if y is not None else {}
             chunks.append(
                 sampler.sample(
-                    net, diffusion, (size, *shape), generator=generator, progress=progress, device=device
+                    net,
+                    diffusion,
+                    (size, *shape),
+                    generator=generator,
+                    progress=progress,
+                    device=device,
+                    **part,
                 )
             )
         return torch.cat(chunks)
@@ -101,9 +133,14 @@ class DiffusionModel(nn.Module):
         """Where the model is (its diffusion's buffers move with it, parameters or not)."""
         return self.diffusion.betas.device
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The network output for noisy data at timesteps ``t``."""
-        return self.net(x_t, t)
+    @property
+    def num_classes(self) -> int:
+        """The network's class labels (0: unconditional)."""
+        return int(getattr(self.net, "num_classes", 0))
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The network output for noisy data at timesteps ``t`` (given labels ``y`` when conditional)."""
+        return self.net(x_t, t) if y is None else self.net(x_t, t, y)
 
     def sample(
         self,
@@ -113,6 +150,8 @@ class DiffusionModel(nn.Module):
         return_trajectory: bool = False,
         progress: bool = False,
         batch_size: int | None = None,
+        y: torch.Tensor | None = None,
+        guidance_scale: float | None = None,
     ) -> torch.Tensor | SampleResult:
         """Generate ``n`` samples on the network's scale (the data class's ``denormalize`` undoes it).
 
@@ -126,6 +165,8 @@ class DiffusionModel(nn.Module):
             return_trajectory: return a :class:`SampleResult` with the whole chain (not batched).
             progress: show a progress bar.
             batch_size: sample in chunks of this size to bound memory.
+            y: class labels [n] of a conditional model (None: every class equally often).
+            guidance_scale: classifier-free guidance w (None: the sampler's; 0 unconditional, 1 conditional).
         """
         return draw_samples(
             self.net,
@@ -138,4 +179,6 @@ class DiffusionModel(nn.Module):
             return_trajectory=return_trajectory,
             progress=progress,
             batch_size=batch_size,
+            y=y,
+            guidance_scale=guidance_scale,
         )

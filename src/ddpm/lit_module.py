@@ -45,10 +45,17 @@ def _restore_rng_states(states: dict[str, Any]) -> None:
 
 
 def batch_data(batch: Any) -> torch.Tensor:
-    """The data tensor of a batch: toy loaders yield ``(x,)``, image loaders ``(x, label)``."""
+    """The data tensor of a batch: ``(x,)`` (toy data without classes) or ``(x, label)``."""
     if isinstance(batch, torch.Tensor):
         return batch
     return batch[0]
+
+
+def batch_labels(batch: Any) -> torch.Tensor | None:
+    """The class labels of a batch, or None for a batch without them."""
+    if isinstance(batch, torch.Tensor) or len(batch) < 2:
+        return None
+    return batch[1]
 
 
 class BinnedMean(Metric):
@@ -153,15 +160,25 @@ class DiffusionModule(L.LightningModule):
         """The network as training calls it: compiled when ``compile`` is on."""
         return self._compiled_net if self._compiled_net is not None else self.net
 
-    def _batch(self, batch: Any) -> torch.Tensor:
+    @property
+    def num_classes(self) -> int:
+        """The network's class labels (0: unconditional, and the batches' labels are not used)."""
+        return int(getattr(self.net, "num_classes", 0))
+
+    def _batch(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         x0 = batch_data(batch)
         if self.channels_last and x0.ndim == 4:
             x0 = x0.contiguous(memory_format=torch.channels_last)
-        return x0
+        y = batch_labels(batch) if self.num_classes else None
+        if self.num_classes and y is None:
+            raise ValueError(
+                "this network is class-conditional (num_classes > 0) but the batches carry no labels"
+            )
+        return x0, y
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The network output for noisy data at timesteps ``t``."""
-        return self.net(x_t, t)
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The network output for noisy data at timesteps ``t`` (given labels ``y`` when conditional)."""
+        return self.net(x_t, t) if y is None else self.net(x_t, t, y)
 
     def _by_quarter(self, stage: str) -> BinnedMean:
         return self.train_loss_by_quarter if stage == "train" else self.val_loss_by_quarter
@@ -190,10 +207,10 @@ class DiffusionModule(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """The diffusion's loss on a batch, t drawn by its timestep sampler (uniform: U{0..T-1})."""
-        x0 = self._batch(batch)
+        x0, y = self._batch(batch)
         t = self.diffusion.sample_timesteps(x0.shape[0], x0.device)
         weights = self.diffusion.importance_weights(t)  # before the history moves on: the p_t t was drawn by
-        losses = self.diffusion.training_loss(self.denoiser, x0, t, reduction="none")
+        losses = self.diffusion.training_loss(self.denoiser, x0, t, reduction="none", **self._labels(y))
         loss = (losses * weights).mean()  # improved DDPM sec. 3.3: L_t / p_t keeps the estimate unbiased
         if not self._finite_on_every_rank(loss):
             return self._nonfinite(loss)
@@ -222,6 +239,13 @@ class DiffusionModule(L.LightningModule):
         all_losses = self.trainer.strategy.all_gather(loss_pad).reshape(-1)
         keep = all_t >= 0
         return all_t[keep], all_losses[keep]
+
+    def _labels(self, y: torch.Tensor | None, **options: float) -> dict[str, Any]:
+        """``training_loss``'s label arguments: none for an unconditional network."""
+        if y is None:
+            return {}
+        # torch.compile's wrapper forwards attributes, but the null label is read from the plain network
+        return {"y": y, "num_classes": self.num_classes, **options}
 
     def _logging_step(self) -> bool:
         """Whether the loggers write at this optimizer step, by Lightning's rule (``should_update_logs``):
@@ -267,11 +291,13 @@ class DiffusionModule(L.LightningModule):
 
     def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """The loss on held-out data at fixed (t, noise) per batch, so epochs are comparable."""
-        x0 = self._batch(batch)
+        x0, y = self._batch(batch)
         gen = torch.Generator(device=x0.device).manual_seed(batch_idx)
         t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],), generator=gen, device=x0.device)
         noise = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
-        losses = self.diffusion.training_loss(self.denoiser, x0, t, noise, reduction="none")
+        # conditional throughout (no label dropout), so validation draws nothing beyond its fixed t and noise
+        labels = self._labels(y, cond_drop_prob=0.0)
+        losses = self.diffusion.training_loss(self.denoiser, x0, t, noise, reduction="none", **labels)
         loss = losses.mean()
         self.log("val/loss", loss, prog_bar=True, on_step=False, on_epoch=True, sync_dist=True)
         self._update_loss_by_quarter("val", losses, t)
@@ -325,6 +351,8 @@ class DiffusionModule(L.LightningModule):
         return_trajectory: bool = False,
         progress: bool = False,
         batch_size: int | None = None,
+        y: torch.Tensor | None = None,
+        guidance_scale: float | None = None,
     ) -> torch.Tensor | SampleResult:
         """Generate ``n`` samples on the network's scale (denormalise with the DataModule).
 
@@ -340,6 +368,8 @@ class DiffusionModule(L.LightningModule):
             return_trajectory: return a :class:`SampleResult` with the whole chain (not batched).
             progress: show a progress bar.
             batch_size: sample in chunks of this size to bound memory.
+            y: class labels [n] of a conditional network (None: every class equally often).
+            guidance_scale: classifier-free guidance w (None: the sampler's; 0 unconditional, 1 conditional).
         """
         return draw_samples(
             self.net,
@@ -352,4 +382,6 @@ class DiffusionModule(L.LightningModule):
             return_trajectory=return_trajectory,
             progress=progress,
             batch_size=batch_size,
+            y=y,
+            guidance_scale=guidance_scale,
         )

@@ -60,9 +60,10 @@ class GaussianMixtureOracle:
     """The exact optimal network for x0 ~ sum_k w_k N(mu_k, Sigma_k) under ``diffusion``'s objective.
 
     Call it as a model, ``oracle(x_t, t)`` (or ``oracle(x_t, t, y)`` with class labels, like a conditional
-    network whose ``num_classes`` is the null label), wherever a trained network goes (samplers, ``training_loss``,
-    ``variational_bound``). The closed forms are computed in float64; see the module docstring for their
-    derivation. Data of any shape [B, *S] with prod(S) = D is accepted and flattened to [B, D] per sample.
+    network whose ``num_classes`` is the null label), wherever a trained network goes (samplers,
+    ``training_loss``, ``variational_bound``). The closed forms are computed in float64; see the module
+    docstring for their derivation. Data of any shape [B, *S] with prod(S) = D is accepted and flattened to
+    [B, D] per sample.
 
     Args:
         diffusion: the forward process (its ``alphas_cumprod`` and ``objective`` are used).
@@ -104,7 +105,9 @@ class GaussianMixtureOracle:
         self.classes = classes.long()
         self.num_classes = int(self.classes.max()) + 1
         if len(self.classes.unique()) != self.num_classes:
-            raise ValueError(f"classes {classes.tolist()} leave a class in 0 .. {self.num_classes - 1} unused")
+            raise ValueError(
+                f"classes {classes.tolist()} leave a class in 0 .. {self.num_classes - 1} unused"
+            )
 
     @classmethod
     def eight_gaussians(
@@ -130,9 +133,7 @@ class GaussianMixtureOracle:
         """D, the number of values in one sample."""
         return self.means.shape[1]
 
-    def sample(
-        self, n: int, generator: torch.Generator | None = None, y: int | None = None
-    ) -> torch.Tensor:
+    def sample(self, n: int, generator: torch.Generator | None = None, y: int | None = None) -> torch.Tensor:
         """n draws of x0 from the data distribution, float64 [n, D]; from class ``y``'s alone when given."""
         weights = self.weights if y is None else self.weights * (self.classes == y)
         k = torch.multinomial(weights, n, replacement=True, generator=generator)
@@ -211,7 +212,9 @@ class GaussianMixtureOracle:
                 # q(x0 | y): only class y's components; the null label keeps them all (module docstring)
                 y = torch.as_tensor(y, device=x.device).long().reshape(-1).expand(len(x))
                 if int(y.min()) < 0 or int(y.max()) > self.num_classes:
-                    raise ValueError(f"y holds labels outside 0 .. {self.num_classes} (num_classes: no label)")
+                    raise ValueError(
+                        f"y holds labels outside 0 .. {self.num_classes} (num_classes: no label)"
+                    )
                 classes = self.classes.to(x.device)
                 keep = (classes[None, :] == y[:, None]) | (y[:, None] == self.num_classes)
                 log_r = log_r.masked_fill(~keep, -math.inf)

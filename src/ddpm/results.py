@@ -82,6 +82,12 @@ def _write_toy_results(module: DiffusionModule, datamodule: Any, output_dir: Pat
     metrics = {f"final/{k}": v for k, v in report.as_dict().items()}
     for k, v in result.get("moments", {}).items():
         metrics[f"final/{k}"] = v
+    classes = None
+    if getattr(module, "num_classes", 0):
+        from ddpm.evaluation.toy import class_quality
+
+        classes = class_quality(module, datamodule, max(2, n // module.num_classes), seed=12345)
+        metrics.update(classes.as_dict("final/"))
     plot_path = output_dir / "plots" / "samples_vs_data.png"
     with _figures_kept_on_failure(f"Quality (EMA weights, {n} samples): {report.headline()}"):
         np.savez_compressed(
@@ -92,7 +98,13 @@ def _write_toy_results(module: DiffusionModule, datamodule: Any, output_dir: Pat
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True) + "\n")
         fig = viz.plot_samples_vs_data(result["samples"].numpy(), result["held_out"].numpy())
         viz.save_figure(fig, plot_path)
-    return {"metrics": metrics, "report": report, "plot": plot_path, "moments": result.get("moments")}
+    return {
+        "metrics": metrics,
+        "report": report,
+        "plot": plot_path,
+        "moments": result.get("moments"),
+        "classes": classes,
+    }
 
 
 def write_results(module: DiffusionModule, datamodule: Any, output_dir: Path, n: int) -> dict[str, Any]:

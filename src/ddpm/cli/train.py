@@ -253,6 +253,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     reverse_process_figures(
                         module, datamodule, plots / "reverse_process.png", plots / "reverse_process.gif", n=n
                     )
+        if final.get("classes") is not None:
+            summary.append(f"By class (EMA weights): {final['classes'].headline()}")
         if final["moments"]:
             summary.append("Moments: " + ", ".join(f"{k} {v:.4f}" for k, v in final["moments"].items()))
     with phases.time("loggers"):

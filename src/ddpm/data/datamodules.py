@@ -98,21 +98,24 @@ def batch_loader(
 # ----------------------------------------------------------------------------- toy data
 class ToyDataModule(ToyData, L.LightningDataModule):
     """:class:`~ddpm.data.toy.ToyData` (same arguments) with its training and validation loaders:
-    normalised batches, a 1-tuple of a tensor [B, D], sharded per DDP rank and resumable mid-epoch."""
+    normalised batches, a 1-tuple of a tensor [B, D] (``(x, y)`` for data with classes), sharded per DDP
+    rank and resumable mid-epoch."""
 
-    def _loader(self, x: torch.Tensor, train: bool) -> DataLoader:
-        data = TensorDataset(self.normalize(x))
-        return batch_loader(data, getattr(self, "trainer", None), self.batch_size, train, self.seed)
+    def _loader(self, x: torch.Tensor, labels: torch.Tensor | None, train: bool) -> DataLoader:
+        tensors = (self.normalize(x),) if labels is None else (self.normalize(x), labels)
+        return batch_loader(
+            TensorDataset(*tensors), getattr(self, "trainer", None), self.batch_size, train, self.seed
+        )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled, normalised training batches (a 1-tuple of a tensor [B, D])."""
+        """Shuffled, normalised training batches (a 1-tuple of a tensor [B, D], or ``(x, y)``)."""
         assert self.train_raw is not None
-        return self._loader(self.train_raw, train=True)
+        return self._loader(self.train_raw, self.train_labels, train=True)
 
     def val_dataloader(self) -> DataLoader:
         """Held-out normalised batches, in order."""
         assert self.val_raw is not None
-        return self._loader(self.val_raw, train=False)
+        return self._loader(self.val_raw, self.val_labels, train=False)
 
 
 # ----------------------------------------------------------------------------- images

@@ -41,12 +41,20 @@ class _Spec:
     channels: int
     size: int
     has_test: bool
+    #: the class names, by label (a conditional run's ``--class`` takes a label or one of these)
+    classes: tuple[str, ...] = tuple(str(d) for d in range(10))
 
 
 #: The datasets ``ImageDataModule`` reads: native channels and size, whether an official test split exists.
 IMAGE_DATASETS: dict[str, _Spec] = {
     "mnist": _Spec(channels=1, size=28, has_test=True),
-    "cifar10": _Spec(channels=3, size=32, has_test=True),
+    "cifar10": _Spec(
+        channels=3,
+        size=32,
+        has_test=True,
+        # torchvision's CIFAR10.classes, in label order
+        classes=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+    ),
     "digits": _Spec(channels=1, size=8, has_test=True),
 }
 

@@ -234,6 +234,25 @@ class ImageData(ImageScale):
         return self.prepared
 
     # ------------------------------------------------------------------ the interface the app uses
+    @property
+    def num_classes(self) -> int:
+        """The number of class labels the batches carry (10 for the named datasets, a folder's subfolders;
+        0 for a folder without them)."""
+        return len(self.class_names)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The name of each label, e.g. CIFAR-10's ``horse`` for 7."""
+        if self.dataset == FOLDER:
+            return self.classes
+        return IMAGE_DATASETS[self.dataset].classes
+
+    def held_out_labels(self, n: int | None = None) -> torch.Tensor:
+        """The labels of :meth:`held_out`'s images."""
+        self.setup()
+        assert self.val_set is not None
+        return self.val_set.tensors[1][:n]
+
     def held_out(self, n: int | None = None) -> torch.Tensor:
         """Up to ``n`` (default all) validation images in [0, 1], at the size the network sees, unflipped."""
         self.setup()

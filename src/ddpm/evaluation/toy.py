@@ -4,7 +4,9 @@
 data in raw units (the figure validation logs and a run's ``metrics.json`` report). One quality ratio
 (energy distance over the data-vs-data floor, see :mod:`ddpm.metrics`) is a random
 number: another draw of samples gives another value. :func:`repeated_quality` draws K sample sets and
-reports the spread of the ratio over them (mean, std and a percentile interval).
+reports the spread of the ratio over them (mean, std and a percentile interval). :func:`class_quality`
+scores a class-conditional model class by class: each class's quality ratio against that class's held-out
+data, and the fraction of its samples nearest its own class's centre.
 """
 
 from __future__ import annotations
@@ -19,7 +21,15 @@ import torch
 
 from ddpm.metrics import QualityReport, moment_errors, quality_report
 
-__all__ = ["RepeatedQuality", "Spread", "repeated_quality", "sample_quality", "spread"]
+__all__ = [
+    "ClassQuality",
+    "RepeatedQuality",
+    "Spread",
+    "class_quality",
+    "repeated_quality",
+    "sample_quality",
+    "spread",
+]
 
 
 def sample_quality(module: Any, datamodule: Any, n: int, seed: int = 0) -> dict[str, Any]:
@@ -51,6 +61,77 @@ def sample_quality(module: Any, datamodule: Any, n: int, seed: int = 0) -> dict[
     if moments is not None:
         out["moments"] = moment_errors(samples, *moments)
     return out
+
+
+@dataclass
+class ClassQuality:
+    """A conditional toy model's figures by class at one guidance scale.
+
+    ``ratios[k]``: the energy distance of class k's samples to class k's held-out data over the
+    data-vs-data floor (:mod:`ddpm.metrics`); ``nearest[k]``: the fraction of class k's samples whose
+    nearest class centre (:meth:`~ddpm.data.toy.ToyData.class_centres`) is k's.
+    """
+
+    guidance_scale: float
+    n_per_class: int
+    ratios: list[float]
+    nearest: list[float]
+
+    @property
+    def nearest_mode(self) -> float:
+        """The fraction of all samples nearest their own class's centre (classes equally weighted)."""
+        return float(np.mean(self.nearest))
+
+    @property
+    def worst_ratio(self) -> float:
+        """The largest per-class quality ratio."""
+        return float(np.max(self.ratios))
+
+    def as_dict(self, prefix: str = "") -> dict[str, float]:
+        """Flat figures for a logger or ``metrics.json``: ``nearest_mode``, ``class_ratio_max`` and, per
+        class k, ``class_ratio_k`` and ``nearest_mode_k``."""
+        out = {f"{prefix}nearest_mode": self.nearest_mode, f"{prefix}class_ratio_max": self.worst_ratio}
+        for k, (ratio, near) in enumerate(zip(self.ratios, self.nearest, strict=True)):
+            out[f"{prefix}class_ratio_{k}"] = ratio
+            out[f"{prefix}nearest_mode_{k}"] = near
+        return out
+
+    def headline(self) -> str:
+        """One line a person reads."""
+        return (
+            f"w={self.guidance_scale:g}: {100 * self.nearest_mode:.1f}% of samples nearest their class's mode"
+            f" (worst class {100 * min(self.nearest):.1f}%); per-class quality ratio "
+            f"{min(self.ratios):.2f}-{self.worst_ratio:.2f} x the floor (n={self.n_per_class} per class)"
+        )
+
+
+def class_quality(
+    module: Any, data: Any, n_per_class: int, seed: int = 0, guidance_scale: float | None = None
+) -> ClassQuality:
+    """Draw ``n_per_class`` samples of every class (one sampling call) and score each class on its own.
+
+    Args:
+        module: a class-conditional module (``num_classes > 0``; ``sample(n, y=..., guidance_scale=...)``).
+        data: its toy data with labels (``held_out_labels``, ``train_labels``, ``class_centres``).
+        n_per_class: samples per class; each class's held-out and floor data are cut to the same size.
+        seed: seeds the sampler's noise.
+        guidance_scale: classifier-free guidance w (None: the sampler's).
+    """
+    classes = int(module.num_classes)
+    y = torch.arange(classes).repeat_interleave(n_per_class)
+    gen = torch.Generator(device=module.device).manual_seed(seed)
+    samples = data.denormalize(module.sample(len(y), generator=gen, y=y, guidance_scale=guidance_scale)).cpu()
+    held_out, held_y = data.held_out(), data.held_out_labels()
+    pool, pool_y = data.training_data(), data.train_labels
+    centres = data.class_centres().to(samples.dtype)
+    nearest_centre = torch.cdist(samples.reshape(len(y), -1), centres.reshape(classes, -1)).argmin(1)
+    ratios, nearest = [], []
+    for k in range(classes):
+        mine = samples[y == k]
+        ratios.append(float(quality_report(mine, held_out[held_y == k], pool[pool_y == k]).ratio))
+        nearest.append(float((nearest_centre[y == k] == k).double().mean()))
+    w = module.sampler.guidance_scale if guidance_scale is None else guidance_scale
+    return ClassQuality(float(w), n_per_class, ratios, nearest)
 
 
 @dataclass

@@ -56,7 +56,9 @@ def check_labels(y: torch.Tensor, batch: int, num_classes: int, allow_null: bool
     top = num_classes if allow_null else num_classes - 1
     if len(y) and (int(y.min()) < 0 or int(y.max()) > top):
         bad = y[(y < 0) | (y > top)][0].item()
-        raise ValueError(f"class label {bad} is out of range; this model's classes are 0 .. {num_classes - 1}")
+        raise ValueError(
+            f"class label {bad} is out of range; this model's classes are 0 .. {num_classes - 1}"
+        )
     return y.long()
 
 
