@@ -4,6 +4,7 @@ folders checked before the work, and the arguments and loading of the commands t
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -12,6 +13,8 @@ from ddpm.config import CONF_DIR, ConfigError
 from ddpm.safe_writes import writable_problem
 
 if TYPE_CHECKING:  # ddpm.build imports torch and Hydra: only the commands that load a run need it
+    import torch
+
     from ddpm.build import LoadedRun
 
 __all__ = [
@@ -19,15 +22,18 @@ __all__ = [
     "add_run_arguments",
     "check_device",
     "check_group_overrides",
+    "check_guidance",
     "check_moved_keys",
     "check_run_arguments",
     "check_sampler_overrides",
     "check_seed",
+    "class_labels",
     "ensure_output_folder",
     "ensure_writable",
     "fail",
     "load_from_args",
     "load_run_or_fail",
+    "require_conditional",
     "run_folder",
     "sampler_label",
     "seed_problem",
@@ -220,6 +226,47 @@ def _check_source(args: argparse.Namespace) -> None:
         )
     if args.dataset is not None and args.dataset not in IMAGE_DATASETS:
         fail(f"--dataset={args.dataset!r} is unknown; choose one of {', '.join(sorted(IMAGE_DATASETS))}")
+
+
+def check_guidance(value: float | None, flag: str = "--guidance") -> None:
+    """A classifier-free guidance scale: a finite number >= 0, or a one-line error (status 2)."""
+    if value is not None and (not math.isfinite(value) or value < 0):
+        fail(
+            f"{flag}={value:g} is invalid; the guidance scale must be >= 0 (0: unconditional, 1: conditional)"
+        )
+
+
+def require_conditional(run: LoadedRun, flag: str) -> None:
+    """A one-line error (status 2) when ``flag`` was given for a run trained without class labels."""
+    if not run.model.num_classes:
+        fail(
+            f"{flag} needs a class-conditional run, and {str(run.run_dir)!r} is unconditional (trained with "
+            "conditional=false); train one with conditional=true, e.g. experiment=toy2d_cond"
+        )
+
+
+def class_labels(value: str, run: LoadedRun, n: int) -> tuple[torch.Tensor, str]:
+    """``--class`` as ``n`` labels and a name for files: a label number, a class name (CIFAR-10's
+    ``horse``) or ``all`` (every class equally often, in order); a one-line error (status 2) otherwise."""
+    import torch
+
+    from ddpm.diffusion_model import balanced_labels
+
+    classes = run.model.num_classes
+    names = [str(name).lower() for name in getattr(run.data, "class_names", range(classes))]
+    text = value.strip().lower()
+    if text == "all":
+        return balanced_labels(n, classes), "all"
+    if text in names:
+        k = names.index(text)
+    elif text.lstrip("-").isdigit():
+        k = int(text)
+        if not 0 <= k < classes:
+            fail(f"--class {value} is out of range; this run's classes are 0 .. {classes - 1} (or all)")
+    else:
+        shown = ", ".join(names) if any(not name.isdigit() for name in names) else f"0 .. {classes - 1}"
+        fail(f"--class {value!r} is not a class of this run; choose one of {shown} or all")
+    return torch.full((n,), k, dtype=torch.long), str(k)
 
 
 def ensure_output_folder(args: argparse.Namespace, subfolder: str, what: str) -> Path:

@@ -5,6 +5,7 @@ ddpm-eval RUN sampler=ddim sampler.steps=50 --n 2000 --repeats 5
 ddpm-eval RUN --bpd                                  # + the variational bound in bits/dim on held-out data
 ddpm-eval RUN --bpd --no-quality --bpd-t-samples 50  # only the bound, 50 sampled t per datum (unbiased)
 ddpm-eval RUN --sampler-sweep sampler=ddim,unipc sampler.steps=5,10,20  # quality against cost, 6 samplers
+ddpm-eval COND_RUN --guidance 0,1,2,4                # a conditional run: the guidance trade-off curve
 
 Toy runs: the energy-distance ratio to the data-vs-data floor (and sliced W1's), mean ± std and a 90%
 interval over ``--repeats`` independent sample draws. Image runs (digits, mnist, cifar10): the offline
@@ -34,6 +35,13 @@ NFE and against seconds. ``--out x.json`` puts the three at ``x.json``, ``x.md``
 replaces the files of the last one. ``--no-quality`` and ``--bpd`` are refused with it (the bound does not
 depend on the sampler), and a sweep adds nothing to W&B.
 
+``--guidance 0,1,2,4`` (class-conditional runs) scores each classifier-free guidance scale w on ``--n``
+samples per class (default: toy 500, images 100), every scale drawing the same classes from the same seed:
+toy runs the fraction of samples nearest their class's mode and the per-class quality ratio, image runs the
+offline classifier's accuracy on the requested labels and its Fréchet ratio
+(:mod:`ddpm.evaluation.guidance_curve`). ``<run>/eval/guidance_<sampler>_seed<s>.json`` holds the rows,
+the ``.png`` beside it the trade-off curve; with ``--out`` both go under that name.
+
 Every value (sampler overrides, ``--device``, ...) and the output folders are checked before the checkpoint
 is loaded: a bad one is a one-line error with exit code 2 (a sweep's combinations too; steps > T once the
 checkpoint has given T, still before any sampling). The figures are printed before the JSON is written, so
@@ -59,6 +67,7 @@ from ddpm.cli.common import (
     ensure_writable,
     fail,
     load_from_args,
+    require_conditional,
     sampler_label,
 )
 from ddpm.config import ConfigError
@@ -111,6 +120,12 @@ def _parser() -> argparse.ArgumentParser:
         "<run>/eval/sampler_sweep.json, .md and .png",
     )
     p.add_argument(
+        "--guidance",
+        default=None,
+        help="class-conditional runs: comma-separated guidance scales (0,1,2,4) to score the class fidelity "
+        "against quality trade-off; writes <run>/eval/guidance_*.json and .png",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -140,6 +155,22 @@ def _check_args(args: argparse.Namespace) -> None:
             "--sampler-sweep with --bpd: the bound does not depend on the sampler; "
             "run ddpm-eval RUN --bpd --no-quality on its own"
         )
+    if args.guidance is not None:
+        from ddpm.evaluation.guidance_curve import parse_scales
+
+        try:
+            args.scales = parse_scales(args.guidance)
+        except ValueError as err:
+            fail(str(err))
+        for flag, given in (
+            ("--sampler-sweep", args.sampler_sweep),
+            ("--bpd", args.bpd),
+            ("--no-quality", args.no_quality),
+        ):
+            if given:
+                fail(
+                    f"--guidance with {flag}: the guidance curve is an evaluation of its own; run them apart"
+                )
     if args.no_quality and not args.bpd:
         fail("--no-quality without --bpd leaves nothing to evaluate")
     if args.out is not None and args.out.suffix != ".json":
@@ -555,6 +586,70 @@ def sampler_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def guidance_eval(args: argparse.Namespace) -> int:
+    """``--guidance``: the trade-off curve over the scales; the figures are printed before the files are
+    written."""
+    from ddpm.evaluation.guidance_curve import guidance_curve
+
+    run = load_from_args(args, args.overrides)
+    require_conditional(run, "--guidance")
+    sampler = run.sampler
+    steps = len(sampler.timesteps(run.model.diffusion))
+    image = run.data.kind == "image"
+    n = args.n or (100 if image else 500)
+    print(
+        f"Guidance curve of {run.checkpoint} with {sampler!r}: w = {', '.join(f'{w:g}' for w in args.scales)}"
+    )
+    log: list[str] = []
+    metric = None
+    if image:
+        metric = _classifier_metric(run, args, log)
+        if isinstance(metric, str):
+            fail(f"the guidance curve of an image run needs the offline classifier: {metric}")
+    start = time.perf_counter()
+    try:
+        rows = guidance_curve(
+            run.model,
+            run.data,
+            args.scales,
+            n,
+            seed=args.seed,
+            metric=metric,
+            batch_size=args.batch_size,
+            log=print,
+        )
+    except (ConfigError, ValueError) as err:
+        fail(str(err).strip().splitlines()[0])
+    result = {
+        "run_dir": str(run.run_dir),
+        "checkpoint": str(run.checkpoint),
+        "weights": _weights_kind(run.checkpoint),
+        "kind": run.data.kind,
+        "sampler": repr(sampler),
+        "steps": steps,
+        "seed": args.seed,
+        "n_per_class": n,
+        "seconds": time.perf_counter() - start,
+        "rows": rows,
+    }
+    if metric is not None:
+        result["classifier"] = metric.describe()
+    out = args.out or run.run_dir / "eval" / f"guidance_{sampler_label(sampler, steps)}_seed{args.seed}.json"
+    from ddpm import viz
+
+    fig = viz.plot_guidance_curve(rows)
+    text = json.dumps(result, indent=2, allow_nan=True) + "\n"
+    try:
+        write_files(
+            [out, out.with_suffix(".png")],
+            lambda tmp: (tmp[0].write_text(text), viz.save_figure(fig, tmp[1])),
+        )
+    except WriteError as err:
+        fail(str(err), code=1)
+    print(f"Wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
     # intermixed: the overrides may follow a flag (RUN --sampler-sweep sampler=ddim,unipc), not only RUN
@@ -563,6 +658,8 @@ def main(argv: list[str] | None = None) -> int:
     _check_outputs(args)
     if args.sampler_sweep:
         return sampler_sweep(args)
+    if args.guidance is not None:
+        return guidance_eval(args)
     run = load_from_args(args, args.overrides)
     sampler = run.sampler
     print(f"Evaluating {run.checkpoint} with {sampler!r}")

@@ -5,6 +5,9 @@ ddpm-sample RUN --n 10000 sampler=ddim sampler.steps=50            # DDIM with 5
 ddpm-sample RUN/checkpoints/best.ckpt sampler=ddpm sampler.steps=100 --out /tmp/s.npz
 ddpm-sample RUN/export/model.safetensors                           # ddpm-export's file, read without pickle
 ddpm-sample --pretrained ddpm-cifar10-32 --n 64 sampler=ddim sampler.steps=50  # a diffusers DDPM folder
+ddpm-sample COND_RUN --class 3 --guidance 2.0 --n 64                 # a conditional run: 64 of class 3
+ddpm-sample COND_RUN --class all --n 100                             # every class, one grid row each
+ddpm-sample CIFAR_RUN --class horse                                  # CIFAR-10 classes by name
 
 For image runs the .npz holds uint8 images [N, H, W, C] and the .png a grid of the first 256.
 
@@ -26,10 +29,13 @@ import torch
 
 from ddpm.cli.common import (
     add_run_arguments,
+    check_guidance,
     check_run_arguments,
+    class_labels,
     ensure_output_folder,
     fail,
     load_from_args,
+    require_conditional,
     sampler_label,
 )
 from ddpm.safe_writes import WriteError, write_file
@@ -51,6 +57,20 @@ def _parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=None, help="output .npz (default: <run>/samples/<sampler>.npz)"
     )
     p.add_argument("--no-plot", action="store_true", help="do not write the PNG plot (or image grid)")
+    p.add_argument(
+        "--class",
+        dest="label",
+        default=None,
+        help="class-conditional runs: a label (3), a class name (horse) or all (every class equally often, "
+        "one grid row each; the default)",
+    )
+    p.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale w of a conditional run: 0 unconditional, 1 conditional, > 1 "
+        "guided (default: the run's sampler.guidance_scale)",
+    )
     return p
 
 
@@ -60,6 +80,7 @@ def _check_args(args: argparse.Namespace) -> None:
         fail(f"--n={args.n} is invalid; the number of samples must be >= 1")
     if args.out is not None and args.out.suffix != ".npz":
         fail(f"--out={str(args.out)!r} must end in .npz")
+    check_guidance(args.guidance)
     check_run_arguments(args)
 
 
@@ -70,6 +91,8 @@ def _write_outputs(
     summary: dict[str, Any],
     image: bool,
     plot: bool,
+    labels: torch.Tensor | None = None,
+    rows: int | None = None,
 ) -> None:
     """The .npz, the .png (image grid, or samples against held-out data) and the .json, each whole.
 
@@ -79,14 +102,18 @@ def _write_outputs(
     if image:
         from ddpm.viz.grid import save_image_grid, to_uint8
 
-        images = to_uint8(samples)  # uint8 [N, H, W, C], as image tools expect
-        write_file(out, lambda path: np.savez_compressed(path, samples=images))
+        arrays = {"samples": to_uint8(samples)}  # uint8 [N, H, W, C], as image tools expect
     else:
-        write_file(out, lambda path: np.savez_compressed(path, samples=samples.numpy()))
+        arrays = {"samples": samples.numpy()}
+    if labels is not None:
+        arrays["labels"] = labels.numpy()
+    write_file(out, lambda path: np.savez_compressed(path, **arrays))
     print(f"Wrote {out}")
     png = out.with_suffix(".png")
     if image and plot:
-        write_file(png, lambda path: save_image_grid(samples[:256], path))
+        shown = samples[:256] if rows is None else samples  # one row per class: every sample
+        nrow = None if rows is None else len(samples) // rows
+        write_file(png, lambda path: save_image_grid(shown, path, nrow=nrow))
         print(f"Wrote {png}")
     elif held_out is not None and plot:
         from ddpm import viz
@@ -105,12 +132,30 @@ def main(argv: list[str] | None = None) -> int:
     _check_args(args)
     ensure_output_folder(args, "samples", "samples")
     run = load_from_args(args, args.overrides)
+    labels, label_name = None, None
+    for flag, given in (("--class", args.label), ("--guidance", args.guidance)):
+        if given is not None:
+            require_conditional(run, flag)
+    if run.model.num_classes:
+        labels, label_name = class_labels(args.label or "all", run, args.n)
     sampler = run.sampler
     steps = len(sampler.timesteps(run.model.diffusion))
-    print(f"Sampling {args.n} with {sampler!r} ({steps} network evaluations each) from {run.checkpoint}")
+    guidance = sampler.guidance_scale if args.guidance is None else args.guidance
+    what = "" if labels is None else f" of class {label_name} at guidance scale {guidance:g}"
+    print(
+        f"Sampling {args.n}{what} with {sampler!r} ({steps} network evaluations each) from {run.checkpoint}"
+    )
     gen = torch.Generator(device=run.model.device).manual_seed(args.seed)
     start = time.perf_counter()
-    x = run.model.sample(args.n, sampler=sampler, generator=gen, progress=True, batch_size=args.batch_size)
+    x = run.model.sample(
+        args.n,
+        sampler=sampler,
+        generator=gen,
+        progress=True,
+        batch_size=args.batch_size,
+        y=labels,
+        guidance_scale=args.guidance,
+    )
     seconds = time.perf_counter() - start
     samples = run.data.denormalize(x).cpu()
 
@@ -122,20 +167,32 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": seconds,
         "samples_per_s": args.n / seconds,
     }
+    if labels is not None:
+        summary.update({"class": label_name, "guidance_scale": guidance})
     held_out = None
     if run.data.kind == "toy":
         from ddpm.metrics import quality_report
 
-        held_out = run.data.held_out(args.n)
-        report = quality_report(samples, held_out, run.data.training_data(len(held_out)))
+        held_out, pool = run.data.held_out(), run.data.training_data()
+        if label_name not in (None, "all"):  # one class: compared with that class's data
+            held_out = held_out[run.data.held_out_labels() == int(label_name)]
+            pool = pool[run.data.train_labels == int(label_name)]
+        held_out = held_out[: args.n]
+        report = quality_report(samples, held_out, pool[: len(held_out)])
         summary.update(report.as_dict())
         print(f"Quality: {report.headline()}")
 
     name = f"{sampler_label(sampler, steps)}_n{args.n}_seed{args.seed}.npz"
+    if labels is not None:
+        name = name.replace(".npz", f"_class{label_name}_w{guidance:g}.npz")
     out = args.out or run.run_dir / "samples" / name
     try:
         image = run.data.kind == "image"
-        _write_outputs(out, samples, held_out, summary, image=image, plot=not args.no_plot)
+        # a grid with one row per class when every class is drawn equally often
+        rows = run.model.num_classes if label_name == "all" and args.n % run.model.num_classes == 0 else None
+        _write_outputs(
+            out, samples, held_out, summary, image=image, plot=not args.no_plot, labels=labels, rows=rows
+        )
     except WriteError as err:
         fail(str(err), code=1)
     return 0

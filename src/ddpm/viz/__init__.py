@@ -57,6 +57,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "DEFAULT_DPI",
         "item_kind",
         "plot_denoising_strip",
+        "plot_guidance_curve",
         "plot_loss_by_quarter",
         "plot_reverse_1d",
         "plot_reverse_2d",

@@ -484,6 +484,47 @@ def plot_sampler_sweep(rows: Sequence[Mapping[str, Any]], metric: str = "quality
     return fig
 
 
+def plot_guidance_curve(rows: Sequence[Mapping[str, Any]]) -> Figure:
+    """The classifier-free guidance trade-off of ``ddpm-eval RUN --guidance ...``: against the guidance
+    scale w, fidelity to the requested class (left: the classifier's accuracy for images, the fraction nearest
+    the class's mode for toy data) and sample quality over its floor (middle: the classifier's Fréchet ratio,
+    or the per-class quality ratio, mean and worst class); right, the two against each other, each point
+    labelled with its w (Ho & Salimans 2022, fig. 2).
+
+    Rows as :func:`ddpm.evaluation.guidance_curve.guidance_curve` returns them.
+    """
+    image = "accuracy" in rows[0]
+    w = [float(r["guidance_scale"]) for r in rows]
+    fidelity = [float(r["accuracy"] if image else r["nearest_mode"]) for r in rows]
+    quality = [float(r["frechet_ratio"] if image else r["class_ratio_mean"]) for r in rows]
+    fid_label = "classifier accuracy on the requested class" if image else "fraction nearest the class's mode"
+    q_label = "classifier Fréchet / held-out floor" if image else "per-class quality ratio (x floor)"
+    fig = _new_figure(13.5, 4.2)
+    axes = fig.subplots(1, 3)
+    axes[0].plot(w, fidelity, "o-")
+    axes[0].set_ylabel(f"{fid_label}, higher is better")
+    axes[1].plot(w, quality, "o-", label="mean over classes" if not image else None)
+    if not image:
+        axes[1].plot(w, [float(r["class_ratio_max"]) for r in rows], "s--", label="worst class")
+        axes[1].legend(fontsize="small")
+    axes[1].set_ylabel(f"{q_label}, lower is better")
+    for ax in axes[:2]:
+        ax.set_xlabel("guidance scale w (0 unconditional, 1 conditional)")
+        ax.grid(True, alpha=0.3)
+    axes[2].plot(quality, fidelity, "o-")
+    for wi, q, f in zip(w, quality, fidelity, strict=True):
+        axes[2].annotate(f"w={wi:g}", (q, f), textcoords="offset points", xytext=(4, 4), fontsize="small")
+    finite = [q for q in quality if math.isfinite(q) and q > 0]
+    if finite and max(finite) / min(finite) > 20:  # unguided (w = 0) against one class is far off: log scale
+        axes[1].set_yscale("log")
+        axes[2].set_xscale("log")
+    axes[2].set_xlabel(q_label)
+    axes[2].set_ylabel(fid_label)
+    axes[2].grid(True, alpha=0.3)
+    fig.suptitle("Classifier-free guidance: fidelity to the class against sample quality")
+    return fig
+
+
 # ------------------------------------------------------------ output
 def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = DEFAULT_DPI) -> Path:
     """Write ``fig`` to ``path`` (PNG unless the suffix says otherwise), creating parent folders.
