@@ -347,3 +347,34 @@ def test_a_key_the_runs_sampler_does_not_take_leaves_nothing(
         "steps, order, spacing, lower_order_final" in line
     )
     assert not (toy_run / "samples").exists()
+
+
+@pytest.mark.parametrize(
+    ("main", "args", "needle"),
+    [
+        (sample_main, ["--guidance", "-1"], "--guidance=-1 is invalid; the guidance scale must be >= 0"),
+        (sample_main, ["--guidance", "nan"], "--guidance=nan is invalid"),
+        (eval_main, ["--guidance", "0,-2"], "--guidance '0,-2': -2 is invalid; guidance scales must be >= 0"),
+        (eval_main, ["--guidance", "1,x"], "--guidance '1,x': 'x' is not a number"),
+        (eval_main, ["--guidance", "1", "--bpd"], "--guidance with --bpd"),
+    ],
+)
+def test_bad_guidance_is_one_line_before_any_work(
+    fake_run: Path, main, args: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = _exits(main, [str(fake_run), *args], capsys)
+    assert code == 2 and needle in _one_line(err)
+
+
+@pytest.mark.filterwarnings("ignore::ddpm.schedules.NotPureNoiseWarning")
+def test_class_flags_on_an_unconditional_run_are_one_line_errors(
+    toy_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for main, argv in (
+        (sample_main, [str(toy_run), "--class", "3"]),
+        (sample_main, [str(toy_run), "--guidance", "2"]),
+        (eval_main, [str(toy_run), "--guidance", "0,1"]),
+    ):
+        code, err = _exits(main, argv, capsys)
+        assert code == 2 and "needs a class-conditional run" in _one_line(err)
+    assert not (toy_run / "samples").exists() and not (toy_run / "eval").exists()

@@ -371,6 +371,7 @@ class ImageSampleCallback(Callback):
         import torch
 
         from ddpm import viz
+        from ddpm.diffusion_model import class_grid_columns
         from ddpm.viz.grid import save_image_grid
 
         step = trainer.global_step
@@ -379,7 +380,9 @@ class ImageSampleCallback(Callback):
         gen = torch.Generator(device=pl_module.device).manual_seed(self.seed)
         x = pl_module.sample(self.num_samples, sampler=self.sampler, generator=gen)  # type: ignore[operator]
         images = denormalize(x) if callable(denormalize) else ((x + 1) / 2).clamp(0, 1)
-        grid = save_image_grid(images, plots / f"samples_grid_step{step:07d}.png", nrow=self.nrow)
+        # a conditional run's grid: one row per class (draw_samples draws the classes in order)
+        nrow = self.nrow or class_grid_columns(self.num_samples, getattr(pl_module, "num_classes", 0))
+        grid = save_image_grid(images, plots / f"samples_grid_step{step:07d}.png", nrow=nrow)
         _log_png(trainer, "val/samples_grid", grid)
         self.written.append(grid)
         if self.strip_images:

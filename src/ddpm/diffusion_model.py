@@ -19,13 +19,19 @@ from ddpm.diffusion import GaussianDiffusion
 from ddpm.samplers import Sampler, SampleResult
 from ddpm.samplers.guidance import check_labels
 
-__all__ = ["DiffusionModel", "balanced_labels", "draw_samples"]
+__all__ = ["DiffusionModel", "balanced_labels", "class_grid_columns", "draw_samples"]
 
 
 def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
     """``n`` labels, each class equally often (to within one) and in order: class k fills the k-th run of
     ``n / num_classes`` samples, so a grid of ``num_classes`` rows shows one class per row."""
     return torch.arange(n) * num_classes // n
+
+
+def class_grid_columns(n: int, num_classes: int) -> int | None:
+    """Images per grid row so that :func:`balanced_labels`' ``n`` samples show one class per row, or None
+    (an unconditional model, or ``n`` not a multiple of the classes)."""
+    return n // num_classes if num_classes and n % num_classes == 0 else None
 
 
 @torch.no_grad()

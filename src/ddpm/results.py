@@ -49,6 +49,7 @@ def _write_image_results(
     module: DiffusionModule, datamodule: Any, output_dir: Path, n: int, batch_size: int = 256
 ) -> dict[str, Any]:
     """Images: ``samples.npz`` (uint8 [N, H, W, C]), ``plots/samples_grid.png`` and ``metrics.json``."""
+    from ddpm.diffusion_model import class_grid_columns
     from ddpm.viz.grid import save_image_grid, to_uint8
 
     # Lightning's teardown leaves the module on the CPU after fit; sampling T steps of a UNet there
@@ -67,7 +68,9 @@ def _write_image_results(
     metrics = {"final/n": n, "final/sample_seconds": seconds}
     with _figures_kept_on_failure(f"{n} samples drawn in {seconds:.1f} s"):
         np.savez_compressed(output_dir / "samples.npz", samples=to_uint8(images))
-        grid = save_image_grid(images[:GRID_IMAGES], output_dir / "plots" / "samples_grid.png")
+        # a conditional run's grid: one row per class when every sample fits in it
+        nrow = class_grid_columns(n, getattr(module, "num_classes", 0)) if n <= GRID_IMAGES else None
+        grid = save_image_grid(images[:GRID_IMAGES], output_dir / "plots" / "samples_grid.png", nrow=nrow)
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return {"metrics": metrics, "report": None, "plot": grid, "moments": None}
 
