@@ -617,6 +617,7 @@ def guidance_eval(args: argparse.Namespace) -> int:
             metric=metric,
             batch_size=args.batch_size,
             log=print,
+            sampler=sampler,
         )
     except (ConfigError, ValueError) as err:
         fail(str(err).strip().splitlines()[0])

@@ -37,10 +37,10 @@ def parse_scales(text: str) -> list[float]:
     return scales
 
 
-def _toy_row(model: Any, data: Any, w: float, n_per_class: int, seed: int) -> dict[str, Any]:
+def _toy_row(model: Any, data: Any, sampler: Any, w: float, n_per_class: int, seed: int) -> dict[str, Any]:
     from ddpm.evaluation.toy import class_quality
 
-    q = class_quality(model, data, n_per_class, seed=seed, guidance_scale=w)
+    q = class_quality(model, data, n_per_class, seed=seed, guidance_scale=w, sampler=sampler)
     return {
         "guidance_scale": w,
         "n_per_class": n_per_class,
@@ -54,12 +54,19 @@ def _toy_row(model: Any, data: Any, w: float, n_per_class: int, seed: int) -> di
 
 
 def _image_row(
-    model: Any, data: Any, metric: Any, w: float, n_per_class: int, seed: int, batch_size: int | None
+    model: Any,
+    data: Any,
+    sampler: Any,
+    metric: Any,
+    w: float,
+    n_per_class: int,
+    seed: int,
+    batch_size: int | None,
 ) -> dict[str, Any]:
     classes = model.num_classes
     y = balanced_labels(n_per_class * classes, classes)
     gen = torch.Generator(device=model.device).manual_seed(seed)
-    x = model.sample(len(y), generator=gen, y=y, guidance_scale=w, batch_size=batch_size)
+    x = model.sample(len(y), sampler=sampler, generator=gen, y=y, guidance_scale=w, batch_size=batch_size)
     images = data.denormalize(x).cpu().clamp(0, 1)
     features, probs = metric.features_and_probs(images)
     correct = probs.argmax(1) == y
@@ -95,6 +102,7 @@ def guidance_curve(
     metric: Any = None,
     batch_size: int | None = None,
     log: Callable[[str], None] = print,
+    sampler: Any = None,
 ) -> list[dict[str, Any]]:
     """One row of figures per guidance scale for a class-conditional ``model`` (``num_classes > 0``).
 
@@ -107,6 +115,7 @@ def guidance_curve(
         metric: images: the offline :class:`~ddpm.evaluation.classifier.ImageClassifierMetric`.
         batch_size: sample in chunks of this size.
         log: where each row's one-line summary goes.
+        sampler: another sampler than the model's own.
     """
     if not getattr(model, "num_classes", 0):
         raise ValueError("the guidance curve needs a class-conditional model (num_classes > 0)")
@@ -115,9 +124,9 @@ def guidance_curve(
         if data.kind == "image":
             if metric is None:
                 raise ValueError("image runs need the offline classifier metric for the guidance curve")
-            row = _image_row(model, data, metric, float(w), n_per_class, seed, batch_size)
+            row = _image_row(model, data, sampler, metric, float(w), n_per_class, seed, batch_size)
         else:
-            row = _toy_row(model, data, float(w), n_per_class, seed)
+            row = _toy_row(model, data, sampler, float(w), n_per_class, seed)
         log(row["headline"])
         rows.append(row)
     return rows

@@ -106,7 +106,12 @@ class ClassQuality:
 
 
 def class_quality(
-    module: Any, data: Any, n_per_class: int, seed: int = 0, guidance_scale: float | None = None
+    module: Any,
+    data: Any,
+    n_per_class: int,
+    seed: int = 0,
+    guidance_scale: float | None = None,
+    sampler: Any = None,
 ) -> ClassQuality:
     """Draw ``n_per_class`` samples of every class (one sampling call) and score each class on its own.
 
@@ -116,11 +121,13 @@ def class_quality(
         n_per_class: samples per class; each class's held-out and floor data are cut to the same size.
         seed: seeds the sampler's noise.
         guidance_scale: classifier-free guidance w (None: the sampler's).
+        sampler: another sampler than the module's.
     """
     classes = int(module.num_classes)
     y = torch.arange(classes).repeat_interleave(n_per_class)
     gen = torch.Generator(device=module.device).manual_seed(seed)
-    samples = data.denormalize(module.sample(len(y), generator=gen, y=y, guidance_scale=guidance_scale)).cpu()
+    x = module.sample(len(y), sampler=sampler, generator=gen, y=y, guidance_scale=guidance_scale)
+    samples = data.denormalize(x).cpu()
     held_out, held_y = data.held_out(), data.held_out_labels()
     pool, pool_y = data.training_data(), data.train_labels
     centres = data.class_centres().to(samples.dtype)
@@ -130,7 +137,7 @@ def class_quality(
         mine = samples[y == k]
         ratios.append(float(quality_report(mine, held_out[held_y == k], pool[pool_y == k]).ratio))
         nearest.append(float((nearest_centre[y == k] == k).double().mean()))
-    w = module.sampler.guidance_scale if guidance_scale is None else guidance_scale
+    w = (sampler or module.sampler).guidance_scale if guidance_scale is None else guidance_scale
     return ClassQuality(float(w), n_per_class, ratios, nearest)
 
 
