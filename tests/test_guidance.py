@@ -143,6 +143,15 @@ def test_guided_call_is_one_batched_network_call() -> None:
     assert calls == [4]
     # eps(null) = 3, eps(y) = 1 and 2: 3 + 2.5 (eps(y) - 3)
     assert torch.allclose(out, torch.tensor([[-2.0, -2.0], [0.5, 0.5]]))
+    # guidance rescale phi = 1 (Lin et al. 2023 eq. 15-16): the guided output with the conditional one's std
+    x = torch.randn(2, 5, generator=torch.Generator().manual_seed(0))
+    t = torch.zeros(2, dtype=torch.long)
+    full = ClassifierFreeGuidance(net, torch.tensor([0, 1]), 2.5, guidance_rescale=1.0, num_classes=2)(x, t)
+    plain = ClassifierFreeGuidance(net, torch.tensor([0, 1]), 2.5, num_classes=2)(x, t)
+    cond = net(x, t, torch.tensor([0, 1]))
+    assert torch.allclose(full.std(1), cond.std(1)) and torch.allclose(
+        full / full.std(1, keepdim=True), plain / plain.std(1, keepdim=True)
+    )
 
 
 @pytest.mark.parametrize(

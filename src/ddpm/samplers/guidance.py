@@ -103,7 +103,7 @@ class ClassifierFreeGuidance:
         both = self.net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, null]))
         cond, uncond = both.chunk(2)
         guided = uncond + w * (cond - uncond)  # Ho & Salimans 2022 eq. 6 with (1 + w') = w
-        if self.guidance_rescale > 0.0:
+        if self.guidance_rescale > 0.0 and guided.ndim > 1:  # a std per sample needs values per sample
             dims = tuple(range(1, guided.ndim))
             # Lin et al. 2023 eq. 15: match the conditional output's standard deviation per sample
             rescaled = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
