@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import warnings
 from pathlib import Path
@@ -23,13 +24,20 @@ from ddpm.schedules import NotPureNoiseWarning
 from tests.helpers import SHORT, cli, compose_cfg, run_train
 from tests.wandb_records import logged_history
 
-# Image experiments (digits, mnist, cifar10_ddpm) write grids, not toy plots: tests/test_images.py runs them.
+# Image experiments (digits, mnist, cifar10_ddpm, and the *_cond ones that extend them) write grids, not toy
+# plots: tests/test_images.py and tests/test_conditional.py run them.
 IMAGE_DATA = [p.stem for p in (CONF_DIR / "data").glob("*.yaml") if "ImageDataModule" in p.read_text()]
-EXPERIMENTS = sorted(
-    p.stem
-    for p in (CONF_DIR / "experiment").glob("*.yaml")
-    if not any(f"override /data: {d}\n" in p.read_text() for d in IMAGE_DATA)
-)
+
+
+def _image_experiment(path: Path) -> bool:
+    text = path.read_text()
+    if any(f"override /data: {d}\n" in text for d in IMAGE_DATA):
+        return True
+    extended = (path.parent / f"{name}.yaml" for name in re.findall(r"^  - (\w+)$", text, flags=re.MULTILINE))
+    return any(_image_experiment(p) for p in extended if p.is_file())
+
+
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml") if not _image_experiment(p))
 SCHEDULES = sorted(p.stem for p in (CONF_DIR / "schedule").glob("*.yaml"))
 SAMPLERS = sorted(p.stem for p in (CONF_DIR / "sampler").glob("*.yaml"))
 
