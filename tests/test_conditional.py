@@ -71,7 +71,7 @@ def test_unconditional_training_ignores_labels_in_the_batch(tmp_path: Path) -> N
     same loss as the same points without labels: same seed, same t, same noise."""
     from ddpm.build import build
 
-    data, module = build(compose_cfg(tmp_path, ["data=eight_gaussians", "T=200"]))
+    data, module = build(compose_cfg(tmp_path, ["data=eight_gaussians"]))
     batch = next(iter(data.train_dataloader()))
     assert len(batch) == 2 and module.net.num_classes == 0 and module.net.class_embed is None
     losses = []
@@ -85,7 +85,7 @@ def test_unconditional_training_ignores_labels_in_the_batch(tmp_path: Path) -> N
 def test_conditional_switch_builds_on_the_datas_classes_and_trains_on_them(tmp_path: Path) -> None:
     from ddpm.build import build
 
-    data, module = build(compose_cfg(tmp_path / "a", ["experiment=toy2d_cond", "T=200"]))
+    data, module = build(compose_cfg(tmp_path / "a", ["experiment=toy2d_cond"]))
     assert module.net.num_classes == 8 and module.run_config["model"]["num_classes"] == 8
     with pytest.raises(ConfigError, match=r"conditional=true but data.dataset='swiss_roll' has no class"):
         build(compose_cfg(tmp_path / "b", ["data=swiss_roll", "conditional=true"]))
