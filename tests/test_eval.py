@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import time
 import warnings
 from pathlib import Path
 
@@ -67,10 +68,19 @@ def test_ddpm_eval_adds_its_figures_to_the_runs_wandb_run(tmp_path: Path, monkey
     result = json.loads((run / "eval" / "ddim10_n100_k2_seed0.json").read_text())
     # the evaluation is a second offline part of the same W&B run (wandb sync merges them); the training's
     # history is still there
-    files = sorted((run / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}*.wandb"))
-    assert any("train/loss" in logged_history(f) for f in files)
-    summary = {k: v for f in files for k, v in logged_summary(f).items()}
     prefix = "eval/ddim10_n100_k2_seed0"
+
+    def read() -> tuple[list[Path], dict[str, float]]:
+        files = sorted((run / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}*.wandb"))
+        return files, {k: v for f in files for k, v in logged_summary(f).items()}
+
+    # W&B's service process writes the file: on a loaded CPU the summary lands a moment after finish()
+    deadline = time.monotonic() + 20
+    files, summary = read()
+    while f"{prefix}/samples_per_s" not in summary and time.monotonic() < deadline:
+        time.sleep(0.5)
+        files, summary = read()
+    assert any("train/loss" in logged_history(f) for f in files)
     assert summary[f"{prefix}/samples_per_s"] == pytest.approx(result["samples_per_s"])
     assert summary[f"{prefix}/steps"] == 10
     # every finite figure of the JSON's quality section is there, with its value
