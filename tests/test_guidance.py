@@ -154,6 +154,26 @@ def test_guided_call_is_one_batched_network_call() -> None:
     )
 
 
+@pytest.mark.parametrize("shape", [(2,), (2, 3), (2, 3, 4, 4)])
+def test_a_learned_variance_is_not_guided(shape: tuple[int, ...]) -> None:
+    # a network with a learned variance (improved DDPM) outputs [prediction, variance] along dim 1
+    def net(x, t, y):
+        scale = (y.float() + 1).reshape(-1, *[1] * (x.ndim - 1))
+        prediction, variance = x * scale, -x * scale**2
+        return torch.stack([prediction, variance], 1) if x.ndim == 1 else torch.cat([prediction, variance], 1)
+
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    t, y, null = torch.zeros(2, dtype=torch.long), torch.tensor([0, 1]), torch.tensor([2, 2])
+    out = ClassifierFreeGuidance(net, y, 2.5, num_classes=2)(x, t)
+    cond, uncond = net(x, t, y), net(x, t, null)
+    half = 1 if len(shape) == 1 else shape[1]
+    # the prediction: eps(null) + w (eps(y) - eps(null)); the variance: the conditional branch's
+    assert torch.allclose(
+        out[:, :half].reshape(x.shape), (uncond + 2.5 * (cond - uncond))[:, :half].reshape(x.shape)
+    )
+    assert torch.equal(out[:, half:], cond[:, half:])
+
+
 @pytest.mark.parametrize(
     ("call", "match"),
     [

@@ -14,6 +14,8 @@ w = 0 unconditional sampling, w > 1 strengthens the class at the cost of diversi
 The combination weights (1 - w, w) sum to one and the x0 and v targets are affine in eps at a fixed
 (x_t, t) (x0 = (x_t - sigma eps) / alpha, v = (eps - sigma x_t) / alpha), so combining the raw network
 outputs gives the guided eps for every objective. Both branches run in one batched call of 2B samples.
+With a learned variance (improved DDPM) only the prediction half is guided; the variance half is the
+conditional branch's.
 
 Guidance rescale (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed",
 sec. 3.4, eq. 15-16) optionally scales the guided output back to the conditional output's standard
@@ -101,7 +103,9 @@ class ClassifierFreeGuidance:
         if w == 0.0:
             return self.net(x_t, t, null)
         both = self.net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, null]))
-        cond, uncond = both.chunk(2)
+        cond_out, uncond_out = both.chunk(2)
+        cond, variance = _prediction_and_variance(cond_out, x_t)
+        uncond = _prediction_and_variance(uncond_out, x_t)[0]
         guided = uncond + w * (cond - uncond)  # Ho & Salimans 2022 eq. 6 with (1 + w') = w
         if self.guidance_rescale > 0.0 and guided.ndim > 1:  # a std per sample needs values per sample
             dims = tuple(range(1, guided.ndim))
@@ -109,4 +113,20 @@ class ClassifierFreeGuidance:
             rescaled = guided * (cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
             # Lin et al. 2023 eq. 16: phi rescaled + (1 - phi) guided
             guided = self.guidance_rescale * rescaled + (1.0 - self.guidance_rescale) * guided
-        return guided
+        if variance is None:
+            return guided
+        # a learned variance is not guided: the conditional branch's is kept, as GLIDE's sampler does
+        return torch.stack([guided, variance], dim=1) if x_t.ndim == 1 else torch.cat([guided, variance], 1)
+
+
+def _prediction_and_variance(
+    out: torch.Tensor, x_t: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A network output split into the objective's prediction and a learned variance's values (None when the
+    output has x_t's shape); the layout of :meth:`ddpm.diffusion.GaussianDiffusion.split_output`."""
+    if out.shape == x_t.shape:
+        return out, None
+    if x_t.ndim == 1:  # scalar data: [B, 2]
+        return out[:, 0], out[:, 1]
+    channels = x_t.shape[1]
+    return out[:, :channels], out[:, channels:]
