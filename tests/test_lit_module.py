@@ -157,7 +157,7 @@ def test_channels_last_images(tmp_path) -> None:
     module.setup("fit")
     conv = next(m for m in module.net.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
-    x = module._batch((torch.randn(2, 1, 8, 8),))
+    x, _ = module._batch((torch.randn(2, 1, 8, 8),))
     assert x.is_contiguous(memory_format=torch.channels_last)
 
 

@@ -97,7 +97,7 @@ def test_the_default_grid() -> None:
         (["sampler=ddim,euler"], "sampler=euler is not an option of config group 'sampler'; choose one of"),
         (
             ["sampler=ddim,dpm_solver", "sampler.order=2"],
-            "sampler.order=2 is not an option of DDIMSampler; it takes eta, spacing, steps",
+            "sampler.order=2 is not an option of DDIMSampler; it takes eta, guidance_scale, spacing, steps",
         ),
         (["sampler=dpm_solver", "sampler.order=2,4"], "sampler.order=4 is invalid; choose one of 1, 2, 3"),
         (["sampler=ddim", "sampler.steps=0,5"], "sampler.steps=0 is invalid; steps must be an integer >= 1"),
