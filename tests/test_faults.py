@@ -300,21 +300,18 @@ def test_sigterm_saves_and_the_run_resumes_in_its_folder(tmp_path: Path) -> None
     assert len(list((run_dir / "wandb").glob(f"offline-run-*-{first_id}"))) == 2  # same W&B run, resumed
 
 
-def test_ddp_on_cpu_trains_and_samples_once(tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    probe = tmp_path / "probe"
+def _train_ddp_cpu(tmp_path: Path, probe: str, overrides: list[str]) -> subprocess.CompletedProcess:
+    """``ddpm-train`` with two CPU ranks (a new process: DDP spawns) and a probe callback writing into
+    ``tmp_path / "probe"``."""
     env_path = f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
-    res = subprocess.run(
+    return subprocess.run(
         [
             str(Path(sys.executable).parent / "ddpm-train"),
             *BASE,
             "trainer=ddp_cpu",
-            "trainer.max_steps=20",
-            "trainer.val_check_interval=10",
-            "logger=many",
-            "+callbacks.probe._target_=tests.test_faults.EMAProbe",
-            f"+callbacks.probe.folder={probe}",
-            f"hydra.run.dir={run_dir}",
+            *overrides,
+            f"+callbacks.probe._target_=tests.test_faults.{probe}",
+            f"+callbacks.probe.folder={tmp_path / 'probe'}",
         ],
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": env_path, **CLI_ENV},
@@ -322,6 +319,13 @@ def test_ddp_on_cpu_trains_and_samples_once(tmp_path: Path) -> None:
         text=True,
         timeout=400,
     )
+
+
+def test_ddp_on_cpu_trains_and_samples_once(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    probe = tmp_path / "probe"
+    overrides = ["trainer.max_steps=20", "trainer.val_check_interval=10", "logger=many"]
+    res = _train_ddp_cpu(tmp_path, "EMAProbe", [*overrides, f"hydra.run.dir={run_dir}"])
     assert res.returncode == 0, res.stderr[-3000:]
     assert "Batch: 64 per device x 2 devices x 1 accumulated = 128 per optimizer step" in res.stdout
     assert res.stdout.count("Run folder:") == 1  # rank 0 reports, samples and plots
@@ -338,26 +342,9 @@ def test_ddp_ranks_share_one_importance_sampler_history(tmp_path: Path) -> None:
     """Two CPU ranks: every rank adds both ranks' losses, so the histories stay equal (and hold 2 x 64 per
     step until full)."""
     probe = tmp_path / "probe"
-    env_path = f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
-    res = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "ddpm-train"),
-            *BASE,
-            *IMPORTANCE_SAMPLED,
-            "T=200",  # 200 x 10 places: no t gets more than 10 of the 384 losses, so all are kept
-            "trainer=ddp_cpu",
-            "trainer.max_steps=3",
-            "trainer.val_check_interval=3",
-            "+callbacks.probe._target_=tests.test_faults.HistoryProbe",
-            f"+callbacks.probe.folder={probe}",
-            f"hydra.run.dir={tmp_path / 'run'}",
-        ],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": env_path, **CLI_ENV},
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
+    overrides = [*IMPORTANCE_SAMPLED, "trainer.max_steps=3", "trainer.val_check_interval=3"]
+    overrides.append("T=200")  # 200 x 10 places: no t gets more than 10 of the 384 losses, so all are kept
+    res = _train_ddp_cpu(tmp_path, "HistoryProbe", [*overrides, f"hydra.run.dir={tmp_path / 'run'}"])
     assert res.returncode == 0, res.stderr[-3000:]
     digests = [p.read_text() for p in sorted(probe.glob("rank*.txt"))]
     assert len(digests) == 2 and digests[0] == digests[1], digests

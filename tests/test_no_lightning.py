@@ -160,3 +160,24 @@ def test_ddpm_eval_of_an_image_run_imports_no_lightning(digits_run: Path, tmp_pa
     images = result["images"]
     assert images["metric"] == "classifier_frechet" and images["classifier"]["dataset"] == "digits"
     assert images["ratio"]["mean"] > 1  # four training steps: noise, far from real digits
+
+
+def test_ddpm_eval_of_published_weights_imports_no_lightning(digits_run: Path, tmp_path: Path) -> None:
+    # a diffusers pipeline folder (here: the digits run exported) is evaluated as a run, on its data set
+    from ddpm.interop import export_diffusers
+    from ddpm.schedules import NotPureNoiseWarning
+
+    digits_metric()
+    with pytest.warns(NotPureNoiseWarning):  # digits_run's T=20 chain ends far from noise, on purpose
+        pipeline = export_diffusers(load_run(digits_run), tmp_path / "pipe")
+    out = tmp_path / "e.json"
+    argv = ["--pretrained", str(pipeline), "--dataset", "digits", "sampler=ddim", "sampler.steps=5"]
+    argv += ["--n", "40", "--repeats", "1", "--cache-dir", str(CACHE_DIR), "--out", str(out)]
+    code, imported, output = run_fresh("ddpm.cli.eval", argv, tmp_path)
+    assert code == 0, output
+    assert imported == [], output
+    result = json.loads(out.read_text())
+    assert result["kind"] == "image" and result["n"] == 40 and result["steps"] == 5
+    images = result["images"]
+    assert images["metric"] == "classifier_frechet" and images["classifier"]["dataset"] == "digits"
+    assert images["ratio"]["mean"] > 1  # four training steps: noise, far from real digits

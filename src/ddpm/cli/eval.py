@@ -353,21 +353,24 @@ def _drawer(
     return draw
 
 
-def evaluate(run: LoadedRun, sampler: Any, args: argparse.Namespace, log: list[str]) -> dict[str, Any]:
-    """Run the requested evaluations on a loaded run; lines for the person go to ``log``."""
-    model = run.model
-    steps = len(sampler.timesteps(model.diffusion))
-    image = run.data.kind == "image"
-    result: dict[str, Any] = {
+def _header(run: LoadedRun, sampler: Any, steps: int) -> dict[str, Any]:
+    """What every result file starts with: the run, its weights and the sampler."""
+    return {
         "run_dir": str(run.run_dir),
         "checkpoint": str(run.checkpoint),
         "weights": _weights_kind(run.checkpoint),
         "kind": run.data.kind,
         "sampler": repr(sampler),
         "steps": steps,
-        "repeats": args.repeats,
-        "seed": args.seed,
     }
+
+
+def evaluate(run: LoadedRun, sampler: Any, args: argparse.Namespace, log: list[str]) -> dict[str, Any]:
+    """Run the requested evaluations on a loaded run; lines for the person go to ``log``."""
+    model = run.model
+    steps = len(sampler.timesteps(model.diffusion))
+    image = run.data.kind == "image"
+    result: dict[str, Any] = {**_header(run, sampler, steps), "repeats": args.repeats, "seed": args.seed}
     timing: dict[str, float] = {"seconds": 0.0, "samples": 0}
     draw = _drawer(run, sampler, args, timing)
 
@@ -622,12 +625,7 @@ def guidance_eval(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError) as err:
         fail(str(err).strip().splitlines()[0])
     result = {
-        "run_dir": str(run.run_dir),
-        "checkpoint": str(run.checkpoint),
-        "weights": _weights_kind(run.checkpoint),
-        "kind": run.data.kind,
-        "sampler": repr(sampler),
-        "steps": steps,
+        **_header(run, sampler, steps),
         "seed": args.seed,
         "n_per_class": n,
         "seconds": time.perf_counter() - start,
