@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ddpm.config import ConfigError, first_line
+from ddpm.data.image_sets import default_cache_dir
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -39,14 +40,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 NO_LABEL = -1
 #: bump when the decoding or resizing changes, so old cache files are not reused
 CACHE_VERSION = 1
-
-
-def default_cache_dir() -> Path:
-    """``$DDPM_LAB_CACHE``, else ``$XDG_CACHE_HOME/ddpm-lab``, else ``~/.cache/ddpm-lab``."""
-    if os.environ.get("DDPM_LAB_CACHE"):
-        return Path(os.environ["DDPM_LAB_CACHE"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "ddpm-lab"
 
 
 @dataclass(frozen=True)

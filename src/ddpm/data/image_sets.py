@@ -30,10 +30,19 @@ __all__ = [
     "DIGITS_TEST_SIZE",
     "IMAGE_DATASETS",
     "ImageSplits",
+    "default_cache_dir",
     "ensure_files",
     "expected_files",
     "to_unit",
 ]
+
+
+def default_cache_dir() -> Path:
+    """``$DDPM_LAB_CACHE``, else ``$XDG_CACHE_HOME/ddpm-lab``, else ``~/.cache/ddpm-lab``."""
+    if os.environ.get("DDPM_LAB_CACHE"):
+        return Path(os.environ["DDPM_LAB_CACHE"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "ddpm-lab"
 
 
 @dataclass(frozen=True)

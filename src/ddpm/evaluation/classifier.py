@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddpm.data.image_sets import ImageSplits
+from ddpm.data.image_sets import ImageSplits, default_cache_dir
 from ddpm.evaluation.toy import spread
 from ddpm.metrics import feature_statistics, frechet_distance
 
@@ -65,14 +65,6 @@ PEAK_LR = {"digits": 1e-2, "mnist": 3e-3, "cifar10": 3e-3}
 BATCH_SIZE = 128
 #: how far outside [0, 1] an image may stray (sampling overshoot) before it is taken for a scale mistake
 RANGE_SLACK = 0.05
-
-
-def default_cache_dir() -> Path:
-    """``$DDPM_LAB_CACHE``, else ``$XDG_CACHE_HOME/ddpm-lab``, else ``~/.cache/ddpm-lab``."""
-    if os.environ.get("DDPM_LAB_CACHE"):
-        return Path(os.environ["DDPM_LAB_CACHE"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "ddpm-lab"
 
 
 def load_labelled_images(dataset: str, data_dir: str | Path | None = None) -> ImageSplits:
