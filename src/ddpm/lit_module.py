@@ -209,9 +209,13 @@ class DiffusionModule(L.LightningModule):
         """The diffusion's loss on a batch, t drawn by its timestep sampler (uniform: U{0..T-1})."""
         x0, y = self._batch(batch)
         t = self.diffusion.sample_timesteps(x0.shape[0], x0.device)
-        weights = self.diffusion.importance_weights(t)  # before the history moves on: the p_t t was drawn by
         losses = self.diffusion.training_loss(self.denoiser, x0, t, reduction="none", **self._labels(y))
-        loss = (losses * weights).mean()  # improved DDPM sec. 3.3: L_t / p_t keeps the estimate unbiased
+        if self.diffusion.importance_sampling:  # uniform t: weights of 1, and no device-to-host copy of t
+            # the p_t that t was drawn by (the history moves on below); improved DDPM sec. 3.3: L_t / p_t
+            # keeps the estimate unbiased
+            loss = (losses * self.diffusion.importance_weights(t)).mean()
+        else:
+            loss = losses.mean()
         if not self._finite_on_every_rank(loss):
             return self._nonfinite(loss)
         if self.diffusion.timestep_sampler is TimestepSampler.LOSS_SECOND_MOMENT:
