@@ -282,11 +282,15 @@ def test_scontrol_requeue_resumes_the_job_exactly(sweeps: list[Sweep], tmp_path:
 
 
 def test_scancel_of_one_job_keeps_the_other_and_fails_the_sweep(sweeps: list[Sweep], tmp_path: Path) -> None:
+    """Job 1 is cancelled once Hydra made its folder: inside submitit, which ignores SIGTERM (the job would
+    run on until SIGKILL, KillWait = 30 s later, and on a fast machine complete), before or as it trains."""
     sweep = start(sweeps, tmp_path, [*RUN, "seed=1,2", *steps(3000)])
-    sweep.wait_for("2 running jobs", lambda: sum(s == "RUNNING" for s, _ in sweep.jobs().values()) == 2)
+    sweep.wait_for("job 1's folder", lambda: (sweep.dir / "1").is_dir())
     job_id = next(j for j in sweep.jobs() if j.endswith("_1"))
     _slurm("scancel", job_id)
     assert sweep.finish() == 1
+    log = next((sweep.dir / ".submitit" / job_id).glob("*_log.err")).read_text()
+    assert "the job stops now" in log or "SIGTERM at step" in log, log[-2000:]
     assert sweep.record(0)["status"] == "completed"
     assert weights(sweep.dir / "0")[0] == 3000
     cancelled = sweep.record(1)

@@ -10,6 +10,9 @@ hydra-submitit-launcher submits one SLURM job per sweep point and waits for thei
   training happens to be. Here the handler asks Lightning to stop as on SIGTERM (at the next batch
   boundary, where ``LastCheckpoint`` saves ``last.ckpt``), and submitit requeues afterwards. The requeued
   job runs in its own folder and ``DDPM_CKPT_PATH=auto`` resumes it from that checkpoint;
+* **``scancel`` stops a job whenever it comes**: submitit ignores SIGTERM, so a job cancelled while it
+  starts would run on until SLURM's SIGKILL (``KillWait`` later) and could even complete. Outside training
+  the job now stops at once; during training Lightning stops at the next batch and saves ``last.ckpt``;
 * **cancelled and lost jobs do not stop the sweep**: a job that ended without a result (``scancel``, a
   node failure, too many time limits) is recorded in its folder's ``sweep_job.json`` as ``cancelled`` or
   ``failed`` with SLURM's state, the other jobs' results are kept, and ``ddpm-train -m`` exits with code 1
@@ -146,7 +149,17 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
 
         usr = JobEnvironment._usr_sig()
         requeue = signal.getsignal(usr)  # submitit's: checkpoint the submission, scontrol requeue, exit
-        outside_training = signal.getsignal(signal.SIGTERM)  # submitit's, until Lightning adds its own
+        submitit_sigterm = signal.getsignal(signal.SIGTERM)  # submitit's ignores it
+
+        def outside_training(signum: int, frame: Any) -> None:
+            # submitit ignores SIGTERM (scancel, scontrol requeue): a job cancelled while it starts would
+            # run on until SLURM's SIGKILL, KillWait later, and may even complete. During training Lightning
+            # calls this after its own handler (which stops at the next batch and saves): nothing to do then.
+            if signal.getsignal(signal.SIGTERM) is outside_training:
+                print("SIGTERM outside training (scancel, requeue): the job stops now", file=sys.stderr)
+                raise SystemExit(143)
+
+        signal.signal(signal.SIGTERM, outside_training)
         deferred: list[int] = []  # the signal, once training was asked to stop: requeue when it has
 
         def stop_then_requeue(signum: int, frame: Any) -> None:
@@ -171,6 +184,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
                 requeue(deferred[0], None)  # exits: SLURM runs the job again, DDPM_CKPT_PATH=auto resumes
             raise
         finally:
+            signal.signal(signal.SIGTERM, submitit_sigterm)
             if callable(requeue):
                 signal.signal(usr, requeue)
 
