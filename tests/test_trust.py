@@ -582,3 +582,20 @@ def test_merge_for_resume_keeps_the_run_and_takes_only_safe_overrides() -> None:
         ConfigError, match="T=1000 cannot change when resuming: the run was trained with T=50"
     ):
         merge_for_resume(today, stored, typed=["T"])
+
+
+def test_resume_leaves_out_the_keys_of_todays_default_option() -> None:
+    """A checkerboard run resumed with today's default data (moons): moons' ``noise`` must not reach the
+    checkerboard; a key newer than the run in the run's own option still does."""
+    from omegaconf import OmegaConf
+
+    from ddpm.resume import merge_for_resume
+
+    toy = "ddpm.data.datamodules.ToyDataModule"
+    stored = {"data": {"_target_": toy, "dataset": "checkerboard", "params": {"squares": 4}, "n_train": 512}}
+    moons = {"_target_": toy, "dataset": "moons", "params": {"noise": 0.05}, "n_train": 4096, "on_device": 1}
+    merged = merge_for_resume(OmegaConf.create({"data": moons}), stored, typed=[])
+    assert OmegaConf.to_container(merged.data) == stored["data"]
+    same = {**moons, "dataset": "checkerboard", "params": {"squares": 4}}  # a newer default n_train, too
+    merged = merge_for_resume(OmegaConf.create({"data": same}), stored, typed=[])
+    assert merged.data.n_train == 512 and merged.data.on_device == 1

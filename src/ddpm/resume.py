@@ -15,6 +15,7 @@ place, not the old one. Plain OmegaConf: no torch, no Lightning.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ddpm.config import ConfigError
+from ddpm.config import CONF_DIR, ConfigError
 
 __all__ = ["SAFE_ON_RESUME", "is_safe_on_resume", "merge_for_resume", "override_keys"]
 
@@ -119,6 +120,30 @@ def _under(key: str, prefixes: list[str]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
+@functools.cache
+def _config_groups(conf_dir: Path) -> tuple[str, ...]:
+    """The dotted package of every config group folder (``data``, ``callbacks.samples``, ...)."""
+    return tuple(str(d.relative_to(conf_dir)).replace("/", ".") for d in conf_dir.rglob("*") if d.is_dir())
+
+
+def _same_option(key: str, today_raw: Mapping[str, Any], stored_flat: Mapping[str, Any]) -> bool:
+    """Whether the config group holding ``key`` is the same option today as in the run.
+
+    An option is told by its ``_target_`` and its names (the string settings both sides have, such as
+    ``dataset: checkerboard``); numbers may differ (a default that changed). A key outside any group
+    (a top-level key newer than the run) counts as the same.
+    """
+    group = max((g for g in _config_groups(CONF_DIR) if key.startswith(g + ".")), key=len, default=None)
+    if group is None:
+        return True
+    for name, raw in today_raw.items():
+        if not name.startswith(group + ".") or name not in stored_flat:
+            continue
+        if isinstance(raw, str) and "${" not in raw and raw != stored_flat[name]:
+            return False
+    return True
+
+
 def _is_location(raw: Any) -> bool:
     return isinstance(raw, str) and ("${paths." in raw or "${hydra:" in raw)
 
@@ -157,6 +182,9 @@ def merge_for_resume(today: DictConfig, stored: Mapping[str, Any], typed: list[s
     for key, raw in today_raw.items():
         if not (_is_location(raw) or _under(key, typed) or key not in stored_flat):
             continue  # the run's own value
+        newer = key not in stored_flat and not _under(key, typed)
+        if newer and not _same_option(key, today_raw, stored_flat):
+            continue  # a key of today's default option (data=moons' noise) where the run has another
         above = _stored_leaf_above(key, stored_flat)
         if above is None:
             OmegaConf.update(merged, key, raw, merge=False, force_add=True)
