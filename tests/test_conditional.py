@@ -104,7 +104,8 @@ def test_conditional_switch_builds_on_the_datas_classes_and_trains_on_them(tmp_p
 # the checks of --class / --guidance on an unconditional run (tests/test_cli_inputs.py)
 @pytest.fixture(scope="module")
 def cond_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Four steps of toy2d_cond (T = 50), with its final per-class figures."""
+    """Four steps of toy2d_cond (T = 200: NotPureNoiseWarning, as any short schedule), with its final
+    per-class figures."""
     overrides = ["experiment=toy2d_cond", *SHORT, "T=200", "final_samples=80", "callbacks.samples=null"]
     metrics, run_dir = run_train(tmp_path_factory.mktemp("cond"), overrides)
     assert 0.0 <= metrics["final/nearest_mode"] <= 1.0 and "final/class_ratio_7" in metrics
@@ -112,6 +113,7 @@ def cond_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::ddpm.schedules.NotPureNoiseWarning")  # T=200: fast
 def test_a_conditional_checkpoint_resumes_and_samples(cond_run: Path, tmp_path: Path) -> None:
     from ddpm.build import load_run
     from tests.helpers import train_in_process
@@ -135,9 +137,15 @@ def test_a_conditional_checkpoint_resumes_and_samples(cond_run: Path, tmp_path: 
     code = train_in_process([*argv, "logger=csv", "print_config=false", "trainer.enable_progress_bar=false"])
     assert code == 0
     assert load_run(cond_run).model.num_classes == 8
+    # ckpt_path alone: the run's config, not today's default experiment (moons, unconditional)
+    alone = [f"ckpt_path={cond_run}", "trainer.max_steps=8", "final_samples=0", "logger=csv"]
+    assert train_in_process([*alone, "print_config=false", "trainer.enable_progress_bar=false"]) == 0
+    run = load_run(cond_run)
+    assert run.model.num_classes == 8 and run.config.data.dataset == "eight_gaussians"
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::ddpm.schedules.NotPureNoiseWarning")  # T=200: fast
 def test_sample_and_eval_take_classes_and_guidance(
     cond_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
