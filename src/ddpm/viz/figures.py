@@ -502,12 +502,14 @@ def plot_guidance_curve(rows: Sequence[Mapping[str, Any]]) -> Figure:
     fig = _new_figure(13.5, 4.2)
     axes = fig.subplots(1, 3)
     axes[0].plot(w, fidelity, "o-")
-    axes[0].set_ylabel(f"{fid_label}, higher is better")
+    axes[0].set_ylabel(fid_label)
+    axes[0].set_title("fidelity to the class: higher is better", fontsize="medium")
     axes[1].plot(w, quality, "o-", label="mean over classes" if not image else None)
     if not image:
         axes[1].plot(w, [float(r["class_ratio_max"]) for r in rows], "s--", label="worst class")
         axes[1].legend(fontsize="small")
-    axes[1].set_ylabel(f"{q_label}, lower is better")
+    axes[1].set_ylabel(q_label)
+    axes[1].set_title("sample quality: lower is better", fontsize="medium")
     for ax in axes[:2]:
         ax.set_xlabel("guidance scale w (0 unconditional, 1 conditional)")
         ax.grid(True, alpha=0.3)
