@@ -201,12 +201,14 @@ def test_conditional_digits_are_the_requested_digits(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_toy2d_cond_draws_each_class_at_its_mode(tmp_path: Path) -> None:
-    """experiment=toy2d_cond as it is: >= 95% of the samples drawn for class k lie nearest mode k at w = 1
-    (the issue's figure), and the per-class quality ratios are finite and reported for every class."""
+    """experiment=toy2d_cond as it is: >= 95% of the samples drawn for class k lie nearest mode k at w = 1,
+    and each class's quality ratio is within 3x its floor (the issue's figures)."""
     quiet = ["callbacks.progress_bar=null", "trainer.enable_progress_bar=false", "logger=csv"]
     metrics, _ = run_train(
         tmp_path, ["experiment=toy2d_cond", *quiet, "print_config=false", "reverse_gif=false"]
     )
     assert metrics["final/nearest_mode"] >= 0.95
     assert min(metrics[f"final/nearest_mode_{k}"] for k in range(8)) >= 0.95
-    assert all(np.isfinite(metrics[f"final/class_ratio_{k}"]) for k in range(8))
+    ratios = [metrics[f"final/class_ratio_{k}"] for k in range(8)]
+    # the issue's figure: within 3x each class's floor (seeded: this draw; another draws 0.5-3.6x, README)
+    assert all(np.isfinite(ratios)) and max(ratios) <= 3.0, ratios
