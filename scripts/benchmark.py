@@ -523,6 +523,7 @@ PHASES = (
     "set-up",
     "training",
     "validation",
+    "loss-by-timestep figure",
     "final samples",
     "reverse process figures",
     "loggers",
@@ -618,9 +619,10 @@ def startup_tables(repeats: int, tiny: bool) -> list[Table]:
     split.notes.append(
         "start-up: from the entry point to the run (Hydra's composition, config checks); imports: torch, "
         "Lightning and the training modules; set-up: data, model, loggers (W&B starts here), trainer; "
-        "training: the fit without its validations; validation: the validation loops with their samples, "
-        "plots and best checkpoint; final samples: sampling, quality figure, samples.npz and plot; loggers: "
-        "closing W&B and CSV. The whole command also pays the interpreter's start before the entry point."
+        "training: the fit without its validations and figures; validation: the validation loops with their "
+        "samples, plots and best checkpoint; loss-by-timestep figure: drawn when the fit ends; final "
+        "samples: sampling, quality figure, samples.npz and plot; loggers: closing W&B and CSV. The whole "
+        "command also pays the interpreter's start before the entry point."
     )
     return [whole, split]
 

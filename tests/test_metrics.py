@@ -226,3 +226,17 @@ def test_fid_runs_offline_with_a_weights_file(tmp_path) -> None:
     assert fid_unavailable_reason(weights) is None
     x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     assert inception_fid(x, x, weights) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_quality_report_reuses_floors_computed_before() -> None:
+    """Validation compares against the same data every time: floors given are used as they are, and equal
+    what the report computes itself."""
+    from ddpm.metrics import quality_report
+
+    gen = torch.Generator().manual_seed(0)
+    samples, held_out, second = (torch.randn(300, 2, generator=gen) for _ in range(3))
+    fresh = quality_report(samples + 0.5, held_out, second)
+    again = quality_report(samples + 0.5, held_out, second, floors=(fresh.energy_floor, fresh.sliced_w_floor))
+    assert again == fresh
+    given = quality_report(samples + 0.5, held_out, second, floors=(2.0, 4.0))
+    assert (given.energy_floor, given.sliced_w_floor, given.energy) == (2.0, 4.0, fresh.energy)

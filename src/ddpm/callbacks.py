@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -59,6 +60,7 @@ class SampleQualityCallback(Callback):
         self.every_n_validations = every_n_validations
         self.plot = plot
         self._validations = 0
+        self._floors: dict[int, tuple[float, float]] = {}  # by DataModule: the same at every validation
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Sample and report; skipped during the sanity check."""
@@ -72,8 +74,11 @@ class SampleQualityCallback(Callback):
             return
         from ddpm.evaluation.toy import sample_quality
 
-        result = sample_quality(pl_module, datamodule, self.num_samples, seed=trainer.global_step)
+        floors = self._floors.get(id(datamodule))
+        step = trainer.global_step
+        result = sample_quality(pl_module, datamodule, self.num_samples, seed=step, floors=floors)
         report = result["report"]
+        self._floors[id(datamodule)] = (report.energy_floor, report.sliced_w_floor)
         metrics = {
             "val/quality_ratio": report.ratio,
             "val/energy": report.energy,
@@ -203,6 +208,8 @@ class LossByTimestepCallback(Callback):
     def __init__(self) -> None:
         self.steps: list[int] = []
         self.losses: list[list[float]] = [[] for _ in range(4)]  # q1 .. q4
+        #: ``ddpm-train`` sets its phases here: the figure counts as a phase of its own, not as training
+        self.phases: Phases | None = None
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Read the epoch's means by quarter from the module (which logs and resets them after this hook)."""
@@ -221,14 +228,16 @@ class LossByTimestepCallback(Callback):
             return
         from ddpm import viz
 
-        T = getattr(getattr(pl_module, "diffusion", None), "num_timesteps", None)
-        fig = viz.plot_loss_by_quarter(self.steps, self.losses, T=T)
-        log_figure(
-            trainer,
-            "train/loss_by_timestep",
-            fig,
-            Path(trainer.default_root_dir) / "plots" / "loss_by_timestep.png",
-        )
+        timed = self.phases.time("loss-by-timestep figure") if self.phases else contextlib.nullcontext()
+        with timed:
+            T = getattr(getattr(pl_module, "diffusion", None), "num_timesteps", None)
+            fig = viz.plot_loss_by_quarter(self.steps, self.losses, T=T)
+            log_figure(
+                trainer,
+                "train/loss_by_timestep",
+                fig,
+                Path(trainer.default_root_dir) / "plots" / "loss_by_timestep.png",
+            )
 
 
 class ImageSampleCallback(Callback):

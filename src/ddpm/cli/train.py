@@ -162,7 +162,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             import lightning as L
 
             from ddpm.build import build
-            from ddpm.callbacks import ValidationTimer
+            from ddpm.callbacks import LossByTimestepCallback, ValidationTimer
             from ddpm.results import reverse_process_figures, write_results
 
         setup_started = time.perf_counter()
@@ -174,6 +174,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule, module = build(cfg)
         callbacks = [*_callbacks(cfg), ValidationTimer(phases)]  # last: it times the others' validation work
+        for callback in callbacks:
+            if isinstance(callback, LossByTimestepCallback):
+                callback.phases = phases  # its figure at the end of fit is a figure, not training
     except ConfigError:
         remove_unstarted_run_dir(output_dir)
         raise
@@ -228,7 +231,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
         raise SystemExit(143) from None
     train_seconds = time.perf_counter() - start
-    phases.add("training", train_seconds - phases.seconds.get("validation", 0.0))
+    in_fit = phases.seconds.get("validation", 0.0) + phases.seconds.get("loss-by-timestep figure", 0.0)
+    phases.add("training", train_seconds - in_fit)
 
     metrics: dict[str, Any] = {"train_seconds": train_seconds, "global_step": trainer.global_step}
     # printed last, after W&B's own closing lines, so the headline ends the output

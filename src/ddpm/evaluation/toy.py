@@ -32,7 +32,9 @@ __all__ = [
 ]
 
 
-def sample_quality(module: Any, datamodule: Any, n: int, seed: int = 0) -> dict[str, Any]:
+def sample_quality(
+    module: Any, datamodule: Any, n: int, seed: int = 0, floors: tuple[float, float] | None = None
+) -> dict[str, Any]:
     """Draw ``n`` samples with ``module.sample`` and score them against held-out toy data in raw units.
 
     Args:
@@ -42,6 +44,8 @@ def sample_quality(module: Any, datamodule: Any, n: int, seed: int = 0) -> dict[
             ``denormalize``, ``held_out``, ``training_data``, ``true_moments``.
         n: samples to draw; the held-out set and the floor's training sample are cut to the same size.
         seed: seeds the sampler's noise.
+        floors: the report's data-vs-data floors at this n, from an earlier call on the same data (the
+            floors depend on the data only; see :func:`~ddpm.metrics.quality_report`).
 
     Returns:
         ``samples`` and ``held_out`` (raw units, CPU), the :class:`~ddpm.metrics.QualityReport` under
@@ -55,7 +59,7 @@ def sample_quality(module: Any, datamodule: Any, n: int, seed: int = 0) -> dict[
     out: dict[str, Any] = {
         "samples": samples,
         "held_out": held_out,
-        "report": quality_report(samples, held_out, second),
+        "report": quality_report(samples, held_out, second, floors),
     }
     moments = datamodule.true_moments()
     if moments is not None:
@@ -120,6 +124,8 @@ def class_quality(
         data: its toy data with labels (``held_out_labels``, ``train_labels``, ``class_centres``).
         n_per_class: samples per class; each class's held-out and floor data are cut to the same size.
         seed: seeds the sampler's noise.
+        floors: the report's data-vs-data floors at this n, from an earlier call on the same data (the
+            floors depend on the data only; see :func:`~ddpm.metrics.quality_report`).
         guidance_scale: classifier-free guidance w (None: the sampler's).
         sampler: another sampler than the module's.
     """
