@@ -247,28 +247,45 @@ def test_bf16_mixed_trains_on_cpu_with_float32_diffusion_math(tmp_path: Path) ->
 
 
 def test_atomic_checkpoint_survives_sigkill_during_save(tmp_path: Path) -> None:
+    """Three writers killed at random points, usually mid-save: the file is always one complete save. They
+    are forked from one process, so the import (Lightning's, through ddpm.checkpointing) is paid once."""
     target = tmp_path / "last.ckpt"
     script = (
-        "import sys, torch\n"
+        "import os, sys, torch\n"
         "from ddpm.checkpointing import atomic_torch_save\n"
-        "i = 0\n"
-        "while True:\n"
-        "    atomic_torch_save({'i': i, 'w': torch.full((4_000_000,), float(i))}, sys.argv[1])\n"
-        "    print(i, flush=True)\n"
-        "    i += 1\n"
+        "for _ in sys.stdin:\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        i = 0\n"
+        "        while True:\n"
+        "            atomic_torch_save({'i': i, 'w': torch.full((4_000_000,), float(i))}, sys.argv[1])\n"
+        "            print(f'saved {i}', flush=True)\n"
+        "            i += 1\n"
+        "    print(f'writer {pid}', flush=True)\n"
+        "    os.waitpid(pid, 0)\n"
     )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script, str(target)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert parent.stdin is not None and parent.stdout is not None
     rng = np.random.default_rng(0)
-    for _ in range(3):
-        proc = subprocess.Popen(
-            [sys.executable, "-c", script, str(target)], stdout=subprocess.PIPE, text=True
-        )
-        assert proc.stdout is not None
-        proc.stdout.readline()  # one save completed
-        time.sleep(float(rng.uniform(0.0, 0.3)))  # then kill it at a random point, usually mid-save
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        ckpt = torch.load(target, weights_only=True)
-        assert torch.equal(ckpt["w"], torch.full((4_000_000,), float(ckpt["i"])))  # complete and consistent
+    try:
+        for _ in range(3):
+            parent.stdin.write("go\n")
+            parent.stdin.flush()
+            line = parent.stdout.readline()
+            while not line.startswith("writer "):  # past the last writer's saves
+                line = parent.stdout.readline()
+            pid = int(line.split()[1])
+            assert parent.stdout.readline().startswith("saved ")  # one save of this writer completed
+            time.sleep(float(rng.uniform(0.0, 0.3)))  # then kill it at a random point, usually mid-save
+            os.kill(pid, signal.SIGKILL)
+            ckpt = torch.load(target, weights_only=True)
+            # complete and consistent
+            assert torch.equal(ckpt["w"], torch.full((4_000_000,), float(ckpt["i"])))
+    finally:
+        parent.kill()
+        parent.wait()
 
 
 @pytest.mark.slow
