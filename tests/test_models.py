@@ -57,7 +57,7 @@ def test_seed_001_point_end_to_end() -> None:
     steps = 1500
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    x0 = torch.full((512,), 5.0)
+    x0 = torch.full((256,), 5.0)  # the experiment's batch (conf/data/_toy.yaml)
     losses = []
     for _ in range(steps):
         loss = diffusion.training_loss(net, x0)

@@ -124,8 +124,6 @@ def class_quality(
         data: its toy data with labels (``held_out_labels``, ``train_labels``, ``class_centres``).
         n_per_class: samples per class; each class's held-out and floor data are cut to the same size.
         seed: seeds the sampler's noise.
-        floors: the report's data-vs-data floors at this n, from an earlier call on the same data (the
-            floors depend on the data only; see :func:`~ddpm.metrics.quality_report`).
         guidance_scale: classifier-free guidance w (None: the sampler's).
         sampler: another sampler than the module's.
     """
