@@ -453,9 +453,7 @@ class ImageSampleCallback(Callback):
             "val/kid_floor": kid_floor,
             "val/fid_ratio": fid / fid_floor if fid_floor > 0 else float("inf"),
         }
-        for logger in trainer.loggers:
-            logger.log_metrics(values, step=trainer.global_step)
-        self.fid_scores[trainer.global_step] = values
+        _log_scores(trainer, values, self.fid_scores)
         print(
             f"step {trainer.global_step}: FID {fid:.2f} = {values['val/fid_ratio']:.3g}x the real-vs-real "
             f"floor ({fid_floor:.2f}, n={n} vs {reference.n_ref} training images); KID {kid:.4f} "
@@ -492,13 +490,18 @@ class ImageSampleCallback(Callback):
             "val/class_balance": scores.class_entropy,
             "val/confidence": scores.confidence,
         }
-        for logger in trainer.loggers:
-            logger.log_metrics(values, step=trainer.global_step)
-        self.scores[trainer.global_step] = values
+        _log_scores(trainer, values, self.scores)
         print(
             f"step {trainer.global_step}: classifier Fréchet {scores.frechet:.3g} = "
             f"{values['val/classifier_ratio']:.3g}x held-out real images (n={n})"
         )
+
+
+def _log_scores(trainer: L.Trainer, values: dict[str, float], history: dict[int, dict[str, float]]) -> None:
+    """Log a validation's scores to every logger at this step and keep them in ``history`` by step."""
+    for logger in trainer.loggers:
+        logger.log_metrics(values, step=trainer.global_step)
+    history[trainer.global_step] = values
 
 
 def _log_png(trainer: L.Trainer, key: str, path: Path) -> None:
