@@ -10,6 +10,8 @@ step it is DDPM's ancestral step with the posterior variance (fixed_small).
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -93,6 +95,23 @@ def test_timestep_lists_match_reference() -> None:
     assert make_timesteps(1000, 10, "leading") == [900, 800, 700, 600, 500, 400, 300, 200, 100, 0]
     assert make_timesteps(1000, 10, "trailing") == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
     assert make_timesteps(50, 50) == list(range(49, -1, -1))
+
+
+def test_quadratic_spacing_is_uniform_in_sqrt_t() -> None:
+    """DDIM's quadratic subsequence (appendix D.2): t_i = c i^2, from T - 1 down to 0 like linspace."""
+    ddim = make_timesteps(1000, 10, "quadratic")
+    assert ddim == [999, 789, 604, 444, 308, 197, 111, 49, 12, 0]
+    roots = [t**0.5 for t in ddim]
+    gaps = [a - b for a, b in itertools.pairwise(roots)]
+    # equal steps in sqrt(t) up to the rounding of t to an integer
+    assert max(gaps) - min(gaps) < 0.1, gaps
+    # the multistep solvers space steps + 1 points and leave t = 0 to the clean data
+    assert make_timesteps(1000, 10, "quadratic", include_zero=False) == [
+        999, 809, 639, 490, 360, 250, 160, 90, 40, 10
+    ]  # fmt: skip
+    # with many steps the first points all round to 0: none of them is evaluated, and none repeats
+    many = make_timesteps(1000, 250, "quadratic", include_zero=False)
+    assert 0 not in many and len(many) == len(set(many)) < 250 and many[0] == 999
 
 
 def test_ddim_takes_t_prev_from_its_list() -> None:

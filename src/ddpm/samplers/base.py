@@ -235,8 +235,8 @@ class MultistepSampler(Sampler):
     Args:
         steps: network evaluations, 1 <= steps <= T.
         order: 1, 2 or 3.
-        spacing: ``linspace``, ``leading``, ``trailing``, ``karras`` or ``logsnr``
-            (:mod:`ddpm.samplers.spacing`; linspace and leading leave t = 0 to the clean data).
+        spacing: ``linspace``, ``leading``, ``trailing``, ``karras``, ``logsnr`` or ``quadratic``
+            (:mod:`ddpm.samplers.spacing`; linspace, leading and quadratic leave t = 0 to the clean data).
         lower_order_final: lower the order of the last steps (each solver says how).
         guidance_scale: classifier-free guidance w when sampling with labels (:mod:`ddpm.samplers.guidance`:
             0 unconditional, 1 conditional, > 1 guided).

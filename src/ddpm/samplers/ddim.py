@@ -20,8 +20,9 @@ class DDIMSampler(Sampler):
     Args:
         steps: number of sampling steps S (1 <= S <= T).
         eta: stochasticity, >= 0.
-        spacing: ``linspace``, ``leading``, ``trailing``, ``karras`` or ``logsnr``
-            (:mod:`ddpm.samplers.spacing`; linspace and leading end at t = 0, as diffusers' DDIMScheduler).
+        spacing: ``linspace``, ``leading``, ``trailing``, ``karras``, ``logsnr`` or ``quadratic``
+            (:mod:`ddpm.samplers.spacing`; linspace, leading and quadratic end at t = 0, as diffusers'
+            DDIMScheduler does for the first two).
         guidance_scale: classifier-free guidance w when sampling with labels (:mod:`ddpm.samplers.guidance`:
             0 unconditional, 1 conditional, > 1 guided).
     """

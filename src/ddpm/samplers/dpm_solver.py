@@ -50,8 +50,8 @@ class DPMSolverSampler(MultistepSampler):
         steps: network evaluations, 1 <= steps <= T.
         order: 1 (DDIM), 2 (DPM-Solver++ 2M, Algorithm 2) or 3 (its third-order counterpart).
         algorithm: ``dpmsolver++`` (the data-prediction form; the only one offered).
-        spacing: ``linspace``, ``leading``, ``trailing``, ``karras`` or ``logsnr``
-            (:mod:`ddpm.samplers.spacing`; linspace and leading leave t = 0 to the clean data).
+        spacing: ``linspace``, ``leading``, ``trailing``, ``karras``, ``logsnr`` or ``quadratic``
+            (:mod:`ddpm.samplers.spacing`; linspace, leading and quadratic leave t = 0 to the clean data).
         lower_order_final: with fewer than 15 steps, cap the second-to-last step at order 2; it steadies
             few-step sampling (diffusers' default). The last step, onto the clean data (sigma = 0), is
             always first order: a divided difference over an infinite h is undefined.

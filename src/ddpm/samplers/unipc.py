@@ -89,8 +89,8 @@ class UniPCSampler(MultistepSampler):
     Args:
         steps: network evaluations, 1 <= steps <= T.
         order: the predictor's order p (1, 2 or 3); the corrector raises it to p + 1.
-        spacing: as :class:`~ddpm.samplers.DPMSolverSampler` (linspace and leading leave t = 0 to the
-            clean data).
+        spacing: as :class:`~ddpm.samplers.DPMSolverSampler` (linspace, leading and quadratic leave t = 0
+            to the clean data).
         lower_order_final: cap the order at the number of steps left (diffusers' default). The last step,
             onto the clean data, is first order regardless.
         guidance_scale: classifier-free guidance w when sampling with labels (:mod:`ddpm.samplers.guidance`:
