@@ -100,6 +100,31 @@ def test_mixture_quality_is_quality_reports_energy_over_its_floor(lb, linear) ->
     assert 0.0 <= res.tv <= 1.0 and res.nfe == 10
 
 
+def test_unipc_on_quadratic_spacing_meets_the_target_at_20_nfe(lb, linear) -> None:
+    mu, sigma = lb.gaussian_data()
+    sampler = UniPCSampler(20, order=2, spacing="quadratic")
+    assert lb.covariance_error(sampler, linear, mu, sigma).cov_error < 0.02
+
+
+def test_target_c_counts_a_method_once_on_its_best_grid(lb) -> None:
+    """A solver short of its order on linspace but at it on logsnr meets (c), and the short row is named;
+    a method short on every grid fails it."""
+    fit = lb.SlopeFit
+    slopes = [
+        lb.SlopeRow("linear", "DPM-Solver++ 3M", 3, fit(-1.4, 5, 15, 250), None),
+        lb.SlopeRow("linear", "DPM-Solver++ 3M, logsnr", 3, fit(-2.6, 4, 15, 49), None),
+        lb.SlopeRow("linear", "Heun (EDM, karras)", 2, fit(-2.1, 3, 49, 249), None),
+    ]
+    target = lb.target_orders(slopes)
+    assert target.passed
+    assert "2/2 (method, schedule) pairs" in target.text and "-2.60 on logsnr" in target.text
+    assert "DPM-Solver++ 3M (linear, order 3: -1.40)" in target.text
+    target = lb.target_orders([*slopes[:1], lb.SlopeRow("linear", "UniPC-bh2 p=2", 3, None, None)])
+    assert not target.passed and "never: DPM-Solver++ 3M (linear), UniPC-bh2 p=2 (linear)" in target.text
+    assert lb.method_and_grid("UniPC-bh2 p=2, quadratic") == ("UniPC-bh2 p=2", "quadratic")
+    assert lb.method_and_grid("DDPM (ancestral, linspace)") == ("DDPM (ancestral, linspace)", "linspace")
+
+
 def test_fit_slope_recovers_a_power_law(lb) -> None:
     points = [(n, 3.0 * n**-2.0) for n in (5, 10, 20, 40, 80)]
     fit = lb.fit_slope(points, floor=1e-6, ceiling=1.0)
