@@ -41,7 +41,9 @@ def _diffusion(objective: str = "eps", schedule: str = "linear") -> GaussianDiff
     return GaussianDiffusion(make_beta_schedule(schedule, 1000), objective=objective)
 
 
-def _reference(kind: str, d: GaussianDiffusion, order: int, objective: str, spacing: str):
+def _reference(
+    kind: str, d: GaussianDiffusion, order: int, objective: str, spacing: str, solver_type: str = "bh2"
+):
     prediction_type = {"eps": "epsilon", "v": "v_prediction"}[objective]
     common = dict(
         trained_betas=d.betas.double().numpy(),
@@ -55,7 +57,7 @@ def _reference(kind: str, d: GaussianDiffusion, order: int, objective: str, spac
             algorithm_type="dpmsolver++", solver_type="midpoint", **common
         )
     else:
-        sched = diffusers.UniPCMultistepScheduler(solver_type="bh2", **common)
+        sched = diffusers.UniPCMultistepScheduler(solver_type=solver_type, **common)
     sched.alphas_cumprod = d.alphas_cumprod.clone()  # the same float32 abar as ours
     return sched
 
@@ -65,22 +67,27 @@ def _reference(kind: str, d: GaussianDiffusion, order: int, objective: str, spac
 )
 @pytest.mark.parametrize("objective", ["eps", "v"])
 @pytest.mark.parametrize(
-    ("kind", "order", "steps", "spacing"),
+    ("kind", "order", "steps", "spacing", "solver_type"),
     [
-        ("dpm_solver", 2, 10, "linspace"),
-        ("dpm_solver", 2, 25, "trailing"),
-        ("dpm_solver", 3, 20, "linspace"),
-        ("dpm_solver", 3, 12, "leading"),
-        ("unipc", 2, 10, "linspace"),
-        ("unipc", 2, 20, "leading"),
-        ("unipc", 3, 15, "trailing"),
+        ("dpm_solver", 2, 10, "linspace", "midpoint"),
+        ("dpm_solver", 2, 25, "trailing", "midpoint"),
+        ("dpm_solver", 3, 20, "linspace", "midpoint"),
+        ("dpm_solver", 3, 12, "leading", "midpoint"),
+        ("unipc", 2, 10, "linspace", "bh2"),
+        ("unipc", 2, 20, "leading", "bh2"),
+        ("unipc", 3, 15, "trailing", "bh2"),
     ],
 )
-def test_same_timesteps_and_samples_as_diffusers(kind, order, steps, spacing, objective, gaussian_2d) -> None:
+def test_same_timesteps_and_samples_as_diffusers(
+    kind, order, steps, spacing, solver_type, objective, gaussian_2d
+) -> None:
     d = _diffusion(objective)
     oracle = GaussianOracle(d, *gaussian_2d)
-    ours = (DPMSolverSampler if kind == "dpm_solver" else UniPCSampler)(steps, order=order, spacing=spacing)
-    sched = _reference(kind, d, order, objective, spacing)
+    if kind == "dpm_solver":
+        ours = DPMSolverSampler(steps, order=order, spacing=spacing)
+    else:
+        ours = UniPCSampler(steps, order=order, spacing=spacing, solver_type=solver_type)
+    sched = _reference(kind, d, order, objective, spacing, solver_type)
     sched.set_timesteps(steps)
     assert sched.timesteps.tolist() == ours.timesteps(d)
     x_T = torch.randn(256, 2, generator=torch.Generator().manual_seed(0))
@@ -89,6 +96,36 @@ def test_same_timesteps_and_samples_as_diffusers(kind, order, steps, spacing, ob
         x = sched.step(oracle(x, torch.full((256,), int(t))), t, x).prev_sample
     got = ours.sample(oracle, d, (256, 2), x_T=x_T, progress=False)
     assert torch.allclose(got, x, atol=2e-5, rtol=1e-5), (got - x).abs().max()
+
+
+@pytest.mark.parametrize(
+    ("order", "steps", "spacing"), [(1, 10, "linspace"), (2, 12, "leading"), (3, 15, "trailing")]
+)
+def test_unipc_bh1_equals_diffusers_up_to_the_last_step(order, steps, spacing, gaussian_2d) -> None:
+    """UniPC with B(h) = h against diffusers' ``solver_type="bh1"``, state by state. Onto sigma = 0 diffusers'
+    bh1 step is NaN (B(h) = h is infinite there); ours returns the data prediction, the limit of every
+    order's first-order step, so that last step is checked against the oracle's x0 instead."""
+    d = _diffusion()
+    oracle = GaussianOracle(d, *gaussian_2d)
+    ours = UniPCSampler(steps, order=order, spacing=spacing, solver_type="bh1")
+    sched = _reference("unipc", d, order, "eps", spacing, "bh1")
+    sched.set_timesteps(steps)
+    x_T = torch.randn(256, 2, generator=torch.Generator().manual_seed(0))
+    result = ours.sample(oracle, d, (256, 2), x_T=x_T, return_trajectory=True, progress=False)
+    x = x_T.clone()
+    for i, t in enumerate(sched.timesteps[:-1]):
+        x = sched.step(oracle(x, torch.full((256,), int(t))), t, x).prev_sample
+        assert torch.allclose(result.trajectory[i + 1], x, atol=2e-5, rtol=1e-5), (
+            i,
+            (result.trajectory[i + 1] - x).abs().max(),
+        )
+    t_last = torch.full((256,), int(sched.timesteps[-1]))
+    assert torch.allclose(result.samples, oracle.x0(result.trajectory[-2], t_last).float(), atol=1e-5)
+    # and bh1 is not bh2: the comparison above would see the other B(h)
+    bh2 = UniPCSampler(steps, order=order, spacing=spacing).sample(
+        oracle, d, (256, 2), x_T=x_T, progress=False
+    )
+    assert (bh2 - result.samples).abs().max() > 1e-4
 
 
 def test_a_wrong_coefficient_would_be_seen(gaussian_2d) -> None:
@@ -314,6 +351,7 @@ def test_models_take_fractional_timesteps() -> None:
         (lambda: DPMSolverSampler(10, algorithm="dpmsolver"), r"algorithm='dpmsolver' is unknown"),
         (lambda: UniPCSampler(10, order=0), r"order=0 is invalid"),
         (lambda: UniPCSampler(-2), r"steps=-2 is invalid"),
+        (lambda: UniPCSampler(10, solver_type="bh3"), r"solver_type='bh3' is unknown; choose one of bh1"),
         (lambda: HeunSampler(1), r"steps=1 is invalid; steps must be an integer >= 2"),
         (lambda: HeunSampler(5, spacing="uniform"), r"spacing='uniform' is unknown"),
     ],

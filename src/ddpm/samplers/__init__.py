@@ -3,7 +3,7 @@
 - :class:`DDPMSampler` (``ancestral``): DDPM Algorithm 2, all T steps or respaced.
 - :class:`DDIMSampler` (``ddim``): DDIM, eta = 0 (deterministic) to 1.
 - :class:`DPMSolverSampler` (``dpm_solver``): multistep DPM-Solver++ of order 1-3.
-- :class:`UniPCSampler` (``unipc``): UniPC-bh2 predictor-corrector.
+- :class:`UniPCSampler` (``unipc``): UniPC predictor-corrector (bh2, or bh1).
 - :class:`HeunSampler` (``heun``): EDM's second-order sampler on Karras noise levels.
 
 Each has a model-agnostic ``step(diffusion, model_output, t, t_prev, x_t, noise=None, state=None)`` and

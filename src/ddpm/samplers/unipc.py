@@ -1,12 +1,13 @@
 """UniPC (Zhao et al. 2023, "UniPC: A Unified Predictor-Corrector Framework for Fast Sampling of Diffusion
-Models"), B(h) = e^h - 1 ("bh2"), in the data-prediction form.
+Models"), B(h) = e^h - 1 ("bh2", the default) or B(h) = h ("bh1"), in the data-prediction form.
 
 Each step first corrects the current sample with the network output just computed there (UniC, which
 costs no extra evaluation: the output is the one the predictor needs anyway), then predicts the next
 sample from the corrected one (UniP). Both are built from the exponential integrator of DPM-Solver++ with
 coefficients rho solved from the divided differences of the latest x0 predictions (UniPC eqs. 9 and 11,
-Algorithms 2 and 3). The reference implementation is diffusers'
-``UniPCMultistepScheduler(solver_type="bh2")``.
+Algorithms 2 and 3). The reference implementation is diffusers' ``UniPCMultistepScheduler`` with the same
+``solver_type``. The UniPC paper (sec. 3.3 and its experiments) recommends bh1 for unconditional sampling
+with very few steps and bh2 otherwise; both are order p + 1.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ from ddpm.samplers.base import (
     step_index,
 )
 
-__all__ = ["UniPCSampler", "UniPCState"]
+__all__ = ["SOLVER_TYPES", "UniPCSampler", "UniPCState"]
+
+#: UniPC's choices of B(h) (sec. 3.3): bh1 = h, bh2 = e^h - 1
+SOLVER_TYPES = ("bh1", "bh2")
 
 
 class UniPCState(NamedTuple):
@@ -47,9 +51,10 @@ def _unipc_update(
     t: tuple[float, float],
     order: int,
     x0_at_t: torch.Tensor | None = None,
+    solver_type: str = "bh2",
 ) -> torch.Tensor:
     """One UniP (``x0_at_t`` None) or UniC step of ``order`` from x at s = (alpha_s, sigma_s) to
-    t = (alpha_t, sigma_t); ``lambdas`` / ``x0s`` end with those of s."""
+    t = (alpha_t, sigma_t); ``lambdas`` / ``x0s`` end with those of s; ``solver_type`` picks B(h)."""
     sigma_s, (alpha_t, sigma_t) = s[1], t
     lambda_s = lambdas[-1]
     h = math.log(alpha_t / sigma_t) - lambda_s
@@ -59,7 +64,7 @@ def _unipc_update(
     rks.append(1.0)
     hh = -h  # data prediction: the integrator runs in -lambda
     h_phi_1 = math.expm1(hh)  # h phi_1(h) = e^h - 1
-    b_h = math.expm1(hh)  # UniPC sec. 3.3, "bh2": B(h) = e^h - 1
+    b_h = hh if solver_type == "bh1" else math.expm1(hh)  # UniPC sec. 3.3: B(h) = h or e^h - 1
     # UniPC eq. 9: R_p(h) rho = g_p(h) / B(h), g_p from the phi functions phi_{k+1}(h) k!
     h_phi_k, factorial, rows, b = h_phi_1 / hh - 1, 1, [], []
     for i in range(1, order + 1):
@@ -84,7 +89,7 @@ def _unipc_update(
 
 
 class UniPCSampler(MultistepSampler):
-    """UniPC-bh2 of order 1-3: ``steps`` network evaluations, one corrector per step at no extra cost.
+    """UniPC of order 1-3: ``steps`` network evaluations, one corrector per step at no extra cost.
 
     Args:
         steps: network evaluations, 1 <= steps <= T.
@@ -95,7 +100,27 @@ class UniPCSampler(MultistepSampler):
             onto the clean data, is first order regardless.
         guidance_scale: classifier-free guidance w when sampling with labels (:mod:`ddpm.samplers.guidance`:
             0 unconditional, 1 conditional, > 1 guided).
+        solver_type: ``bh2`` (B(h) = e^h - 1, the default) or ``bh1`` (B(h) = h), UniPC sec. 3.3.
     """
+
+    def __init__(
+        self,
+        steps: int = 20,
+        order: int = 2,
+        spacing: str = "linspace",
+        lower_order_final: bool = True,
+        guidance_scale: float = 1.0,
+        solver_type: str = "bh2",
+    ) -> None:
+        super().__init__(steps, order, spacing, lower_order_final, guidance_scale)
+        if solver_type not in SOLVER_TYPES:
+            allowed = ", ".join(SOLVER_TYPES)
+            raise ValueError(f"solver_type={solver_type!r} is unknown; choose one of {allowed}")
+        self.solver_type = solver_type
+
+    def __repr__(self) -> str:
+        bh1 = ", solver_type='bh1'" if self.solver_type == "bh1" else ""
+        return super().__repr__()[:-1] + bh1 + ")"
 
     def step(
         self,
@@ -129,6 +154,7 @@ class UniPCSampler(MultistepSampler):
                 (alpha_s, sigma_s),
                 state.last_order,
                 x0_at_t=x0,
+                solver_type=self.solver_type,
             )
         lambdas = (*state.lambdas, lambda_s)[-self.order :]
         x0s = (*state.x0s, x0)[-self.order :]
@@ -139,6 +165,7 @@ class UniPCSampler(MultistepSampler):
             if i is not None:
                 order = min(order, len(ts) - i)
         order = min(order, len(x0s))  # warm-up: order p needs p x0 predictions
-        prev = _unipc_update(x_t, lambdas, x0s, (alpha_s, sigma_s), alpha_sigma(diffusion, t_prev), order)
+        t_next = alpha_sigma(diffusion, t_prev)
+        prev = _unipc_update(x_t, lambdas, x0s, (alpha_s, sigma_s), t_next, order, None, self.solver_type)
         t_value = t.item() if isinstance(t, torch.Tensor) else t
         return StepOutput(prev, x0, UniPCState(lambdas, x0s, x_t, t_value, order))
