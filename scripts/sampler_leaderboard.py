@@ -125,7 +125,20 @@ METHODS: dict[str, tuple[int, Callable[[int, str], Sampler], str]] = {
     "DPM-Solver++ 3M": (3, lambda n, sp: DPMSolverSampler(n, order=3, spacing=sp), "DPM-Solver++ 3M (3)"),
     "UniPC-bh2 p=2": (3, lambda n, sp: UniPCSampler(n, order=2, spacing=sp), _UNIPC_ORDER),
     "UniPC-bh2 p=3": (4, lambda n, sp: UniPCSampler(n, order=3, spacing=sp), _UNIPC_ORDER),
+    # B(h) = h: the UniPC paper's choice for unconditional sampling at very few steps (sec. 3.3)
+    "UniPC-bh1 p=1": (2, lambda n, sp: UniPCSampler(n, order=1, spacing=sp, solver_type="bh1"), _UNIPC_ORDER),
+    "UniPC-bh1 p=2": (3, lambda n, sp: UniPCSampler(n, order=2, spacing=sp, solver_type="bh1"), _UNIPC_ORDER),
 }
+#: the methods the leaderboard runs on linspace at every budget (the others appear on chosen grids and in the
+#: 10-NFE sweep of target (b))
+LINSPACE_METHODS = (
+    "DDIM (eta=0)",
+    "DPM-Solver++ 1",
+    "DPM-Solver++ 2M",
+    "DPM-Solver++ 3M",
+    "UniPC-bh2 p=2",
+    "UniPC-bh2 p=3",
+)
 
 
 def on_grid(method: str, spacing: str = "linspace") -> SamplerSpec:
@@ -144,7 +157,7 @@ def sampler_specs() -> list[SamplerSpec]:
             lambda n: DDPMSampler(n, spacing="linspace"),
             "ancestral sampling: first order (Euler-Maruyama of the reverse SDE)",
         ),
-        *(on_grid(method) for method in METHODS),
+        *(on_grid(method) for method in LINSPACE_METHODS),
         # EDM Algorithm 1: N noise levels cost 2N - 1 evaluations, so N = (budget + 1) // 2
         SamplerSpec(
             "Heun (EDM, karras)",
@@ -160,6 +173,7 @@ def sampler_specs() -> list[SamplerSpec]:
         on_grid("UniPC-bh2 p=2", "quadratic"),
         on_grid("UniPC-bh2 p=3", "logsnr"),
         on_grid("UniPC-bh2 p=3", "karras"),
+        on_grid("UniPC-bh1 p=1", "logsnr"),
     ]
 
 
