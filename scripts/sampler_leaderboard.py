@@ -785,15 +785,14 @@ def target_orders(slopes: Sequence[SlopeRow]) -> Target:
         methods.setdefault((method_and_grid(s.sampler)[0], s.schedule), []).append(s)
     reached, missing = [], []
     for (method, schedule), group in methods.items():
-        ok = [s for s in group if s.passed and s.end_to_end is not None]
-        if not ok:
+        fits = [(s, s.end_to_end) for s in group if s.passed and s.end_to_end is not None]
+        if not fits:
             missing.append(f"{method} ({schedule})")
             continue
         # the passing fit over the most points (then the steepest): a two-point fit is the least sure
-        best = min(ok, key=lambda s: (-s.end_to_end.points, s.end_to_end.slope) if s.end_to_end else (0, 0.0))
-        assert best.end_to_end is not None
+        best, fit = min(fits, key=lambda pair: (-pair[1].points, pair[1].slope))
         grid = method_and_grid(best.sampler)[1]
-        reached.append(f"{method} ({schedule}, order {best.order}): {best.end_to_end.slope:.2f} on {grid}")
+        reached.append(f"{method} ({schedule}, order {best.order}): {fit.slope:.2f} on {grid}")
     text = (
         f"{len(reached)}/{len(methods)} (method, schedule) pairs fit a slope within {SLOPE_TOLERANCE} of "
         "-order or steeper on at least one grid: " + "; ".join(reached)
@@ -803,8 +802,8 @@ def target_orders(slopes: Sequence[SlopeRow]) -> Target:
     short = [s for s in slopes if not s.passed]
     if short:
         text += (
-            ". Short of their order on their grid (the last interval of linspace and quadratic keeps its "
-            "width in log-SNR whatever the NFE, see the slopes section): "
+            ". Short of their order on their grid (the last interval of linspace and quadratic shrinks far "
+            "slower than 1 / NFE in log-SNR, see the slopes section): "
             + ", ".join(
                 f"{s.sampler} ({s.schedule}, order {s.order}: "
                 f"{'no fit' if s.end_to_end is None else f'{s.end_to_end.slope:.2f}'})"
