@@ -17,6 +17,10 @@ What is measured:
   metrics and gradient-norm logging included); all three with AdamW, gradient clipping at 1.0 and an EMA of
   the weights, on the same DataLoader. Sampling samples/s for DDPM (all T steps) and DDIM-50.
 * A small UNet (``ddpm.models.UNet``, unet_tiny's settings) on 8x8 images on CPU, the same way.
+* The real app: ``ddpm-train``'s default run in this process (every default callback and logger) against
+  the plain loop, also with the CSV logger alone (W&B off), and where its extra time goes: every step is
+  timed, and the difference is split into the median step, the checkpoint and logging steps, the rest and
+  the validations.
 * On a GPU only: unet_cifar10 at batch 128, fp32 vs bf16-mixed vs bf16-mixed + channels_last +
   torch.compile (images/s, model FLOP utilisation against the device's bf16 peak), diffusers' UNet2DModel +
   DDPMScheduler with the same settings when the ``bench`` extra is installed, and DDIM-100 throughput
@@ -172,21 +176,31 @@ def in_memory_loader(x: torch.Tensor, batch: int, seed: int = 0) -> torch.utils.
 
 
 def plain_train(
-    net: nn.Module, loader: torch.utils.data.DataLoader, T: int, warmup: int, steps: int, device: torch.device
+    net: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    T: int,
+    warmup: int,
+    steps: int,
+    device: torch.device,
+    step_seconds: list[float] | None = None,
 ) -> float:
     """A hand-written loop doing ddpm-lab's step: L_simple, backward, clip 1.0, AdamW, EMA. Returns seconds
-    for ``steps`` iterations after ``warmup``."""
+    for ``steps`` iterations after ``warmup``; ``step_seconds`` (on CPU) receives each step's seconds."""
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     diffusion = make_diffusion(T).to(device)
     net = net.to(device)
     opt = adamw(net.parameters())
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.995), use_buffers=True)
-    start = 0.0
+    start = last = 0.0
     for i, (x0,) in enumerate(loader):
         if i == warmup:
             sync(device)
-            start = time.perf_counter()
+            start = last = time.perf_counter()
+        elif i > warmup and step_seconds is not None:
+            now = time.perf_counter()
+            step_seconds.append(now - last)  # the step before, its batch's fetch included
+            last = now
         if i == warmup + steps:
             break
         x0 = x0.to(device, non_blocking=True)
@@ -409,14 +423,56 @@ def _compose_app(out_dir: Path, overrides: list[str]) -> Any:
     return cfg
 
 
-def app_train(steps: int, overrides: list[str]) -> dict[str, float]:
+def step_timer(records: list[tuple[str, float]]) -> Any:
+    """A Lightning callback appending ``(kind, seconds)`` to ``records`` for every training step: the time
+    from one step's end to the next (its batch's fetch and every hook included, validation excluded), of
+    kind ``checkpoint`` on the steps ``LastCheckpoint`` saves at, ``logging`` on those the loggers write at
+    (``log_every_n_steps``), ``other`` elsewhere; and ``("validation", seconds)`` for every validation but
+    the sanity check."""
+    import lightning as L
+
+    from ddpm.checkpointing import LastCheckpoint
+
+    class StepTimer(L.Callback):
+        def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            saver = next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
+            self.every = saver.interval(trainer.max_steps) if saver is not None else None
+            self.last, self.in_validation = time.perf_counter(), 0.0
+
+        def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            self.validation_start = time.perf_counter()
+
+        def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            if not trainer.sanity_checking:
+                seconds = time.perf_counter() - self.validation_start
+                records.append(("validation", seconds))
+                self.in_validation += seconds
+
+        def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+            now, step = time.perf_counter(), trainer.global_step
+            kind = "other"
+            if self.every and step % self.every == 0:
+                kind = "checkpoint"
+            elif step % trainer.log_every_n_steps == 0:
+                kind = "logging"
+            records.append((kind, now - self.last - self.in_validation))
+            self.last, self.in_validation = now, 0.0
+
+    return StepTimer()
+
+
+def app_train(
+    steps: int, overrides: list[str], step_records: list[tuple[str, float]] | None = None
+) -> dict[str, float]:
     """``ddpm-train``'s default run, in this process, for ``steps`` steps with every default callback and
-    logger on (W&B offline); its phases (``timings.json``) in seconds. Its output is swallowed."""
+    logger on (W&B offline); its phases (``timings.json``) in seconds. Its output is swallowed.
+    ``step_records`` receives :func:`step_timer`'s ``(kind, seconds)`` of every step."""
     import contextlib
     import io
 
     from ddpm.cli.train import train
 
+    extra = [step_timer(step_records)] if step_records is not None else []
     with tempfile.TemporaryDirectory() as tmp:
         cfg = _compose_app(
             Path(tmp) / "run", [f"trainer.max_steps={steps}", "print_config=false", *overrides]
@@ -424,14 +480,46 @@ def app_train(steps: int, overrides: list[str]) -> dict[str, float]:
         sink = io.StringIO()
         with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            train(cfg)
+            train(cfg, extra_callbacks=extra)
         return json.loads((Path(tmp) / "run" / "timings.json").read_text())["phases_s"]
 
 
-def compare_app(data: torch.Tensor, steps: int, val_every: int, rounds: int) -> Table:
+@dataclass
+class AppRound:
+    """One round of :func:`compare_app`: the plain loop's step seconds, the app's :func:`step_timer`
+    records and its phases, and the W&B-off app's phases."""
+
+    plain: list[float]
+    app: list[tuple[str, float]]
+    phases: dict[str, float]
+    no_wandb: dict[str, float]
+
+    def gap_parts(self) -> dict[str, float]:
+        """The app's extra seconds over the plain loop (its steps and validations minus the plain loop's
+        steps), by where they arise: the median step's difference over all steps, the excess over the
+        app's median step of the checkpoint and logging steps, that of the other steps beyond the plain
+        loop's own excess over its median, and the validations. They add up to the whole difference."""
+        app_steps = [t for k, t in self.app if k != "validation"]
+        med_app, med_plain = statistics.median(app_steps), statistics.median(self.plain)
+
+        def excess(kind: str) -> float:
+            return sum(t - med_app for k, t in self.app if k == kind)
+
+        return {
+            "median step": len(app_steps) * med_app - len(self.plain) * med_plain,
+            "checkpoint steps": excess("checkpoint"),
+            "logging steps": excess("logging"),
+            "other steps": excess("other") - sum(t - med_plain for t in self.plain),
+            "validations": sum(t for k, t in self.app if k == "validation"),
+        }
+
+
+def compare_app(data: torch.Tensor, steps: int, val_every: int, rounds: int) -> tuple[Table, Table]:
     """The default run (``experiment=toy2d``: moons, MLP 128 x 3, batch 256) against the plain loop doing
     the same steps, interleaved over rounds: per-step time of the app's training alone and with its
-    validations (EMA sampling, the quality figure and its plot, the best checkpoint) counted in."""
+    validations (EMA sampling, the quality figure and its plot, the best checkpoint) counted in, and of the
+    app with the CSV logger alone (W&B off). The second table splits the app's extra time by where it
+    arises, from every step's time (:func:`step_timer`)."""
     from ddpm.models import MLPDenoiser
 
     overrides = [
@@ -439,29 +527,44 @@ def compare_app(data: torch.Tensor, steps: int, val_every: int, rounds: int) -> 
         "final_samples=0",  # final sampling and figures are phases of their own (start-up section)
         f"cpu_threads={torch.get_num_threads()}",  # the plain loop's thread count
     ]
-    plain: list[float] = []
-    app: list[dict[str, float]] = []
+    results: list[AppRound] = []
     for r in range(rounds):
-        for variant in ("plain", "app") if r % 2 == 0 else ("app", "plain"):
+        plain: list[float] = []
+        records: list[tuple[str, float]] = []
+        phases: dict[str, dict[str, float]] = {}
+        variants = ("plain", "app", "no W&B")
+        for variant in variants if r % 2 == 0 else variants[::-1]:
             if variant == "plain":
                 net = MLPDenoiser(data_dim=2, hidden=128, depth=3)
-                plain.append(
-                    plain_train(net, in_memory_loader(data, 256), 1000, 0, steps, torch.device("cpu"))
-                )
+                loader = in_memory_loader(data, 256)
+                plain_train(net, loader, 1000, 0, steps, torch.device("cpu"), step_seconds=plain)
+            elif variant == "app":
+                phases["app"] = app_train(steps, overrides, records)
             else:
-                app.append(app_train(steps, overrides))
-    training = [a["training"] for a in app]
-    with_val = [a["training"] + a.get("validation", 0.0) for a in app]
+                phases["no W&B"] = app_train(steps, [*overrides, "logger=csv"])
+        results.append(AppRound(plain, records, phases["app"], phases["no W&B"]))
+
+    plain_s = [sum(r.plain) for r in results]
     table = Table(
         f"The real app vs the plain loop: ddpm-train's default run, {steps} steps (CPU)",
         ["variant", "ms/step (median)", "time / plain loop (median of rounds)", "overhead"],
     )
-    table.rows.append(["plain PyTorch loop", 1000 * statistics.median(plain) / steps, 1.0, "+0.0%"])
+    table.rows.append(["plain PyTorch loop", 1000 * statistics.median(plain_s) / steps, 1.0, "+0.0%"])
     for name, times in (
-        ("the real app: training steps (default callbacks, logging)", training),
-        ("the real app (default callbacks, logging, validation)", with_val),
+        (
+            "the real app: training steps (default callbacks, logging)",
+            [r.phases["training"] for r in results],
+        ),
+        (
+            "the real app (default callbacks, logging, validation)",
+            [r.phases["training"] + r.phases.get("validation", 0.0) for r in results],
+        ),
+        (
+            "the real app with the CSV logger only (W&B off): training steps",
+            [r.no_wandb["training"] for r in results],
+        ),
     ):
-        ratio = statistics.median(t / b for t, b in zip(times, plain, strict=True))
+        ratio = statistics.median(t / b for t, b in zip(times, plain_s, strict=True))
         table.rows.append(
             [name, 1000 * statistics.median(times) / steps, ratio, f"{100 * (ratio - 1):+.1f}%"]
         )
@@ -473,7 +576,36 @@ def compare_app(data: torch.Tensor, steps: int, val_every: int, rounds: int) -> 
         "phases (training = fit minus validation; start-up, set-up and the final samples are not counted). "
         "The plain loop does the same math (L_simple, clipping, fused AdamW, foreach EMA) on the same data."
     )
-    return table
+
+    parts = [r.gap_parts() for r in results]
+    med_app = [statistics.median(t for _, t in r.app) for r in results]
+    med_plain = [statistics.median(r.plain) for r in results]
+    counts = {kind: sum(1 for k, _ in results[0].app if k == kind) for kind in ("checkpoint", "logging")}
+    split = Table(
+        f"Where the real app's extra time goes ({steps} steps, median of rounds)",
+        ["part", "seconds per run", "ms per step", "% of the plain loop's time"],
+    )
+    app_ms, plain_ms = 1000 * statistics.median(med_app), 1000 * statistics.median(med_plain)
+    step_ratio = statistics.median(a / p for a, p in zip(med_app, med_plain, strict=True))
+    labels = {
+        "median step": f"the median step (app {app_ms:.2f} ms vs plain {plain_ms:.2f} ms: {step_ratio:.2f}x)",
+        "checkpoint steps": f"the {counts['checkpoint']} checkpoint steps' excess over the median step",
+        "logging steps": f"the {counts['logging']} logging steps' excess over the median step",
+        "other steps": "the other steps' excess over the median, beyond the plain loop's own",
+        "validations": "the validations",
+    }
+    for key, label in labels.items():
+        seconds = statistics.median(p[key] for p in parts)
+        share = statistics.median(p[key] / b for p, b in zip(parts, plain_s, strict=True))
+        split.rows.append([label, seconds, 1000 * seconds / steps, f"{100 * share:+.1f}%"])
+    split.notes.append(
+        "From every step's time in the rounds above (the app's from the end of one step to the end of the "
+        "next, hooks, logging and the batch's fetch included, validation excluded). Checkpoint steps save "
+        "`last.ckpt`; logging steps write to the loggers (every `trainer.log_every_n_steps`). In each round "
+        "the parts add up to the app's steps and validations minus the plain loop's steps (the fit's own "
+        "set-up and end are outside both); each figure is the median over rounds."
+    )
+    return table, split
 
 
 # ----------------------------------------------------------------------------- CPU threads
@@ -992,8 +1124,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
     lightning_ratio = float(toy.rows[2][3])
     app = None
     if not args.no_app:
-        app = compare_app(moons, *((6, 3, 1) if s.tiny else (1500, 750, 3)))
-        tables.append(app)
+        app, app_split = compare_app(moons, *((6, 3, 1) if s.tiny else (1500, 750, s.rounds)))
+        tables += [app, app_split]
     tables.append(ema_update_table(mlp, s.toy_T, repeats=s.rounds))
     tables.append(threads_table(moons, 5 if s.tiny else 100))
     tables.append(sampling_table("toy MLP", mlp(), (2,), s.toy_T, s.sample_n, s, cpu))

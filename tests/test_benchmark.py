@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -33,12 +34,13 @@ def test_tiny_benchmark_writes_its_report(benchmark_module, tmp_path: Path) -> N
         "Lightning, minimal module",
         "Lightning, ddpm-lab DiffusionModule",
     ]
+    split = next(t for t in result["tables"] if t.title.startswith("Where the real app's extra time goes"))
     for table in result["tables"]:
         header = "| " + " | ".join(table.columns) + " |"
         assert header in report
         assert all(len(row) == len(table.columns) for row in table.rows)
-        for row in table.rows:  # every figure is a real, positive number
-            assert all(v > 0 for v in row if isinstance(v, float))
+        for row in table.rows:  # every figure is a real number, positive but for the split's differences
+            assert all(math.isfinite(v) and (v > 0 or table is split) for v in row if isinstance(v, float))
     assert toy.rows[0][3] == 1.0 and result["lightning_ratio"] > 0
     assert any(t.startswith("One EMA update") for t in titles)
     threads = next(t for t in result["tables"] if t.title.startswith("CPU threads"))
@@ -52,8 +54,13 @@ def test_tiny_benchmark_writes_its_report(benchmark_module, tmp_path: Path) -> N
         "plain PyTorch loop",
         "the real app: training steps (default callbacks, logging)",
         "the real app (default callbacks, logging, validation)",
+        "the real app with the CSV logger only (W&B off): training steps",
     ]
     assert app.rows[1][1] <= app.rows[2][1]  # validation only adds time
+    labels = [row[0] for row in split.rows]
+    assert labels[0].startswith("the median step (app ") and labels[-1] == "the validations"
+    for word, label in zip(("checkpoint steps", "logging steps", "other steps"), labels[1:4], strict=True):
+        assert word in label
     assert "The real app (default callbacks, logging, validation) within 1.2x of the plain loop" in report
 
 
@@ -71,3 +78,19 @@ def test_startup_section_times_every_command(benchmark_module) -> None:
     assert parts == pytest.approx(by_phase["in-process total"], rel=1e-6)
     train = next(row[1] for row in whole.rows if row[0].startswith("`ddpm-train`"))
     assert by_phase["in-process total"] < train  # the process also starts the interpreter
+
+
+def test_the_app_split_adds_up_to_the_whole_difference(benchmark_module) -> None:
+    """The parts of the app's extra time sum to its steps and validations minus the plain loop's steps."""
+    app = [("other", 0.012), ("logging", 0.015), ("checkpoint", 0.040), ("other", 0.011), ("validation", 0.3)]
+    app += [("other", 0.013)]
+    round_ = benchmark_module.AppRound(
+        plain=[0.010, 0.011, 0.010, 0.012, 0.010], app=app, phases={}, no_wandb={}
+    )
+    parts = round_.gap_parts()
+    whole = sum(t for _, t in app) - sum(round_.plain)
+    assert sum(parts.values()) == pytest.approx(whole)
+    assert parts["validations"] == pytest.approx(0.3)
+    assert parts["checkpoint steps"] == pytest.approx(0.040 - 0.013)  # over the app's median step
+    assert parts["logging steps"] == pytest.approx(0.015 - 0.013)
+    assert parts["median step"] == pytest.approx(5 * 0.013 - 5 * 0.010)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,8 +135,11 @@ def _check_trainer(cfg: DictConfig) -> None:
         raise ConfigError("trainer.accelerator=mps but MPS is not available here; use trainer=cpu")
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def train(cfg: DictConfig, extra_callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train and evaluate one composed config; returns the final metrics.
+
+    ``extra_callbacks`` (Lightning callbacks) join the configured ones, after them and before the
+    validation timer: a caller's instruments (``scripts/benchmark.py`` times each step with one).
 
     A resumed run (``ckpt_path``) trains the config stored in its checkpoint: today's command line may
     change only what :data:`ddpm.resume.SAFE_ON_RESUME` lists. The seconds each phase took are printed at
@@ -173,7 +177,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         _check_trainer(cfg)
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule, module = build(cfg)
-        callbacks = [*_callbacks(cfg), ValidationTimer(phases)]  # last: it times the others' validation work
+        # the timer last: it times the others' validation work
+        callbacks = [*_callbacks(cfg), *extra_callbacks, ValidationTimer(phases)]
         for callback in callbacks:
             if isinstance(callback, LossByTimestepCallback):
                 callback.phases = phases  # its figure at the end of fit is a figure, not training
