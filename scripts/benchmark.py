@@ -494,19 +494,24 @@ class AppRound:
     phases: dict[str, float]
     no_wandb: dict[str, float]
 
+    def median_steps(self) -> tuple[float, float]:
+        """The app's and the plain loop's median step, in seconds (validations are not steps)."""
+        app_steps = [t for k, t in self.app if k != "validation"]
+        return statistics.median(app_steps), statistics.median(self.plain)
+
     def gap_parts(self) -> dict[str, float]:
         """The app's extra seconds over the plain loop (its steps and validations minus the plain loop's
         steps), by where they arise: the median step's difference over all steps, the excess over the
         app's median step of the checkpoint and logging steps, that of the other steps beyond the plain
         loop's own excess over its median, and the validations. They add up to the whole difference."""
-        app_steps = [t for k, t in self.app if k != "validation"]
-        med_app, med_plain = statistics.median(app_steps), statistics.median(self.plain)
+        med_app, med_plain = self.median_steps()
+        app_steps = sum(1 for k, _ in self.app if k != "validation")
 
         def excess(kind: str) -> float:
             return sum(t - med_app for k, t in self.app if k == kind)
 
         return {
-            "median step": len(app_steps) * med_app - len(self.plain) * med_plain,
+            "median step": app_steps * med_app - len(self.plain) * med_plain,
             "checkpoint steps": excess("checkpoint"),
             "logging steps": excess("logging"),
             "other steps": excess("other") - sum(t - med_plain for t in self.plain),
@@ -578,8 +583,7 @@ def compare_app(data: torch.Tensor, steps: int, val_every: int, rounds: int) -> 
     )
 
     parts = [r.gap_parts() for r in results]
-    med_app = [statistics.median(t for _, t in r.app) for r in results]
-    med_plain = [statistics.median(r.plain) for r in results]
+    med_app, med_plain = zip(*(r.median_steps() for r in results), strict=True)
     counts = {kind: sum(1 for k, _ in results[0].app if k == kind) for kind in ("checkpoint", "logging")}
     split = Table(
         f"Where the real app's extra time goes ({steps} steps, median of rounds)",

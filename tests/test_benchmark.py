@@ -87,6 +87,7 @@ def test_the_app_split_adds_up_to_the_whole_difference(benchmark_module) -> None
     round_ = benchmark_module.AppRound(
         plain=[0.010, 0.011, 0.010, 0.012, 0.010], app=app, phases={}, no_wandb={}
     )
+    assert round_.median_steps() == pytest.approx((0.013, 0.010))  # the validation is not a step
     parts = round_.gap_parts()
     whole = sum(t for _, t in app) - sum(round_.plain)
     assert sum(parts.values()) == pytest.approx(whole)
