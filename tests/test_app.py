@@ -441,3 +441,20 @@ def test_debug_presets_run(debug: str, tmp_path: Path) -> None:
     )
     assert 1 <= metrics["global_step"] <= 4
     assert (run_dir / "samples.npz").is_file()
+
+
+def test_an_offline_wandb_logger_asks_wandb_for_offline_itself(tmp_path: Path) -> None:
+    """wandb reads WANDB_MODE (all that Lightning's offline=True sets) once per process: the mode goes
+    into wandb.init's own arguments, so a run after another W&B run in the process stays offline."""
+    from ddpm.cli.train import _loggers
+
+    wandb_cfg = {
+        "_target_": "lightning.pytorch.loggers.WandbLogger",
+        "project": "p",
+        "save_dir": str(tmp_path),
+    }
+    cfg = OmegaConf.create({"logger": {"wandb": {**wandb_cfg, "offline": True}, "csv": None}})
+    (offline,) = _loggers(cfg)
+    assert offline._wandb_init["mode"] == "offline"
+    online = _loggers(OmegaConf.create({"logger": {"wandb": {**wandb_cfg, "offline": False}}}))[0]
+    assert "mode" not in online._wandb_init  # online: wandb's own settings and WANDB_MODE decide

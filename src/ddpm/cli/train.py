@@ -54,7 +54,17 @@ def _callbacks(cfg: DictConfig) -> list[Any]:
 
 
 def _loggers(cfg: DictConfig) -> list[Any]:
-    return [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    loggers = []
+    for c in (cfg.get("logger") or {}).values():
+        if c is None:
+            continue
+        mode = {}
+        if str(c.get("_target_", "")).endswith("WandbLogger") and c.get("offline") and "mode" not in c:
+            # Lightning's offline=True only sets WANDB_MODE, which wandb reads once per process: after an
+            # earlier W&B run in this process (ddpm-eval's, a notebook's) the run would go online
+            mode = {"mode": "offline"}
+        loggers.append(instantiate(c, **mode))
+    return loggers
 
 
 def _resolve_ckpt_path(cfg: DictConfig, output_dir: Path) -> str | None:
