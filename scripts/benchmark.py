@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,34 +175,18 @@ def in_memory_loader(x: torch.Tensor, batch: int, seed: int = 0) -> torch.utils.
     return DataLoader(ds, sampler=sampler, batch_size=None)
 
 
-def plain_train(
-    net: nn.Module,
-    loader: torch.utils.data.DataLoader,
-    T: int,
-    warmup: int,
-    steps: int,
-    device: torch.device,
-    step_seconds: list[float] | None = None,
-) -> float:
-    """A hand-written loop doing ddpm-lab's step: L_simple, backward, clip 1.0, AdamW, EMA. Returns seconds
-    for ``steps`` iterations after ``warmup``; ``step_seconds`` (on CPU) receives each step's seconds."""
+def plain_steps(
+    net: nn.Module, loader: torch.utils.data.DataLoader, T: int, device: torch.device
+) -> Iterator[None]:
+    """A hand-written loop doing ddpm-lab's step: L_simple, backward, clip 1.0, AdamW, EMA; one step (its
+    batch's fetch included) per ``next()``, so that it can also run in blocks between the app's steps."""
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     diffusion = make_diffusion(T).to(device)
     net = net.to(device)
     opt = adamw(net.parameters())
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.995), use_buffers=True)
-    start = last = 0.0
-    for i, (x0,) in enumerate(loader):
-        if i == warmup:
-            sync(device)
-            start = last = time.perf_counter()
-        elif i > warmup and step_seconds is not None:
-            now = time.perf_counter()
-            step_seconds.append(now - last)  # the step before, its batch's fetch included
-            last = now
-        if i == warmup + steps:
-            break
+    for (x0,) in loader:
         x0 = x0.to(device, non_blocking=True)
         loss = diffusion.training_loss(net, x0)
         opt.zero_grad(set_to_none=True)
@@ -210,6 +194,25 @@ def plain_train(
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
         ema.update_parameters(net)
+        yield
+
+
+def plain_train(
+    net: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    T: int,
+    warmup: int,
+    steps: int,
+    device: torch.device,
+) -> float:
+    """:func:`plain_steps` for ``steps`` iterations after ``warmup``; returns their seconds."""
+    loop = plain_steps(net, loader, T, device)
+    for _ in range(warmup):
+        next(loop)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        next(loop)
     sync(device)
     return time.perf_counter() - start
 
@@ -423,12 +426,36 @@ def _compose_app(out_dir: Path, overrides: list[str]) -> Any:
     return cfg
 
 
-def step_timer(records: list[tuple[str, float]]) -> Any:
+@dataclass
+class PlainBlocks:
+    """The plain loop (:func:`plain_steps`) run in blocks between the app's steps: ``every`` of its steps
+    after the app's steps ``phase``, ``every + phase``, ``2 * every + phase`` ..., each step's seconds
+    appended to ``seconds``. With ``every`` 10 and ``phase`` 3 a block never follows a step that logs or
+    saves (multiples of 5 in the default run), whose work left to other threads (W&B's sender) or to the
+    OS would otherwise fall into the plain loop's time."""
+
+    steps: Iterator[None]
+    every: int = 10
+    phase: int = 3
+    seconds: list[float] = field(default_factory=list)
+
+    def run(self, n: int) -> None:
+        """Run ``n`` plain steps (on CPU: no device sync needed around them)."""
+        last = time.perf_counter()
+        for _ in range(n):
+            next(self.steps)
+            now = time.perf_counter()
+            self.seconds.append(now - last)
+            last = now
+
+
+def step_timer(records: list[tuple[str, float]], plain: PlainBlocks | None = None) -> Any:
     """A Lightning callback appending ``(kind, seconds)`` to ``records`` for every training step: the time
     from one step's end to the next (its batch's fetch and every hook included, validation excluded), of
     kind ``checkpoint`` on the steps ``LastCheckpoint`` saves at, ``logging`` on those the loggers write at
     (``log_every_n_steps``), ``other`` elsewhere; and ``("validation", seconds)`` for every validation but
-    the sanity check."""
+    the sanity check. With ``plain``, its blocks run between the app's steps (their time is not the
+    app's), up to as many plain steps as the app takes in all."""
     import lightning as L
 
     from ddpm.checkpointing import LastCheckpoint
@@ -437,7 +464,7 @@ def step_timer(records: list[tuple[str, float]]) -> Any:
         def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
             saver = next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
             self.every = saver.interval(trainer.max_steps) if saver is not None else None
-            self.last, self.in_validation = time.perf_counter(), 0.0
+            self.last, self.in_validation, self.steps = time.perf_counter(), 0.0, 0
 
         def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
             self.validation_start = time.perf_counter()
@@ -456,23 +483,35 @@ def step_timer(records: list[tuple[str, float]]) -> Any:
             elif step % trainer.log_every_n_steps == 0:
                 kind = "logging"
             records.append((kind, now - self.last - self.in_validation))
+            self.steps += 1
+            if plain is not None and self.steps % plain.every == plain.phase % plain.every:
+                plain.run(min(plain.every, trainer.max_steps - len(plain.seconds)))
+                now = time.perf_counter()
             self.last, self.in_validation = now, 0.0
+
+        def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            if plain is not None:  # the steps after the last block
+                plain.run(max(0, self.steps - len(plain.seconds)))
 
     return StepTimer()
 
 
 def app_train(
-    steps: int, overrides: list[str], step_records: list[tuple[str, float]] | None = None
+    steps: int,
+    overrides: list[str],
+    step_records: list[tuple[str, float]] | None = None,
+    plain: PlainBlocks | None = None,
 ) -> dict[str, float]:
     """``ddpm-train``'s default run, in this process, for ``steps`` steps with every default callback and
     logger on (W&B offline); its phases (``timings.json``) in seconds. Its output is swallowed.
-    ``step_records`` receives :func:`step_timer`'s ``(kind, seconds)`` of every step."""
+    ``step_records`` receives :func:`step_timer`'s ``(kind, seconds)`` of every step, and ``plain`` runs
+    in blocks between them."""
     import contextlib
     import io
 
     from ddpm.cli.train import train
 
-    extra = [step_timer(step_records)] if step_records is not None else []
+    extra = [step_timer(step_records, plain)] if step_records is not None else []
     with tempfile.TemporaryDirectory() as tmp:
         cfg = _compose_app(
             Path(tmp) / "run", [f"trainer.max_steps={steps}", "print_config=false", *overrides]
@@ -486,13 +525,19 @@ def app_train(
 
 @dataclass
 class AppRound:
-    """One round of :func:`compare_app`: the plain loop's step seconds, the app's :func:`step_timer`
-    records and its phases, and the W&B-off app's phases."""
+    """One round of :func:`compare_app`: the app's :func:`step_timer` records and the plain loop's step
+    seconds from the blocks run between them, for the default run and for the run with W&B off."""
 
-    plain: list[float]
     app: list[tuple[str, float]]
-    phases: dict[str, float]
-    no_wandb: dict[str, float]
+    plain: list[float]
+    no_wandb: list[tuple[str, float]]
+    no_wandb_plain: list[float]
+
+    def ratio(self, validation: bool, wandb: bool = True) -> float:
+        """The app's seconds (its steps, and its validations with ``validation``) over the plain loop's
+        for as many steps."""
+        records, plain = (self.app, self.plain) if wandb else (self.no_wandb, self.no_wandb_plain)
+        return sum(t for k, t in records if validation or k != "validation") / sum(plain)
 
     def median_steps(self) -> tuple[float, float]:
         """The app's and the plain loop's median step, in seconds (validations are not steps)."""
@@ -519,12 +564,14 @@ class AppRound:
         }
 
 
-def compare_app(data: torch.Tensor, steps: int, val_every: int, rounds: int) -> tuple[Table, Table]:
+def compare_app(
+    data: torch.Tensor, steps: int, val_every: int, rounds: int, block: int = 10
+) -> tuple[Table, Table, list[AppRound]]:
     """The default run (``experiment=toy2d``: moons, MLP 128 x 3, batch 256) against the plain loop doing
-    the same steps, interleaved over rounds: per-step time of the app's training alone and with its
-    validations (EMA sampling, the quality figure and its plot, the best checkpoint) counted in, and of the
-    app with the CSV logger alone (W&B off). The second table splits the app's extra time by where it
-    arises, from every step's time (:func:`step_timer`)."""
+    the same steps in blocks of ``block`` between the app's (:class:`PlainBlocks`): per-step time of the
+    app's training alone and with its validations (EMA sampling, the quality figure and its plot, the best
+    checkpoint) counted in, and of the app with the CSV logger alone (W&B off). The second table splits the
+    app's extra time by where it arises, from every step's time (:func:`step_timer`)."""
     from ddpm.models import MLPDenoiser
 
     overrides = [
@@ -533,53 +580,59 @@ def compare_app(data: torch.Tensor, steps: int, val_every: int, rounds: int) -> 
         f"cpu_threads={torch.get_num_threads()}",  # the plain loop's thread count
     ]
     results: list[AppRound] = []
-    for r in range(rounds):
-        plain: list[float] = []
-        records: list[tuple[str, float]] = []
-        phases: dict[str, dict[str, float]] = {}
-        variants = ("plain", "app", "no W&B")
-        for variant in variants if r % 2 == 0 else variants[::-1]:
-            if variant == "plain":
-                net = MLPDenoiser(data_dim=2, hidden=128, depth=3)
-                loader = in_memory_loader(data, 256)
-                plain_train(net, loader, 1000, 0, steps, torch.device("cpu"), step_seconds=plain)
-            elif variant == "app":
-                phases["app"] = app_train(steps, overrides, records)
-            else:
-                phases["no W&B"] = app_train(steps, [*overrides, "logger=csv"])
-        results.append(AppRound(plain, records, phases["app"], phases["no W&B"]))
+    for _ in range(rounds):
+        measured: dict[str, tuple[list[tuple[str, float]], list[float]]] = {}
+        for variant, extra in (("app", []), ("no W&B", ["logger=csv"])):
+            net = MLPDenoiser(data_dim=2, hidden=128, depth=3)
+            loop = plain_steps(net, in_memory_loader(data, 256), 1000, torch.device("cpu"))
+            plain = PlainBlocks(loop, every=block, phase=3)
+            plain.run(1)  # builds the optimizer and the average before the first timed step
+            plain.seconds.clear()
+            records: list[tuple[str, float]] = []
+            app_train(steps, [*overrides, *extra], records, plain)
+            measured[variant] = (records, plain.seconds)
+        results.append(AppRound(*measured["app"], *measured["no W&B"]))
 
     plain_s = [sum(r.plain) for r in results]
     table = Table(
         f"The real app vs the plain loop: ddpm-train's default run, {steps} steps (CPU)",
-        ["variant", "ms/step (median)", "time / plain loop (median of rounds)", "overhead"],
+        [
+            "variant",
+            "ms/step (median)",
+            "time / plain loop (median of rounds)",
+            "overhead",
+            "range of rounds",
+        ],
     )
-    table.rows.append(["plain PyTorch loop", 1000 * statistics.median(plain_s) / steps, 1.0, "+0.0%"])
-    for name, times in (
-        (
-            "the real app: training steps (default callbacks, logging)",
-            [r.phases["training"] for r in results],
-        ),
-        (
-            "the real app (default callbacks, logging, validation)",
-            [r.phases["training"] + r.phases.get("validation", 0.0) for r in results],
-        ),
-        (
-            "the real app with the CSV logger only (W&B off): training steps",
-            [r.no_wandb["training"] for r in results],
-        ),
+    table.rows.append(["plain PyTorch loop", 1000 * statistics.median(plain_s) / steps, 1.0, "+0.0%", "-"])
+    for name, validation, wandb in (
+        ("the real app: training steps (default callbacks, logging)", False, True),
+        ("the real app (default callbacks, logging, validation)", True, True),
+        ("the real app with the CSV logger only (W&B off): training steps", False, False),
     ):
-        ratio = statistics.median(t / b for t, b in zip(times, plain_s, strict=True))
+        ratios = [r.ratio(validation, wandb) for r in results]
+        ratio = statistics.median(ratios)
+        per_step = statistics.median(p * x for p, x in zip(plain_s, ratios, strict=True)) / steps
         table.rows.append(
-            [name, 1000 * statistics.median(times) / steps, ratio, f"{100 * (ratio - 1):+.1f}%"]
+            [
+                name,
+                1000 * per_step,
+                ratio,
+                f"{100 * (ratio - 1):+.1f}%",
+                f"{min(ratios):.2f}-{max(ratios):.2f}",
+            ]
         )
     table.notes.append(
-        f"{rounds} rounds, interleaved; the app is `ddpm-train` in this process with its default callbacks "
-        f"(EMA, checkpoints every {max(50, min(5000, steps // 10))} steps and the best at validations, "
-        "progress bar, learning-rate monitor, loss by timestep, validation samples and plot) and loggers "
-        f"(W&B offline, CSV), validating every {val_every} steps; its times are its own `timings.json` "
-        "phases (training = fit minus validation; start-up, set-up and the final samples are not counted). "
-        "The plain loop does the same math (L_simple, clipping, fused AdamW, foreach EMA) on the same data."
+        f"{rounds} rounds. The app is `ddpm-train` in this process with its default callbacks (EMA, "
+        f"checkpoints every {max(50, min(5000, steps // 10))} steps and the best at validations, progress "
+        "bar, learning-rate monitor, loss by timestep, validation samples and plot) and loggers (W&B "
+        f"offline, CSV), validating every {val_every} steps. The plain loop does the same math (L_simple, "
+        "clipping, fused AdamW, foreach EMA) on the same data, in the same process and at the same time: "
+        f"a callback runs {block} steps of the plain loop after every {block} steps of the app (after its "
+        "steps 3, 13, 23 ..., not after one that logs or saves), so that both see the same load on a shared "
+        "machine. The app's time is every step's from the end of the one "
+        "before (hooks, logging, checkpoints and the batch's fetch included, the plain block excluded), "
+        "plus its validations; the fit's set-up and the final samples are not counted."
     )
 
     parts = [r.gap_parts() for r in results]
@@ -603,13 +656,12 @@ def compare_app(data: torch.Tensor, steps: int, val_every: int, rounds: int) -> 
         share = statistics.median(p[key] / b for p, b in zip(parts, plain_s, strict=True))
         split.rows.append([label, seconds, 1000 * seconds / steps, f"{100 * share:+.1f}%"])
     split.notes.append(
-        "From every step's time in the rounds above (the app's from the end of one step to the end of the "
-        "next, hooks, logging and the batch's fetch included, validation excluded). Checkpoint steps save "
+        "From every step's time in the rounds above (the default run with W&B). Checkpoint steps save "
         "`last.ckpt`; logging steps write to the loggers (every `trainer.log_every_n_steps`). In each round "
-        "the parts add up to the app's steps and validations minus the plain loop's steps (the fit's own "
-        "set-up and end are outside both); each figure is the median over rounds."
+        "the parts add up to the app's steps and validations minus the plain loop's steps; each figure is "
+        "the median over rounds."
     )
-    return table, split
+    return table, split, results
 
 
 # ----------------------------------------------------------------------------- CPU threads
@@ -1126,9 +1178,11 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
     toy = compare_training("toy MLP (moons, 128 x 3)", mlp, moons, s.toy_batch, s.toy_T, s, cpu)
     tables.append(toy)
     lightning_ratio = float(toy.rows[2][3])
-    app = None
+    app, app_rounds = None, []
     if not args.no_app:
-        app, app_split = compare_app(moons, *((6, 3, 1) if s.tiny else (1500, 750, s.rounds)))
+        app, app_split, app_rounds = compare_app(
+            moons, *((6, 3, 1, 4) if s.tiny else (1500, 750, s.rounds, 10))
+        )
         tables += [app, app_split]
     tables.append(ema_update_table(mlp, s.toy_T, repeats=s.rounds))
     tables.append(threads_table(moons, 5 if s.tiny else 100))
@@ -1212,6 +1266,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
         "gpu": gpu_results,
         "report": report,
         "app": app,
+        "app_rounds": app_rounds,
         "startup": startup,
     }
 

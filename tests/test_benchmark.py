@@ -57,6 +57,10 @@ def test_tiny_benchmark_writes_its_report(benchmark_module, tmp_path: Path) -> N
         "the real app with the CSV logger only (W&B off): training steps",
     ]
     assert app.rows[1][1] <= app.rows[2][1]  # validation only adds time
+    for round_ in result["app_rounds"]:  # the plain loop ran in blocks beside the app, as many steps
+        assert len(round_.plain) == sum(1 for kind, _ in round_.app if kind != "validation") == 6
+        assert len(round_.no_wandb_plain) == sum(1 for kind, _ in round_.no_wandb if kind != "validation")
+        assert sum(1 for kind, _ in round_.app if kind == "validation") == 2
     labels = [row[0] for row in split.rows]
     assert labels[0].startswith("the median step (app ") and labels[-1] == "the validations"
     for word, label in zip(("checkpoint steps", "logging steps", "other steps"), labels[1:4], strict=True):
@@ -85,7 +89,7 @@ def test_the_app_split_adds_up_to_the_whole_difference(benchmark_module) -> None
     app = [("other", 0.012), ("logging", 0.015), ("checkpoint", 0.040), ("other", 0.011), ("validation", 0.3)]
     app += [("other", 0.013)]
     round_ = benchmark_module.AppRound(
-        plain=[0.010, 0.011, 0.010, 0.012, 0.010], app=app, phases={}, no_wandb={}
+        app=app, plain=[0.010, 0.011, 0.010, 0.012, 0.010], no_wandb=[("other", 0.02)], no_wandb_plain=[0.01]
     )
     assert round_.median_steps() == pytest.approx((0.013, 0.010))  # the validation is not a step
     parts = round_.gap_parts()
@@ -95,3 +99,47 @@ def test_the_app_split_adds_up_to_the_whole_difference(benchmark_module) -> None
     assert parts["checkpoint steps"] == pytest.approx(0.040 - 0.013)  # over the app's median step
     assert parts["logging steps"] == pytest.approx(0.015 - 0.013)
     assert parts["median step"] == pytest.approx(5 * 0.013 - 5 * 0.010)
+    assert round_.ratio(validation=True) == pytest.approx(sum(t for _, t in app) / sum(round_.plain))
+    assert round_.ratio(validation=False) == pytest.approx((sum(t for _, t in app) - 0.3) / sum(round_.plain))
+    assert round_.ratio(validation=False, wandb=False) == pytest.approx(2.0)
+
+
+def test_plain_blocks_run_between_the_apps_steps(benchmark_module) -> None:
+    """A block of the plain loop after the fit's steps 1, 3, 5 (every 2, phase 1), as many plain steps as
+    the fit's in all; the app's step times leave the blocks out."""
+    import lightning as L
+    import torch
+
+    order: list[str] = []
+
+    def plain_loop():
+        while True:
+            order.append("plain")
+            yield
+
+    class Steps(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, batch_idx):
+            order.append("app")
+            return (self.w - batch[0]).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    plain = benchmark_module.PlainBlocks(plain_loop(), every=2, phase=1)
+    records: list[tuple[str, float]] = []
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(8, 1)), batch_size=1)
+    trainer = L.Trainer(
+        max_steps=5,
+        callbacks=[benchmark_module.step_timer(records, plain)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(Steps(), train_dataloaders=loader)
+    assert order == ["app", "plain", "plain", "app", "app", "plain", "plain", "app", "app", "plain"]
+    assert len(records) == len(plain.seconds) == 5 and all(kind == "other" for kind, _ in records)
