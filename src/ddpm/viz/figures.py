@@ -44,10 +44,19 @@ def _np(x: ArrayLike) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def _new_figure(
+    width: float, height: float, margins: tuple[float, float, float, float] | None = None
+) -> Figure:
     """A figure of ``width`` x ``height`` inches, made without pyplot; the constrained layout fits labels
-    without a tight bounding box, so the saved size is exactly the figure's."""
-    return Figure(figsize=(width, height), layout="constrained")
+    without a tight bounding box, so the saved size is exactly the figure's. ``margins`` (left, bottom,
+    right, top, as fractions of the figure) fix the subplots' area instead, for figures whose labels are
+    always the same few: the layout engine costs more than drawing them (half of a 2D scatter's time)."""
+    if margins is None:
+        return Figure(figsize=(width, height), layout="constrained")
+    fig = Figure(figsize=(width, height))
+    left, bottom, right, top = margins
+    fig.subplots_adjust(left=left, bottom=bottom, right=right, top=top)
+    return fig
 
 
 def reverse_positions(timesteps: Sequence[int]) -> np.ndarray:
@@ -314,8 +323,8 @@ def plot_samples_vs_data(
         ax.set(xlabel="value", ylabel="density", title=f"Samples (n={g.size}) vs data (n={d.size})")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
-    elif kind == "points":
-        fig = _new_figure(6.4, 5.6)
+    elif kind == "points":  # drawn at every validation of a toy run: fixed margins, no layout engine
+        fig = _new_figure(6.4, 5.6, margins=(0.12, 0.09, 0.97, 0.94))
         ax = fig.subplots()
         ax.scatter(
             ref[:, 0], ref[:, 1], s=5, alpha=0.4, color="C3", linewidths=0, label=f"data (n={len(ref)})"
