@@ -20,7 +20,8 @@ What is measured:
 * The real app: ``ddpm-train``'s default run in this process (every default callback and logger) against
   the plain loop, also with the CSV logger alone (W&B off), and where its extra time goes: every step is
   timed, and the difference is split into the median step, the checkpoint and logging steps, the rest and
-  the validations.
+  the validations. Here the plain loop runs in blocks of 10 steps between the app's, inside its fit, so
+  that both are timed under the same load: whole runs one after the other moved by +-10% with the load.
 * On a GPU only: unet_cifar10 at batch 128, fp32 vs bf16-mixed vs bf16-mixed + channels_last +
   torch.compile (images/s, model FLOP utilisation against the device's bf16 peak), diffusers' UNet2DModel +
   DDPMScheduler with the same settings when the ``bench`` extra is installed, and DDIM-100 throughput
