@@ -500,19 +500,17 @@ def step_timer(records: list[tuple[str, float]], plain: PlainBlocks | None = Non
 def app_train(
     steps: int,
     overrides: list[str],
-    step_records: list[tuple[str, float]] | None = None,
+    step_records: list[tuple[str, float]],
     plain: PlainBlocks | None = None,
-) -> dict[str, float]:
+) -> None:
     """``ddpm-train``'s default run, in this process, for ``steps`` steps with every default callback and
-    logger on (W&B offline); its phases (``timings.json``) in seconds. Its output is swallowed.
-    ``step_records`` receives :func:`step_timer`'s ``(kind, seconds)`` of every step, and ``plain`` runs
-    in blocks between them."""
+    logger on (W&B offline), its output swallowed. ``step_records`` receives :func:`step_timer`'s
+    ``(kind, seconds)`` of every step, and ``plain`` runs in blocks between them."""
     import contextlib
     import io
 
     from ddpm.cli.train import train
 
-    extra = [step_timer(step_records, plain)] if step_records is not None else []
     with tempfile.TemporaryDirectory() as tmp:
         cfg = _compose_app(
             Path(tmp) / "run", [f"trainer.max_steps={steps}", "print_config=false", *overrides]
@@ -520,8 +518,7 @@ def app_train(
         sink = io.StringIO()
         with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            train(cfg, extra_callbacks=extra)
-        return json.loads((Path(tmp) / "run" / "timings.json").read_text())["phases_s"]
+            train(cfg, extra_callbacks=[step_timer(step_records, plain)])
 
 
 @dataclass
