@@ -332,7 +332,11 @@ def test_a_time_limit_saves_requeues_and_completes(sweeps: list[Sweep], tmp_path
     parts = [p for p in csv_parts(job) if p]
     assert all(min(b) > max(a) - 10 for a, b in itertools.pairwise(parts)), parts
     step, _ = weights(job)
-    assert step > saved[-1] and max(parts[-1]) >= step - 10
+    # The time limit can fall due just as SLURM's signal comes: that part saves and is requeued, and the last
+    # part restores at the saved step and stops at once; otherwise the last part trained on from its save.
+    last_part = log.rsplit("Restoring states", 1)[-1]
+    assert step > saved[-1] or (step == saved[-1] and "Time limit reached" in last_part), (step, saved)
+    assert max(parts[-1]) >= step - 10
     assert "Trained" in (next((sweep.dir / ".submitit").glob("*/*_log.out")).read_text())
 
 
