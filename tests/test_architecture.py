@@ -29,6 +29,7 @@ LAYERS = {
     "ddpm.evaluation": 1,
     "ddpm.config": 1,
     "ddpm.safe_loading": 1,
+    "ddpm.stored_config": 1,
     "ddpm.safe_writes": 1,
     "ddpm.sampler_overrides": 1,
     "ddpm.resume": 1,
@@ -45,6 +46,7 @@ LAYERS = {
     "ddpm.cluster": 2,  # a Hydra launcher: submitit and SLURM, beside the sweeps it runs
     # 3. assembly
     "ddpm.build": 3,
+    "ddpm.registry": 3,
     "ddpm.results": 3,
     "ddpm.interop": 3,
     # 4. commands

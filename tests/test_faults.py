@@ -35,13 +35,6 @@ BASE = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _trust_this_modules_callbacks(monkeypatch: pytest.MonkeyPatch) -> None:
-    # configs here add this module's test callbacks; ddpm-lab builds only allow-listed targets
-    # (ddpm.safe_loading), so they are trusted the documented way (subprocesses inherit it)
-    monkeypatch.setenv("DDPM_TRUSTED_TARGETS", "tests.test_faults.")
-
-
 class PoisonBatches(L.Callback):
     """Test helper: turns the training batch into NaNs at the given optimizer steps."""
 

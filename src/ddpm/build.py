@@ -27,14 +27,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from ddpm.config import ConfigError, first_line, root_cause, upgrade_stored_config
-from ddpm.data import PLAIN_DATA
+from ddpm import registry
+from ddpm.config import ConfigError, first_line, root_cause
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.diffusion_model import DiffusionModel
 from ddpm.run_folder import find_checkpoint, run_dir_of
-from ddpm.safe_loading import load_checkpoint, resolved_config
+from ddpm.safe_loading import load_checkpoint
 from ddpm.sampler_overrides import sampler_config
 from ddpm.samplers import Sampler
+from ddpm.stored_config import RunIdentity, read_yaml, run_identity
 
 if TYPE_CHECKING:  # Lightning: imported by build() only, so that loading a run does not pay for it
     from ddpm.lit_module import DiffusionModule
@@ -49,14 +50,28 @@ __all__ = [
     "check_network",
     "load_run",
     "stored_config",
+    "stored_identity",
 ]
 
 
-def _instantiate(cfg: DictConfig, key: str, node: Any = None, **completion: Any) -> Any:
+def _instantiate(cfg: DictConfig, key: str, node: Any = None, plain: bool = False, **completion: Any) -> Any:
     """``cfg[key]`` (or ``node`` in its place) built; a partial node is then called with ``completion``
-    (what other nodes built)."""
+    (what other nodes built).
+
+    ddpm-lab's own options are built by :mod:`ddpm.registry` from values checked against their classes'
+    signatures. Any other ``_target_`` can only come from the user's own composition (``conf/`` and the
+    command line: a stored config naming one is refused before it gets here), and is built the Hydra way.
+    """
+    node = cfg[key] if node is None else node
+    target = node.get("_target_") if isinstance(node, DictConfig | dict) else None
+    if registry.find(key, target) is not None:
+        try:
+            plain_node = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"{key}: {first_line(err)}") from None
+        return registry.build_option(key, plain_node, key, plain=plain, **completion)  # type: ignore[arg-type]
     try:
-        built = instantiate(cfg[key] if node is None else node)
+        built = instantiate(node)
         return built(**completion) if completion else built
     except (InstantiationException, ValueError, TypeError, FileNotFoundError, OmegaConfBaseException) as err:
         raise ConfigError(f"{key}: {first_line(root_cause(err))}") from err
@@ -64,19 +79,15 @@ def _instantiate(cfg: DictConfig, key: str, node: Any = None, **completion: Any)
 
 def build_data(cfg: DictConfig, plain: bool = False) -> Any:
     """The data of a config's ``data`` node: its DataModule, or with ``plain`` the DataModule's data class
-    (:data:`ddpm.data.PLAIN_DATA`: the same arguments, no loaders, no Lightning). A target with no data
-    class (your own, trusted through ``DDPM_TRUSTED_TARGETS``) is built as it is named.
+    (the same arguments, no loaders, no Lightning: :attr:`ddpm.registry.Option.plain`). A target of your
+    own composition is built as it is named.
 
     ``data.data_dim: null`` is filled in with the dimension the data has (a user's file).
 
     Raises:
         ConfigError: a bad value, with the key it came from.
     """
-    node = None
-    if plain and cfg.data.get("_target_") in PLAIN_DATA:
-        node = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
-        node._target_ = PLAIN_DATA[cfg.data._target_]
-    data = _instantiate(cfg, "data", node)
+    data = _instantiate(cfg, "data", plain=plain)
     if "data_dim" in cfg.data and cfg.data.data_dim is None:
         with open_dict(cfg):
             cfg.data.data_dim = data.data_dim  # inferred from the user's file
@@ -205,35 +216,43 @@ def build_for_sampling(cfg: DictConfig) -> tuple[Any, DiffusionModel]:
     return data, DiffusionModel(net, diffusion, sampler, data.data_shape)
 
 
-def stored_config(ckpt: dict[str, Any], ckpt_path: Path, run_dir: Path) -> DictConfig:
-    """The run config a checkpoint was trained with, resolved, checked against the allow-list, and in
-    today's layout (:func:`~ddpm.config.upgrade_stored_config`).
+def _root_dir() -> str:
+    return os.environ.get("DDPM_ROOT", os.getcwd())
+
+
+def stored_identity(ckpt: dict[str, Any], ckpt_path: Path, run_dir: Path) -> RunIdentity:
+    """The identity of the run a checkpoint was trained with (:func:`ddpm.stored_config.run_identity`),
+    each group checked against ddpm-lab's options (:func:`ddpm.registry.checked_identity`).
 
     From the checkpoint itself (``ddpm_config``, written by every ``ddpm-train``), else from the run
-    folder's ``.hydra/config.yaml`` with its folders pointed at where the run is now.
+    folder's ``.hydra/config.yaml`` (read as plain YAML: no tags, no aliases, no interpolation; its
+    ``paths`` are today's, as Hydra saved them as interpolations that only a Hydra job resolves).
 
     Raises:
-        ConfigError: no config found, or it cannot be resolved.
-        UntrustedContentError: it names a class that is not on the allow-list.
+        ConfigError: no config found, or it is not plain data of ddpm-lab's options.
     """
     if isinstance(ckpt.get("ddpm_config"), dict):
-        cfg = resolved_config(ckpt["ddpm_config"], f"the config stored in {str(ckpt_path)!r}")
-        return upgrade_stored_config(cfg)
-    hydra_yaml = run_dir / ".hydra" / "config.yaml"
-    if not hydra_yaml.is_file():
-        raise ConfigError(f"checkpoint {str(ckpt_path)!r} carries no config and {hydra_yaml} is missing")
-    try:
-        cfg = OmegaConf.load(hydra_yaml)
-    except (OSError, OmegaConfBaseException) as err:
-        raise ConfigError(f"{hydra_yaml} cannot be read: {first_line(err)}") from None
-    if not isinstance(cfg, DictConfig):
-        raise ConfigError(f"{hydra_yaml} is not a ddpm-lab run config")
-    if isinstance(cfg.get("paths"), DictConfig):
-        # Hydra saved the folders as ${hydra:...} interpolations, which only resolve inside a Hydra job.
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(run_dir)
-            cfg.paths.root_dir = os.environ.get("DDPM_ROOT", os.getcwd())
-    return upgrade_stored_config(resolved_config(cfg, str(hydra_yaml)))
+        identity = run_identity(ckpt["ddpm_config"], f"the config stored in {str(ckpt_path)!r}")
+    else:
+        hydra_yaml = run_dir / ".hydra" / "config.yaml"
+        if not hydra_yaml.is_file():
+            raise ConfigError(f"checkpoint {str(ckpt_path)!r} carries no config and {hydra_yaml} is missing")
+        stored = read_yaml(hydra_yaml)
+        root = _root_dir()
+        stored["paths"] = {  # ddpm-lab's own values: where the run and the data are today
+            "root_dir": root,
+            "data_dir": str(Path(root) / "data"),
+            "log_dir": str(Path(root) / "outputs"),
+            "output_dir": str(run_dir),
+        }
+        identity = run_identity(stored, str(hydra_yaml), references=True)  # Hydra saves it unresolved
+    registry.checked_identity(identity)
+    return identity
+
+
+def stored_config(ckpt: dict[str, Any], ckpt_path: Path, run_dir: Path) -> DictConfig:
+    """:func:`stored_identity`'s config as a DictConfig (it holds no ``${``: nothing in it interpolates)."""
+    return OmegaConf.create(stored_identity(ckpt, ckpt_path, run_dir).config)
 
 
 @dataclass
@@ -252,6 +271,8 @@ class LoadedRun:
     checkpoint: Path
     run_dir: Path
     sampler: Sampler
+    #: the run's logger options (``csv``, ``wandb``, ``tensorboard``): their settings are today's
+    loggers: tuple[str, ...] = ()
 
     @property
     def data_shape(self) -> tuple[int, ...]:
@@ -274,12 +295,9 @@ def _sampler(cfg: DictConfig, overrides: Sequence[str], model: DiffusionModel) -
     if not overrides:
         return model.sampler
     node = sampler_config(OmegaConf.to_container(cfg.sampler), list(overrides))  # type: ignore[arg-type]
+    sampler = registry.build_option("sampler", node)  # a run's sampler is one of ddpm-lab's
     try:
-        sampler = instantiate(node)
         sampler.timesteps(model.diffusion)
-    except InstantiationException as err:  # Hydra wraps the sampler's own error; report that one
-        cause = err.__cause__ if isinstance(err.__cause__, ValueError | TypeError) else err
-        raise ConfigError(f"sampler: {str(cause).strip().splitlines()[-1]}") from err
     except ValueError as err:
         raise ConfigError(f"sampler: {err}") from err
     return sampler
@@ -291,8 +309,9 @@ def load_run(
     """Rebuild a run from a run folder or a checkpoint written by ``ddpm-train``.
 
     The config comes from the checkpoint (``ddpm_config``) or the run folder's ``.hydra/config.yaml``; the
-    checkpoint is read with ``weights_only=True`` and the config's classes must be on the allow-list, so
-    loading runs none of the run's code. The run comes back in plain PyTorch (:func:`build_for_sampling`):
+    checkpoint is read with ``weights_only=True`` and the config as plain data, of which only the run's
+    identity is used, built by :mod:`ddpm.registry` from checked values, so loading runs none of the run's
+    code. The run comes back in plain PyTorch (:func:`build_for_sampling`):
     Lightning, torchmetrics and W&B are not imported.
 
     Args:
@@ -313,13 +332,15 @@ def load_run(
         from ddpm.interop import read_safetensors_run
 
         stored, state = read_safetensors_run(ckpt_path)
-        cfg = upgrade_stored_config(resolved_config(stored, f"the config stored in {str(ckpt_path)!r}"))
+        identity = run_identity(stored, f"the config stored in {str(ckpt_path)!r}")
+        registry.checked_identity(identity)
     else:
         ckpt = load_checkpoint(ckpt_path, map_location=map_location)  # weights only: runs no code
         if "state_dict" not in ckpt:
             raise ConfigError(f"checkpoint {str(ckpt_path)!r} is not a Lightning checkpoint (no state_dict)")
-        cfg = stored_config(ckpt, ckpt_path, run_dir)
+        identity = stored_identity(ckpt, ckpt_path, run_dir)
         state = ckpt["state_dict"]
+    cfg = OmegaConf.create(identity.config)  # checked plain values: no ${ anywhere, nothing interpolates
     data, model = build_for_sampling(cfg)
     try:  # the model's names are the training module's (net.*, diffusion.*): its state_dict fits as is
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -335,4 +356,4 @@ def load_run(
         )
     model.to(map_location).eval()
     sampler = _sampler(cfg, sampler_overrides, model)
-    return LoadedRun(model, data, cfg, ckpt_path, run_dir, sampler)
+    return LoadedRun(model, data, cfg, ckpt_path, run_dir, sampler, identity.loggers)

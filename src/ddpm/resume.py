@@ -1,30 +1,31 @@
-"""A resumed run is the same run: its config comes from its checkpoint, not from today's defaults.
+"""A resumed run is the same run: its identity comes from its checkpoint; the machine is today's.
 
-``ddpm-train ckpt_path=RUN`` (or ``last`` / ``auto``) continues the run stored in the checkpoint: the
-network, the diffusion, the data, the optimizer and everything else it was trained with. The command line
-may change only what is safe to change mid-run, :data:`SAFE_ON_RESUME`: how long and on what it trains
-(``trainer.*``, ``precision``), logging, callbacks (not the EMA, whose average *is* the result), the
-sampler used for samples, checkpoint and output settings. An override of anything else to a value other
-than the stored one is refused, naming the key and both values. Today's defaults never leak in: a key
-the command line did not set keeps the stored value.
+``ddpm-train ckpt_path=RUN`` (or ``last`` / ``auto``) continues the run stored in the checkpoint. What the
+run supplies is only its identity (:class:`ddpm.stored_config.RunIdentity`, checked by
+:mod:`ddpm.registry`): the network, the schedule, the diffusion, the sampler, the data, the optimizer and
+its LR schedule, T, the seed, the EMA's decay and the trainer's recipe numbers (steps, clipping, precision,
+intervals), and which of ddpm-lab's logger and callback options it had. Everything that acts on the machine
+comes from today's ``conf/`` and command line: the loggers' and callbacks' settings (their folders, names,
+W&B's mode), the paths, the devices and strategy, the launcher. A run trained with ``logger=csv`` resumes
+with CSV; a logger or callback stored in the run that is not one of ddpm-lab's options is never built.
 
-Keys whose value today is derived from where the run lives (``${paths.*}``, ``${hydra:...}``: the run
-folder, the data folder) take today's value, so a run folder that was moved or copied writes into its new
-place, not the old one. Plain OmegaConf: no torch, no Lightning.
+The command line may change only what is safe mid-run, :data:`SAFE_ON_RESUME`; an override of the identity
+to another value is refused, naming the key and both values. Plain OmegaConf: no torch, no Lightning.
 """
 
 from __future__ import annotations
 
-import functools
+import copy
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from ddpm.config import CONF_DIR, ConfigError
+from ddpm.stored_config import DATA_MACHINE_KEYS, GROUPS, RunIdentity
 
 __all__ = ["SAFE_ON_RESUME", "is_safe_on_resume", "merge_for_resume", "override_keys"]
 
@@ -120,114 +121,200 @@ def _under(key: str, prefixes: list[str]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
-@functools.cache
-def _config_groups(conf_dir: Path) -> tuple[str, ...]:
-    """The dotted package of every config group folder (``data``, ``callbacks.samples``, ...)."""
-    return tuple(str(d.relative_to(conf_dir)).replace("/", ".") for d in conf_dir.rglob("*") if d.is_dir())
+def _touches(key: str, typed: list[str]) -> bool:
+    """Whether the command line set ``key``, something under it, or a node above it."""
+    return any(t == key or t.startswith(key + ".") or key.startswith(t + ".") for t in typed)
 
 
-def _same_option(key: str, today_raw: Mapping[str, Any], stored_flat: Mapping[str, Any]) -> bool:
-    """Whether the config group holding ``key`` is the same option today as in the run.
-
-    An option is told by its ``_target_`` and its names (the string settings both sides have, such as
-    ``dataset: checkerboard``); numbers may differ (a default that changed). A key outside any group
-    (a top-level key newer than the run) counts as the same.
-    """
-    group = max((g for g in _config_groups(CONF_DIR) if key.startswith(g + ".")), key=len, default=None)
-    if group is None:
-        return True
-    for name, raw in today_raw.items():
-        if not name.startswith(group + ".") or name not in stored_flat:
-            continue
-        if isinstance(raw, str) and "${" not in raw and raw != stored_flat[name]:
-            return False
-    return True
-
-
-def _is_location(raw: Any) -> bool:
-    return isinstance(raw, str) and ("${paths." in raw or "${hydra:" in raw)
-
-
-def _node(cfg: DictConfig, key: str) -> Any:
-    """The value at ``key`` as plain data (a whole node where the other side has a leaf), or absent."""
-    value = OmegaConf.select(cfg, key, default=_ABSENT)
-    return (
-        OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
-    )
+def _node(cfg: Any, key: str) -> Any:
+    """The value at ``key`` as plain data (resolved), or absent."""
+    value = OmegaConf.select(cfg, key, default=_ABSENT) if isinstance(cfg, DictConfig) else _ABSENT
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
 
 
 def _show(value: Any) -> str:
     return "(not set)" if value is _ABSENT else repr(value)
 
 
-def merge_for_resume(today: DictConfig, stored: Mapping[str, Any], typed: list[str]) -> DictConfig:
+def _today_option(path: Path, name: str | None = None) -> Any:
+    """A node of today's ``conf/`` (the user's own files, with their interpolations): a logger or callback
+    option's settings."""
+    node = OmegaConf.load(path)
+    return node.get(name) if name is not None else node
+
+
+def _refuse_changes(today: DictConfig, run: Mapping[str, Any], typed: list[str]) -> None:
+    """Refuse a command-line value that differs from the run's for a key that defines the run.
+
+    Today's values are resolved with the run's own top-level values in place: ``schedule=linear`` on a
+    T=100 run means T=100 there (``schedule.T: ${T}``), as the merged config resolves it.
+    """
+    probe = copy.deepcopy(today)
+    OmegaConf.set_struct(probe, False)
+    for key, value in run.items():
+        if key == "trainer":
+            for name, number in value.items():
+                if not _touches(f"trainer.{name}", typed):
+                    _set(probe, f"trainer.{name}", number)
+        elif key not in GROUPS and key != "callbacks" and not _touches(key, typed):
+            _set(probe, key, value)
+    today_leaves = dict(_leaves(OmegaConf.to_container(probe, resolve=True)))
+    run_leaves = dict(_leaves(dict(run)))
+    keys = sorted(
+        (k for k in today_leaves.keys() | run_leaves.keys() if _under(k, typed) and k.split(".")[0] in run),
+        key=lambda k: (k not in today_leaves or k not in run_leaves, k),  # a changed value is named first
+    )
+    for key in keys:
+        if is_safe_on_resume(key) or (key.startswith("data.") and key.split(".")[1] in DATA_MACHINE_KEYS):
+            continue
+        new, old = today_leaves.get(key, _ABSENT), run_leaves.get(key, _ABSENT)
+        if new is _ABSENT and key.startswith("data."):
+            continue  # a key today's option does not have: the class's default, as stored
+        if new != old:
+            new, old = _node(today, key), _node(OmegaConf.create(dict(run)), key)
+            raise ConfigError(
+                f"{key}={_show(new)} cannot change when resuming: the run was trained with "
+                f"{key}={_show(old)}; drop the override, or start a new run without ckpt_path"
+            )
+
+
+def _set(cfg: DictConfig, key: str, value: Any) -> None:
+    OmegaConf.update(cfg, key, value, merge=False, force_add=True)
+
+
+def _delete(cfg: DictConfig, key: str) -> None:
+    parent, _, name = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if isinstance(node, DictConfig) and name in node:
+        del node[name]
+
+
+def _apply_typed(merged: DictConfig, today: DictConfig, typed: list[str], prefix: str) -> None:
+    """What the command line set under ``prefix`` (``logger``, ``callbacks``), as today's config has it."""
+    for key in typed:
+        if not _under(key, [prefix]) or key == prefix:
+            continue
+        value = OmegaConf.select(today, key, default=_ABSENT)
+        if value is _ABSENT:
+            _delete(merged, key)  # ~callbacks.samples
+        else:
+            node = OmegaConf.to_container(value, resolve=False) if isinstance(value, DictConfig) else value
+            _set(merged, key, node)
+
+
+def _loggers(
+    merged: DictConfig, today: DictConfig, run: RunIdentity, typed: list[str], conf_dir: Path
+) -> None:
+    if "logger" in typed:
+        return  # logger=...: today's choice, as composed
+    nodes = {name: _today_option(conf_dir / "logger" / f"{name}.yaml", name) for name in run.loggers}
+    _set(merged, "logger", {k: OmegaConf.to_container(v, resolve=False) for k, v in nodes.items()} or None)
+    _apply_typed(merged, today, typed, "logger")
+
+
+def _callbacks(
+    merged: DictConfig, today: DictConfig, run: RunIdentity, typed: list[str], conf_dir: Path
+) -> None:
+    if "callbacks" in typed:
+        return  # callbacks=...: today's choice, as composed
+    nodes: dict[str, Any] = {}
+    for name, numbers in run.callbacks.items():
+        if name == "samples":
+            if run.samples is None or "callbacks.samples" in typed:
+                continue
+            node = _today_option(conf_dir / "callbacks" / "samples" / f"{run.samples}.yaml")
+        else:
+            node = _today_option(conf_dir / "callbacks" / f"{name}.yaml", name)
+        if not isinstance(node, DictConfig):
+            continue
+        plain = OmegaConf.to_container(node, resolve=False)
+        for key, value in numbers.items():  # the run's numbers and switches for the settings today has
+            current = plain.get(key, _ABSENT)  # type: ignore[union-attr]
+            if current is None or (isinstance(current, bool | int | float) and not isinstance(current, str)):
+                plain[key] = value  # type: ignore[index]
+        nodes[name] = plain
+    if "ema" in nodes and "callbacks" in run.config:
+        nodes["ema"].update(run.config["callbacks"]["ema"])
+    _set(merged, "callbacks", nodes or None)
+    _apply_typed(merged, today, typed, "callbacks")
+    if "callbacks.samples" in typed:
+        value = OmegaConf.select(today, "callbacks.samples", default=_ABSENT)
+        if value is _ABSENT:
+            _delete(merged, "callbacks.samples")
+        else:
+            _set(
+                merged,
+                "callbacks.samples",
+                OmegaConf.to_container(value, resolve=False) if isinstance(value, DictConfig) else value,
+            )
+
+
+def _data_node(stored: Mapping[str, Any], today: DictConfig, typed: list[str]) -> dict[str, Any]:
+    """The run's data node with today's machine settings: where the data is (``paths.data_dir``), the
+    loader's workers and pinning, the cache folder; never a download the command line did not ask for."""
+    node = dict(stored)
+    current = _node(today, "data")
+    if isinstance(current, dict) and (current.get("_target_"), current.get("dataset")) == (
+        stored.get("_target_"),
+        stored.get("dataset"),
+    ):
+        node.update({k: current[k] for k in DATA_MACHINE_KEYS if k in current and k != "download"})
+    data_dir = _node(today, "paths.data_dir")
+    if "data_dir" in node and isinstance(data_dir, str):
+        node["data_dir"] = data_dir  # a moved project reads its data where it is now
+    for key in DATA_MACHINE_KEYS:
+        if _touches(f"data.{key}", typed):
+            node[key] = _node(today, f"data.{key}")
+    return node
+
+
+def merge_for_resume(
+    today: DictConfig, run: RunIdentity, typed: list[str], conf_dir: Path = CONF_DIR
+) -> DictConfig:
     """The config a resumed run trains with.
 
     Args:
-        today: the config composed from today's defaults and the command line.
-        stored: the resolved config stored in the checkpoint.
+        today: the config composed from today's ``conf/`` and the command line.
+        run: the stored run's identity (:func:`ddpm.stored_config.run_identity`, checked by
+            :func:`ddpm.registry.checked_identity`).
         typed: the keys the command line set (:func:`override_keys`).
+        conf_dir: where today's logger and callback options are read.
 
     Returns:
-        The stored config, with today's location keys and the safe keys the command line set.
+        Today's config with the run's identity in place (each group node whole, as stored), the run's
+        logger and callback options with today's settings, and what the command line set where it may.
 
     Raises:
         ConfigError: the command line changes a key that must not change on resume, naming the key, the
             stored value and the new one.
     """
-    today_raw = dict(_leaves(OmegaConf.to_container(today, resolve=False)))
-    stored_flat = dict(_leaves(dict(stored)))
-    merged = OmegaConf.create(dict(stored))
-    assert isinstance(merged, DictConfig)
-    for key, raw in today_raw.items():
-        if not (_is_location(raw) or _under(key, typed) or key not in stored_flat):
-            continue  # the run's own value
-        newer = key not in stored_flat and not _under(key, typed)
-        if newer and not _same_option(key, today_raw, stored_flat):
-            continue  # a key of today's default option (data=moons' noise) where the run has another
-        above = _stored_leaf_above(key, stored_flat)
-        if above is None:
-            OmegaConf.update(merged, key, raw, merge=False, force_add=True)
-        elif _under(key, typed):  # e.g. lr_scheduler=warmup where the run had none: today's whole node
-            node = OmegaConf.select(today, above)
-            value = OmegaConf.to_container(node, resolve=False) if isinstance(node, DictConfig) else node
-            OmegaConf.update(merged, above, value, merge=False, force_add=True)
-    for key in stored_flat:  # nodes the command line removed (~callbacks.samples): drop them whole
-        if key in today_raw or not _under(key, typed):
-            continue
-        parts = key.split(".")
-        prefixes = (".".join(parts[:i]) for i in range(1, len(parts) + 1))
-        top = next((p for p in prefixes if OmegaConf.select(today, p, default=_ABSENT) is _ABSENT), None)
-        if top is None:
-            continue  # today holds a node there (a group that had none): replaced above, not removed
-        parent, _, name = top.rpartition(".")
-        node = OmegaConf.select(merged, parent) if parent else merged
-        if isinstance(node, DictConfig) and name in node:
-            del node[name]
-    # Compare resolved values: schedule.T is ${T}, so `schedule=linear` on a T=100 run means
-    # T=100 there, as the merged config resolves it.
-    resolved = dict(_leaves(OmegaConf.to_container(merged, resolve=True)))
-    # a value that changed is named before one that appeared or vanished (schedule=cosine: its name first)
-    keys = sorted(
-        (k for k in resolved.keys() | stored_flat.keys() if _under(k, typed)),
-        key=lambda k: (k not in resolved or k not in stored_flat, k),
-    )
-    for key in keys:
-        if is_safe_on_resume(key) or _is_location(today_raw.get(key)):
-            continue
-        new, old = resolved.get(key, _ABSENT), stored_flat.get(key, _ABSENT)
-        if new != old:
-            new, old = _node(merged, key), _node(OmegaConf.create(dict(stored)), key)
-            raise ConfigError(
-                f"{key}={_show(new)} cannot change when resuming: the run was trained with "
-                f"{key}={_show(old)}; drop the override, or start a new run without ckpt_path"
-            )
+    identity = run.config
+    _refuse_changes(today, identity, typed)
+    merged = copy.deepcopy(today)
+    OmegaConf.set_struct(merged, False)
+    with open_dict(merged):
+        for key, value in identity.items():
+            if key == "trainer":
+                for name, number in value.items():
+                    if not _touches(f"trainer.{name}", typed):
+                        _set(merged, f"trainer.{name}", number)
+            elif key == "callbacks":
+                continue  # the EMA's decay: with the callbacks below
+            elif key == "sampler":
+                if "sampler" in typed:
+                    continue  # sampler=<option>: today's, as the command line set it
+                _set(merged, "sampler", value)
+                for typed_key in typed:  # sampler.steps=...: the run's sampler with that value
+                    if typed_key.startswith("sampler."):
+                        _set(merged, typed_key, _node(today, typed_key))
+            elif key == "data":
+                _set(merged, "data", _data_node(value, today, typed))
+            elif is_safe_on_resume(key) and _touches(key, typed):
+                continue  # final_samples=..., checkpoint_every_n_steps=...: today's
+            else:
+                _set(merged, key, value)
+        _loggers(merged, today, run, typed, conf_dir)
+        _callbacks(merged, today, run, typed, conf_dir)
     return merged
-
-
-def _stored_leaf_above(key: str, stored_flat: Mapping[str, Any]) -> str | None:
-    """The key above ``key`` that the stored config holds as one leaf (a null group, a list), if any."""
-    parts = key.split(".")
-    return next(
-        (".".join(parts[:i]) for i in range(1, len(parts)) if ".".join(parts[:i]) in stored_flat), None
-    )

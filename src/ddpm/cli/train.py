@@ -27,7 +27,6 @@ from ddpm.config import (
     first_line,
     remove_unstarted_run_dir,
     root_cause,
-    upgrade_stored_config,
     validate_config,
 )
 from ddpm.timings import Phases
@@ -103,19 +102,22 @@ def _quiet_expected_resume_warnings(datamodule: Any) -> None:
 
 
 def _config_for_resume(cfg: DictConfig, ckpt_path: str) -> DictConfig:
-    """The checkpoint's own run config, with what the command line may change on resume applied."""
+    """Today's config with the checkpoint's run identity in place (:mod:`ddpm.resume`): the stored config
+    is read as plain data and checked against ddpm-lab's options; nothing in it is resolved or built."""
     from hydra.core.hydra_config import HydraConfig
 
+    from ddpm.registry import checked_identity
     from ddpm.resume import merge_for_resume, override_keys
-    from ddpm.safe_loading import load_checkpoint, resolved_config
+    from ddpm.safe_loading import load_checkpoint
+    from ddpm.stored_config import run_identity
 
     ckpt = load_checkpoint(ckpt_path, mmap=True)  # weights only: runs no code
     if not isinstance(ckpt.get("ddpm_config"), dict):
         raise ConfigError(f"ckpt_path={ckpt_path!r} carries no ddpm-lab run config; it cannot be resumed")
-    stored = resolved_config(ckpt["ddpm_config"], f"the config stored in {ckpt_path!r}")
-    upgrade_stored_config(stored)  # a run trained by an earlier version, in today's layout
+    identity = run_identity(ckpt["ddpm_config"], f"the config stored in {ckpt_path!r}")
+    checked_identity(identity)
     typed = override_keys(list(HydraConfig.get().overrides.task), CONF_DIR)
-    merged = merge_for_resume(cfg, OmegaConf.to_container(stored), typed)  # type: ignore[arg-type]
+    merged = merge_for_resume(cfg, identity, typed)
     OmegaConf.set_struct(merged, True)
     return merged
 
@@ -169,9 +171,6 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Any] = ()) -> dict[str, Any
         if ckpt_path:
             cfg = _config_for_resume(cfg, ckpt_path)
         validate_config(cfg)
-        from ddpm.safe_loading import resolved_config
-
-        resolved_config(cfg, "the run config")  # every _target_ on the allow-list, before any import
         with phases.time("imports"):
             import lightning as L
 
@@ -198,10 +197,14 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Any] = ()) -> dict[str, Any
     if cfg.get("print_config", True):
         print(OmegaConf.to_yaml(cfg, resolve=True))
     wandb_id_file = output_dir / ".wandb_id"
-    if ckpt_path and wandb_id_file.is_file() and cfg.get("logger") and cfg.logger.get("wandb"):
-        with open_dict(cfg):  # a resumed run continues its W&B run
-            cfg.logger.wandb.id = wandb_id_file.read_text().strip()
-            cfg.logger.wandb.resume = "allow"
+    if ckpt_path and cfg.get("logger") and cfg.logger.get("wandb"):
+        from ddpm.stored_config import read_wandb_id
+
+        run_id = read_wandb_id(output_dir)  # checked: a W&B run id, never an interpolation
+        if run_id is not None:
+            with open_dict(cfg):  # a resumed run continues its W&B run
+                cfg.logger.wandb.id = run_id
+                cfg.logger.wandb.resume = "allow"
     if cfg.get("logger") and cfg.logger.get("csv"):
         # Lightning's CSVLogger deletes an existing metrics.csv in its folder: a resumed part (or a
         # requeued job that starts again from step 0) gets its own, and the first part's log is kept
