@@ -65,7 +65,9 @@ def compose_cfg(root: Path, overrides: list[str], *, run_folder: bool = True) ->
             cfg.hydra.job.num = 0
     HydraConfig.instance().set_config(cfg)
     if run_folder:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        from ddpm.run_folder import claim_folder
+
+        claim_folder(run_dir, may_rename=False, may_reuse=True)  # as ddpm-train's start does
     return cfg
 
 

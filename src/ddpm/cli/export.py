@@ -10,7 +10,8 @@ pickle. ``diffusers``: a UNet run as diffusers' ``UNet2DModel`` + ``DDPMSchedule
 ``DDPMPipeline.from_pretrained`` loads (:func:`ddpm.interop.export_diffusers`).
 
 Every value and the output's folder are checked before the checkpoint is read: a bad one is a one-line
-error with exit code 2.
+error with exit code 2. ``--out`` never lies inside another run's folder, nor replaces what training wrote
+in this run's own (``checkpoints/``, ``samples.npz``, ...).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ddpm.cli.common import ensure_writable, fail, load_run_or_fail, run_folder
+from ddpm.cli.common import check_out_owner, ensure_writable, fail, load_run_or_fail, run_folder
 from ddpm.config import ConfigError
 
 __all__ = ["FORMATS", "main"]
@@ -49,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.format == "safetensors" and args.out is not None and args.out.suffix != ".safetensors":
         fail(f"--out={str(args.out)!r} must end in .safetensors")
     out = args.out or run_folder(args.run) / "export" / FORMATS[args.format]
+    if args.out is not None:  # never into another run's folder, nor over this run's own files
+        check_out_owner(args.out, args.run, beside=False)
     if out.exists() and args.format == "diffusers" and not out.is_dir():
         fail(f"--out={str(out)!r} is a file; the diffusers format writes a folder")
     ensure_writable(out.parent, "the export", "; choose another place with --out")

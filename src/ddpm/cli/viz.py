@@ -297,6 +297,15 @@ def _out_folder(args: argparse.Namespace) -> Path:
 
 
 def _check_writable(args: argparse.Namespace) -> None:
+    if args.out is not None:  # never into another run's folder, nor over the files of reverse's own run
+        from ddpm.run_folder import enclosing_run, out_problem
+
+        run_dir = getattr(args, "run_dir", None)
+        png = _out_path(args, "")
+        own = enclosing_run(run_dir) if run_dir is not None else None
+        problem = out_problem(args.out, own, [png, png.with_suffix(".gif")])
+        if problem is not None:
+            raise _BadInput(problem)
     hint = "" if args.out is not None else "; choose another place with --out"
     problem = writable_problem(_out_folder(args), "the figure", hint)
     if problem is not None:
