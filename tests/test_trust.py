@@ -664,3 +664,21 @@ def test_resume_takes_the_runs_data_and_todays_machine_settings_for_it() -> None
     same = {**moons, "dataset": "checkerboard", "params": {"squares": 4}}  # a newer default n_train, too
     merged = merge_for_resume(OmegaConf.create({"data": same}), run, typed=[])
     assert merged.data.n_train == 512 and merged.data.on_device == 1
+
+
+def test_a_checkpoint_without_its_config_loads_from_the_real_hydra_config(
+    trained: Path, tmp_path: Path
+) -> None:
+    """Hydra's own .hydra/config.yaml (unresolved: ${T}, ${paths.data_dir}, ${ddpm.out_mult:...}) still
+    opens: plain references are followed by key path, the derived out_mult is derived again, paths are
+    today's; nothing in it is resolved by OmegaConf."""
+    run = _copy(trained, tmp_path / "run")
+    assert "${" in (run / ".hydra" / "config.yaml").read_text()
+    for ckpt_file in run.glob("checkpoints/*.ckpt"):
+        ckpt = torch.load(ckpt_file, weights_only=True)
+        del ckpt["ddpm_config"]
+        torch.save(ckpt, ckpt_file)
+    loaded = load_run(run)
+    assert loaded.model.diffusion.num_timesteps == STORED_T and loaded.config.schedule.T == STORED_T
+    assert loaded.config.model.out_mult == 1 and loaded.loggers == ("csv",)
+    assert loaded.model.sample(4, generator=torch.Generator().manual_seed(0)).shape == (4, 2)
