@@ -49,6 +49,7 @@ __all__ = [
     "RunIdentity",
     "StoredConfigError",
     "check_plain",
+    "load_yaml",
     "read_json",
     "read_wandb_id",
     "read_yaml",
@@ -156,7 +157,20 @@ def _read_text(path: Path, source: str) -> str:
 
 
 def read_yaml(path: str | os.PathLike[str], source: str | None = None) -> dict[str, Any]:
-    """A stored YAML config as plain data.
+    """A stored YAML config (a mapping) as plain data: see :func:`load_yaml`.
+
+    Raises:
+        StoredConfigError: in one line naming the file and what is wrong.
+    """
+    where = source or str(Path(path))
+    data = load_yaml(path, where)
+    if not isinstance(data, dict):
+        raise StoredConfigError(f"{where} is not a run config (a {type(data).__name__}, not a mapping)")
+    return data
+
+
+def load_yaml(path: str | os.PathLike[str], source: str | None = None) -> Any:
+    """A YAML file someone else may have written, as plain data (a mapping, a list or a scalar).
 
     Its events are checked before anything is built from them: an explicit tag (``!!python/object``,
     ``!!binary``, ``!custom``) or an anchor or alias (``&a`` / ``*a``: ddpm-lab never writes them, and
@@ -192,8 +206,6 @@ def read_yaml(path: str | os.PathLike[str], source: str | None = None) -> dict[s
         data = yaml.load(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as err:
         raise StoredConfigError(f"{where} is not valid YAML: {first_line(err)}") from None
-    if not isinstance(data, dict):
-        raise StoredConfigError(f"{where} is not a run config (a {type(data).__name__}, not a mapping)")
     check_plain(data, where)
     return data
 

@@ -115,9 +115,21 @@ def _float(value: Any) -> float | None:
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def _read_yaml(path: Path) -> Any:
+    """A YAML file of a job folder as plain data (:func:`ddpm.stored_config.load_yaml`: no tags, no
+    aliases, nothing resolved); None when it is missing or refused."""
+    from ddpm.config import ConfigError
+    from ddpm.stored_config import load_yaml
+
+    try:
+        return load_yaml(path) if path.is_file() else None
+    except (ConfigError, OSError):
+        return None
 
 
 def _last_logged(csv_path: Path, name: str) -> float | None:
@@ -244,13 +256,12 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     for folder in folders:
         record = _read_json(folder / JOB_RECORD)
         if not record:
-            hydra_yaml = folder / ".hydra" / "hydra.yaml"
-            num = (
-                OmegaConf.select(OmegaConf.load(hydra_yaml), "hydra.job.num")
-                if hydra_yaml.is_file()
-                else None
-            )
-            overrides = [str(o) for o in OmegaConf.load(folder / ".hydra" / "overrides.yaml")]
+            # Hydra's files, read as plain data (an interpolation in them is text, never resolved)
+            hydra = (_read_yaml(folder / ".hydra" / "hydra.yaml") or {}).get("hydra")
+            job = hydra.get("job") if isinstance(hydra, dict) else None
+            num = job.get("num") if isinstance(job, dict) else None
+            overrides = _read_yaml(folder / ".hydra" / "overrides.yaml")
+            overrides = [str(o) for o in overrides] if isinstance(overrides, list) else []
             record = {
                 "job": num,
                 "status": UNFINISHED,
