@@ -29,6 +29,8 @@ LAYERS = {
     "ddpm.evaluation": 1,
     "ddpm.config": 1,
     "ddpm.safe_loading": 1,
+    "ddpm.memory": 1,
+    "ddpm.network_size": 1,
     "ddpm.stored_config": 1,
     "ddpm.safe_writes": 1,
     "ddpm.sampler_overrides": 1,

@@ -200,7 +200,7 @@ def ctx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, listener: Listener) -> 
     key it would send), nothing trusted by the user, and the case's tmp_path as the working folder."""
     secret = f"s3cr3t-{secrets.token_hex(12)}"
     monkeypatch.setenv(SECRET_ENV, secret)
-    for name in ("DDPM_TRUSTED_TARGETS", "DDPM_CKPT_PATH", "WANDB_MODE", "WANDB_DISABLED"):
+    for name in ("DDPM_CKPT_PATH", "WANDB_MODE", "WANDB_DISABLED"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("WANDB_BASE_URL", listener.url)
     monkeypatch.setenv("WANDB_API_KEY", "0" * 40)  # a key, so an online W&B would really try to connect

@@ -139,8 +139,12 @@ def test_model_compile_trains_through_the_compiled_network(tmp_path, monkeypatch
     assert not any("_orig_mod" in k for k in state)  # the checkpoint loads into a plain network
     from ddpm.build import build, load_run
 
-    _, module = build(load_run(run).config)  # a loaded run samples with the plain network; training compiles
-    assert module.compile_net  # the run's own setting comes back with its stored config
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["ddpm_config"]["module"]["compile"]
+    cfg = load_run(run).config  # a loaded run samples with the plain network: how to run it is the machine's
+    assert "module" not in cfg
+    cfg.module = {"compile": True}  # as today's config gives it to a resume
+    _, module = build(cfg)
+    assert module.compile_net
 
 
 def test_channels_last_images(tmp_path) -> None:
@@ -152,7 +156,10 @@ def test_channels_last_images(tmp_path) -> None:
     assert metrics["global_step"] == 4
     from ddpm.build import build, load_run
 
-    _, module = build(load_run(run).config)  # the training module of the run's stored config
+    cfg = load_run(run).config  # the run's identity; channels-last is how this machine runs it
+    assert "module" not in cfg
+    cfg.module = {"channels_last": True}
+    _, module = build(cfg)  # the training module of the run's stored config
     assert module.channels_last
     module.setup("fit")
     conv = next(m for m in module.net.modules() if isinstance(m, torch.nn.Conv2d))

@@ -48,6 +48,7 @@ __all__ = [
     "build_for_sampling",
     "build_model",
     "check_network",
+    "check_stored_network",
     "load_run",
     "stored_config",
     "stored_identity",
@@ -184,7 +185,8 @@ def build(cfg: DictConfig) -> tuple[Any, DiffusionModule]:
             lr_scheduler(optimizer=torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0))
         except (ValueError, TypeError) as err:
             raise ConfigError(f"lr_scheduler: {first_line(err)}") from err
-    module_options = OmegaConf.to_container(cfg.get("module") or {}, resolve=True)
+    module_node = cfg.get("module")  # how this machine runs the network; none in a loaded run's identity
+    module_options = OmegaConf.to_container(module_node, resolve=True) if module_node else {}
     module = DiffusionModule(
         net=net,
         diffusion=diffusion,
@@ -253,6 +255,20 @@ def stored_identity(ckpt: dict[str, Any], ckpt_path: Path, run_dir: Path) -> Run
 def stored_config(ckpt: dict[str, Any], ckpt_path: Path, run_dir: Path) -> DictConfig:
     """:func:`stored_identity`'s config as a DictConfig (it holds no ``${``: nothing in it interpolates)."""
     return OmegaConf.create(stored_identity(ckpt, ckpt_path, run_dir).config)
+
+
+def check_stored_network(model: dict[str, Any]) -> None:
+    """Refuse, before building it, a stored network whose weights would not fit in memory (its parameters
+    counted from its arguments: :func:`ddpm.network_size.check_network_size`).
+
+    Raises:
+        ConfigError: naming the count, the bytes and the memory available.
+    """
+    from ddpm.network_size import NETWORKS, check_network_size
+
+    target = str(model.get("_target_"))
+    if target.rsplit(".", 1)[-1] in NETWORKS:
+        check_network_size(target, model, "model")
 
 
 @dataclass
@@ -340,6 +356,7 @@ def load_run(
             raise ConfigError(f"checkpoint {str(ckpt_path)!r} is not a Lightning checkpoint (no state_dict)")
         identity = stored_identity(ckpt, ckpt_path, run_dir)
         state = ckpt["state_dict"]
+    check_stored_network(identity.config["model"])
     cfg = OmegaConf.create(identity.config)  # checked plain values: no ${ anywhere, nothing interpolates
     data, model = build_for_sampling(cfg)
     try:  # the model's names are the training module's (net.*, diffusion.*): its state_dict fits as is

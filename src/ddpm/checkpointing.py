@@ -3,7 +3,9 @@
 Lightning writes a local checkpoint through fsspec's transaction, which stages the file in the system
 temp folder and moves it into place; across filesystems that move is a copy, so a kill during it can
 leave a truncated ``last.ckpt``. Here the temporary file sits beside its target and ``os.replace``
-swaps it in: at every instant the path holds either the old complete checkpoint or the new one.
+swaps it in: at every instant the path holds either the old complete checkpoint or the new one. A save that
+fails (a full disk) leaves the earlier checkpoint as it was and stops the run with
+:class:`CheckpointNotWrittenError`, which ``ddpm-train`` reports in one line.
 """
 
 from __future__ import annotations
@@ -19,11 +21,40 @@ from lightning.pytorch.callbacks import Callback, WeightAveraging
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-__all__ = ["AtomicCheckpointIO", "LastCheckpoint", "atomic_torch_save"]
+from ddpm.safe_writes import ResultsNotWrittenError, fsync_folder, os_error_reason
+
+__all__ = ["AtomicCheckpointIO", "CheckpointNotWrittenError", "LastCheckpoint", "atomic_torch_save"]
+
+
+class CheckpointNotWrittenError(ResultsNotWrittenError):
+    """A checkpoint could not be written (a full disk, a folder gone read-only); the file at its path, if
+    any, is the earlier complete checkpoint. The message is one line naming the file, the step and why.
+
+    A :class:`~ddpm.results.ResultsNotWrittenError`, so ``ddpm-train`` reports it like a failed final write:
+    the line on stderr, exit status 1, and a sweep records the job as failed without a traceback.
+    """
+
+
+def _os_error(err: BaseException) -> OSError | None:
+    """The OSError behind ``err``: torch.save reports a failed write of its file (ENOSPC) as a RuntimeError
+    ("PytorchStreamWriter failed writing file") raised while the OSError was being handled."""
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, OSError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync it, then rename it over ``path``."""
+    """``torch.save`` to a temporary file in the same folder, fsync it, then rename it over ``path``.
+
+    Raises:
+        OSError: the write failed (a full disk, ...); the temporary file is gone and ``path`` unchanged.
+            torch's own RuntimeError for a failed write is replaced by the OSError behind it.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -33,14 +64,13 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)  # atomic on POSIX within one filesystem
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        cause = _os_error(err) if isinstance(err, RuntimeError) else None
+        if cause is not None:
+            raise cause from err
         raise
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+    fsync_folder(target.parent)  # make the rename itself durable
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -52,7 +82,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         """Write ``checkpoint`` to ``path`` atomically."""
         if storage_options is not None:
             raise TypeError(f"AtomicCheckpointIO does not take storage_options, got {storage_options!r}")
-        atomic_torch_save(checkpoint, path)
+        try:
+            atomic_torch_save(checkpoint, path)
+        except OSError as err:
+            step = checkpoint.get("global_step")
+            at = f" at step {step}" if isinstance(step, int) else ""
+            name = Path(path).name
+            raise CheckpointNotWrittenError(
+                f"could not write the checkpoint {path}{at}: {os_error_reason(err)}; any earlier {name} is "
+                "kept as it was, and training stopped"
+            ) from err
 
 
 class LastCheckpoint(Callback):

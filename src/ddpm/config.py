@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from hydra.errors import InstantiationException
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 __all__ = [
     "CONF_DIR",
+    "MAX_GUIDANCE_SCALE",
     "MOVED_KEYS",
     "ConfigError",
     "find_conf_dir",
@@ -23,7 +24,6 @@ __all__ = [
     "remove_unstarted_run_dir",
     "root_cause",
     "slurm_tasks_per_node",
-    "upgrade_stored_config",
     "validate_config",
 ]
 
@@ -102,30 +102,16 @@ MOVED_KEYS = {
 }
 
 
-def upgrade_stored_config(cfg: DictConfig) -> DictConfig:
-    """A resolved run config written by an earlier ddpm-lab, in today's layout (in place, and returned).
-
-    ``model.compile`` / ``model.channels_last`` move to ``module.*``; ``diffusion.T`` and
-    ``diffusion.betas`` go (T is stated once, at the root, and the schedule builds the betas), and
-    ``diffusion`` becomes a partial that takes the betas.
-    """
-    with open_dict(cfg):
-        model, diffusion = cfg.get("model"), cfg.get("diffusion")
-        if isinstance(model, DictConfig) and any(key in model for key in MODULE_KEYS):
-            module = cfg.get("module") or {}
-            cfg.module = {**{key: bool(model.pop(key, False)) for key in MODULE_KEYS}, **module}
-        if isinstance(diffusion, DictConfig):
-            diffusion.pop("T", None)
-            diffusion.pop("betas", None)
-            diffusion._partial_ = True
-    return cfg
-
-
 def _get(cfg: DictConfig, key: str) -> Any:
     try:
         return OmegaConf.select(cfg, key, throw_on_missing=True)
     except OmegaConfBaseException as err:
         raise ConfigError(f"{key}: {first_line(err)}") from None
+
+
+#: the largest classifier-free guidance scale taken (published ones are below 30): far larger ones overflow
+#: float32 in the sampler and end in non-finite samples after all the work
+MAX_GUIDANCE_SCALE = 1000.0
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -141,11 +127,19 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"sampler.steps={steps!r} is invalid; it must be an integer in [1, T={T}]")
     w = _get(cfg, "sampler.guidance_scale")
     if w is not None and (
-        isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w) or w < 0
+        isinstance(w, bool) or not isinstance(w, int | float) or not 0 <= w <= MAX_GUIDANCE_SCALE
     ):
         raise ConfigError(
-            f"sampler.guidance_scale={w!r} is invalid; it must be a number >= 0 (0: unconditional, "
-            "1: conditional, > 1: guided)"
+            f"sampler.guidance_scale={w!r} is invalid; it must be a number in [0, {MAX_GUIDANCE_SCALE:g}] "
+            "(0: unconditional, 1: conditional, > 1: guided)"
+        )
+    decay = _get(cfg, "callbacks.ema.decay")
+    if decay is not None and (
+        isinstance(decay, bool) or not isinstance(decay, int | float) or not 0 <= decay < 1
+    ):
+        # 1 would freeze the average at the initial weights: the run's result would be untrained
+        raise ConfigError(
+            f"callbacks.ema.decay={decay!r} is invalid; it must be a number in [0, 1) (e.g. 0.999)"
         )
     conditional = cfg.get("conditional")
     if conditional is not None and not isinstance(conditional, bool):
@@ -194,16 +188,40 @@ def validate_config(cfg: DictConfig) -> None:
 
 
 def remove_unstarted_run_dir(path: Path) -> bool:
-    """Delete a run folder that holds only what was written at start (``.hydra/``, a log, the claim file).
+    """Undo what this process wrote at the start of a run that did not start: a config error found before
+    training leaves no half-made run behind, and nothing that was there before is touched.
 
-    A config error found before training leaves no half-made run behind; anything else is kept.
+    Only a folder this process claimed (:func:`ddpm.run_folder.claim_folder`) is cleaned, and only when all
+    it gained since the claim is what a start writes (``.hydra/``, a log, the claim and lock files): those
+    entries go, and the folder itself only if this process created it. A folder found existing (a resume, a
+    user's folder with their own files) keeps everything it held; a folder that gained anything else (a
+    checkpoint, results) is left as it is. Returns whether the folder itself was removed.
     """
-    if not path.is_dir():
-        return False
-    entries = list(path.iterdir())
-    from ddpm.run_folder import CLAIM_FILE
+    from ddpm.run_folder import CLAIM_FILE, LOCK_FILE, forget_start, release_run_lock, start_record
 
-    if all(e.name in (".hydra", CLAIM_FILE) or (e.suffix == ".log" and e.is_file()) for e in entries):
-        shutil.rmtree(path)
-        return True
-    return False
+    start = start_record(path)
+    if start is None or not path.is_dir():
+        return False  # not this process's folder: another run's, a user's, or made by a caller
+    gained = [e for e in path.iterdir() if e.name not in start.before]
+    if not all(
+        e.name in (".hydra", CLAIM_FILE, LOCK_FILE) or (e.suffix == ".log" and e.is_file()) for e in gained
+    ):
+        return False
+    forget_start(path)
+    for entry in gained:
+        if entry.name == LOCK_FILE:
+            continue  # removed last, while still held
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    new_lock = LOCK_FILE not in start.before
+    if not release_run_lock(path, remove=new_lock) and new_lock:
+        (path / LOCK_FILE).unlink(missing_ok=True)  # made, not held: a file system without locks
+    if not start.created:
+        return False
+    try:
+        path.rmdir()  # only when empty: a file that appeared meanwhile is kept, with its folder
+    except OSError:
+        return False
+    return True

@@ -66,8 +66,9 @@ def draw_samples(
         device: where to sample (default: where ``diffusion``'s buffers are).
         generator: RNG for reproducible samples.
         return_trajectory: return a :class:`SampleResult` with the whole chain (not batched).
-        progress: show a progress bar.
-        batch_size: sample in chunks of this size to bound memory.
+        progress: show a progress bar: over the samples when there are several batches (one update per
+            batch), else over the sampler's steps.
+        batch_size: sample in chunks of this size to bound memory; the result is one tensor of ``n``.
         y: class labels [n] for a conditional network.
         guidance_scale: classifier-free guidance w (None: the sampler's ``guidance_scale``).
 
@@ -95,22 +96,25 @@ def draw_samples(
                 device=device,
                 **guide,
             )
-        chunks = []
-        for start in range(0, n, batch_size):
-            size = min(batch_size, n - start)
-            part = {**guide, "y": y[start : start + size]} if y is not None else {}
-            chunks.append(
-                sampler.sample(
-                    net,
-                    diffusion,
-                    (size, *shape),
-                    generator=generator,
-                    progress=progress,
-                    device=device,
-                    **part,
-                )
-            )
-        return torch.cat(chunks)
+        from tqdm.auto import tqdm
+
+        # The batches go straight into one tensor of all n samples: a list of batches joined at the end
+        # would hold every sample twice at the peak.
+        out: torch.Tensor | None = None
+        bar = tqdm(total=n, desc="Sampling", unit="sample", disable=not progress, leave=False)
+        try:
+            for start in range(0, n, batch_size):
+                size = min(batch_size, n - start)
+                part = {**guide, "y": y[start : start + size]} if y is not None else {}
+                x = sampler.sample(net, diffusion, (size, *shape), generator=generator, device=device, **part)
+                if out is None:
+                    out = torch.empty((n, *x.shape[1:]), dtype=x.dtype, device=x.device)
+                out[start : start + size] = x
+                bar.update(size)
+        finally:
+            bar.close()
+        assert out is not None  # n >= 1 batches ran
+        return out
     finally:
         net.train(was_training)
 

@@ -19,6 +19,7 @@ JSON and safetensors. Nothing here imports Lightning.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ from omegaconf import OmegaConf
 
 from ddpm.config import ConfigError, first_line
 from ddpm.models import UNet
+from ddpm.safe_writes import write_file, write_files
 
 if TYPE_CHECKING:
     from ddpm.build import LoadedRun
@@ -52,6 +54,8 @@ SAFETENSORS_CONFIG_KEY = "ddpm_config"
 WEIGHTS_KEY = "ddpm_weights"
 #: what the exported folders say they were written for (diffusers reads folders of older versions)
 DIFFUSERS_VERSION = "0.30.0"
+#: the most diffusion steps a diffusers scheduler config may ask for (the published models use 1000 or 4000)
+MAX_TIMESTEPS = 1_000_000
 
 #: UNet2DModel's settings ddpm-lab reads; any other key (with a value other than its neutral one) is refused
 _UNET_KEYS = {
@@ -118,15 +122,17 @@ _SCHEDULE = {
 
 # ----------------------------------------------------------------------------- files
 def _read_json(path: Path) -> dict[str, Any]:
+    """A diffusers config file as plain data (:func:`ddpm.stored_config.read_json`: bounded, no code)."""
+    from ddpm.stored_config import read_json, require_regular_file
+
+    if not path.exists():
+        raise ConfigError(f"{path} is missing; a diffusers folder has config files there")
+    require_regular_file(path, "diffusers config")
     try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path} is missing; a diffusers folder has config files there") from None
+        text = path.read_text()
     except (OSError, ValueError) as err:
         raise ConfigError(f"{path} cannot be read: {first_line(err)}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} is not a diffusers config (a JSON object)")
-    return data
+    return read_json(text, str(path))
 
 
 def _unet_folder(path: str | Path) -> Path:
@@ -168,29 +174,117 @@ def _read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
 
 # ----------------------------------------------------------------------------- the UNet's configuration
 def _refuse(where: str, key: str, value: Any, why: str) -> ConfigError:
-    return ConfigError(f"{where}: {key}={json.dumps(value)} is not supported by ddpm-lab's UNet ({why})")
+    return ConfigError(
+        f"{where}: {key}={json.dumps(value, default=str)} is not supported by ddpm-lab's UNet ({why})"
+    )
+
+
+def _invalid(where: str, key: str, value: Any, what: str) -> ConfigError:
+    return ConfigError(f"{where}: {key}={json.dumps(value, default=str)} is invalid; it must be {what}")
+
+
+def _int_setting(config: Mapping[str, Any], key: str, default: int | None, where: str, low: int = 1) -> Any:
+    """``config[key]`` as an integer >= ``low`` (absent or null: ``default``), else a one-line error."""
+    value = config.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise _invalid(where, key, value, f"an integer >= {low}")
+    return value
+
+
+def _float_setting(
+    config: Mapping[str, Any],
+    key: str,
+    default: float,
+    where: str,
+    low: float,
+    high: float | None = None,
+    with_low: bool = False,
+) -> float:
+    """``config[key]`` as a finite number above ``low`` (or equal to it, ``with_low``) and below ``high``;
+    absent or null: ``default``."""
+    value = config.get(key)
+    if value is None:
+        return default
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not (low <= value if with_low else low < value)
+        or (high is not None and not value < high)
+    ):
+        if high is None:
+            bound = f">= {low:g}" if with_low else f"> {low:g}"
+        else:
+            bound = f"in {'[' if with_low else '('}{low:g}, {high:g})"
+        raise _invalid(where, key, value, f"a number {bound}")
+    return float(value)
+
+
+def _bool_setting(config: Mapping[str, Any], key: str, default: bool, where: str) -> bool:
+    value = config.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise _invalid(where, key, value, "true or false")
+    return value
+
+
+def _list_setting(config: Mapping[str, Any], key: str, where: str, kind: type, what: str) -> list[Any]:
+    value = config.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list | tuple) or any(
+        isinstance(v, bool) or not isinstance(v, kind) or (kind is int and v < 1) for v in value
+    ):
+        raise _invalid(where, key, value, f"a list of {what}")
+    return list(value)
+
+
+def _check_image_size(size: int, base: int, where: str) -> None:
+    """Refuse a ``sample_size`` whose images could not even be held in memory, one at a time."""
+    from ddpm.memory import available_memory, format_bytes
+
+    avail = available_memory()
+    need = 4 * base * size * size  # the first level's feature map of one image, float32
+    if avail is not None and need > avail:
+        raise _refuse(
+            where,
+            "sample_size",
+            size,
+            f"one image's first feature map, {base} x {size} x {size} float32, needs {format_bytes(need)}, "
+            f"more than the {format_bytes(avail)} of memory available",
+        )
 
 
 def unet_kwargs_from_diffusers(config: Mapping[str, Any], where: str = "config.json") -> dict[str, Any]:
     """The :class:`~ddpm.models.UNet` arguments of a diffusers ``UNet2DModel`` config, plus
     ``flip_sin_to_cos`` (how the weights of the first time-embedding layer are ordered).
 
+    Every value is checked before anything is allocated: numbers must be numbers of the right range, and
+    the network's parameter count (:func:`ddpm.network_size.check_network_size`) and one image's first
+    feature map must fit in the memory available.
+
     Raises:
-        ConfigError: a setting ddpm-lab's UNet cannot express, in one line naming it.
+        ConfigError: a setting ddpm-lab's UNet cannot express, a value of the wrong type or range, or a
+            network too large for this machine, in one line naming it.
     """
+    from ddpm.network_size import check_network_size
+
     cls = config.get("_class_name", "UNet2DModel")
     if cls != "UNet2DModel":
         raise ConfigError(f"{where}: _class_name={cls!r} is not supported; ddpm-lab reads UNet2DModel only")
     for key, value in config.items():
-        if not key.startswith("_") and key not in _UNET_KEYS:
+        if not str(key).startswith("_") and key not in _UNET_KEYS:
             raise _refuse(where, key, value, "a setting ddpm-lab does not know")
     for key, allowed in _UNET_FIXED.items():
         if config.get(key) not in allowed:
             shown = [a for a in allowed if a is not None]
             raise _refuse(where, key, config.get(key), f"only {json.dumps(shown[0] if shown else None)} is")
-    down = list(config.get("down_block_types") or [])
-    up = list(config.get("up_block_types") or [])
-    widths = [int(w) for w in config.get("block_out_channels") or []]
+    down = _list_setting(config, "down_block_types", where, str, "block names")
+    up = _list_setting(config, "up_block_types", where, str, "block names")
+    widths = _list_setting(config, "block_out_channels", where, int, "integers >= 1")
     for key, blocks, known in (("down_block_types", down, _DOWN), ("up_block_types", up, _UP)):
         bad = [b for b in blocks if b not in known]
         if bad:
@@ -215,13 +309,14 @@ def unet_kwargs_from_diffusers(config: Mapping[str, Any], where: str = "config.j
     if base % 2:
         raise _refuse(where, "block_out_channels", widths, "the first width must be even")
     size = config.get("sample_size")
-    if isinstance(size, list | tuple):
-        if len(set(size)) != 1:
+    if isinstance(size, list | tuple) and size:
+        if any(s != size[0] for s in size):
             raise _refuse(where, "sample_size", size, "images must be square")
         size = size[0]
-    if not isinstance(size, int) or size < 1:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise _refuse(where, "sample_size", size, "a positive integer is needed")
-    in_ch, out_ch = int(config.get("in_channels", 3)), int(config.get("out_channels", 3))
+    in_ch = _int_setting(config, "in_channels", 3, where)
+    out_ch = _int_setting(config, "out_channels", 3, where)
     if out_ch != in_ch:
         raise _refuse(
             where, "out_channels", out_ch, f"it must equal in_channels={in_ch}: one prediction per pixel"
@@ -229,22 +324,22 @@ def unet_kwargs_from_diffusers(config: Mapping[str, Any], where: str = "config.j
     temb = config.get("time_embedding_dim")
     if temb not in (None, 4 * base):
         raise _refuse(where, "time_embedding_dim", temb, f"DDPM's is 4 x {base} = {4 * base}")
-    shift = config.get("freq_shift", 0)
-    if shift not in (0, 1):
+    shift = config.get("freq_shift")
+    if shift not in (None, 0, 1) or isinstance(shift, bool):
         raise _refuse(where, "freq_shift", shift, "0 or 1")
-    padding = config.get("downsample_padding", 1)
-    if padding not in (0, 1):
+    padding = config.get("downsample_padding")
+    if padding not in (None, 0, 1) or isinstance(padding, bool):
         raise _refuse(where, "downsample_padding", padding, "0 (TF's SAME) or 1")
-    groups = int(config.get("norm_num_groups") or 32)
+    groups = _int_setting(config, "norm_num_groups", 32, where)
     if config.get("attn_norm_num_groups") not in (None, groups):
         raise _refuse(where, "attn_norm_num_groups", config["attn_norm_num_groups"], f"it must be {groups}")
     # attention_head_dim null: one head of the block's width (diffusers: heads = width // head_dim)
-    head_dim = config.get("attention_head_dim")
+    head_dim = _int_setting(config, "attention_head_dim", None, where)
     attn_widths = {w for w, a in zip(widths, attn, strict=True) if a} | {widths[-1]}
     heads = 1
     if head_dim is not None:
-        counts = {w // int(head_dim) for w in attn_widths}
-        if any(w % int(head_dim) for w in attn_widths) or len(counts) != 1:
+        counts = {w // head_dim for w in attn_widths}
+        if any(w % head_dim for w in attn_widths) or len(counts) != 1:
             raise _refuse(
                 where,
                 "attention_head_dim",
@@ -252,21 +347,24 @@ def unet_kwargs_from_diffusers(config: Mapping[str, Any], where: str = "config.j
                 f"every attention width ({sorted(attn_widths)}) must hold the same number of heads",
             )
         heads = counts.pop()
-    return {
+    kwargs = {
         "in_channels": in_ch,
         "image_size": size,
         "base_channels": base,
         "channel_mult": [w // base for w in widths],
-        "num_res_blocks": int(config.get("layers_per_block", 2)),
+        "num_res_blocks": _int_setting(config, "layers_per_block", 2, where),
         "attn_resolutions": [size // 2**i for i, a in enumerate(attn) if a],
-        "dropout": float(config.get("dropout") or 0.0),
+        "dropout": _float_setting(config, "dropout", 0.0, where, low=0.0, high=1.0, with_low=True),
         "num_heads": heads,
         "norm_groups": groups,
-        "norm_eps": float(config.get("norm_eps", 1e-5)),
-        "time_freq_shift": int(shift),
+        "norm_eps": _float_setting(config, "norm_eps", 1e-5, where, low=0.0),
+        "time_freq_shift": int(shift or 0),
         "downsample_padding": "tf_same" if padding == 0 else "symmetric",
-        "flip_sin_to_cos": bool(config.get("flip_sin_to_cos", True)),
     }
+    flip = _bool_setting(config, "flip_sin_to_cos", True, where)
+    _check_image_size(size, base, where)
+    check_network_size("UNet", kwargs, where)  # before anything of its size is allocated
+    return {**kwargs, "flip_sin_to_cos": flip}
 
 
 def diffusers_unet_config(net: UNet, dropout: float = 0.0) -> dict[str, Any]:
@@ -468,23 +566,31 @@ def diffusion_config_from_scheduler(config: Mapping[str, Any], where: str) -> tu
     """(T, the ``schedule`` node, the ``diffusion`` node) of a diffusers scheduler config.
 
     Raises:
-        ConfigError: a setting ddpm-lab cannot express, in one line naming it.
+        ConfigError: a setting ddpm-lab cannot express, or a value of the wrong type or range (at most
+            :data:`MAX_TIMESTEPS` steps), in one line naming it.
     """
 
     def refuse(key: str, why: str) -> ConfigError:
-        return ConfigError(f"{where}: {key}={json.dumps(config.get(key))} is not supported ({why})")
+        shown = json.dumps(config.get(key), default=str)
+        return ConfigError(f"{where}: {key}={shown} is not supported ({why})")
 
-    T = config.get("num_train_timesteps", 1000)
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise refuse("num_train_timesteps", "a positive integer is needed")
+    def choice(key: str, default: str, options: Mapping[str, str], hint: str = "") -> str:
+        value = config.get(key)
+        value = default if value is None else value
+        if not isinstance(value, str) or value not in options:
+            raise refuse(key, f"choose one of {', '.join(options)}{hint}")
+        return value
+
+    T = config.get("num_train_timesteps")
+    T = 1000 if T is None else T
+    if isinstance(T, bool) or not isinstance(T, int) or not 1 <= T <= MAX_TIMESTEPS:
+        raise refuse("num_train_timesteps", f"an integer from 1 to {MAX_TIMESTEPS} is needed")
     if config.get("trained_betas") is not None:
         raise refuse("trained_betas", "ddpm-lab builds betas from a named schedule")
     for key in ("thresholding", "rescale_betas_zero_snr"):
         if config.get(key):
             raise refuse(key, "only false is")
-    name = config.get("beta_schedule", "linear")
-    if name not in _SCHEDULE:
-        raise refuse("beta_schedule", f"choose one of {', '.join(_SCHEDULE)}")
+    name = choice("beta_schedule", "linear", _SCHEDULE)
     schedule: dict[str, Any] = {
         "_target_": "ddpm.schedules.make_beta_schedule",
         "name": _SCHEDULE[name],
@@ -492,23 +598,21 @@ def diffusion_config_from_scheduler(config: Mapping[str, Any], where: str) -> tu
     }
     if name != "squaredcos_cap_v2":
         schedule.update(
-            beta_start=float(config.get("beta_start", 1e-4)), beta_end=float(config.get("beta_end", 0.02))
+            beta_start=_float_setting(config, "beta_start", 1e-4, where, low=0.0, high=1.0),
+            beta_end=_float_setting(config, "beta_end", 0.02, where, low=0.0, high=1.0),
         )
     else:
         schedule.update(s=0.008, max_beta=0.999)  # diffusers' betas_for_alpha_bar("cosine")
-    prediction = config.get("prediction_type", "epsilon")
-    if prediction not in _PREDICTION:
-        raise refuse("prediction_type", f"choose one of {', '.join(_PREDICTION)}")
-    variance = config.get("variance_type", "fixed_small")  # DDPMScheduler's default
-    if variance not in _VARIANCE:
-        raise refuse("variance_type", f"choose one of {', '.join(_VARIANCE)}; learned variances are not read")
-    bound = float(config.get("clip_sample_range", 1.0))
+    prediction = choice("prediction_type", "epsilon", _PREDICTION)
+    # DDPMScheduler's default variance
+    variance = choice("variance_type", "fixed_small", _VARIANCE, "; learned variances are not read")
+    bound = _float_setting(config, "clip_sample_range", 1.0, where, low=0.0)
     diffusion = {
         "_target_": "ddpm.diffusion.GaussianDiffusion",
         "_partial_": True,
         "objective": _PREDICTION[prediction],
         "variance": _VARIANCE[variance],
-        "clip_denoised": bool(config.get("clip_sample", True)),
+        "clip_denoised": _bool_setting(config, "clip_sample", True, where),
         "clip_range": [-bound, bound],
     }
     return T, schedule, diffusion
@@ -589,6 +693,7 @@ def load_diffusers_pipeline(
     Raises:
         ConfigError: a setting ddpm-lab cannot express, missing files or weights that do not fit.
     """
+    from ddpm import registry
     from ddpm.build import LoadedRun, _sampler, build_for_sampling
 
     folder = Path(path)
@@ -616,17 +721,17 @@ def load_diffusers_pipeline(
             "val_source": "test",
             "val_size": None,
         }
-    cfg = OmegaConf.create(
-        {
-            "T": T,
-            "model": {"_target_": "ddpm.models.UNet", **kwargs},
-            "schedule": schedule,
-            "diffusion": diffusion,
-            "sampler": _default_sampler(),
-            "data": data,
-            "pretrained": str(folder),
-        }
-    )
+    plain = {
+        "T": T,
+        "model": {"_target_": "ddpm.models.UNet", **kwargs},
+        "schedule": schedule,
+        "diffusion": diffusion,
+        "sampler": _default_sampler(),
+        "data": data,
+    }
+    for group in ("model", "schedule", "diffusion", "data"):  # each value checked against its class
+        registry.checked_arguments(group, plain[group], f"{group} (from {folder})")
+    cfg = OmegaConf.create({**plain, "pretrained": str(folder)})  # checked values: no ${ in any string
     data_obj, model = build_for_sampling(cfg)
     state, weights = _read_weights(unet_dir)
     _from_diffusers(model.net, state, flip, str(weights))
@@ -653,6 +758,7 @@ def export_diffusers(run: LoadedRun | str | Path, path: str | Path) -> Path:
 
     Raises:
         ConfigError: the run is not a UNet image run, or a setting diffusers cannot express.
+        WriteError: a file could not be written (:func:`ddpm.safe_writes.write_files`); none is truncated.
     """
     from safetensors.torch import save_file
 
@@ -665,18 +771,29 @@ def export_diffusers(run: LoadedRun | str | Path, path: str | Path) -> Path:
     unet_config = diffusers_unet_config(net, dropout)
     scheduler = _scheduler_config(run.config, run.model.diffusion.betas.detach().cpu())  # type: ignore[union-attr]
     out = Path(path)
-    (out / "unet").mkdir(parents=True, exist_ok=True)
-    (out / "scheduler").mkdir(parents=True, exist_ok=True)
-    save_file(_to_diffusers(net), str(out / "unet" / UNET_WEIGHTS[0]))
-    (out / "unet" / "config.json").write_text(json.dumps(unet_config, indent=2) + "\n")
-    (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2) + "\n")
     index = {
         "_class_name": "DDPMPipeline",
         "_diffusers_version": DIFFUSERS_VERSION,
         "scheduler": ["diffusers", "DDPMScheduler"],
         "unet": ["diffusers", "UNet2DModel"],
     }
-    (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    texts = [json.dumps(item, indent=2) + "\n" for item in (unet_config, scheduler, index)]
+    weights = _to_diffusers(net)
+    files = [
+        out / "unet" / UNET_WEIGHTS[0],
+        out / "unet" / "config.json",
+        out / "scheduler" / "scheduler_config.json",
+        out / "model_index.json",
+    ]
+
+    def write(tmp: list[Path]) -> None:
+        save_file(weights, str(tmp[0]))
+        for text, file in zip(texts, tmp[1:], strict=True):
+            file.write_text(text)
+
+    # each file whole (a temporary file, synced, renamed): a kill or a full disk never leaves a truncated
+    # one, and an earlier export stays loadable until every new file is written
+    write_files(files, write)
     return out
 
 
@@ -684,7 +801,8 @@ def export_diffusers(run: LoadedRun | str | Path, path: str | Path) -> Path:
 def export_safetensors(run: LoadedRun | str | Path, path: str | Path) -> Path:
     """Write a run's weights (the EMA average when the run had EMA) as one safetensors file, with the run's
     config (JSON) in its metadata under :data:`SAFETENSORS_CONFIG_KEY`. :func:`ddpm.build.load_run` reads it
-    back (``ddpm-sample RUN.safetensors``) without pickle: the config goes through the allow-list.
+    back (``ddpm-sample RUN.safetensors``) without pickle: the config is read as data
+    (:mod:`ddpm.stored_config`).
     """
     from safetensors.torch import save_file
 
@@ -701,7 +819,7 @@ def export_safetensors(run: LoadedRun | str | Path, path: str | Path) -> Path:
         WEIGHTS_KEY: weights_kind(run.checkpoint),
         "format": "pt",
     }  # type: ignore[union-attr]
-    save_file(state, str(out), metadata=metadata)
+    write_file(out, lambda tmp: save_file(state, str(tmp), metadata=metadata))  # whole, or the old file
     return out
 
 
@@ -731,6 +849,9 @@ def read_safetensors_run(path: str | Path) -> tuple[dict[str, Any], dict[str, to
     """
     from safetensors import safe_open
 
+    from ddpm.stored_config import read_json, require_regular_file
+
+    require_regular_file(path, "weights file")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -742,10 +863,5 @@ def read_safetensors_run(path: str | Path) -> tuple[dict[str, Any], dict[str, to
             f"{path} carries no ddpm-lab config (metadata key {SAFETENSORS_CONFIG_KEY!r}); "
             "write it with ddpm-export RUN --format safetensors"
         )
-    try:
-        config = json.loads(metadata[SAFETENSORS_CONFIG_KEY])
-    except ValueError as err:
-        raise ConfigError(f"{path}: its config metadata is not JSON: {first_line(err)}") from None
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path}: its config metadata is not a run config")
-    return config, state
+    # plain data: its size and nesting bounded, nothing in it resolved (ddpm.stored_config)
+    return read_json(metadata[SAFETENSORS_CONFIG_KEY], f"the config stored in {str(path)!r}"), state

@@ -3,8 +3,11 @@
 Toy runs: ``samples.npz`` (raw-unit samples and the held-out data), the quality report in
 ``metrics.json``, ``plots/samples_vs_data.png``, and the reverse process as a PNG and a GIF. Image runs:
 ``samples.npz`` (uint8 [N, H, W, C]), ``plots/samples_grid.png`` and the sampling time in ``metrics.json``.
-A write that fails (a full disk, a folder gone read-only) raises :class:`ResultsNotWrittenError`, whose
-message still carries the figures that were computed.
+Every file is written whole (:func:`ddpm.safe_writes.write_file`: a temporary file beside it, synced, then
+renamed over it), so a kill at any moment leaves the earlier file or the new one, never a truncated one; a
+resumed run's earlier ``samples.npz`` survives a kill during its final write. A write that fails (a full
+disk, a folder gone read-only) raises :class:`ResultsNotWrittenError`, whose message still carries the
+figures that were computed.
 """
 
 from __future__ import annotations
@@ -19,18 +22,33 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ddpm.safe_writes import ResultsNotWrittenError, WriteError, write_file
+
 if TYPE_CHECKING:  # not at run time: ddpm-viz reverse draws a loaded run without importing Lightning
     from ddpm.diffusion_model import DiffusionModel
     from ddpm.lit_module import DiffusionModule
 
-__all__ = ["GRID_IMAGES", "ResultsNotWrittenError", "reverse_process_figures", "write_results"]
+__all__ = [
+    "GRID_IMAGES",
+    "ResultsNotWrittenError",
+    "reverse_process_figures",
+    "save_samples",
+    "write_results",
+]
 
 #: the most images ``plots/samples_grid.png`` shows (all ``n`` go to ``samples.npz``)
 GRID_IMAGES = 256
 
 
-class ResultsNotWrittenError(OSError):
-    """The final results were computed but could not be written; the message carries the figures."""
+def save_samples(path: Path, **arrays: np.ndarray) -> None:
+    """``np.savez_compressed(path, **arrays)``, written whole: a temporary file beside ``path``, synced, then
+    renamed over it (:func:`ddpm.safe_writes.write_file`), so a kill at any moment leaves the earlier file or
+    the new one.
+
+    Raises:
+        WriteError: the file could not be written (a full disk, ...); any earlier file is kept.
+    """
+    write_file(path, lambda tmp: np.savez_compressed(tmp, **arrays))
 
 
 @contextlib.contextmanager
@@ -39,9 +57,11 @@ def _figures_kept_on_failure(figures: str) -> Iterator[None]:
     try:
         yield
     except OSError as err:
+        # a WriteError names the result file, not the temporary file the writer was given
         where = f" {err.filename}" if getattr(err, "filename", None) else ""
+        cause = err.__cause__ if isinstance(err, WriteError) and isinstance(err.__cause__, OSError) else err
         raise ResultsNotWrittenError(
-            f"could not write the results{where}: {err.strerror or err}; computed: {figures}"
+            f"could not write the results{where}: {cause.strerror or cause}; computed: {figures}"
         ) from err
 
 
@@ -66,12 +86,15 @@ def _write_image_results(
         module.to(home)
     images = datamodule.denormalize(x).cpu()
     metrics = {"final/n": n, "final/sample_seconds": seconds}
+    grid = output_dir / "plots" / "samples_grid.png"
     with _figures_kept_on_failure(f"{n} samples drawn in {seconds:.1f} s"):
-        np.savez_compressed(output_dir / "samples.npz", samples=to_uint8(images))
+        pixels = to_uint8(images)
+        save_samples(output_dir / "samples.npz", samples=pixels)
         # a conditional run's grid: one row per class when every sample fits in it
         nrow = class_grid_columns(n, getattr(module, "num_classes", 0)) if n <= GRID_IMAGES else None
-        grid = save_image_grid(images[:GRID_IMAGES], output_dir / "plots" / "samples_grid.png", nrow=nrow)
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_file(grid, lambda path: save_image_grid(images[:GRID_IMAGES], path, nrow=nrow))
+        text = json.dumps(metrics, indent=2) + "\n"
+        write_file(output_dir / "metrics.json", lambda path: path.write_text(text))
     return {"metrics": metrics, "report": None, "plot": grid, "moments": None}
 
 
@@ -93,14 +116,12 @@ def _write_toy_results(module: DiffusionModule, datamodule: Any, output_dir: Pat
         metrics.update(classes.as_dict("final/"))
     plot_path = output_dir / "plots" / "samples_vs_data.png"
     with _figures_kept_on_failure(f"Quality (EMA weights, {n} samples): {report.headline()}"):
-        np.savez_compressed(
-            output_dir / "samples.npz",
-            samples=result["samples"].numpy(),
-            held_out=result["held_out"].numpy(),
-        )
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=True) + "\n")
-        fig = viz.plot_samples_vs_data(result["samples"].numpy(), result["held_out"].numpy())
-        viz.save_figure(fig, plot_path)
+        samples, held_out = result["samples"].numpy(), result["held_out"].numpy()
+        save_samples(output_dir / "samples.npz", samples=samples, held_out=held_out)
+        text = json.dumps(metrics, indent=2, allow_nan=True) + "\n"
+        write_file(output_dir / "metrics.json", lambda path: path.write_text(text))
+        fig = viz.plot_samples_vs_data(samples, held_out)
+        write_file(plot_path, lambda path: viz.save_figure(fig, path))
     return {
         "metrics": metrics,
         "report": report,
@@ -155,7 +176,8 @@ def reverse_process_figures(
         traj = datamodule.denormalize(traj.reshape(-1, *traj.shape[2:])).reshape(traj.shape)
         points = viz.item_kind(traj.shape[1:]) == "points"  # a 2D scatter, else each sample as a curve
         fig = viz.plot_reverse_2d(traj, timesteps) if points else viz.plot_reverse_1d(traj, timesteps)
-    viz.save_figure(fig, png, dpi=dpi or viz.DEFAULT_DPI)
+    write_file(png, lambda path: viz.save_figure(fig, path, dpi=dpi or viz.DEFAULT_DPI))
     if gif is None:
         return png, None
-    return png, viz.save_reverse_gif(traj, timesteps, gif, fps=fps, max_frames=max_frames)
+    write_file(gif, lambda path: viz.save_reverse_gif(traj, timesteps, path, fps=fps, max_frames=max_frames))
+    return png, gif

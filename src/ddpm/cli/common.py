@@ -24,6 +24,7 @@ __all__ = [
     "check_group_overrides",
     "check_guidance",
     "check_moved_keys",
+    "check_out_owner",
     "check_run_arguments",
     "check_sampler_overrides",
     "check_seed",
@@ -171,7 +172,14 @@ def add_run_arguments(parser: argparse.ArgumentParser, seed_help: str) -> None:
     )
     parser.add_argument("overrides", nargs="*", help="sampler=ddim sampler.steps=50 sampler.eta=0.0 ...")
     parser.add_argument("--seed", type=int, default=0, help=seed_help)
-    parser.add_argument("--batch-size", type=int, default=None, help="sample in chunks of this size")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="samples per network call (default: chosen from free memory: a quarter of the memory available "
+        "on the device over one sample's measured activations, a power of two, at most 16384; printed "
+        "when sampling starts). The samples a seed draws depend on it",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default cpu)")
     parser.add_argument(
         "--pretrained",
@@ -229,10 +237,14 @@ def _check_source(args: argparse.Namespace) -> None:
 
 
 def check_guidance(value: float | None, flag: str = "--guidance") -> None:
-    """A classifier-free guidance scale: a finite number >= 0, or a one-line error (status 2)."""
-    if value is not None and (not math.isfinite(value) or value < 0):
+    """A classifier-free guidance scale: a number in [0, :data:`ddpm.config.MAX_GUIDANCE_SCALE`], or a
+    one-line error (status 2). Larger scales overflow float32 while sampling, after all the work."""
+    from ddpm.config import MAX_GUIDANCE_SCALE
+
+    if value is not None and not (math.isfinite(value) and 0 <= value <= MAX_GUIDANCE_SCALE):
         fail(
-            f"{flag}={value:g} is invalid; the guidance scale must be >= 0 (0: unconditional, 1: conditional)"
+            f"{flag}={value:g} is invalid; the guidance scale must be >= 0 and <= {MAX_GUIDANCE_SCALE:g} "
+            "(0: unconditional, 1: conditional, > 1: guided)"
         )
 
 
@@ -269,11 +281,34 @@ def class_labels(value: str, run: LoadedRun, n: int) -> tuple[torch.Tensor, str]
     return torch.full((n,), k, dtype=torch.long), str(k)
 
 
+#: the files a command may write beside its ``--out`` (ddpm-sample: .npz, .png, .json; ddpm-eval: .json,
+#: .md, .png; ddpm-viz: .png, .gif): each is checked against the run folders it would land in
+BESIDE_OUT = (".npz", ".png", ".json", ".md", ".gif")
+
+
+def check_out_owner(out: Path, source: str | Path | None, beside: bool = True) -> None:
+    """Exit with a one-line error (status 2) when ``--out``, or a file written beside it, lies inside the
+    folder of another run than the one the command reads (``source``: a run folder, a checkpoint, weights;
+    None for none), or would replace what training wrote in its own (``samples.npz``, ``metrics.json``,
+    ``checkpoints/``, ...; see :func:`ddpm.run_folder.out_problem`). Checked before the checkpoint is read.
+    """
+    from ddpm.run_folder import enclosing_run, out_problem
+
+    own = enclosing_run(Path(source)) if source is not None else None
+    written = [out, *(out.with_suffix(s) for s in BESIDE_OUT)] if beside and out.suffix else [out]
+    problem = out_problem(out, own, written)
+    if problem is not None:
+        fail(problem)
+
+
 def ensure_output_folder(args: argparse.Namespace, subfolder: str, what: str) -> Path:
     """Exit with a one-line error (status 2) unless ``what`` can be written where it goes: ``--out``'s
-    folder, else ``<run>/<subfolder>``. Returns the run folder (found without reading the checkpoint)."""
-    run_dir = Path(args.pretrained) if getattr(args, "pretrained", None) else run_folder(args.run)
+    folder (outside any other run's folder: :func:`check_out_owner`), else ``<run>/<subfolder>``. Returns
+    the run folder (found without reading the checkpoint)."""
+    pretrained = getattr(args, "pretrained", None)
+    run_dir = Path(pretrained) if pretrained else run_folder(args.run)
     if args.out is not None:
+        check_out_owner(args.out, pretrained or args.run)
         ensure_writable(args.out.parent, what)
     else:
         ensure_writable(run_dir / subfolder, what, "; choose another place with --out")

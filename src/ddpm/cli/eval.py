@@ -62,6 +62,7 @@ import torch
 
 from ddpm.cli.common import (
     add_run_arguments,
+    check_guidance,
     check_run_arguments,
     ensure_output_folder,
     ensure_writable,
@@ -70,8 +71,9 @@ from ddpm.cli.common import (
     require_conditional,
     sampler_label,
 )
-from ddpm.config import ConfigError
+from ddpm.config import ConfigError, first_line
 from ddpm.safe_writes import WriteError, write_file, write_files
+from ddpm.samplers import NonFiniteSampleError
 
 if TYPE_CHECKING:
     from ddpm.build import LoadedRun
@@ -162,6 +164,8 @@ def _check_args(args: argparse.Namespace) -> None:
             args.scales = parse_scales(args.guidance)
         except ValueError as err:
             fail(str(err))
+        for w in args.scales:
+            check_guidance(w)  # the upper bound: a huge scale overflows in the sampler, after the work
         for flag, given in (
             ("--sampler-sweep", args.sampler_sweep),
             ("--bpd", args.bpd),
@@ -333,6 +337,18 @@ def _image_quality(
     return images, {"fid": value, "n_fake": len(fake), "n_real": len(real)}
 
 
+def _load(args: argparse.Namespace, overrides: list[str]) -> LoadedRun:
+    """The run (or ``--pretrained`` weights), with ``args.batch_size`` set to the batch size every sampling
+    and the bound use: ``--batch-size``, else one chosen from the free memory (said on a line)."""
+    from ddpm.memory import sampling_batch_size
+
+    run = load_from_args(args, overrides)
+    model = run.model
+    args.batch_size, batches = sampling_batch_size(args.batch_size, model.net, model.data_shape, model.device)
+    print(f"Network evaluations in {batches}")
+    return run
+
+
 def _drawer(
     run: LoadedRun, sampler: Any, args: argparse.Namespace, timing: dict[str, float]
 ) -> Callable[[int, int], torch.Tensor]:
@@ -426,18 +442,23 @@ def log_to_wandb(run: LoadedRun, result: dict[str, Any], tag: str) -> str:
     Summary, not history: an evaluation has no training step, and W&B drops history rows whose step is
     below the run's last one. Returns a line saying what was done.
     """
-    wb = (run.config.get("logger") or {}).get("wandb")
-    id_file = run.run_dir / ".wandb_id"
-    if not wb or not id_file.is_file():
+    from omegaconf import OmegaConf
+
+    from ddpm.config import CONF_DIR
+    from ddpm.stored_config import read_wandb_id
+
+    run_id = read_wandb_id(run.run_dir)  # checked: a W&B run id
+    if "wandb" not in run.loggers or run_id is None:
         return "W&B: this run has no W&B run (logger without wandb); results are in the JSON only"
     import wandb
 
-    run_id = id_file.read_text().strip()
     _not_in_the_same_second(run.run_dir / "wandb", run_id)
+    # the logger's settings are today's conf/logger/wandb.yaml (its mode among them), never the run's
+    wb = OmegaConf.load(CONF_DIR / "logger" / "wandb.yaml").wandb
     mode = "offline" if wb.get("offline", True) else "online"
     wandb_run = wandb.init(
         id=run_id,
-        project=wb.get("project"),
+        project=str(wb.get("project")),
         dir=str(run.run_dir),
         resume="allow",
         mode=mode,
@@ -532,7 +553,7 @@ def sampler_sweep(args: argparse.Namespace) -> int:
     from ddpm.evaluation.sampler_sweep import run_sweep, sweep_table
     from ddpm.viz.figures import plot_sampler_sweep, save_figure
 
-    run = load_from_args(args, [])
+    run = _load(args, [])
     cases, skipped = _sweep_cases(run, args.grid, default=not args.overrides)
     score, metric, n = _sweep_scorer(run, args)
     model = run.model
@@ -594,7 +615,7 @@ def guidance_eval(args: argparse.Namespace) -> int:
     written."""
     from ddpm.evaluation.guidance_curve import guidance_curve
 
-    run = load_from_args(args, args.overrides)
+    run = _load(args, args.overrides)
     require_conditional(run, "--guidance")
     sampler = run.sampler
     steps = len(sampler.timesteps(run.model.diffusion))
@@ -624,6 +645,8 @@ def guidance_eval(args: argparse.Namespace) -> int:
         )
     except (ConfigError, ValueError) as err:
         fail(str(err).strip().splitlines()[0])
+    except NonFiniteSampleError as err:
+        fail(f"{first_line(err)}; nothing was written", code=1)
     result = {
         **_header(run, sampler, steps),
         "seed": args.seed,
@@ -659,7 +682,7 @@ def main(argv: list[str] | None = None) -> int:
         return sampler_sweep(args)
     if args.guidance is not None:
         return guidance_eval(args)
-    run = load_from_args(args, args.overrides)
+    run = _load(args, args.overrides)
     sampler = run.sampler
     print(f"Evaluating {run.checkpoint} with {sampler!r}")
     log: list[str] = []
@@ -667,6 +690,8 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate(run, sampler, args, log)
     except (ConfigError, ValueError) as err:
         fail(str(err).strip().splitlines()[0])
+    except NonFiniteSampleError as err:  # the run's weights or schedule, not a value given here
+        fail(f"{first_line(err)}; nothing was written", code=1)
     label = sampler_label(sampler, result["steps"])
     tag = f"{label}_n{result.get('n') or 0}_k{args.repeats}_seed{args.seed}" + ("_bpd" if args.bpd else "")
     out = args.out or run.run_dir / "eval" / f"{tag}.json"

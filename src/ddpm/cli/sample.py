@@ -38,9 +38,15 @@ from ddpm.cli.common import (
     require_conditional,
     sampler_label,
 )
+from ddpm.config import ConfigError, first_line
+from ddpm.memory import check_output_fits, sampling_batch_size
 from ddpm.safe_writes import WriteError, write_file
+from ddpm.samplers import NonFiniteSampleError
 
 __all__ = ["main"]
+
+#: the most samples the toy plot draws (all of them go to the .npz)
+PLOT_SAMPLES = 50_000
 
 
 # ---------------------------------------------------------------------------- command
@@ -118,7 +124,8 @@ def _write_outputs(
     elif held_out is not None and plot:
         from ddpm import viz
 
-        fig = viz.plot_samples_vs_data(samples.numpy(), held_out.numpy())
+        # a scatter of millions of points takes minutes and says no more than PLOT_SAMPLES of them
+        fig = viz.plot_samples_vs_data(samples[:PLOT_SAMPLES].numpy(), held_out.numpy())
         write_file(png, lambda path: viz.save_figure(fig, path))
         print(f"Wrote {png}")
     text = json.dumps(summary, indent=2) + "\n"
@@ -142,22 +149,35 @@ def main(argv: list[str] | None = None) -> int:
     steps = len(sampler.timesteps(run.model.diffusion))
     guidance = sampler.guidance_scale if args.guidance is None else args.guidance
     what = "" if labels is None else f" of class {label_name} at guidance scale {guidance:g}"
+    model = run.model
+    try:  # the samples themselves must fit; the batches are sized to what is left
+        check_output_fits(args.n, model.data_shape, model.device)
+    except ConfigError as err:
+        fail(str(err))
+    batch_size, batches = sampling_batch_size(
+        args.batch_size, model.net, model.data_shape, model.device, args.n
+    )
     print(
-        f"Sampling {args.n}{what} with {sampler!r} ({steps} network evaluations each) from {run.checkpoint}"
+        f"Sampling {args.n}{what} with {sampler!r} ({steps} network evaluations each) in {batches} from "
+        f"{run.checkpoint}"
     )
-    gen = torch.Generator(device=run.model.device).manual_seed(args.seed)
+    gen = torch.Generator(device=model.device).manual_seed(args.seed)
     start = time.perf_counter()
-    x = run.model.sample(
-        args.n,
-        sampler=sampler,
-        generator=gen,
-        progress=True,
-        batch_size=args.batch_size,
-        y=labels,
-        guidance_scale=args.guidance,
-    )
+    try:
+        x = model.sample(
+            args.n,
+            sampler=sampler,
+            generator=gen,
+            progress=True,
+            batch_size=batch_size,
+            y=labels,
+            guidance_scale=args.guidance,
+        )
+    except NonFiniteSampleError as err:  # the run's weights or schedule, not a value given here
+        fail(f"{first_line(err)}; nothing was written", code=1)
     seconds = time.perf_counter() - start
     samples = run.data.denormalize(x).cpu()
+    del x  # only the data-scale copy is kept: with --n in the millions, each copy counts
 
     # The figures first: they are on screen even if a write below fails.
     print(f"Throughput: {args.n / seconds:.1f} samples/s ({seconds:.2f} s for {args.n}, {steps} steps)")
@@ -166,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         "sampler": repr(sampler),
         "seconds": seconds,
         "samples_per_s": args.n / seconds,
+        "batch_size": batch_size,
     }
     if labels is not None:
         summary.update({"class": label_name, "guidance_scale": guidance})

@@ -9,6 +9,7 @@ ddpm-train -m schedule=linear,cosine T=100,1000   # a sweep
 from __future__ import annotations
 
 import contextlib
+import errno
 import sys
 import time
 from collections.abc import Sequence
@@ -116,6 +117,9 @@ def _config_for_resume(cfg: DictConfig, ckpt_path: str) -> DictConfig:
         raise ConfigError(f"ckpt_path={ckpt_path!r} carries no ddpm-lab run config; it cannot be resumed")
     identity = run_identity(ckpt["ddpm_config"], f"the config stored in {ckpt_path!r}")
     checked_identity(identity)
+    from ddpm.build import check_stored_network
+
+    check_stored_network(identity.config["model"])
     typed = override_keys(list(HydraConfig.get().overrides.task), CONF_DIR)
     merged = merge_for_resume(cfg, identity, typed)
     OmegaConf.set_struct(merged, True)
@@ -323,6 +327,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             return None
         if isinstance(err, NonFiniteLossError | ResultsNotWrittenError):
             fail(str(err), code=1)
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:  # a logger's file, hparams.yaml, ...
+            where = err.filename or "a file of the run"
+            fail(f"no space left on device while writing {where}; the last checkpoint is kept", code=1)
         raise
     # the basic launcher runs a sweep's jobs in this process: each job gets its own W&B run
     sweeps.finish_wandb_run()

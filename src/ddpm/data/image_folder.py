@@ -8,7 +8,11 @@ size) prepares it again. With class subfolders (every image inside a first-level
 names, sorted, are the classes and their indices the labels; otherwise every label is -1 (no class).
 
 Files with other extensions are left out with a count; files that cannot be decoded are skipped with a count
-and the first reason; a folder with no readable image is a one-line error. No Lightning: PIL, torch, tqdm.
+and the first reason; dangling symlinks and names that are not regular files (a FIFO would block the
+decoder) are skipped with a count, printed once; a folder with no readable image is a one-line error.
+16-bit images (PNG's 16-bit greyscale, Pillow's ``I;16`` and ``I`` modes) are scaled from their full range
+to 8 bits, not clipped. The cache file is written whole (a temporary file renamed into place), and a cache
+folder that cannot be written only costs the next run the decoding. No Lightning: PIL, torch, tqdm.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +29,7 @@ import torch
 
 from ddpm.config import ConfigError, first_line
 from ddpm.data.image_sets import default_cache_dir
+from ddpm.safe_writes import WriteError, write_file
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -38,8 +44,11 @@ __all__ = [
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 #: the label of an image that lies in no class subfolder
 NO_LABEL = -1
-#: bump when the decoding or resizing changes, so old cache files are not reused
-CACHE_VERSION = 1
+#: bump when the decoding or resizing changes, so old cache files are not reused (2: 16-bit images scaled)
+CACHE_VERSION = 2
+#: Pillow's modes of 16-bit greyscale images ("I": 32-bit integers, which a 16-bit PNG opens as in some
+#: Pillow versions); converted to "L" they would be clipped at 255, nearly white
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 @dataclass(frozen=True)
@@ -52,6 +61,19 @@ class FolderListing:
     classes: tuple[str, ...]
     other_files: int
     key: str  # the hash of the file list, sizes and mtimes
+    dangling_links: int = 0  # image names whose symlink points nowhere
+    not_regular: int = 0  # image names that are a FIFO, a device or a socket
+
+    def skipped_lines(self) -> list[str]:
+        """What the listing skipped, as lines to print once (none when nothing was)."""
+        lines = []
+        for count, what in (
+            (self.dangling_links, "dangling symlink"),
+            (self.not_regular, "non-regular file"),
+        ):
+            if count:
+                lines.append(f"Image folder {self.root}: skipped {count} {what}{'s' if count > 1 else ''}")
+        return lines
 
     def cache_key(self, image_size: int, channels: int) -> str:
         """The cache file's name for these files at this size and channel count."""
@@ -71,7 +93,7 @@ def list_image_folder(path: str | os.PathLike[str]) -> FolderListing:
     if not root.is_dir():
         raise ConfigError(f"data.path={str(path)!r} is a file, not a folder; give the folder of your images")
     files: list[tuple[str, int, int]] = []
-    other = 0
+    other = dangling = not_regular = 0
     for folder, dirs, names in os.walk(root):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(names):
@@ -81,12 +103,24 @@ def list_image_folder(path: str | os.PathLike[str]) -> FolderListing:
             if full.suffix.lower() not in IMAGE_SUFFIXES:
                 other += 1
                 continue
-            st = full.stat()
+            try:
+                st = full.stat()  # follows a symlink; never opens the file
+            except OSError:  # a symlink to nothing (or a loop of them); or a file removed meanwhile
+                if full.is_symlink():
+                    dangling += 1
+                else:
+                    not_regular += 1
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                not_regular += 1
+                continue
             files.append((full.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
     if not files:
+        skipped = f", {dangling} dangling symlink(s)" if dangling else ""
+        skipped += f", {not_regular} non-regular file(s)" if not_regular else ""
         raise ConfigError(
             f"data.path={str(path)!r} holds no image files ({', '.join(IMAGE_SUFFIXES)}, searched "
-            f"recursively; {other} other file(s))"
+            f"recursively; {other} other file(s){skipped})"
         )
     files.sort()
     tops = [rel.split("/", 1) for rel, _, _ in files]
@@ -97,7 +131,7 @@ def list_image_folder(path: str | os.PathLike[str]) -> FolderListing:
     else:
         classes, labels = (), tuple(NO_LABEL for _ in files)
     key = hashlib.sha256(json.dumps(files).encode()).hexdigest()
-    return FolderListing(root, tuple(f[0] for f in files), labels, classes, other, key)
+    return FolderListing(root, tuple(f[0] for f in files), labels, classes, other, key, dangling, not_regular)
 
 
 @dataclass(frozen=True)
@@ -117,6 +151,10 @@ def _decode(path: Path, size: int, channels: int) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as img:
+        if img.mode in SIXTEEN_BIT_MODES:
+            # 0 .. 65535 onto 0 .. 255 (65535 / 257 = 255); "I" holds 16-bit values in 32-bit integers
+            wide = np.clip(np.asarray(img, dtype=np.int64), 0, 65535)
+            img = Image.fromarray(((wide + 128) // 257).astype(np.uint8), mode="L")
         img = img.convert("RGB" if channels == 3 else "L")
         w, h = img.size
         scale = size / min(w, h)
@@ -147,6 +185,8 @@ def prepare_image_folder(
             f"data.channels={channels!r} is invalid for an image folder; choose 1 (grey) or 3 (RGB)"
         )
     listing = list_image_folder(path)
+    for line in listing.skipped_lines():
+        log(line)
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     cache_file = cache / "image_folder" / f"{listing.cache_key(image_size, channels)}.pt"
     if cache_file.is_file():
@@ -183,14 +223,14 @@ def prepare_image_folder(
         "classes": list(listing.classes),
         "skipped": len(bad),
     }
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(f".partial-{os.getpid()}")
-    torch.save(prepared, tmp)
-    tmp.replace(cache_file)  # whole or not at all: two runs may prepare the same folder at once
-    log(
-        f"Image folder {listing.root}: {len(images)} images prepared at {image_size}x{image_size}, "
-        f"cached in {cache_file}"
-    )
+    # whole or not at all (two runs may prepare the same folder at once); a cache that cannot be written
+    # costs the next run the decoding, not this run its data
+    try:
+        write_file(cache_file, lambda tmp: torch.save(prepared, tmp))
+        where = f"cached in {cache_file}"
+    except (WriteError, RuntimeError) as err:  # torch reports a failed write as a RuntimeError
+        where = f"not cached ({first_line(err)})"
+    log(f"Image folder {listing.root}: {len(images)} images prepared at {image_size}x{image_size}, {where}")
     return PreparedFolder(
         prepared["images"], prepared["labels"], listing.classes, len(bad), cache_file, from_cache=False
     )
