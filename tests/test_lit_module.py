@@ -139,7 +139,9 @@ def test_model_compile_trains_through_the_compiled_network(tmp_path, monkeypatch
     assert not any("_orig_mod" in k for k in state)  # the checkpoint loads into a plain network
     from ddpm.build import build, load_run
 
-    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["ddpm_config"]["module"]["compile"]
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["ddpm_config"]["module"][
+        "compile"
+    ]
     cfg = load_run(run).config  # a loaded run samples with the plain network: how to run it is the machine's
     assert "module" not in cfg
     cfg.module = {"compile": True}  # as today's config gives it to a resume
