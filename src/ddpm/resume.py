@@ -265,8 +265,9 @@ def _data_node(stored: Mapping[str, Any], today: DictConfig, typed: list[str]) -
     if "data_dir" in node and isinstance(data_dir, str):
         node["data_dir"] = data_dir  # a moved project reads its data where it is now
     for key in DATA_MACHINE_KEYS:
-        if _touches(f"data.{key}", typed):
-            node[key] = _node(today, f"data.{key}")
+        value = _node(today, f"data.{key}")
+        if _touches(f"data.{key}", typed) and value is not _ABSENT:
+            node[key] = value
     return node
 
 
@@ -307,8 +308,9 @@ def merge_for_resume(
                     continue  # sampler=<option>: today's, as the command line set it
                 _set(merged, "sampler", value)
                 for typed_key in typed:  # sampler.steps=...: the run's sampler with that value
-                    if typed_key.startswith("sampler."):
-                        _set(merged, typed_key, _node(today, typed_key))
+                    value = _node(today, typed_key)
+                    if typed_key.startswith("sampler.") and value is not _ABSENT:
+                        _set(merged, typed_key, value)
             elif key == "data":
                 _set(merged, "data", _data_node(value, today, typed))
             elif is_safe_on_resume(key) and _touches(key, typed):
