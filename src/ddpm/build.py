@@ -32,7 +32,7 @@ from ddpm.config import ConfigError, first_line, root_cause
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.diffusion_model import DiffusionModel
 from ddpm.run_folder import find_checkpoint, run_dir_of
-from ddpm.safe_loading import load_checkpoint
+from ddpm.safe_loading import load_checkpoint, read_safetensors_run
 from ddpm.sampler_overrides import sampler_config
 from ddpm.samplers import Sampler
 from ddpm.stored_config import RunIdentity, read_yaml, run_identity
@@ -50,6 +50,7 @@ __all__ = [
     "check_network",
     "check_stored_network",
     "load_run",
+    "sampler_for",
     "stored_config",
     "stored_identity",
 ]
@@ -302,10 +303,10 @@ class LoadedRun:
         Raises:
             ConfigError: an override that does not fit the run's sampler or chain (steps > T).
         """
-        return _sampler(self.config, overrides, self.model)
+        return sampler_for(self.config, overrides, self.model)
 
 
-def _sampler(cfg: DictConfig, overrides: Sequence[str], model: DiffusionModel) -> Sampler:
+def sampler_for(cfg: DictConfig, overrides: Sequence[str], model: DiffusionModel) -> Sampler:
     """The run's sampler with ``sampler=<option>`` / ``sampler.<key>=<value>`` applied, checked against
     the run's chain (steps > T fails here, before any sampling)."""
     if not overrides:
@@ -345,8 +346,6 @@ def load_run(
     ckpt_path = find_checkpoint(path)
     run_dir = run_dir_of(ckpt_path) or ckpt_path.parent
     if ckpt_path.suffix == ".safetensors":  # ddpm-export's file: the config rides in its metadata
-        from ddpm.interop import read_safetensors_run
-
         stored, state = read_safetensors_run(ckpt_path)
         identity = run_identity(stored, f"the config stored in {str(ckpt_path)!r}")
         registry.checked_identity(identity)
@@ -372,5 +371,5 @@ def load_run(
             f"missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}"
         )
     model.to(map_location).eval()
-    sampler = _sampler(cfg, sampler_overrides, model)
+    sampler = sampler_for(cfg, sampler_overrides, model)
     return LoadedRun(model, data, cfg, ckpt_path, run_dir, sampler, identity.loggers)

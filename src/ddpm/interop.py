@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 
 from ddpm.config import ConfigError, first_line
 from ddpm.models import UNet
+from ddpm.safe_loading import SAFETENSORS_CONFIG_KEY, read_safetensors_run
 from ddpm.safe_writes import write_file, write_files
 
 if TYPE_CHECKING:
@@ -48,8 +49,6 @@ __all__ = [
 ]
 
 UNET_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
-#: the safetensors metadata key that holds a ddpm-lab run's config (JSON)
-SAFETENSORS_CONFIG_KEY = "ddpm_config"
 #: the safetensors metadata key that says whether the weights are the EMA average (``ema``) or not (``raw``)
 WEIGHTS_KEY = "ddpm_weights"
 #: what the exported folders say they were written for (diffusers reads folders of older versions)
@@ -694,7 +693,7 @@ def load_diffusers_pipeline(
         ConfigError: a setting ddpm-lab cannot express, missing files or weights that do not fit.
     """
     from ddpm import registry
-    from ddpm.build import LoadedRun, _sampler, build_for_sampling
+    from ddpm.build import LoadedRun, build_for_sampling, sampler_for
 
     folder = Path(path)
     sched_path = folder / "scheduler" / "scheduler_config.json"
@@ -736,7 +735,7 @@ def load_diffusers_pipeline(
     state, weights = _read_weights(unet_dir)
     _from_diffusers(model.net, state, flip, str(weights))
     model.to(map_location).eval()
-    sampler = _sampler(cfg, sampler_overrides, model)
+    sampler = sampler_for(cfg, sampler_overrides, model)
     return LoadedRun(model, data_obj, cfg, weights, folder, sampler)
 
 
@@ -839,29 +838,3 @@ def weights_kind(checkpoint: str | Path) -> str:
     ckpt = load_checkpoint(path, mmap=True)  # weights only, like load_run: runs no code
     # Lightning's WeightAveraging moves the live weights to current_model_state and saves the average.
     return "ema" if "current_model_state" in ckpt else "raw"
-
-
-def read_safetensors_run(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(the run config, the state dict) of a file :func:`export_safetensors` wrote; no pickle involved.
-
-    Raises:
-        ConfigError: the file cannot be read or carries no ddpm-lab config.
-    """
-    from safetensors import safe_open
-
-    from ddpm.stored_config import read_json, require_regular_file
-
-    require_regular_file(path, "weights file")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-    except Exception as err:  # safetensors raises its own error types for foreign or truncated files
-        raise ConfigError(f"{path} cannot be read as safetensors: {first_line(err)}") from None
-    if SAFETENSORS_CONFIG_KEY not in metadata:
-        raise ConfigError(
-            f"{path} carries no ddpm-lab config (metadata key {SAFETENSORS_CONFIG_KEY!r}); "
-            "write it with ddpm-export RUN --format safetensors"
-        )
-    # plain data: its size and nesting bounded, nothing in it resolved (ddpm.stored_config)
-    return read_json(metadata[SAFETENSORS_CONFIG_KEY], f"the config stored in {str(path)!r}"), state

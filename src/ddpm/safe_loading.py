@@ -14,7 +14,10 @@ from typing import Any
 
 from ddpm.config import ConfigError, first_line
 
-__all__ = ["UntrustedContentError", "load_checkpoint"]
+__all__ = ["SAFETENSORS_CONFIG_KEY", "UntrustedContentError", "load_checkpoint", "read_safetensors_run"]
+
+#: the metadata key of a ``ddpm-export`` safetensors file that holds the run's config (JSON)
+SAFETENSORS_CONFIG_KEY = "ddpm_config"
 
 
 class UntrustedContentError(ConfigError):
@@ -76,3 +79,29 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu", mma
     if not isinstance(obj, dict):
         raise ConfigError(f"checkpoint {where!r} is not a ddpm-lab checkpoint (a {type(obj).__name__})")
     return obj
+
+
+def read_safetensors_run(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the run config, the state dict) of a file :func:`ddpm.interop.export_safetensors` wrote; no pickle
+    involved, and the config read as plain data (:func:`ddpm.stored_config.read_json`).
+
+    Raises:
+        ConfigError: the file cannot be read or carries no ddpm-lab config.
+    """
+    from safetensors import safe_open
+
+    from ddpm.stored_config import read_json, require_regular_file
+
+    require_regular_file(path, "weights file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except Exception as err:  # safetensors raises its own error types for foreign or truncated files
+        raise ConfigError(f"{path} cannot be read as safetensors: {first_line(err)}") from None
+    if SAFETENSORS_CONFIG_KEY not in metadata:
+        raise ConfigError(
+            f"{path} carries no ddpm-lab config (metadata key {SAFETENSORS_CONFIG_KEY!r}); "
+            "write it with ddpm-export RUN --format safetensors"
+        )
+    return read_json(metadata[SAFETENSORS_CONFIG_KEY], f"the config stored in {str(path)!r}"), state
