@@ -448,15 +448,13 @@ def run_identity(stored: Mapping[str, Any], source: str, references: bool = Fals
     config: dict[str, Any] = {}
     for group in GROUPS:
         node = tree.get(group)
-        if node is None and group in ("lr_scheduler",):
-            config[group] = None
-            continue
-        if group == "lr_scheduler" and isinstance(node, dict) and not node:
-            config[group] = None  # lr_scheduler=none: an empty node
+        if group == "lr_scheduler" and not node and isinstance(node, dict | type(None)):
+            config[group] = None  # lr_scheduler=none: null, or an empty node
             continue
         if not isinstance(node, dict):
+            shown = repr(node) if len(repr(node)) <= 80 else repr(node)[:77] + "..."
             raise StoredConfigError(
-                f"{group} in {source} is {node!r}; a run config names its {group} as a mapping"
+                f"{group} in {source} is {shown}; a run config names its {group} as a mapping"
             )
         node = dict(node)
         if references and group == "model" and isinstance(node.get("out_mult"), str):
