@@ -20,7 +20,7 @@ LAYERS = {
     "ddpm.optim": 0,
     "ddpm.metrics": 0,
     "ddpm.likelihood": 0,
-    "ddpm.diffusion_model": 0,
+    "ddpm.sampling_model": 0,
     # 1. plain support: data on disk, evaluation, configs, files, figures; no Lightning
     "ddpm.data.image_sets": 1,
     "ddpm.data.toy": 1,

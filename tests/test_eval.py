@@ -131,15 +131,15 @@ def test_ddpm_eval_rejects_a_missing_run(tmp_path: Path, capsys) -> None:
     assert "neither a run folder nor a checkpoint" in capsys.readouterr().err
 
 
-# ----------------------------------------------------------------------------- --sampler-sweep
-def test_ddpm_eval_sampler_sweep_writes_its_table_json_and_figure(toy_run: Path, capsys) -> None:
-    args = [str(toy_run), "--sampler-sweep", "sampler=ddim,dpm_solver", "sampler.steps=5,10"]
+# ----------------------------------------------------------------------------- --compare-samplers
+def test_ddpm_eval_sampler_comparison_writes_its_table_json_and_figure(toy_run: Path, capsys) -> None:
+    args = [str(toy_run), "--compare-samplers", "sampler=ddim,dpm_solver", "sampler.steps=5,10"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotPureNoiseWarning)
         assert eval_main([*args, "--n", "200", "--repeats", "2"]) == 0
     out = capsys.readouterr().out
     folder = toy_run / "eval"
-    paths = [folder / f"sampler_sweep.{suffix}" for suffix in ("json", "md", "png")]
+    paths = [folder / f"sampler_comparison.{suffix}" for suffix in ("json", "md", "png")]
     assert f"Wrote {', '.join(map(str, paths))}" in out
 
     result = json.loads(paths[0].read_text())
@@ -185,15 +185,22 @@ def test_ddpm_eval_sampler_sweep_writes_its_table_json_and_figure(toy_run: Path,
         assert image.format == "PNG" and image.size == (1440, 576)
 
 
-def test_ddpm_eval_sampler_sweep_refuses_steps_beyond_t_before_sampling(
+def test_ddpm_eval_sampler_comparison_refuses_steps_beyond_t_before_sampling(
     toy_run: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
     def never(*args, **kwargs):
         pytest.fail("sampling started before every combination was checked")
 
     monkeypatch.setattr(Sampler, "sample", never)
-    out = tmp_path / "out" / "sweep.json"
-    args = [str(toy_run), "--sampler-sweep", "sampler=ddim,unipc", "sampler.steps=10,500", "--out", str(out)]
+    out = tmp_path / "out" / "comparison.json"
+    args = [
+        str(toy_run),
+        "--compare-samplers",
+        "sampler=ddim,unipc",
+        "sampler.steps=10,500",
+        "--out",
+        str(out),
+    ]
     with pytest.raises(SystemExit) as exc, warnings.catch_warnings():
         warnings.simplefilter("ignore", NotPureNoiseWarning)
         eval_main(args)
@@ -208,7 +215,7 @@ def test_ddpm_eval_sampler_sweep_refuses_steps_beyond_t_before_sampling(
 
 # ----------------------------------------------------------------------------- the image branch
 class StandInModule:
-    """A "generator" that returns given images in [-1, 1] (the shape of ``DiffusionModel.sample``)."""
+    """A "generator" that returns given images in [-1, 1] (the shape of ``SamplingModel.sample``)."""
 
     def __init__(self, images: torch.Tensor) -> None:
         self.images = images * 2 - 1
@@ -285,12 +292,12 @@ def test_image_evaluation_scores_a_perfect_and_a_collapsed_generator(tmp_path: P
     assert perfect["bpd"]["decoder"] > 0
 
 
-def test_a_sweep_of_an_image_run_scores_with_the_classifier(tmp_path: Path) -> None:
-    from ddpm.cli.eval import _sweep_scorer
+def test_a_sampler_comparison_of_an_image_run_scores_with_the_classifier(tmp_path: Path) -> None:
+    from ddpm.cli.eval import _comparison_scorer
 
     data = digits_metric().data
     run = image_run(tmp_path, data.train_x)
-    score, metric, n = _sweep_scorer(run, eval_args(n=300))
+    score, metric, n = _comparison_scorer(run, eval_args(n=300))
     scored = score(DDIMSampler(steps=5))
     assert metric == "classifier Fréchet distance / floor" and n == 300
     assert scored.samples == 600 and scored.seconds > 0  # two draws of n

@@ -21,7 +21,7 @@ import torch
 from ddpm.build import check_network
 from ddpm.config import ConfigError
 from ddpm.diffusion import HISTORY_PER_TERM, UNIFORM_PROB, GaussianDiffusion
-from ddpm.likelihood import LN2, variational_bound, vb_terms
+from ddpm.likelihood import LN2, variational_bound, vb_terms_nats
 from ddpm.models import MLPDenoiser, UNet
 from ddpm.oracle import GaussianOracle
 from ddpm.samplers import DDIMSampler, DDPMSampler, DPMSolverSampler, HeunSampler, UniPCSampler
@@ -134,15 +134,15 @@ def test_the_hybrid_losss_vlb_term_has_no_gradient_into_the_mean() -> None:
     t = torch.arange(8) * 6
     noise = torch.randn_like(x0)
     out = torch.randn(8, 4, 4, 4, requires_grad=True)
-    d.vlb_terms(out, x0, t, noise, stop_mean_gradient=True).sum().backward()
+    d.vlb_estimate_bpd(out, x0, t, noise, stop_mean_gradient=True).sum().backward()
     assert out.grad is not None
     assert torch.count_nonzero(out.grad[:, :2]) == 0  # the mean's half: no gradient
     assert torch.count_nonzero(out.grad[:, 2:]) > 0  # the variance's half trains
-    # and the hybrid loss is L_simple + lambda * T * L_t (bits/dim), L_t from ddpm.likelihood.vb_terms
+    # and the hybrid loss is L_simple + lambda * T * L_t (bits/dim), L_t from ddpm.likelihood.vb_terms_nats
     fixed = out.detach()
     hybrid = d.training_loss(lambda *_: fixed, x0, t, noise, reduction="none")
     mse = (fixed[:, :2] - noise).square().flatten(1).mean(1)
-    nats = vb_terms(d, lambda *_: fixed, x0, t, noise, decoder="gaussian", clip_denoised=False)
+    nats = vb_terms_nats(d, lambda *_: fixed, x0, t, noise, decoder="gaussian", clip_denoised=False)
     expected = mse + 1e-3 * d.T * nats / (x0[0].numel() * LN2)
     torch.testing.assert_close(hybrid, expected.float(), rtol=1e-5, atol=1e-6)
     # loss=vlb trains the mean too

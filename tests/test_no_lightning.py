@@ -19,8 +19,8 @@ from PIL import Image
 
 from ddpm.build import build, load_run
 from ddpm.data import ImageData, ImageDataModule, ToyData, ToyDataModule
-from ddpm.diffusion_model import DiffusionModel
 from ddpm.samplers import DDIMSampler, DDPMSampler
+from ddpm.sampling_model import SamplingModel
 from tests.digits_classifier import CACHE_DIR, digits_metric
 from tests.helpers import CLI_ENV
 
@@ -100,7 +100,7 @@ def test_ddpm_viz_reverse_imports_no_lightning(toy_run: Path, tmp_path: Path) ->
 @pytest.mark.filterwarnings("ignore::ddpm.schedules.NotPureNoiseWarning")  # T=50 on purpose: fast
 def test_a_loaded_run_samples_exactly_as_its_training_module(toy_run: Path) -> None:
     run = load_run(toy_run)
-    assert type(run.model) is DiffusionModel
+    assert type(run.model) is SamplingModel
     assert type(run.data) is ToyData and not isinstance(run.data, L.LightningDataModule)
     datamodule, module = build(run.config)  # the Lightning objects of the same stored config
     state = torch.load(run.checkpoint, weights_only=True)["state_dict"]

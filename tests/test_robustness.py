@@ -32,11 +32,11 @@ from ddpm.cli.eval import main as eval_main
 from ddpm.cli.sample import main as sample_main
 from ddpm.config import ConfigError, validate_config
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.diffusion_model import draw_samples
 from ddpm.interop import diffusion_config_from_scheduler, unet_kwargs_from_diffusers
 from ddpm.models import MLPDenoiser, UNet
 from ddpm.network_size import check_network_size, parameter_count
 from ddpm.samplers import DDIMSampler, Sampler
+from ddpm.sampling_model import draw_samples
 from ddpm.schedules import NotPureNoiseWarning, make_beta_schedule
 from tests.helpers import train_in_process
 

@@ -1,6 +1,6 @@
 """ddpm-lab: denoising diffusion probabilistic models.
 
-The core (``schedules``, ``diffusion``, ``samplers``, ``models``, ``oracle``, ``diffusion_model``) is plain
+The core (``schedules``, ``diffusion``, ``samplers``, ``models``, ``oracle``, ``sampling_model``) is plain
 PyTorch; Lightning lives in ``lit_module``, ``data.datamodules``, ``callbacks`` and ``checkpointing``, which
 only training imports (a trained run is loaded without them: ``build.load_run``); Hydra in ``build`` and
 ``cli``.

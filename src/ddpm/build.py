@@ -4,7 +4,7 @@ This is the one place that knows how the config groups combine: the ``schedule``
 ``diffusion`` node takes, ``data`` says the shape ``model`` and the module see, ``optimizer`` and
 ``lr_scheduler`` are partials the module calls. :func:`build` makes a new run's DataModule and
 DiffusionModule (Lightning, for training); :func:`load_run` rebuilds a trained one from its checkpoint with
-its own config (never today's defaults) in plain PyTorch, a :class:`~ddpm.diffusion_model.DiffusionModel`
+its own config (never today's defaults) in plain PyTorch, a :class:`~ddpm.sampling_model.SamplingModel`
 and the run's data class (:data:`ddpm.data.PLAIN_DATA`), with its sampler and any ``sampler=...``
 overrides applied. Loading a run imports neither Lightning nor torchmetrics, so the commands that only
 sample and evaluate start in seconds.
@@ -30,11 +30,11 @@ from omegaconf.errors import OmegaConfBaseException
 from ddpm import registry
 from ddpm.config import ConfigError, first_line, root_cause
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.diffusion_model import DiffusionModel
 from ddpm.run_folder import find_checkpoint, run_dir_of
 from ddpm.safe_loading import load_checkpoint, read_safetensors_run
 from ddpm.sampler_overrides import sampler_config
 from ddpm.samplers import Sampler
+from ddpm.sampling_model import SamplingModel
 from ddpm.stored_config import RunIdentity, read_yaml, run_identity
 
 if TYPE_CHECKING:  # Lightning: imported by build() only, so that loading a run does not pay for it
@@ -202,8 +202,8 @@ def build(cfg: DictConfig) -> tuple[Any, DiffusionModule]:
     return datamodule, module
 
 
-def build_for_sampling(cfg: DictConfig) -> tuple[Any, DiffusionModel]:
-    """The data class and the :class:`~ddpm.diffusion_model.DiffusionModel` (net, diffusion, sampler) of a
+def build_for_sampling(cfg: DictConfig) -> tuple[Any, SamplingModel]:
+    """The data class and the :class:`~ddpm.sampling_model.SamplingModel` (net, diffusion, sampler) of a
     config, in plain PyTorch: what sampling and evaluating a trained run need (no optimizer, no loaders,
     no Lightning). The weights are the network's initial ones; :func:`load_run` loads the trained ones.
 
@@ -216,7 +216,7 @@ def build_for_sampling(cfg: DictConfig) -> tuple[Any, DiffusionModel]:
     # no check_network here: a run's config trained its network, and a checkpoint whose output layer does
     # not fit is refused by load_run's state_dict check
     sampler = _instantiate(cfg, "sampler")
-    return data, DiffusionModel(net, diffusion, sampler, data.data_shape)
+    return data, SamplingModel(net, diffusion, sampler, data.data_shape)
 
 
 def _root_dir() -> str:
@@ -276,13 +276,13 @@ def check_stored_network(model: dict[str, Any]) -> None:
 class LoadedRun:
     """A trained run rebuilt from its own config, with EMA weights loaded when the run had EMA.
 
-    ``model`` samples (:meth:`~ddpm.diffusion_model.DiffusionModel.sample`); ``data`` is the run's data
+    ``model`` samples (:meth:`~ddpm.sampling_model.SamplingModel.sample`); ``data`` is the run's data
     class (:class:`~ddpm.data.toy.ToyData` or :class:`~ddpm.data.images.ImageData`: ``kind``,
     ``normalize`` / ``denormalize``, ``held_out``); ``sampler`` is the run's own sampler, or the one the
     overrides given to :func:`load_run` chose.
     """
 
-    model: DiffusionModel
+    model: SamplingModel
     data: Any
     config: DictConfig
     checkpoint: Path
@@ -306,7 +306,7 @@ class LoadedRun:
         return sampler_for(self.config, overrides, self.model)
 
 
-def sampler_for(cfg: DictConfig, overrides: Sequence[str], model: DiffusionModel) -> Sampler:
+def sampler_for(cfg: DictConfig, overrides: Sequence[str], model: SamplingModel) -> Sampler:
     """The run's sampler with ``sampler=<option>`` / ``sampler.<key>=<value>`` applied, checked against
     the run's chain (steps > T fails here, before any sampling)."""
     if not overrides:

@@ -380,7 +380,7 @@ class ImageSampleCallback(Callback):
         import torch
 
         from ddpm import viz
-        from ddpm.diffusion_model import class_grid_columns
+        from ddpm.sampling_model import class_grid_columns
         from ddpm.viz.grid import save_image_grid
 
         step = trainer.global_step

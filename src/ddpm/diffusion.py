@@ -124,7 +124,7 @@ class GaussianDiffusion(nn.Module):
         clip_range: (low, high) for ``clip_denoised``; (-1, 1) for images scaled to [-1, 1].
         loss: ``mse`` (L_simple), ``l1``, ``huber``, ``hybrid`` (L_simple + ``vlb_weight`` L_vlb with the
             mean's gradient stopped in L_vlb: it trains the learned variance, improved DDPM sec. 3.1) or
-            ``vlb`` (L_vlb alone). L_vlb's terms are :func:`ddpm.likelihood.vb_terms`, the bound
+            ``vlb`` (L_vlb alone). L_vlb's terms are :func:`ddpm.likelihood.vb_terms_nats`, the bound
             ``ddpm-eval --bpd`` reports.
         loss_weighting: ``none`` or ``min_snr`` (Hang et al. 2023) with ``min_snr_gamma``.
         min_snr_gamma: the gamma of min-SNR weighting.
@@ -686,7 +686,7 @@ class GaussianDiffusion(nn.Module):
             self._vlb_decoder_found = ("discretized", bins) if bins else ("gaussian", 256)
         return self._vlb_decoder_found
 
-    def vlb_terms(
+    def vlb_estimate_bpd(
         self,
         output: torch.Tensor,
         x0: torch.Tensor,
@@ -696,13 +696,13 @@ class GaussianDiffusion(nn.Module):
     ) -> torch.Tensor:
         """T * L_t per sample [B] in bits/dim: the one-draw estimate of the bound's diffusion and decoder
         terms (the prior, which has no parameters, left out), from a network output already computed at
-        x_t = q_sample(x0, t, noise). The terms are :func:`ddpm.likelihood.vb_terms`, the bound of
+        x_t = q_sample(x0, t, noise). The terms are :func:`ddpm.likelihood.vb_terms_nats`, the bound of
         ``ddpm-eval --bpd``, without clipping x0 (as improved-diffusion trains).
 
         ``stop_mean_gradient``: the hybrid loss's L_vlb, whose gradient reaches only the variance
         (improved DDPM sec. 3.1).
         """
-        from ddpm.likelihood import LN2, vb_terms
+        from ddpm.likelihood import LN2, vb_terms_nats
 
         if stop_mean_gradient:
             x_t = self.q_sample(x0, t, noise)
@@ -716,7 +716,7 @@ class GaussianDiffusion(nn.Module):
             else:
                 output = output.detach()
         decoder, bins = self._vlb_decoder_for(x0)
-        nats = vb_terms(self, lambda *_: output, x0, t, noise, decoder, bins, clip_denoised=False)
+        nats = vb_terms_nats(self, lambda *_: output, x0, t, noise, decoder, bins, clip_denoised=False)
         dims = x0[0].numel()
         # improved DDPM sec. 3.1: L_vlb = L_0 + ... + L_T, estimated by T L_t for uniform t (in bits/dim,
         # improved-diffusion's RESCALED_KL); the importance weights correct for other p_t
@@ -784,7 +784,7 @@ class GaussianDiffusion(nn.Module):
         # Keep the loss in float32 even when the network ran under autocast.
         raw = raw.float()
         if self.loss_type is LossType.VLB:
-            per_sample = self.vlb_terms(raw, x0, t, noise)
+            per_sample = self.vlb_estimate_bpd(raw, x0, t, noise)
             return per_sample.mean() if reduction == "mean" else per_sample
         output = self.split_output(raw, x_t)[0]
         target = self.training_target(x0, t, noise).float()
@@ -798,7 +798,7 @@ class GaussianDiffusion(nn.Module):
         per_sample = per_sample * self.loss_weights(t).to(per_sample.device)
         if self.loss_type is LossType.HYBRID:
             # improved DDPM sec. 3.1: L_hybrid = L_simple + lambda L_vlb, the mean's gradient stopped in L_vlb
-            per_sample = per_sample + self.vlb_weight * self.vlb_terms(
+            per_sample = per_sample + self.vlb_weight * self.vlb_estimate_bpd(
                 raw, x0, t, noise, stop_mean_gradient=True
             )
         return per_sample.mean() if reduction == "mean" else per_sample

@@ -47,7 +47,7 @@ __all__ = [
     "normal_kl",
     "prior_kl",
     "variational_bound",
-    "vb_terms",
+    "vb_terms_nats",
 ]
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -137,7 +137,7 @@ def prior_kl(diffusion: GaussianDiffusion, x0: torch.Tensor) -> torch.Tensor:
     return _sum_dims(normal_kl(mean, log_var, zero, zero))
 
 
-def vb_terms(
+def vb_terms_nats(
     diffusion: GaussianDiffusion,
     model: Model,
     x0: torch.Tensor,
@@ -149,9 +149,9 @@ def vb_terms(
 ) -> torch.Tensor:
     """One draw of L_t per sample [B] in nats: the KL term where t > 0, the decoder NLL where t == 0.
 
-    The model's variance is the diffusion's: fixed, or the network's own with a learned variance. This is
-    the one implementation of the bound: ``ddpm-eval --bpd`` sums it, and the ``vlb`` and ``hybrid``
-    training losses (:meth:`GaussianDiffusion.vlb_terms`) train on it, with gradients. ``clip_denoised``
+    The model's variance is the diffusion's: fixed, or the network's own with a learned variance. This is the
+    one implementation of the bound: ``ddpm-eval --bpd`` sums it, and the ``vlb`` and ``hybrid`` training
+    losses (:meth:`GaussianDiffusion.vlb_estimate_bpd`) train on it, with gradients. ``clip_denoised``
     overrides the diffusion's x0 clipping (None keeps it; training uses False, as improved-diffusion).
     """
     if decoder not in DECODERS:
@@ -275,7 +275,7 @@ def variational_bound(
             for t in range(T):
                 tb = torch.full((b,), t, dtype=torch.long, device=dev)
                 noise = torch.randn(xb.shape, generator=generator, device=dev, dtype=xb.dtype)
-                terms[:, t] = vb_terms(diffusion, model, xb, tb, noise, decoder, bins)
+                terms[:, t] = vb_terms_nats(diffusion, model, xb, tb, noise, decoder, bins)
                 bar.update()
             dec, diff = terms[:, 0], terms[:, 1:].sum(1)
             term_sums += terms.sum(0).cpu()
@@ -285,7 +285,7 @@ def variational_bound(
             diff = torch.zeros_like(dec)
             for j in range(t_samples):
                 noise = torch.randn(xb.shape, generator=generator, device=dev, dtype=xb.dtype)
-                term = vb_terms(diffusion, model, xb, ts[:, j], noise, decoder, bins)
+                term = vb_terms_nats(diffusion, model, xb, ts[:, j], noise, decoder, bins)
                 # Uniform t: T * E_t[L_t] = sum_t L_t, split by whether t is the decoder step.
                 dec += torch.where(ts[:, j] == 0, term, 0.0) * T / t_samples
                 diff += torch.where(ts[:, j] > 0, term, 0.0) * T / t_samples

@@ -15,8 +15,8 @@ from torch import nn
 from torchmetrics import Metric
 
 from ddpm.diffusion import GaussianDiffusion, TimestepSampler
-from ddpm.diffusion_model import draw_samples
 from ddpm.samplers import Sampler, SampleResult
+from ddpm.sampling_model import draw_samples
 
 __all__ = ["DiffusionModule", "NonFiniteLossError"]
 
@@ -363,7 +363,7 @@ class DiffusionModule(L.LightningModule):
         The weights in the module are the EMA weights after training, during validation, and when
         loaded from a checkpoint written with EMA on (Lightning's ``EMAWeightAveraging`` puts the
         average in the checkpoint's ``state_dict``). The same sampling as a loaded run's
-        :meth:`ddpm.diffusion_model.DiffusionModel.sample` (:func:`~ddpm.diffusion_model.draw_samples`).
+        :meth:`ddpm.sampling_model.SamplingModel.sample` (:func:`~ddpm.sampling_model.draw_samples`).
 
         Args:
             n: number of samples.

@@ -25,8 +25,8 @@ import torch
 from ddpm.safe_writes import ResultsNotWrittenError, WriteError, write_file
 
 if TYPE_CHECKING:  # not at run time: ddpm-viz reverse draws a loaded run without importing Lightning
-    from ddpm.diffusion_model import DiffusionModel
     from ddpm.lit_module import DiffusionModule
+    from ddpm.sampling_model import SamplingModel
 
 __all__ = [
     "GRID_IMAGES",
@@ -69,7 +69,7 @@ def _write_image_results(
     module: DiffusionModule, datamodule: Any, output_dir: Path, n: int, batch_size: int = 256
 ) -> dict[str, Any]:
     """Images: ``samples.npz`` (uint8 [N, H, W, C]), ``plots/samples_grid.png`` and ``metrics.json``."""
-    from ddpm.diffusion_model import class_grid_columns
+    from ddpm.sampling_model import class_grid_columns
     from ddpm.viz.grid import save_image_grid, to_uint8
 
     # Lightning's teardown leaves the module on the CPU after fit; sampling T steps of a UNet there
@@ -149,7 +149,7 @@ def write_results(module: DiffusionModule, datamodule: Any, output_dir: Path, n:
 
 
 def reverse_process_figures(
-    module: DiffusionModule | DiffusionModel,
+    module: DiffusionModule | SamplingModel,
     datamodule: Any,
     png: Path,
     gif: Path | None,

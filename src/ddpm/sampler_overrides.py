@@ -3,7 +3,7 @@
 The options are the files of ``conf/sampler/``; the keys are the arguments of the chosen sampler class;
 values are typed as a Hydra override would type them (``5`` an int, ``null`` None). Everything here can be
 checked before a checkpoint is read (:func:`check_sampler_overrides`), so ``ddpm-sample`` and ``ddpm-eval``
-refuse a bad value in one line before any work. ``ddpm-eval --sampler-sweep`` takes comma lists, Hydra
+refuse a bad value in one line before any work. ``ddpm-eval --compare-samplers`` takes comma lists, Hydra
 multirun style, and :func:`sampler_grid` expands them into one override list per combination. No torch, no
 Lightning: OmegaConf and the sampler classes.
 """

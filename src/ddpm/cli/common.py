@@ -200,7 +200,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, seed_help: str) -> None:
 def check_run_arguments(args: argparse.Namespace, draws: int = 1, overrides: bool = True) -> None:
     """Check what :func:`add_run_arguments` adds before the checkpoint is read (``draws`` seeds from
     ``--seed`` on); a one-line error (status 2) otherwise. ``overrides=False`` leaves the sampler overrides
-    to the caller (``ddpm-eval --sampler-sweep`` reads them as comma lists)."""
+    to the caller (``ddpm-eval --compare-samplers`` reads them as comma lists)."""
     _check_source(args)
     if args.batch_size is not None and args.batch_size < 1:
         fail(f"--batch-size={args.batch_size} is invalid; it must be an integer >= 1")
@@ -262,7 +262,7 @@ def class_labels(value: str, run: LoadedRun, n: int) -> tuple[torch.Tensor, str]
     ``horse``) or ``all`` (every class equally often, in order); a one-line error (status 2) otherwise."""
     import torch
 
-    from ddpm.diffusion_model import balanced_labels
+    from ddpm.sampling_model import balanced_labels
 
     classes = run.model.num_classes
     names = [str(name).lower() for name in getattr(run.data, "class_names", range(classes))]

@@ -4,7 +4,7 @@ ddpm-eval RUN                                        # the run's sampler: n samp
 ddpm-eval RUN sampler=ddim sampler.steps=50 --n 2000 --repeats 5
 ddpm-eval RUN --bpd                                  # + the variational bound in bits/dim on held-out data
 ddpm-eval RUN --bpd --no-quality --bpd-t-samples 50  # only the bound, 50 sampled t per datum (unbiased)
-ddpm-eval RUN --sampler-sweep sampler=ddim,unipc sampler.steps=5,10,20  # quality against cost, 6 samplers
+ddpm-eval RUN --compare-samplers sampler=ddim,unipc sampler.steps=5,10,20  # quality against cost, 6 samplers
 ddpm-eval COND_RUN --guidance 0,1,2,4                # a conditional run: the guidance trade-off curve
 
 Toy runs: the energy-distance ratio to the data-vs-data floor (and sliced W1's), mean ± std and a 90%
@@ -21,19 +21,19 @@ and ``bpd`` (:meth:`ddpm.likelihood.VariationalBound.as_dict` plus ``seconds``, 
 ``bits_per_dim_raw_units``). A section that was not computed holds ``{"skipped": "<why>"}``. The numbers
 are also added to the run's W&B run (same id and mode) as summary values under ``eval/<name>/``.
 
-``--sampler-sweep`` scores a grid of samplers instead of one (:mod:`ddpm.evaluation.sampler_sweep`): the
-overrides are comma lists, Hydra multirun style, and the grid is their cross product (each option's other
-keys at their conf defaults); without overrides, the default grid: DDPM over all T steps (the reference),
-DDIM 10/20/50/100, DPM-Solver++ 2M 5/10/20, UniPC 5/10/20 and Heun 3/5/10 (those with steps > T are left
-out, with a line saying so; in a given grid they are an error). Each combination gets the quality figure
-above (toy: the energy-distance ratio; images: the classifier's Fréchet ratio, no FID) over the same
-``--n``, ``--repeats`` and ``--seed``, its NFE (``sampler.nfe``: network evaluations per sample) and its
-sampling wall seconds. ``<run>/eval/sampler_sweep.json`` holds every row (label, option, overrides, nfe,
-quality mean/std/interval, seconds, on_front_nfe, on_front_seconds, ...), ``sampler_sweep.md`` the table
-sorted by NFE with the Pareto-front rows marked (also printed) and ``sampler_sweep.png`` quality against
-NFE and against seconds. ``--out x.json`` puts the three at ``x.json``, ``x.md`` and ``x.png``; a new sweep
+``--compare-samplers`` scores a grid of samplers instead of one (:mod:`ddpm.evaluation.sampler_comparison`):
+the overrides are comma lists, Hydra multirun style, and the grid is their cross product (each option's other
+keys at their conf defaults); without overrides, the default grid: DDPM over all T steps (the reference), DDIM
+10/20/50/100, DPM-Solver++ 2M 5/10/20, UniPC 5/10/20 and Heun 3/5/10 (those with steps > T are left out, with
+a line saying so; in a given grid they are an error). Each combination gets the quality figure above (toy: the
+energy-distance ratio; images: the classifier's Fréchet ratio, no FID) over the same ``--n``, ``--repeats``
+and ``--seed``, its NFE (``sampler.nfe``: network evaluations per sample) and its sampling wall seconds.
+``<run>/eval/sampler_comparison.json`` holds every row (label, option, overrides, nfe, quality
+mean/std/interval, seconds, on_front_nfe, on_front_seconds, ...), ``sampler_comparison.md`` the table sorted
+by NFE with the Pareto-front rows marked (also printed) and ``sampler_comparison.png`` quality against NFE and
+against seconds. ``--out x.json`` puts the three at ``x.json``, ``x.md`` and ``x.png``; a new comparison
 replaces the files of the last one. ``--no-quality`` and ``--bpd`` are refused with it (the bound does not
-depend on the sampler), and a sweep adds nothing to W&B.
+depend on the sampler), and a comparison adds nothing to W&B.
 
 ``--guidance 0,1,2,4`` (class-conditional runs) scores each classifier-free guidance scale w on ``--n``
 samples per class (default: toy 500, images 100), every scale drawing the same classes from the same seed:
@@ -43,7 +43,7 @@ offline classifier's accuracy on the requested labels and its Fréchet ratio
 the ``.png`` beside it the trade-off curve; with ``--out`` both go under that name.
 
 Every value (sampler overrides, ``--device``, ...) and the output folders are checked before the checkpoint
-is loaded: a bad one is a one-line error with exit code 2 (a sweep's combinations too; steps > T once the
+is loaded: a bad one is a one-line error with exit code 2 (a comparison's combinations too; steps > T once the
 checkpoint has given T, still before any sampling). The figures are printed before the JSON is written, so
 a failing write (exit code 1) never hides them.
 """
@@ -77,15 +77,15 @@ from ddpm.samplers import NonFiniteSampleError
 
 if TYPE_CHECKING:
     from ddpm.build import LoadedRun
-    from ddpm.evaluation.sampler_sweep import Scored, SweepRow
+    from ddpm.evaluation.sampler_comparison import ComparisonRow, Scored
 
-__all__ = ["evaluate", "main", "sampler_sweep"]
+__all__ = ["evaluate", "main", "sampler_comparison"]
 
 DEFAULT_TOY_N = 2000
 #: images: at most this many samples per draw (the floor needs as many held-out images)
 DEFAULT_IMAGE_N = 5000
-#: the files of --sampler-sweep in <run>/eval/ (the .json's name; the .md and .png share its stem)
-SWEEP_NAME = "sampler_sweep.json"
+#: the files of --compare-samplers in <run>/eval/ (the .json's name; the .md and .png share its stem)
+COMPARISON_NAME = "sampler_comparison.json"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -115,11 +115,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--inception-weights", default=None, help="Inception weights for FID (never downloaded)")
     p.add_argument("--fid-real", type=int, default=10000, help="real training images for FID (default 10000)")
     p.add_argument(
-        "--sampler-sweep",
+        "--compare-samplers",
         action="store_true",
         help="score a grid of samplers, quality against NFE and seconds: the overrides are comma lists "
         "(sampler=ddim,unipc sampler.steps=5,10 is their cross product; none: the default grid); writes "
-        "<run>/eval/sampler_sweep.json, .md and .png",
+        "<run>/eval/sampler_comparison.json, .md and .png",
     )
     p.add_argument(
         "--guidance",
@@ -131,8 +131,8 @@ def _parser() -> argparse.ArgumentParser:
         "--out",
         type=Path,
         default=None,
-        help="output .json (default <run>/eval/<name>.json); with --sampler-sweep the .md and .png go beside "
-        "it under the same name",
+        help="output .json (default <run>/eval/<name>.json); with --compare-samplers the .md and .png go "
+        "beside it under the same name",
     )
     p.add_argument(
         "--no-wandb", action="store_true", help="do not add the results to the run's W&B run (summary)"
@@ -150,11 +150,11 @@ def _check_args(args: argparse.Namespace) -> None:
     ):
         if value is not None and value < low:
             fail(f"{flag}={value} is invalid; it must be an integer >= {low}")
-    if args.sampler_sweep and args.no_quality:
-        fail("--sampler-sweep with --no-quality leaves nothing to sweep: the sweep compares sample quality")
-    if args.sampler_sweep and args.bpd:
+    if args.compare_samplers and args.no_quality:
+        fail("--compare-samplers with --no-quality leaves nothing to compare: it compares sample quality")
+    if args.compare_samplers and args.bpd:
         fail(
-            "--sampler-sweep with --bpd: the bound does not depend on the sampler; "
+            "--compare-samplers with --bpd: the bound does not depend on the sampler; "
             "run ddpm-eval RUN --bpd --no-quality on its own"
         )
     if args.guidance is not None:
@@ -167,7 +167,7 @@ def _check_args(args: argparse.Namespace) -> None:
         for w in args.scales:
             check_guidance(w)  # the upper bound: a huge scale overflows in the sampler, after the work
         for flag, given in (
-            ("--sampler-sweep", args.sampler_sweep),
+            ("--compare-samplers", args.compare_samplers),
             ("--bpd", args.bpd),
             ("--no-quality", args.no_quality),
         ):
@@ -179,16 +179,16 @@ def _check_args(args: argparse.Namespace) -> None:
         fail("--no-quality without --bpd leaves nothing to evaluate")
     if args.out is not None and args.out.suffix != ".json":
         fail(f"--out={str(args.out)!r} must end in .json")
-    # draw k uses seed + k; a sweep's overrides are comma lists, read by _sweep_grid instead
-    check_run_arguments(args, draws=max(args.repeats, 1), overrides=not args.sampler_sweep)
-    if args.sampler_sweep:
-        args.grid = _sweep_grid(args.overrides)
+    # draw k uses seed + k; a comparison's overrides are comma lists, read by _comparison_grid instead
+    check_run_arguments(args, draws=max(args.repeats, 1), overrides=not args.compare_samplers)
+    if args.compare_samplers:
+        args.grid = _comparison_grid(args.overrides)
 
 
-def _sweep_grid(overrides: list[str]) -> list[list[str]]:
-    """The combinations of ``--sampler-sweep``, every one checked as far as it can be without the run; a
+def _comparison_grid(overrides: list[str]) -> list[list[str]]:
+    """The combinations of ``--compare-samplers``, every one checked as far as it can be without the run; a
     bad one is a one-line error (status 2)."""
-    from ddpm.evaluation.sampler_sweep import DEFAULT_GRID
+    from ddpm.evaluation.sampler_comparison import DEFAULT_GRID
     from ddpm.sampler_overrides import check_sampler_overrides, sampler_grid
 
     try:
@@ -204,9 +204,9 @@ def _sweep_grid(overrides: list[str]) -> list[list[str]]:
 def _check_outputs(args: argparse.Namespace) -> None:
     """Before the checkpoint is read: the JSON's folder, and the run's W&B folder when results go there."""
     run_dir = ensure_output_folder(
-        args, "eval", "the sampler sweep" if args.sampler_sweep else "the evaluation"
+        args, "eval", "the sampler comparison" if args.compare_samplers else "the evaluation"
     )
-    if not args.sampler_sweep and not args.no_wandb and (run_dir / ".wandb_id").is_file():
+    if not args.compare_samplers and not args.no_wandb and (run_dir / ".wandb_id").is_file():
         ensure_writable(run_dir / "wandb", "the W&B summary", "; pass --no-wandb to skip it")
 
 
@@ -470,17 +470,17 @@ def log_to_wandb(run: LoadedRun, result: dict[str, Any], tag: str) -> str:
     return f"W&B: {len(figures)} figures added to run {wandb_run.id} ({mode}) under eval/{tag}/"
 
 
-# ---------------------------------------------------------------------------- --sampler-sweep
-def _sweep_cases(run: LoadedRun, grid: list[list[str]], default: bool) -> tuple[list[Any], list[str]]:
+# ---------------------------------------------------------------------------- --compare-samplers
+def _comparison_cases(run: LoadedRun, grid: list[list[str]], default: bool) -> tuple[list[Any], list[str]]:
     """A sampler for each combination, checked against the run's chain before any sampling; a bad
     combination of a given grid is a one-line error (status 2). The default grid's combinations that do not
     fit the run (steps > T on a short chain) are left out, each with a line saying so."""
-    from ddpm.evaluation.sampler_sweep import SweepCase
+    from ddpm.evaluation.sampler_comparison import ComparisonCase
 
     cases, skipped = [], []
     for combo in grid:
         try:
-            cases.append(SweepCase(combo, run.make_sampler(combo)))
+            cases.append(ComparisonCase(combo, run.make_sampler(combo)))
         except ConfigError as err:
             reason = str(err).strip().splitlines()[0].removeprefix("sampler: ")
             if not default:
@@ -489,18 +489,18 @@ def _sweep_cases(run: LoadedRun, grid: list[list[str]], default: bool) -> tuple[
     return cases, skipped
 
 
-def _sweep_scorer(run: LoadedRun, args: argparse.Namespace) -> tuple[Callable[[Any], Scored], str, int]:
+def _comparison_scorer(run: LoadedRun, args: argparse.Namespace) -> tuple[Callable[[Any], Scored], str, int]:
     """The function that scores one sampler as plain ddpm-eval does (toy: the energy-distance ratio; images:
     the classifier's Fréchet ratio, no FID), the metric's name, and the samples per draw. An image run with no
     classifier is a one-line error (status 2) before any sampling."""
-    from ddpm.evaluation.sampler_sweep import Scored
+    from ddpm.evaluation.sampler_comparison import Scored
     from ddpm.evaluation.toy import Spread
 
     quiet: list[str] = []  # each row's own line says it shorter than the metrics' headlines
     if run.data.kind == "image":
         metric = _classifier_metric(run, args, quiet)
         if isinstance(metric, str):
-            fail(f"--sampler-sweep needs the classifier metric of image runs: {metric}")
+            fail(f"--compare-samplers needs the classifier metric of image runs: {metric}")
         n = min(args.n or DEFAULT_IMAGE_N, len(metric.test_features))
         name = "classifier Fréchet distance / floor"
 
@@ -523,10 +523,10 @@ def _sweep_scorer(run: LoadedRun, args: argparse.Namespace) -> tuple[Callable[[A
     return score, name, n
 
 
-def _sweep_markdown(result: dict[str, Any], table: str, skipped: list[str]) -> str:
+def _comparison_markdown(result: dict[str, Any], table: str, skipped: list[str]) -> str:
     """The .md file: what was measured, the table, and what the default grid left out."""
     lines = [
-        f"# Sampler sweep of {result['run_dir']}",
+        f"# Sampler comparison of {result['run_dir']}",
         "",
         f"Checkpoint `{result['checkpoint']}` ({result['weights']} weights), {result['kind']} data, "
         f"T={result['T']}; {result['repeats']} draws of n={result['n']} samples per combination (draw k uses "
@@ -545,20 +545,23 @@ def _sweep_markdown(result: dict[str, Any], table: str, skipped: list[str]) -> s
     return "\n".join(lines) + "\n"
 
 
-def sampler_sweep(args: argparse.Namespace) -> int:
-    """``ddpm-eval RUN --sampler-sweep``: score every combination of ``args.grid`` (checked by
-    :func:`_check_args`), print the table and write ``sampler_sweep.json``, ``.md`` and ``.png``."""
+def sampler_comparison(args: argparse.Namespace) -> int:
+    """``ddpm-eval RUN --compare-samplers``: score every combination of ``args.grid`` (checked by
+    :func:`_check_args`), print the table and write ``sampler_comparison.json``, ``.md`` and ``.png``."""
     from tqdm.auto import tqdm
 
-    from ddpm.evaluation.sampler_sweep import run_sweep, sweep_table
-    from ddpm.viz.figures import plot_sampler_sweep, save_figure
+    from ddpm.evaluation.sampler_comparison import compare_samplers, comparison_table
+    from ddpm.viz.figures import plot_sampler_comparison, save_figure
 
     run = _load(args, [])
-    cases, skipped = _sweep_cases(run, args.grid, default=not args.overrides)
-    score, metric, n = _sweep_scorer(run, args)
+    cases, skipped = _comparison_cases(run, args.grid, default=not args.overrides)
+    score, metric, n = _comparison_scorer(run, args)
     model = run.model
     weights = _weights_kind(run.checkpoint)
-    print(f"Sampler sweep of {run.checkpoint}: {len(cases)} combinations, {args.repeats} draws of n={n} each")
+    print(
+        f"Sampler comparison of {run.checkpoint}: {len(cases)} combinations, "
+        f"{args.repeats} draws of n={n} each"
+    )
     for line in skipped:
         print(line)
 
@@ -567,7 +570,9 @@ def sampler_sweep(args: argparse.Namespace) -> int:
         model.sample(min(n, args.batch_size or n), sampler=sampler, generator=gen, progress=False)
 
     try:
-        rows: list[SweepRow] = run_sweep(cases, model.diffusion, score, warm_up=warm_up, log=tqdm.write)
+        rows: list[ComparisonRow] = compare_samplers(
+            cases, model.diffusion, score, warm_up=warm_up, log=tqdm.write
+        )
     except (ConfigError, ValueError) as err:
         fail(str(err).strip().splitlines()[0])
     result: dict[str, Any] = {
@@ -586,16 +591,16 @@ def sampler_sweep(args: argparse.Namespace) -> int:
         "left_out": skipped,
         "rows": [r.as_dict() for r in rows],
     }
-    table = sweep_table(rows, metric)
+    table = comparison_table(rows, metric)
     # The table first: it is on screen even if a write below fails.
     ema = "the EMA average" if weights == "ema" else "no EMA in this checkpoint"
     print(f"Weights: {weights} ({ema})")
     print(table, end="")
-    out = args.out or run.run_dir / "eval" / SWEEP_NAME
+    out = args.out or run.run_dir / "eval" / COMPARISON_NAME
     paths = [out, out.with_suffix(".md"), out.with_suffix(".png")]
     text = json.dumps(result, indent=2, allow_nan=True) + "\n"
-    markdown = _sweep_markdown(result, table, skipped)
-    figure = plot_sampler_sweep(result["rows"], metric)
+    markdown = _comparison_markdown(result, table, skipped)
+    figure = plot_sampler_comparison(result["rows"], metric)
 
     def write(tmp: list[Path]) -> None:
         tmp[0].write_text(text)
@@ -674,12 +679,12 @@ def guidance_eval(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
-    # intermixed: the overrides may follow a flag (RUN --sampler-sweep sampler=ddim,unipc), not only RUN
+    # intermixed: the overrides may follow a flag (RUN --compare-samplers sampler=ddim,unipc), not only RUN
     args = _parser().parse_intermixed_args(argv)
     _check_args(args)
     _check_outputs(args)
-    if args.sampler_sweep:
-        return sampler_sweep(args)
+    if args.compare_samplers:
+        return sampler_comparison(args)
     if args.guidance is not None:
         return guidance_eval(args)
     run = _load(args, args.overrides)

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ddpm.diffusion_model import balanced_labels
+from ddpm.sampling_model import balanced_labels
 
 __all__ = ["guidance_curve", "parse_scales"]
 
@@ -107,7 +107,7 @@ def guidance_curve(
     """One row of figures per guidance scale for a class-conditional ``model`` (``num_classes > 0``).
 
     Args:
-        model: a loaded run's :class:`~ddpm.diffusion_model.DiffusionModel` (or the training module).
+        model: a loaded run's :class:`~ddpm.sampling_model.SamplingModel` (or the training module).
         data: its data class (toy: labelled :class:`~ddpm.data.toy.ToyData`; images: ``ImageData``).
         scales: the guidance scales w (0 unconditional, 1 conditional).
         n_per_class: samples drawn per class at each scale.

@@ -39,7 +39,7 @@ def sample_quality(
 
     Args:
         module: a trained :class:`~ddpm.lit_module.DiffusionModule` or a loaded run's
-            :class:`~ddpm.diffusion_model.DiffusionModel` (its sampler and current weights).
+            :class:`~ddpm.sampling_model.SamplingModel` (its sampler and current weights).
         datamodule: toy data (``kind == "toy"``), a :class:`~ddpm.data.toy.ToyData` or its DataModule:
             ``denormalize``, ``held_out``, ``training_data``, ``true_moments``.
         n: samples to draw; the held-out set and the floor's training sample are cut to the same size.

@@ -61,7 +61,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
         "plot_loss_by_quarter",
         "plot_reverse_1d",
         "plot_reverse_2d",
-        "plot_sampler_sweep",
+        "plot_sampler_comparison",
         "plot_samples_vs_data",
         "reverse_positions",
         "save_figure",

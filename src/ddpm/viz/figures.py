@@ -403,13 +403,13 @@ def plot_loss_by_quarter(
     return fig
 
 
-# ------------------------------------------------------------ sampler sweeps
-def plot_sampler_sweep(rows: Sequence[Mapping[str, Any]], metric: str = "quality (x floor)") -> Figure:
-    """Quality against cost for the rows of a sampler sweep: against NFE (left) and against sampling seconds
-    per 1000 samples (right), log x.
+# ------------------------------------------------------------ sampler comparisons
+def plot_sampler_comparison(rows: Sequence[Mapping[str, Any]], metric: str = "quality (x floor)") -> Figure:
+    """Quality against cost for the rows of a sampler comparison: against NFE (left) and against sampling
+    seconds per 1000 samples (right), log x.
 
-    Each row is a mapping as ``ddpm-eval --sampler-sweep`` writes them to ``sampler_sweep.json``
-    (:meth:`ddpm.evaluation.sampler_sweep.SweepRow.as_dict`): ``label``, ``option``, ``nfe``,
+    Each row is a mapping as ``ddpm-eval --compare-samplers`` writes them to ``sampler_comparison.json``
+    (:meth:`ddpm.evaluation.sampler_comparison.ComparisonRow.as_dict`): ``label``, ``option``, ``nfe``,
     ``seconds_per_1000``, ``quality`` (``mean``, ``std``), ``on_front_nfe``, ``on_front_seconds``,
     ``reference``. Error bars are the std over the draws; each panel's Pareto front rows are ringed and
     joined by a step line (the best quality at a cost up to x); the reference row (DDPM over all T steps)
@@ -489,7 +489,7 @@ def plot_sampler_sweep(rows: Sequence[Mapping[str, Any]], metric: str = "quality
         ax.grid(True, alpha=0.3, which="both")
     axes[0].set_ylabel(f"{metric}, lower is better")
     axes[0].legend(fontsize="small")
-    fig.suptitle("Sampler sweep: quality against cost (error bars: std over the draws)")
+    fig.suptitle("Sampler comparison: quality against cost (error bars: std over the draws)")
     return fig
 
 

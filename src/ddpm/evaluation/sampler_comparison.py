@@ -1,12 +1,13 @@
 """Sample quality against cost over a grid of samplers: the rows, their Pareto fronts and the table.
 
-:func:`run_sweep` scores every combination of a grid (a :class:`SweepCase`: its overrides and the sampler
-they build) with a scoring function the caller gives, so the same loop serves toy runs (energy-distance
-ratio) and image runs (the classifier's Fréchet ratio). Each :class:`SweepRow` holds the quality spread over
-the draws, the network evaluations per sample (``sampler.nfe``, not ``steps``: Heun evaluates twice per
-level and a karras grid may merge levels) and the wall seconds spent sampling. :func:`pareto_front` marks
-the combinations no other beats on both quality and cost, once with NFE and once with seconds as the cost;
-:func:`sweep_table` is the Markdown table ``ddpm-eval --sampler-sweep`` prints and writes.
+:func:`compare_samplers` scores every combination of a grid (a :class:`ComparisonCase`: its overrides and the
+sampler they build) with a scoring function the caller gives, so the same loop serves toy runs
+(energy-distance ratio) and image runs (the classifier's Fréchet ratio). Each :class:`ComparisonRow` holds the
+quality spread over the draws, the network evaluations per sample (``sampler.nfe``, not ``steps``: Heun
+evaluates twice per level and a karras grid may merge levels) and the wall seconds spent sampling.
+:func:`pareto_front` marks the combinations no other beats on both quality and cost, once with NFE and once
+with seconds as the cost; :func:`comparison_table` is the Markdown table ``ddpm-eval --compare-samplers``
+prints and writes.
 
 Lower quality figures are better (they are ratios to a data-vs-data floor; 1.0 = as good as real data).
 Plain PyTorch and the samplers: no Lightning.
@@ -27,14 +28,14 @@ from ddpm.samplers import DDPMSampler, NonFiniteSampleError, Sampler
 
 __all__ = [
     "DEFAULT_GRID",
+    "ComparisonCase",
+    "ComparisonRow",
     "Scored",
-    "SweepCase",
-    "SweepRow",
+    "compare_samplers",
+    "comparison_label",
+    "comparison_table",
     "mark_fronts",
     "pareto_front",
-    "run_sweep",
-    "sweep_label",
-    "sweep_table",
 ]
 
 #: The grid without overrides: DDPM over all T steps (the reference), DDIM, DPM-Solver++ 2M (the conf's
@@ -49,7 +50,7 @@ DEFAULT_GRID: tuple[tuple[str, ...], ...] = (
 
 
 @dataclass
-class SweepCase:
+class ComparisonCase:
     """One combination of the grid: the overrides that chose it and the sampler they build for the run."""
 
     overrides: list[str]
@@ -68,7 +69,7 @@ class Scored:
 
 
 @dataclass
-class SweepRow:
+class ComparisonRow:
     """One scored combination. ``error`` is set (and the quality NaN) when its sampling diverged."""
 
     label: str
@@ -134,7 +135,7 @@ def pareto_front(costs: Sequence[float], qualities: Sequence[float]) -> list[boo
     return front
 
 
-def mark_fronts(rows: Sequence[SweepRow]) -> None:
+def mark_fronts(rows: Sequence[ComparisonRow]) -> None:
     """Set ``on_front_nfe`` and ``on_front_seconds`` of every row (quality = the mean over the draws)."""
     quality = [r.quality.mean for r in rows]
     for row, on in zip(rows, pareto_front([r.nfe for r in rows], quality), strict=True):
@@ -152,7 +153,7 @@ def _option(overrides: Sequence[str]) -> str | None:
     return None
 
 
-def sweep_label(overrides: Sequence[str], sampler: Sampler, diffusion: GaussianDiffusion) -> str:
+def comparison_label(overrides: Sequence[str], sampler: Sampler, diffusion: GaussianDiffusion) -> str:
     """A short name for a row: the option, its steps, and any other key set: ``ddim 10``, ``ddpm 1000``,
     ``dpm_solver 10 order=3``. Without ``sampler=`` the sampler class names the option."""
     option = _option(overrides) or type(sampler).__name__.removesuffix("Sampler").lower()
@@ -171,14 +172,14 @@ def _nan_spread() -> Spread:
     return Spread(math.nan, math.nan, math.nan, math.nan, 0.9, [])
 
 
-def run_sweep(
-    cases: Sequence[SweepCase],
+def compare_samplers(
+    cases: Sequence[ComparisonCase],
     diffusion: GaussianDiffusion,
     score: Callable[[Sampler], Scored],
     warm_up: Callable[[Sampler], object] | None = None,
     log: Callable[[str], object] | None = None,
     progress: bool = True,
-) -> list[SweepRow]:
+) -> list[ComparisonRow]:
     """Score every combination and mark the Pareto fronts.
 
     Args:
@@ -192,14 +193,14 @@ def run_sweep(
 
     Returns:
         One row per case, in the order given. A sampler that diverges (NaN/inf samples) gives a row with
-        its ``error`` and a NaN quality, off both fronts, rather than stopping the sweep.
+        its ``error`` and a NaN quality, off both fronts, rather than stopping the comparison.
     """
     nfes = [case.sampler.nfe(diffusion) for case in cases]
     if warm_up is not None and cases:
         warm_up(cases[min(range(len(cases)), key=nfes.__getitem__)].sampler)
-    rows: list[SweepRow] = []
-    for case, nfe in zip(tqdm(cases, desc="sampler sweep", disable=not progress), nfes, strict=True):
-        label = sweep_label(case.overrides, case.sampler, diffusion)
+    rows: list[ComparisonRow] = []
+    for case, nfe in zip(tqdm(cases, desc="sampler comparison", disable=not progress), nfes, strict=True):
+        label = comparison_label(case.overrides, case.sampler, diffusion)
         reference = isinstance(case.sampler, DDPMSampler) and nfe == diffusion.num_timesteps
         common = {
             "label": label,
@@ -212,11 +213,11 @@ def run_sweep(
         try:
             scored = score(case.sampler)
         except NonFiniteSampleError as err:
-            row = SweepRow(**common, quality=_nan_spread(), seconds=math.nan, samples=0, error=str(err))
+            row = ComparisonRow(**common, quality=_nan_spread(), seconds=math.nan, samples=0, error=str(err))
             if log is not None:
                 log(f"{label}: NFE {nfe}, failed: {err}")
         else:
-            row = SweepRow(
+            row = ComparisonRow(
                 **common,
                 quality=scored.quality,
                 seconds=scored.seconds,
@@ -239,12 +240,12 @@ def _quality_text(q: Spread) -> str:
     return f"{q.mean:.3g} ± {q.std:.2g}" if len(q.values) > 1 else f"{q.mean:.3g}"
 
 
-def _front_text(row: SweepRow) -> str:
+def _front_text(row: ComparisonRow) -> str:
     marks = [name for name, on in (("NFE", row.on_front_nfe), ("s", row.on_front_seconds)) if on]
     return ", ".join(marks)
 
 
-def sweep_table(rows: Sequence[SweepRow], metric: str) -> str:
+def comparison_table(rows: Sequence[ComparisonRow], metric: str) -> str:
     """The rows as a Markdown table sorted by NFE (then seconds), front rows marked.
 
     ``front`` names the fronts a row is on: ``NFE`` (no other row has as few or fewer network evaluations

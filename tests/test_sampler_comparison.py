@@ -1,6 +1,6 @@
-"""ddpm-eval --sampler-sweep without a trained run: the Pareto fronts, the grid, the rows, the table, the
-figure, and the one-line refusals made before the checkpoint is read. The end-to-end sweep of a trained toy
-run is in tests/test_eval.py, beside the trained run it shares."""
+"""ddpm-eval --compare-samplers without a trained run: the Pareto fronts, the grid, the rows, the table, the
+figure, and the one-line refusals made before the checkpoint is read. The end-to-end comparison of a trained
+toy run is in tests/test_eval.py, beside the trained run it shares."""
 
 from __future__ import annotations
 
@@ -14,22 +14,22 @@ from PIL import Image
 from ddpm.cli.eval import main as eval_main
 from ddpm.config import ConfigError
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.evaluation.sampler_sweep import (
+from ddpm.evaluation.sampler_comparison import (
     DEFAULT_GRID,
+    ComparisonCase,
+    ComparisonRow,
     Scored,
-    SweepCase,
-    SweepRow,
+    compare_samplers,
+    comparison_label,
+    comparison_table,
     mark_fronts,
     pareto_front,
-    run_sweep,
-    sweep_label,
-    sweep_table,
 )
 from ddpm.evaluation.toy import spread
 from ddpm.sampler_overrides import check_sampler_overrides, sampler_grid
 from ddpm.samplers import DDIMSampler, DDPMSampler, HeunSampler, NonFiniteSampleError, Sampler
 from ddpm.schedules import make_beta_schedule
-from ddpm.viz import plot_sampler_sweep, save_figure
+from ddpm.viz import plot_sampler_comparison, save_figure
 
 
 # ---------------------------------------------------------------------------- the Pareto front
@@ -121,14 +121,14 @@ def diffusion() -> GaussianDiffusion:
     return GaussianDiffusion(make_beta_schedule("linear", 20, warn=False))
 
 
-def test_run_sweep_counts_network_evaluations_and_keeps_a_diverged_row(
+def test_compare_samplers_counts_network_evaluations_and_keeps_a_diverged_row(
     diffusion: GaussianDiffusion, tmp_path: Path
 ) -> None:
     cases = [
-        SweepCase(["sampler=ddpm"], DDPMSampler()),
-        SweepCase(["sampler=ddim", "sampler.steps=5"], DDIMSampler(steps=5)),
-        SweepCase(["sampler=heun", "sampler.steps=3"], HeunSampler(steps=3)),
-        SweepCase(["sampler=ddim", "sampler.steps=4", "sampler.eta=1.0"], DDIMSampler(steps=4, eta=1.0)),
+        ComparisonCase(["sampler=ddpm"], DDPMSampler()),
+        ComparisonCase(["sampler=ddim", "sampler.steps=5"], DDIMSampler(steps=5)),
+        ComparisonCase(["sampler=heun", "sampler.steps=3"], HeunSampler(steps=3)),
+        ComparisonCase(["sampler=ddim", "sampler.steps=4", "sampler.eta=1.0"], DDIMSampler(steps=4, eta=1.0)),
     ]
     quality = {"DDPMSampler": 1.1, "DDIMSampler": 2.0, "HeunSampler": 1.5}
     warmed: list[Sampler] = []
@@ -141,7 +141,7 @@ def test_run_sweep_counts_network_evaluations_and_keeps_a_diverged_row(
         return Scored(spread([q - 0.1, q + 0.1]), seconds=0.01 * nfe, samples=200, details={"n": 100})
 
     lines: list[str] = []
-    rows = run_sweep(cases, diffusion, score, warm_up=warmed.append, log=lines.append, progress=False)
+    rows = compare_samplers(cases, diffusion, score, warm_up=warmed.append, log=lines.append, progress=False)
     assert [r.nfe for r in rows] == [20, 5, 5, 4]  # Heun: 3 noise levels, 2 * 3 - 1 evaluations
     assert [r.label for r in rows] == ["ddpm 20", "ddim 5", "heun 3", "ddim 4 eta=1.0"]
     assert [r.reference for r in rows] == [True, False, False, False]
@@ -154,7 +154,7 @@ def test_run_sweep_counts_network_evaluations_and_keeps_a_diverged_row(
     assert len(lines) == 4 and lines[3].startswith("ddim 4 eta=1.0: NFE 4, failed:")
     assert failed.as_dict()["error"] == failed.error and "error" not in rows[0].as_dict()
 
-    table = sweep_table(rows, "energy distance / floor")
+    table = comparison_table(rows, "energy distance / floor")
     body = table.splitlines()[2:]
     assert len(body) == 4
     assert body[0].startswith("| ddim 4 eta=1.0 | 4 | failed: sampling produced")  # sorted by NFE
@@ -162,15 +162,15 @@ def test_run_sweep_counts_network_evaluations_and_keeps_a_diverged_row(
         "| NFE, s |"
     )
 
-    fig = plot_sampler_sweep([r.as_dict() for r in rows], "energy distance / floor")
-    with Image.open(save_figure(fig, tmp_path / "sweep.png")) as im:
+    fig = plot_sampler_comparison([r.as_dict() for r in rows], "energy distance / floor")
+    with Image.open(save_figure(fig, tmp_path / "comparison.png")) as im:
         assert im.size == (12 * 120, int(4.8 * 120))
 
 
 def test_a_label_without_an_option_names_the_run_sampler(diffusion: GaussianDiffusion) -> None:
-    assert sweep_label(["sampler.steps=7"], DDIMSampler(steps=7), diffusion) == "ddim 7"
-    assert sweep_label([], DDPMSampler(), diffusion) == "ddpm 20"
-    row = SweepRow("x", None, [], "x", 1, spread([1.0]), 1.0, 0)
+    assert comparison_label(["sampler.steps=7"], DDIMSampler(steps=7), diffusion) == "ddim 7"
+    assert comparison_label([], DDPMSampler(), diffusion) == "ddpm 20"
+    row = ComparisonRow("x", None, [], "x", 1, spread([1.0]), 1.0, 0)
     mark_fronts([row])
     assert math.isnan(row.seconds_per_1000) and not row.on_front_seconds and row.on_front_nfe
 
@@ -185,18 +185,18 @@ def test_a_label_without_an_option_names_the_run_sampler(diffusion: GaussianDiff
         (["sampler=ddim,heun", "sampler.steps=0,5"], "sampler.steps=0 is invalid; steps must be an integer"),
         (["sampler=dpm_solver", "sampler.order=4", "sampler.steps=5,10"], "sampler.order=4 is invalid"),
         (["sampler=ddim", "sampler.eta=-1,0"], "sampler.eta=-1 is invalid; eta must be a finite number >= 0"),
-        (["--no-quality"], "--sampler-sweep with --no-quality leaves nothing to sweep"),
-        (["--bpd"], "--sampler-sweep with --bpd: the bound does not depend on the sampler"),
+        (["--no-quality"], "--compare-samplers with --no-quality leaves nothing to compare"),
+        (["--bpd"], "--compare-samplers with --bpd: the bound does not depend on the sampler"),
         (["--out", "x.txt"], "must end in .json"),
         (["--repeats", "0"], "--repeats=0"),
     ],
 )
-def test_bad_sweeps_are_one_line_before_any_work(
+def test_bad_comparisons_are_one_line_before_any_work(
     fake_run: Path, capsys: pytest.CaptureFixture[str], args: list[str], needle: str
 ) -> None:
     before = sorted(fake_run.parent.rglob("*"))
     with pytest.raises(SystemExit) as exc:
-        eval_main([str(fake_run), "--sampler-sweep", *args, "--n", "10"])
+        eval_main([str(fake_run), "--compare-samplers", *args, "--n", "10"])
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1, err
@@ -204,6 +204,6 @@ def test_bad_sweeps_are_one_line_before_any_work(
     assert sorted(fake_run.parent.rglob("*")) == before  # no eval/ folder, no file
 
 
-def test_a_good_sweep_goes_on_to_read_the_checkpoint(fake_run: Path) -> None:
+def test_a_good_comparison_goes_on_to_read_the_checkpoint(fake_run: Path) -> None:
     with pytest.raises(pytest.fail.Exception, match="work started"):
-        eval_main([str(fake_run), "--sampler-sweep", "sampler=ddim,unipc", "sampler.steps=5,10"])
+        eval_main([str(fake_run), "--compare-samplers", "sampler=ddim,unipc", "sampler.steps=5,10"])

@@ -1,6 +1,6 @@
 """A trained denoiser ready to sample: the network, its diffusion, its sampler, the shape of one sample.
 
-:class:`DiffusionModel` is what the commands that only sample and evaluate a run (``ddpm-sample``,
+:class:`SamplingModel` is what the commands that only sample and evaluate a run (``ddpm-sample``,
 ``ddpm-eval``, ``ddpm-viz reverse``) load, in plain PyTorch: :func:`ddpm.build.load_run` builds it from the
 run's stored config. Its ``state_dict`` has the training module's names (``net.*``, ``diffusion.*``), so a
 checkpoint written by :class:`~ddpm.lit_module.DiffusionModule` loads into it unchanged. Both sample with
@@ -19,7 +19,7 @@ from ddpm.diffusion import GaussianDiffusion
 from ddpm.samplers import Sampler, SampleResult
 from ddpm.samplers.guidance import check_labels
 
-__all__ = ["DiffusionModel", "balanced_labels", "class_grid_columns", "draw_samples"]
+__all__ = ["SamplingModel", "balanced_labels", "class_grid_columns", "draw_samples"]
 
 
 def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
@@ -119,7 +119,7 @@ def draw_samples(
         net.train(was_training)
 
 
-class DiffusionModel(nn.Module):
+class SamplingModel(nn.Module):
     """``net``, ``diffusion`` and ``sampler`` of a trained run, sampling like the training module does.
 
     Args:
