@@ -6,6 +6,8 @@
 
 No network is trained: the "model" is ``ddpm.oracle``'s exact optimal denoiser, so every error below is the
 sampler's own (discretisation, final step, start from N(0, I)), not a network's.
+The checking math is library code (``ddpm.evaluation.exact``); this script picks the samplers and budgets,
+runs them, and writes the report. Each sampler's predicted order is its own ``convergence_order``.
 
 What is measured:
 
@@ -45,8 +47,22 @@ import torch
 from tqdm.auto import tqdm
 
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.metrics import energy_distance
-from ddpm.oracle import GaussianMixtureOracle, GaussianOracle
+from ddpm.evaluation.exact import (
+    BOOTSTRAP_RESAMPLES,
+    FIT_CEILING,
+    FIT_FLOOR_FACTOR,
+    MixtureResult,
+    SlopeFit,
+    covariance_error,
+    covariance_sampling_noise,
+    data_draws,
+    final_step_error,
+    fit_slope,
+    mixture_quality,
+    null_band,
+    verify_affine,
+)
+from ddpm.oracle import GaussianMixtureOracle
 from ddpm.samplers import (
     DDIMSampler,
     DDPMSampler,
@@ -82,15 +98,9 @@ MIX_FAST_BUDGET, MIX_DDIM_BUDGET = 10, 50
 SEEDS = tuple(range(8))
 #: a fitted slope passes when it is at least this close to -order (steeper passes too)
 SLOPE_TOLERANCE = 0.5
-#: the log-log fit uses errors in (FIT_FLOOR_FACTOR x floor, FIT_CEILING]: above the ceiling a sampler is
-#: not yet in its asymptotic regime (errors of order one), near the floor another error dominates
-FIT_FLOOR_FACTOR = 3.0
-FIT_CEILING = 0.1
 #: the samplers run in float32 (eps = 1.2e-7 per operation, up to 250 steps): relative errors of the state
 #: below this are rounding, not discretisation
 FLOAT32_FLOOR = 1e-5
-#: on the mixtures a sampler "matches DDPM-1000" within this factor of its pooled ratio (seed noise)
-BOOTSTRAP_RESAMPLES = 200
 #: fresh exact data draws scored like a sampler's samples: the band an exact sampler's pooled ratio falls in
 NULL_REPLICATES = 20
 #: target (b) is also tried with every spacing of these samplers at its 10-NFE budget
@@ -103,31 +113,28 @@ PLOT_TOP = {"gaussian": 3.0, "mixture": 100.0}
 # ---------------------------------------------------------------------------------------------- samplers
 @dataclass(frozen=True)
 class SamplerSpec:
-    """One leaderboard entry: a label, the order of accuracy its method predicts, and a factory that builds
-    the sampler for an NFE budget."""
+    """One leaderboard entry: a label and a factory that builds the sampler for an NFE budget."""
 
     label: str
-    order: int
     factory: Callable[[int], Sampler]
-    why_order: str
+
+    @property
+    def order(self) -> int:
+        """The order of accuracy the method predicts: the sampler's own ``convergence_order``."""
+        return self.factory(20).convergence_order
 
 
-_UNIPC_ORDER = "UniPC: the corrector raises order p to p + 1"
-#: the deterministic methods that take any spacing: label -> (order, factory(nfe, spacing), why that order)
-METHODS: dict[str, tuple[int, Callable[[int, str], Sampler], str]] = {
-    "DDIM (eta=0)": (
-        1,
-        lambda n, sp: DDIMSampler(n, eta=0.0, spacing=sp),
-        "DDIM is DPM-Solver-1 (DPM-Solver sec. 4.1): first order",
-    ),
-    "DPM-Solver++ 1": (1, lambda n, sp: DPMSolverSampler(n, order=1, spacing=sp), "DPM-Solver++ order 1"),
-    "DPM-Solver++ 2M": (2, lambda n, sp: DPMSolverSampler(n, order=2, spacing=sp), "DPM-Solver++ 2M (2)"),
-    "DPM-Solver++ 3M": (3, lambda n, sp: DPMSolverSampler(n, order=3, spacing=sp), "DPM-Solver++ 3M (3)"),
-    "UniPC-bh2 p=2": (3, lambda n, sp: UniPCSampler(n, order=2, spacing=sp), _UNIPC_ORDER),
-    "UniPC-bh2 p=3": (4, lambda n, sp: UniPCSampler(n, order=3, spacing=sp), _UNIPC_ORDER),
+#: the deterministic methods that take any spacing: label -> factory(nfe, spacing)
+METHODS: dict[str, Callable[[int, str], Sampler]] = {
+    "DDIM (eta=0)": lambda n, sp: DDIMSampler(n, eta=0.0, spacing=sp),
+    "DPM-Solver++ 1": lambda n, sp: DPMSolverSampler(n, order=1, spacing=sp),
+    "DPM-Solver++ 2M": lambda n, sp: DPMSolverSampler(n, order=2, spacing=sp),
+    "DPM-Solver++ 3M": lambda n, sp: DPMSolverSampler(n, order=3, spacing=sp),
+    "UniPC-bh2 p=2": lambda n, sp: UniPCSampler(n, order=2, spacing=sp),
+    "UniPC-bh2 p=3": lambda n, sp: UniPCSampler(n, order=3, spacing=sp),
     # B(h) = h: the UniPC paper's choice for unconditional sampling at very few steps (sec. 3.3)
-    "UniPC-bh1 p=1": (2, lambda n, sp: UniPCSampler(n, order=1, spacing=sp, solver_type="bh1"), _UNIPC_ORDER),
-    "UniPC-bh1 p=2": (3, lambda n, sp: UniPCSampler(n, order=2, spacing=sp, solver_type="bh1"), _UNIPC_ORDER),
+    "UniPC-bh1 p=1": lambda n, sp: UniPCSampler(n, order=1, spacing=sp, solver_type="bh1"),
+    "UniPC-bh1 p=2": lambda n, sp: UniPCSampler(n, order=2, spacing=sp, solver_type="bh1"),
 }
 #: the methods the leaderboard runs on linspace at every budget (the others appear on chosen grids and in the
 #: 10-NFE sweep of target (b))
@@ -143,28 +150,18 @@ LINSPACE_METHODS = (
 
 def on_grid(method: str, spacing: str = "linspace") -> SamplerSpec:
     """``METHODS[method]`` on ``spacing``, labelled ``"<method>, <spacing>"`` (linspace: the plain label)."""
-    order, make, why = METHODS[method]
+    make = METHODS[method]
     label = method if spacing == "linspace" else f"{method}, {spacing}"
-    return SamplerSpec(label, order, lambda n: make(n, spacing), why)
+    return SamplerSpec(label, lambda n: make(n, spacing))
 
 
 def sampler_specs() -> list[SamplerSpec]:
     """The samplers ranked, the solvers' spacing variants included (DDPM-1000 is added separately)."""
     return [
-        SamplerSpec(
-            "DDPM (ancestral, linspace)",
-            1,
-            lambda n: DDPMSampler(n, spacing="linspace"),
-            "ancestral sampling: first order (Euler-Maruyama of the reverse SDE)",
-        ),
+        SamplerSpec("DDPM (ancestral, linspace)", lambda n: DDPMSampler(n, spacing="linspace")),
         *(on_grid(method) for method in LINSPACE_METHODS),
         # EDM Algorithm 1: N noise levels cost 2N - 1 evaluations, so N = (budget + 1) // 2
-        SamplerSpec(
-            "Heun (EDM, karras)",
-            2,
-            lambda n: HeunSampler((n + 1) // 2, spacing="karras"),
-            "Heun's trapezoidal rule (EDM sec. 3): order 2",
-        ),
+        SamplerSpec("Heun (EDM, karras)", lambda n: HeunSampler((n + 1) // 2, spacing="karras")),
         on_grid("DPM-Solver++ 2M", "logsnr"),
         on_grid("DPM-Solver++ 2M", "karras"),
         # the solvers on logsnr: uniform steps in lambda, so every step's h shrinks as 1 / NFE (target (c))
@@ -198,263 +195,10 @@ def gaussian_data() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(GAUSSIAN_MU, dtype=torch.float64), torch.tensor(GAUSSIAN_SIGMA, dtype=torch.float64)
 
 
-# ---------------------------------------------------------------------------------------------- Gaussian
-@dataclass
-class CovarianceResult:
-    """What ``covariance_error`` measured for one sampler.
-
-    Attributes:
-        cov_error: ||C - Sigma||_F / ||Sigma||_F of the samples.
-        mean_error: ||m - mu||_2.
-        nfe: network evaluations per sample.
-        method: ``affine`` (exact) or ``monte carlo``.
-        cov_error_se: bootstrap standard error of ``cov_error`` (Monte Carlo only).
-        exact_cov_error: the exact figure (affine map, or DDPM's propagated moments).
-        solver_error: relative covariance error of the state at the last timestep the network sees, against
-            the exact probability-flow ODE from the same x_T (deterministic samplers only): the integration
-            error alone, without the final jump to the clean data.
-        final_step_error: the covariance error an exact solver would still have after that final jump from
-            the same last timestep (the x0 prediction E[x0 | x_t] has less variance than x0).
-        t_min: that last timestep.
-    """
-
-    cov_error: float
-    mean_error: float
-    nfe: int
-    method: str
-    cov_error_se: float | None = None
-    exact_cov_error: float | None = None
-    solver_error: float | None = None
-    final_step_error: float | None = None
-    t_min: float | None = None
-
-
-def _relative_frobenius(c: torch.Tensor, ref: torch.Tensor) -> float:
-    # the issue's metric: ||C - Sigma||_F / ||Sigma||_F
-    return float((c - ref).norm() / ref.norm())
-
-
-def _marginal_cov(diffusion: GaussianDiffusion, sigma: torch.Tensor, t: float) -> torch.Tensor:
-    a, s = alpha_sigma(diffusion, t)
-    # DDPM eq. 4: Cov[x_t] = abar_t Sigma + (1 - abar_t) I
-    return a * a * sigma + s * s * torch.eye(len(sigma), dtype=torch.float64)
-
-
-def final_step_error(diffusion: GaussianDiffusion, sigma: torch.Tensor, t: float) -> float:
-    """The covariance error of E[x0 | x_t] when x_t ~ q(x_t) exactly: what every sampler's last step (the
-    jump from its last timestep ``t`` to the clean data, which returns the x0 prediction) leaves behind."""
-    a, _ = alpha_sigma(diffusion, t)
-    c_t = _marginal_cov(diffusion, sigma, t)
-    # E[x0 | x_t] = mu + a Sigma C_t^{-1} (x_t - a mu) (PRML eq. 2.81), so Cov = a^2 Sigma C_t^{-1} Sigma
-    cov = a * a * sigma @ torch.linalg.solve(c_t, sigma)
-    return _relative_frobenius(cov, sigma)
-
-
-def _affine_map(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A, b) from a deterministic affine map's outputs at x_T = 0, e_1, ..., e_D (rows of ``y``)."""
-    y = y.double()
-    b = y[0]
-    return (y[1:] - b).T, b  # f(e_i) - f(0) = A e_i, the i-th column of A
-
-
-def _probe_points(dim: int) -> torch.Tensor:
-    return torch.cat([torch.zeros(1, dim), torch.eye(dim)])  # x_T in {0, e_1, ..., e_D}
-
-
-def _bootstrap_se(x: torch.Tensor, stat: Callable[[torch.Tensor], float], seed: int) -> float:
-    """Bootstrap standard error of ``stat`` over the rows of ``x`` (Efron & Tibshirani 1993, alg. 6.1)."""
-    gen = torch.Generator().manual_seed(seed)
-    values = [stat(x[torch.randint(len(x), (len(x),), generator=gen)]) for _ in range(BOOTSTRAP_RESAMPLES)]
-    return statistics.stdev(values)
-
-
-def ddpm_moments(
-    sampler: DDPMSampler, diffusion: GaussianDiffusion, oracle: GaussianOracle
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact mean and covariance of DDPM's samples on the Gaussian oracle, from x_T ~ N(0, I).
-
-    Each ancestral step is x' = M x + c + G z with z ~ N(0, I) (the oracle is affine, the step linear in x,
-    the output and z), so the moments propagate exactly; M, c and G are read off the sampler's own ``step``
-    on probe inputs.
-    """
-    dim = oracle.dim
-    ts = sampler.timesteps(diffusion)
-    zeros, eye = torch.zeros(dim, dim), torch.eye(dim)
-    probe_x = torch.cat([torch.zeros(1, dim), eye, zeros])  # x = 0, e_i (noise 0), then 0 (noise e_i)
-    probe_z = torch.cat([torch.zeros(1, dim), zeros, eye])
-    mean, cov = torch.zeros(dim, dtype=torch.float64), torch.eye(dim, dtype=torch.float64)
-    for i, t in enumerate(ts):
-        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
-        out = oracle(probe_x, torch.full((len(probe_x),), t, dtype=torch.long)).float()
-        y = sampler.step(diffusion, out, t, t_prev, probe_x, noise=probe_z).prev_sample.double()
-        c = y[0]
-        m_mat, g_mat = (y[1 : dim + 1] - c).T, (y[dim + 1 :] - c).T
-        # Cov(M x + c + G z) = M Cov(x) M^T + G G^T for z ~ N(0, I) independent of x
-        mean, cov = m_mat @ mean + c, m_mat @ cov @ m_mat.T + g_mat @ g_mat.T
-    return mean, cov
-
-
-def covariance_error(
-    sampler: Sampler,
-    diffusion: GaussianDiffusion,
-    mu: torch.Tensor,
-    sigma: torch.Tensor,
-    mc_n: int = 20_000,
-    seed: int = 0,
-) -> CovarianceResult:
-    """The covariance and mean error of ``sampler`` on the Gaussian oracle N(mu, Sigma).
-
-    Deterministic samplers: exactly, from their affine map x_T -> A x_T + b (C = A A^T, m = b). Stochastic
-    ones (DDPM): Monte Carlo on ``mc_n`` samples (seeded) with a bootstrap standard error, and the exact
-    figure from the propagated moments for DDPM.
-    """
-    mu, sigma = torch.as_tensor(mu).double(), torch.as_tensor(sigma).double()
-    oracle = GaussianOracle(diffusion, mu, sigma)
-    dim = len(mu)
-    nfe = sampler.nfe(diffusion)
-    if sampler.stochastic:
-        gen = torch.Generator().manual_seed(seed)
-        x = sampler.sample(oracle, diffusion, (mc_n, dim), generator=gen, progress=False).double()
-        err = _relative_frobenius(torch.cov(x.T), sigma)
-        se = _bootstrap_se(x, lambda s: _relative_frobenius(torch.cov(s.T), sigma), seed)
-        exact = None
-        if isinstance(sampler, DDPMSampler):
-            _, exact_cov = ddpm_moments(sampler, diffusion, oracle)
-            exact = _relative_frobenius(exact_cov, sigma)
-        return CovarianceResult(err, float((x.mean(0) - mu).norm()), nfe, "monte carlo", se, exact)
-    res = sampler.sample(
-        oracle, diffusion, (dim + 1, dim), x_T=_probe_points(dim), progress=False, return_trajectory=True
-    )
-    a_mat, b = _affine_map(res.samples)
-    err = _relative_frobenius(a_mat @ a_mat.T, sigma)  # x_T ~ N(0, I): Cov(A x_T + b) = A A^T
-    ts = res.timesteps
-    t_min, t_start = float(ts[-1]), float(ts[0])
-    # the state when the network is called for the last time: trajectory[-2] (trajectory[0] is x_T)
-    a_last, _ = _affine_map(res.trajectory[-2])
-    c_start, c_min = _marginal_cov(diffusion, sigma, t_start), _marginal_cov(diffusion, sigma, t_min)
-    # the exact probability-flow ODE (Song et al. 2021, eq. 13) with the Gaussian score maps x_s - a_s mu to
-    # C_t^{1/2} C_s^{-1/2} (x_s - a_s mu) (all C_t commute: functions of Sigma); from x_T ~ N(0, I) at s the
-    # state at t then has covariance C_t C_s^{-1}, the reference that leaves N(0, I) vs q(x_T) out
-    target = c_min @ torch.linalg.inv(c_start)
-    solver = _relative_frobenius(a_last @ a_last.T, target)
-    return CovarianceResult(
-        cov_error=err,
-        mean_error=float((b - mu).norm()),
-        nfe=nfe,
-        method="affine",
-        exact_cov_error=err,
-        solver_error=solver,
-        final_step_error=final_step_error(diffusion, sigma, t_min),
-        t_min=t_min,
-    )
-
-
-def verify_affine(
-    sampler: Sampler,
-    diffusion: GaussianDiffusion,
-    mu: torch.Tensor,
-    sigma: torch.Tensor,
-    n: int = 20_000,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Check that a deterministic sampler is the affine map the exact covariance assumes, on ``n`` draws.
-
-    Returns the largest pointwise gap |f(x_T) - (A x_T + b)| over the draws, the covariance error of the
-    affine map and of the Monte-Carlo samples with its bootstrap standard error, and ||C_mc - A A^T||_F
-    against the expected sampling noise of a covariance estimated from ``n`` Gaussian draws.
-    """
-    mu, sigma = torch.as_tensor(mu).double(), torch.as_tensor(sigma).double()
-    oracle = GaussianOracle(diffusion, mu, sigma)
-    dim = len(mu)
-    probes = sampler.sample(oracle, diffusion, (dim + 1, dim), x_T=_probe_points(dim), progress=False)
-    a_mat, b = _affine_map(probes)
-    x_t = torch.randn(n, dim, generator=torch.Generator().manual_seed(seed))
-    x = sampler.sample(oracle, diffusion, (n, dim), x_T=x_t, progress=False).double()
-    gap = float((x - (x_t.double() @ a_mat.T + b)).abs().max())
-    c_aff, c_mc = a_mat @ a_mat.T, torch.cov(x.T)
-    # Wishart second moments: Var(C_mc[i, j]) = (C_ii C_jj + C_ij^2) / (n - 1) for Gaussian samples
-    noise = math.sqrt(float((torch.outer(c_aff.diag(), c_aff.diag()) + c_aff**2).sum()) / (n - 1))
-    return {
-        "n": n,
-        "max_gap": gap,
-        "cov_error_affine": _relative_frobenius(c_aff, sigma),
-        "cov_error_mc": _relative_frobenius(c_mc, sigma),
-        "cov_error_mc_se": _bootstrap_se(x, lambda s: _relative_frobenius(torch.cov(s.T), sigma), seed),
-        "mc_vs_affine": float((c_mc - c_aff).norm()),
-        "mc_noise": noise,
-    }
-
-
 # ---------------------------------------------------------------------------------------------- mixtures
 def make_mixture(name: str, diffusion: GaussianDiffusion) -> GaussianMixtureOracle:
     """The mixture oracle called ``name`` (``eight_gaussians`` or ``anisotropic``)."""
     return getattr(GaussianMixtureOracle, name)(diffusion)
-
-
-@dataclass
-class DataDraws:
-    """Two independent data draws and their energy distance: the floor a sample of the same size meets."""
-
-    held_out: torch.Tensor
-    second: torch.Tensor
-    floor: float
-    tv: float
-
-
-def data_draws(oracle: GaussianMixtureOracle, n: int, seed: int) -> DataDraws:
-    """``n`` held-out and ``n`` second data draws for ``seed`` (a stream apart from the samplers' x_T)."""
-    gen = torch.Generator().manual_seed(1_000_000 + seed)
-    held_out, second = oracle.sample(n, gen), oracle.sample(n, gen)
-    # metrics.quality_report's energy_floor: the energy distance between two data draws of size n; and the
-    # mode-weight error of a data draw, the total variation 0.5 sum_k |f_k - w_k| that n exact draws show
-    tv = 0.5 * float((oracle.mode_weights(held_out) - oracle.weights).abs().sum())
-    return DataDraws(held_out, second, energy_distance(second, held_out), tv)
-
-
-@dataclass
-class MixtureResult:
-    """One sampler, one seed: the energy distance to held-out data, its floor, and the mode-weight error."""
-
-    energy: float
-    floor: float
-    tv: float
-    nfe: int
-
-    @property
-    def ratio(self) -> float:
-        """Energy distance / data-vs-data floor (``QualityReport.ratio``)."""
-        return self.energy / self.floor
-
-
-def null_band(
-    oracle: GaussianMixtureOracle, draws: Sequence[DataDraws], replicates: int, seed: int
-) -> list[float]:
-    """Pooled ratios that exact samples reach: ``replicates`` times, a fresh data draw per seed is scored
-    against that seed's held-out set and floor like a sampler's samples. Sorted ascending."""
-    gen = torch.Generator().manual_seed(seed)
-    floors = sum(d.floor for d in draws)
-    out = []
-    for _ in range(replicates):
-        # an exact sampler's samples are one more data draw: sum of energies / sum of floors, as a sampler's
-        out.append(
-            sum(energy_distance(oracle.sample(len(d.held_out), gen), d.held_out) for d in draws) / floors
-        )
-    return sorted(out)
-
-
-def mixture_quality(
-    sampler: Sampler, oracle: GaussianMixtureOracle, n: int, seed: int, data: DataDraws | None = None
-) -> MixtureResult:
-    """``n`` samples from x_T drawn with ``seed`` (the same x_T for every sampler: paired comparisons),
-    scored against data draws of the same seed (``data``, or drawn here)."""
-    data = data or data_draws(oracle, n, seed)
-    gen = torch.Generator().manual_seed(seed)
-    x = sampler.sample(oracle, oracle.diffusion, (n, oracle.dim), generator=gen, progress=False)
-    # the energy figure of metrics.quality_report(x, held_out, second): energy_distance(x, held_out)
-    energy = energy_distance(x, data.held_out)
-    # total variation between the mode fractions f_k and the weights w_k: 0.5 sum_k |f_k - w_k|
-    tv = 0.5 * float((oracle.mode_weights(x) - oracle.weights).abs().sum())
-    return MixtureResult(energy, data.floor, tv, sampler.nfe(oracle.diffusion))
 
 
 # ---------------------------------------------------------------------------------------------- the run
@@ -483,7 +227,8 @@ def _gaussian_rows(
     mu, sigma = gaussian_data()
     floor = final_step_error(diffusion, sigma, 0)  # the jump from t = 0: no sampler ending there beats it
     runs = [(s.label, s.order, b, s.factory(b)) for s in specs for b in budgets]
-    runs.append((DDPM_1000, 1, T, DDPMSampler(None)))
+    ddpm = DDPMSampler(None)
+    runs.append((DDPM_1000, ddpm.convergence_order, T, ddpm))
     rows = []
     for label, order, budget, sampler in runs:
         bar.set_postfix_str(f"gaussian {schedule} {label} {budget}")
@@ -509,7 +254,8 @@ def _mixture_rows(
     diffusion = make_diffusion(schedule)
     oracle = make_mixture(name, diffusion)
     runs = [(s.label, s.order, b, s.factory(b), False) for s in specs for b in budgets]
-    runs.append((DDPM_1000, 1, T, DDPMSampler(None), False))
+    ddpm = DDPMSampler(None)
+    runs.append((DDPM_1000, ddpm.convergence_order, T, ddpm, False))
     have = {(label, b) for label, _, b, _, _ in runs}
     runs += [
         (s.label, s.order, MIX_FAST_BUDGET, s.factory(MIX_FAST_BUDGET), True)
@@ -601,32 +347,6 @@ def leaderboard(
 
 
 # ---------------------------------------------------------------------------------------------- analysis
-@dataclass
-class SlopeFit:
-    """A least-squares line through log(error) against log(NFE)."""
-
-    slope: float
-    points: int
-    nfe_lo: int
-    nfe_hi: int
-
-
-def fit_slope(
-    points: Sequence[tuple[int, float]], floor: float, ceiling: float = FIT_CEILING
-) -> SlopeFit | None:
-    """The log-log slope of error against NFE over the points with FIT_FLOOR_FACTOR x floor < error <=
-    ceiling (None with fewer than two such points at distinct NFE)."""
-    use = sorted((nfe, e) for nfe, e in points if FIT_FLOOR_FACTOR * floor < e <= ceiling)
-    if len({nfe for nfe, _ in use}) < 2:
-        return None
-    xs = [math.log(nfe) for nfe, _ in use]
-    ys = [math.log(e) for _, e in use]
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    # ordinary least squares: slope = sum (x - mx)(y - my) / sum (x - mx)^2
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
-    return SlopeFit(slope, len(use), use[0][0], use[-1][0])
-
-
 def figure(r: Row) -> float:
     """The figure comparisons and fits use: DDPM's exact propagated error on the Gaussian (its Monte-Carlo
     estimate cannot fall below the sampling noise), the headline ``error`` otherwise."""
@@ -1309,9 +1029,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     plot = args.out.with_name(args.out.stem + "_error_vs_nfe.png")
     render_plot(rows, plot)
     s2 = sigma.float().double()
-    mc_noise = math.sqrt(float((torch.outer(s2.diag(), s2.diag()) + s2**2).sum()) / (mc_n - 1)) / float(
-        s2.norm()
-    )
+    mc_noise = covariance_sampling_noise(s2, mc_n) / float(s2.norm())
     command = "uv run python scripts/sampler_leaderboard.py " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )

@@ -3,7 +3,7 @@
 The oracle's class-conditional eps is what a perfectly trained conditional network computes, so guidance
 scale 1 must sample each class's own distribution, scale 0 the whole mixture, and scales above 1 must
 raise log p(y | x) of the samples. Deterministic samplers on a one-Gaussian class are affine maps of x_T
-(tests/test_solvers.py), which gives the class's sampled moments without Monte-Carlo error.
+(``ddpm.evaluation.exact.affine_moments``), which gives the class's sampled moments without Monte-Carlo error.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.evaluation.exact import affine_moments, relative_frobenius
 from ddpm.models import MLPDenoiser, UNet
 from ddpm.oracle import GaussianMixtureOracle, GaussianOracle
 from ddpm.samplers import (
@@ -70,13 +71,6 @@ def test_every_sampler_is_guided_through_the_shared_loop(sampler, objective: str
     assert torch.allclose(got, _draw(sampler, guided, d, n), atol=1e-4)
 
 
-def _affine_moments(sampler, d, model, y: int) -> tuple[torch.Tensor, torch.Tensor]:
-    basis = torch.cat([torch.zeros(1, 2), torch.eye(2)])
-    x = sampler.sample(model, d, (3, 2), x_T=basis, y=torch.full((3,), y), progress=False).double()
-    a = (x[1:] - x[0]).T
-    return x[0], a @ a.T
-
-
 @pytest.mark.parametrize("sampler", [DPMSolverSampler(20), UniPCSampler(20)], ids=repr)
 def test_guidance_scale_1_recovers_each_class_gaussian(sampler, gaussian_2d) -> None:
     """Within the oracle tests' tolerances (tests/test_solvers.py: mean 0.02, covariance 0.03), on three
@@ -89,8 +83,8 @@ def test_guidance_scale_1_recovers_each_class_gaussian(sampler, gaussian_2d) -> 
     )
     mix = GaussianMixtureOracle(d, means, covs)
     for k in range(3):
-        mean, cov = _affine_moments(sampler, d, mix, k)
-        err = float(torch.linalg.matrix_norm(cov - mix.covs[k]) / torch.linalg.matrix_norm(mix.covs[k]))
+        mean, cov = affine_moments(sampler, mix, d, 2, y=torch.full((3,), k))
+        err = relative_frobenius(cov, mix.covs[k])
         assert torch.allclose(mean, mix.means[k], atol=0.02), (k, mean)
         assert err < 0.03, (k, err)
 

@@ -7,7 +7,8 @@ start from the same float32 numbers.
 
 Against the oracles: a deterministic sampler driven by the Gaussian oracle is an affine map x_T -> A x_T + b
 (every step is linear in x and in the oracle's output, which is affine in x), so its output distribution is
-exactly N(b, A A^T): pushing 0, e_1, e_2 through it gives the covariance with no Monte-Carlo error.
+exactly N(b, A A^T): pushing 0, e_1, e_2 through it gives the covariance with no Monte-Carlo error
+(``ddpm.evaluation.exact.affine_moments``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 import torch
 
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.evaluation.exact import affine_moments, relative_frobenius
 from ddpm.oracle import GaussianMixtureOracle, GaussianOracle
 from ddpm.samplers import (
     DDIMSampler,
@@ -182,29 +184,17 @@ def test_state_is_explicit_and_nothing_is_left_between_calls(gaussian_2d) -> Non
     assert torch.allclose(x, first, atol=1e-6)
 
 
-def _affine_moments(sampler, d: GaussianDiffusion, oracle) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean b, covariance A A^T) of a deterministic sampler's output under the Gaussian oracle."""
-    basis = torch.cat([torch.zeros(1, 2), torch.eye(2)])
-    y = sampler.sample(oracle, d, (3, 2), x_T=basis, progress=False).double()
-    A = (y[1:] - y[0]).T
-    return y[0], A @ A.T
-
-
 def test_the_affine_map_moments_equal_monte_carlo(gaussian_2d) -> None:
     mu, sigma = gaussian_2d
     d = _diffusion()
     oracle = GaussianOracle(d, mu, sigma)
     sampler = UniPCSampler(8)
-    mean, cov = _affine_moments(sampler, d, oracle)
+    mean, cov = affine_moments(sampler, oracle, d, 2)
     x = sampler.sample(oracle, d, (40_000, 2), generator=torch.Generator().manual_seed(3), progress=False)
     x = x.double()
     # 5 standard errors at n = 40k for unit-scale entries: 5 / sqrt(n) = 0.025, 5 sqrt(2 / n) = 0.035
     assert torch.allclose(x.mean(0), mean, atol=0.025)
     assert torch.allclose(torch.cov(x.T), cov, atol=0.035)
-
-
-def _cov_error(cov: torch.Tensor, sigma: torch.Tensor) -> float:
-    return float(torch.linalg.matrix_norm(cov - sigma.double()) / torch.linalg.matrix_norm(sigma.double()))
 
 
 # Stated tolerances (relative Frobenius covariance error, exact via the affine map; mean error absolute),
@@ -223,12 +213,12 @@ def _cov_error(cov: torch.Tensor, sigma: torch.Tensor) -> float:
 def test_gaussian_oracle_moments_at_stated_nfe(sampler, cov_tol, gaussian_2d) -> None:
     mu, sigma = gaussian_2d
     d = _diffusion()
-    mean, cov = _affine_moments(sampler, d, GaussianOracle(d, mu, sigma))
+    mean, cov = affine_moments(sampler, GaussianOracle(d, mu, sigma), d, 2)
     assert torch.allclose(mean, mu.double(), atol=0.02), mean
-    assert _cov_error(cov, sigma) < cov_tol, _cov_error(cov, sigma)
+    assert relative_frobenius(cov, sigma) < cov_tol, relative_frobenius(cov, sigma)
     # ... and DDIM at the same NFE is far off: the high-order samplers are what reaches the tolerance
-    _ddim_mean, ddim_cov = _affine_moments(DDIMSampler(sampler.nfe(d)), d, GaussianOracle(d, mu, sigma))
-    assert _cov_error(ddim_cov, sigma) > 2 * _cov_error(cov, sigma)
+    _ddim_mean, ddim_cov = affine_moments(DDIMSampler(sampler.nfe(d)), GaussianOracle(d, mu, sigma), d, 2)
+    assert relative_frobenius(ddim_cov, sigma) > 2 * relative_frobenius(cov, sigma)
 
 
 @pytest.mark.parametrize(
@@ -297,7 +287,7 @@ def test_heun_converges_at_second_order(gaussian_2d) -> None:
     mu, sigma = gaussian_2d
     d = _diffusion()
     oracle = GaussianOracle(d, mu, sigma)
-    errors = [_cov_error(_affine_moments(HeunSampler(n), d, oracle)[1], sigma) for n in (20, 40)]
+    errors = [relative_frobenius(affine_moments(HeunSampler(n), oracle, d, 2)[1], sigma) for n in (20, 40)]
     assert errors[1] < 0.03 and 3.0 < errors[0] / errors[1] < 6.0, errors
 
 

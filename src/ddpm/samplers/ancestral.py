@@ -29,6 +29,8 @@ class DDPMSampler(Sampler):
     """
 
     stochastic = True
+    #: ancestral sampling: first order (an Euler-Maruyama step of the reverse SDE, Song et al. 2021)
+    order = 1
 
     def __init__(
         self, steps: int | None = None, spacing: str = "linspace", guidance_scale: float = 1.0

@@ -133,6 +133,15 @@ class Sampler:
     stochastic: bool = False
     #: classifier-free guidance scale w for labelled sampling (:mod:`ddpm.samplers.guidance`: 1 conditional)
     guidance_scale: float = 1.0
+    #: the method's order: each sampler sets it as a class attribute, the multistep solvers per instance
+    #: (their ``order`` argument)
+    order: int = 1
+
+    @property
+    def convergence_order(self) -> int:
+        """The predicted rate: the global error falls as NFE**-convergence_order; ``order`` unless the
+        method raises it (UniPC's corrector)."""
+        return self.order
 
     def _guidance_repr(self) -> str:
         """``, guidance_scale=w`` for a repr when w is not the default 1."""

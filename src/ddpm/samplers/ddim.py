@@ -27,6 +27,9 @@ class DDIMSampler(Sampler):
             0 unconditional, 1 conditional, > 1 guided).
     """
 
+    #: DDIM is DPM-Solver-1 (Lu et al. 2022, DPM-Solver sec. 4.1): first order
+    order = 1
+
     def __init__(
         self, steps: int = 50, eta: float = 0.0, spacing: str = "linspace", guidance_scale: float = 1.0
     ) -> None:

@@ -42,6 +42,9 @@ class HeunSampler(Sampler):
             0 unconditional, 1 conditional, > 1 guided).
     """
 
+    #: Heun's trapezoidal rule (Karras et al. 2022, EDM sec. 3): second order
+    order = 2
+
     def __init__(self, steps: int = 10, spacing: str = "karras", guidance_scale: float = 1.0) -> None:
         self.steps = check_steps(steps, minimum=2)
         self.spacing = _parse_enum(Spacing, "spacing", spacing)

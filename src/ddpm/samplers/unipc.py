@@ -118,6 +118,11 @@ class UniPCSampler(MultistepSampler):
             raise ValueError(f"solver_type={solver_type!r} is unknown; choose one of {allowed}")
         self.solver_type = solver_type
 
+    @property
+    def convergence_order(self) -> int:
+        """p + 1: the corrector raises the predictor's order p by one (Zhao et al. 2023, UniPC sec. 3.1)."""
+        return self.order + 1
+
     def __repr__(self) -> str:
         bh1 = ", solver_type='bh1'" if self.solver_type == "bh1" else ""
         return super().__repr__()[:-1] + bh1 + ")"
