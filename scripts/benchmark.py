@@ -509,7 +509,7 @@ def app_train(
     import contextlib
     import io
 
-    from ddpm.cli.train import train
+    from ddpm.cli.train import finish, fit, prepare
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = _compose_app(
@@ -518,7 +518,11 @@ def app_train(
         sink = io.StringIO()
         with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            train(cfg, extra_callbacks=[step_timer(step_records, plain)])
+            run = prepare(cfg)
+            # before the last callback, the validation timer, which times the others' validation work
+            run.trainer.callbacks.insert(len(run.trainer.callbacks) - 1, step_timer(step_records, plain))
+            fit(run)
+            finish(run)
 
 
 @dataclass

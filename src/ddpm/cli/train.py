@@ -12,7 +12,7 @@ import contextlib
 import errno
 import sys
 import time
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from ddpm.timings import Phases
 # torch and Lightning are imported inside train(), after the config checks: a bad value is
 # reported in a second instead of after the 4-5 s it takes to import them on a small CPU.
 
-__all__ = ["main", "train"]
+__all__ = ["TrainingRun", "finish", "fit", "main", "prepare", "train"]
 
 #: when ddpm-train's entry point started (None when :func:`train` is called from other code)
 _STARTED: float | None = None
@@ -151,25 +151,66 @@ def _check_trainer(cfg: DictConfig) -> None:
         raise ConfigError("trainer.accelerator=mps but MPS is not available here; use trainer=cpu")
 
 
-def train(cfg: DictConfig, extra_callbacks: Sequence[Any] = ()) -> dict[str, Any]:
-    """Train and evaluate one composed config; returns the final metrics.
+@dataclass
+class TrainingRun:
+    """One run, built and ready to fit (:func:`prepare`): what :func:`fit` and :func:`finish` act on.
 
-    ``extra_callbacks`` (Lightning callbacks) join the configured ones, after them and before the
-    validation timer: a caller's instruments (``scripts/benchmark.py`` times each step with one).
-
-    A resumed run (``ckpt_path``) trains the config stored in its checkpoint: today's command line may
-    change only what :data:`ddpm.resume.SAFE_ON_RESUME` lists. The seconds each phase took are printed at
-    the end and written to ``<run>/timings.json``.
-
-    Raises:
-        ConfigError: a bad config value, before any training, logger or checkpoint is created.
+    ``trainer.callbacks`` may be extended before :func:`fit` (``scripts/benchmark.py`` inserts its step
+    timer before the last one, the validation timer, which times the others' validation work).
     """
+
+    cfg: DictConfig
+    output_dir: Path
+    ckpt_path: str | None
+    datamodule: Any
+    module: Any
+    trainer: Any
+    loggers: list[Any]
+    phases: Phases
+    fit_seconds: float = 0.0
+
+
+def _start_phases() -> Phases:
     global _STARTED
-    output_dir = Path(cfg.paths.output_dir)
     phases = Phases()
     if _STARTED is not None:  # ddpm-train's own process: Hydra's composition and the config checks
         phases.add("start-up", time.perf_counter() - _STARTED)
         _STARTED = None  # the later jobs of a sweep in this process have no start-up of their own
+    return phases
+
+
+def _configure_loggers(cfg: DictConfig, output_dir: Path, resumed: bool) -> None:
+    """A resumed run continues its W&B run; a CSV log never overwrites an earlier part's."""
+    if resumed and cfg.get("logger") and cfg.logger.get("wandb"):
+        from ddpm.stored_config import read_wandb_id
+
+        run_id = read_wandb_id(output_dir)  # checked: a W&B run id, never an interpolation
+        if run_id is not None:
+            with open_dict(cfg):
+                cfg.logger.wandb.id = run_id
+                cfg.logger.wandb.resume = "allow"
+    if cfg.get("logger") and cfg.logger.get("csv"):
+        # Lightning's CSVLogger deletes an existing metrics.csv in its folder: a resumed part (or a
+        # requeued job that starts again from step 0) gets its own, and the first part's log is kept
+        csv_dir = Path(cfg.logger.csv.save_dir) / cfg.logger.csv.name
+        if resumed or (csv_dir / "metrics.csv").is_file():
+            with open_dict(cfg):
+                cfg.logger.csv.version = f"resumed_{len(list(csv_dir.glob('resumed_*'))) + 1}"
+
+
+def prepare(cfg: DictConfig) -> TrainingRun:
+    """Check a composed config and build its run: the resumed run's identity (``ckpt_path``), the config
+    checks, the DataModule and DiffusionModule, the callbacks, loggers and Trainer.
+
+    A resumed run (``ckpt_path``) trains the config stored in its checkpoint: today's command line may
+    change only what :data:`ddpm.resume.SAFE_ON_RESUME` lists.
+
+    Raises:
+        ConfigError: a bad config value, before any training, logger or checkpoint is created (a run folder
+            this process created for it is removed again).
+    """
+    output_dir = Path(cfg.paths.output_dir)
+    phases = _start_phases()
     try:
         ckpt_path = _resolve_ckpt_path(cfg, output_dir)
         if ckpt_path:
@@ -180,7 +221,6 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Any] = ()) -> dict[str, Any
 
             from ddpm.build import build
             from ddpm.callbacks import LossByTimestepCallback, ValidationTimer
-            from ddpm.results import reverse_process_figures, write_results
 
         setup_started = time.perf_counter()
         if cfg.get("cpu_threads"):
@@ -191,7 +231,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Any] = ()) -> dict[str, Any
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule, module = build(cfg)
         # the timer last: it times the others' validation work
-        callbacks = [*_callbacks(cfg), *extra_callbacks, ValidationTimer(phases)]
+        callbacks = [*_callbacks(cfg), ValidationTimer(phases)]
         for callback in callbacks:
             if isinstance(callback, LossByTimestepCallback):
                 callback.phases = phases  # its figure at the end of fit is a figure, not training
@@ -200,22 +240,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Any] = ()) -> dict[str, Any
         raise
     if cfg.get("print_config", True):
         print(OmegaConf.to_yaml(cfg, resolve=True))
-    wandb_id_file = output_dir / ".wandb_id"
-    if ckpt_path and cfg.get("logger") and cfg.logger.get("wandb"):
-        from ddpm.stored_config import read_wandb_id
-
-        run_id = read_wandb_id(output_dir)  # checked: a W&B run id, never an interpolation
-        if run_id is not None:
-            with open_dict(cfg):  # a resumed run continues its W&B run
-                cfg.logger.wandb.id = run_id
-                cfg.logger.wandb.resume = "allow"
-    if cfg.get("logger") and cfg.logger.get("csv"):
-        # Lightning's CSVLogger deletes an existing metrics.csv in its folder: a resumed part (or a
-        # requeued job that starts again from step 0) gets its own, and the first part's log is kept
-        csv_dir = Path(cfg.logger.csv.save_dir) / cfg.logger.csv.name
-        if ckpt_path or (csv_dir / "metrics.csv").is_file():
-            with open_dict(cfg):
-                cfg.logger.csv.version = f"resumed_{len(list(csv_dir.glob('resumed_*'))) + 1}"
+    _configure_loggers(cfg, output_dir, resumed=bool(ckpt_path))
     if ckpt_path:
         _quiet_expected_resume_warnings(datamodule)
     loggers = _loggers(cfg)
@@ -228,7 +253,7 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Any] = ()) -> dict[str, Any
         for logger in loggers:
             logger.log_hyperparams(module.run_config or {})
             if type(logger).__name__ == "WandbLogger":
-                wandb_id_file.write_text(str(logger.version) + "\n")
+                (output_dir / ".wandb_id").write_text(str(logger.version) + "\n")
         batch = getattr(datamodule, "batch_size", None)
         if batch is not None:
             accumulate = trainer.accumulate_grad_batches
@@ -236,55 +261,74 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Any] = ()) -> dict[str, Any
                 f"Batch: {batch} per device x {trainer.world_size} devices x {accumulate} accumulated "
                 f"= {batch * trainer.world_size * accumulate} per optimizer step"
             )
+    phases.add("set-up", time.perf_counter() - setup_started)  # build, loggers (W&B starts here), trainer
+    return TrainingRun(cfg, output_dir, ckpt_path, datamodule, module, trainer, loggers, phases)
 
+
+def fit(run: TrainingRun) -> None:
+    """``Trainer.fit`` on the run (from its checkpoint when it resumes); a SIGTERM saves and exits 143."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     start = time.perf_counter()
-    phases.add("set-up", start - setup_started)  # build, loggers (W&B starts here), trainer
     try:
         # weights_only: a checkpoint to resume from runs no code either (it holds only tensors and
         # plain containers, see ddpm.safe_loading)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=run.ckpt_path, weights_only=True)
     except SIGTERMException:
+        saved = run.output_dir / "checkpoints" / "last.ckpt"
         print(
-            f"SIGTERM at step {trainer.global_step}: saved {output_dir / 'checkpoints' / 'last.ckpt'}; "
-            f"resume with: ddpm-train ckpt_path={output_dir}",
+            f"SIGTERM at step {run.trainer.global_step}: saved {saved}; "
+            f"resume with: ddpm-train ckpt_path={run.output_dir}",
             file=sys.stderr,
         )
         raise SystemExit(143) from None
-    train_seconds = time.perf_counter() - start
-    in_fit = phases.seconds.get("validation", 0.0) + phases.seconds.get("loss-by-timestep figure", 0.0)
-    phases.add("training", train_seconds - in_fit)
+    run.fit_seconds = time.perf_counter() - start
+    seconds = run.phases.seconds
+    in_fit = seconds.get("validation", 0.0) + seconds.get("loss-by-timestep figure", 0.0)
+    run.phases.add("training", run.fit_seconds - in_fit)
 
-    metrics: dict[str, Any] = {"train_seconds": train_seconds, "global_step": trainer.global_step}
+
+def _final_results(run: TrainingRun, summary: list[str]) -> dict[str, Any]:
+    """The final samples with the EMA weights, their files and figures (rank 0), and lines for ``summary``."""
+    from ddpm.results import reverse_process_figures, write_results
+
+    cfg, phases, module, datamodule = run.cfg, run.phases, run.module, run.datamodule
+    with phases.time("final samples"):
+        final = write_results(module, datamodule, run.output_dir, cfg.final_samples)
+    for logger in run.loggers:
+        logger.log_metrics(final["metrics"], step=run.trainer.global_step)
+    if final["report"] is None:  # images: a grid and uint8 samples, no quality figure
+        npz = run.output_dir / "samples.npz"
+        summary.append(f"Samples (EMA weights, {cfg.final_samples}): {final['plot']}, {npz}")
+    else:
+        headline = final["report"].headline()
+        summary.append(f"Quality (EMA weights, {cfg.final_samples} samples): {headline}")
+        if cfg.get("reverse_gif", True):
+            # 2D scatters need many points; chains and signals are drawn a few at a time.
+            n = 300 if tuple(module.data_shape) == (2,) else 32
+            plots = run.output_dir / "plots"
+            with phases.time("reverse process figures"):
+                reverse_process_figures(
+                    module, datamodule, plots / "reverse_process.png", plots / "reverse_process.gif", n=n
+                )
+    if final.get("classes") is not None:
+        summary.append(f"By class (EMA weights): {final['classes'].headline()}")
+    if final["moments"]:
+        summary.append("Moments: " + ", ".join(f"{k} {v:.4f}" for k, v in final["moments"].items()))
+    return final["metrics"]
+
+
+def finish(run: TrainingRun) -> dict[str, Any]:
+    """After :func:`fit`: the final results, the loggers closed, the summary and the time per phase
+    (printed, and written to ``<run>/timings.json``); returns the final metrics."""
+    trainer, phases = run.trainer, run.phases
+    metrics: dict[str, Any] = {"train_seconds": run.fit_seconds, "global_step": trainer.global_step}
     # printed last, after W&B's own closing lines, so the headline ends the output
     summary: list[str] = []
-    if trainer.is_global_zero and cfg.final_samples > 0:
-        with phases.time("final samples"):
-            final = write_results(module, datamodule, output_dir, cfg.final_samples)
-        metrics.update(final["metrics"])
-        for logger in loggers:
-            logger.log_metrics(final["metrics"], step=trainer.global_step)
-        if final["report"] is None:  # images: a grid and uint8 samples, no quality figure
-            npz = output_dir / "samples.npz"
-            summary.append(f"Samples (EMA weights, {cfg.final_samples}): {final['plot']}, {npz}")
-        else:
-            headline = final["report"].headline()
-            summary.append(f"Quality (EMA weights, {cfg.final_samples} samples): {headline}")
-            if cfg.get("reverse_gif", True):
-                # 2D scatters need many points; chains and signals are drawn a few at a time.
-                n = 300 if tuple(module.data_shape) == (2,) else 32
-                plots = output_dir / "plots"
-                with phases.time("reverse process figures"):
-                    reverse_process_figures(
-                        module, datamodule, plots / "reverse_process.png", plots / "reverse_process.gif", n=n
-                    )
-        if final.get("classes") is not None:
-            summary.append(f"By class (EMA weights): {final['classes'].headline()}")
-        if final["moments"]:
-            summary.append("Moments: " + ", ".join(f"{k} {v:.4f}" for k, v in final["moments"].items()))
+    if trainer.is_global_zero and run.cfg.final_samples > 0:
+        metrics.update(_final_results(run, summary))
     with phases.time("loggers"):
-        for logger in loggers:
+        for logger in run.loggers:
             finalize = getattr(logger, "finalize", None)
             if finalize is not None:
                 finalize("success")
@@ -297,9 +341,21 @@ def train(cfg: DictConfig, extra_callbacks: Sequence[Any] = ()) -> dict[str, Any
         per_step = f" ({1000 * phases.seconds['training'] / steps:.1f} ms per step)" if steps else ""
         print(f"Time: {phases.summary()}{per_step}")
         with contextlib.suppress(OSError):  # a diagnostic: a read-only folder must not fail a finished run
-            phases.write(output_dir / "timings.json", steps=steps)
-        print(f"Trained {steps} steps in {train_seconds:.1f} s. Run folder: {output_dir}")
+            phases.write(run.output_dir / "timings.json", steps=steps)
+        print(f"Trained {steps} steps in {run.fit_seconds:.1f} s. Run folder: {run.output_dir}")
     return metrics
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train and evaluate one composed config (:func:`prepare`, :func:`fit`, :func:`finish`); returns the
+    final metrics. The seconds each phase took are printed at the end and written to ``timings.json``.
+
+    Raises:
+        ConfigError: a bad config value, before any training, logger or checkpoint is created.
+    """
+    run = prepare(cfg)
+    fit(run)
+    return finish(run)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
