@@ -19,7 +19,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from hydra.errors import InstantiationException
@@ -68,10 +68,15 @@ def _instantiate(cfg: DictConfig, key: str, node: Any = None, plain: bool = Fals
     target = node.get("_target_") if isinstance(node, DictConfig | dict) else None
     if registry.find(key, target) is not None:
         try:
-            plain_node = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+            # a DictConfig's container is a dict
+            plain_node = (
+                cast(dict[str, Any], OmegaConf.to_container(node, resolve=True))
+                if isinstance(node, DictConfig)
+                else node
+            )
         except OmegaConfBaseException as err:
             raise ConfigError(f"{key}: {first_line(err)}") from None
-        return registry.build_option(key, plain_node, key, plain=plain, **completion)  # type: ignore[arg-type]
+        return registry.build_option(key, plain_node, key, plain=plain, **completion)
     try:
         built = instantiate(node)
         return built(**completion) if completion else built
@@ -187,7 +192,9 @@ def build(cfg: DictConfig) -> tuple[Any, DiffusionModule]:
         except (ValueError, TypeError) as err:
             raise ConfigError(f"lr_scheduler: {first_line(err)}") from err
     module_node = cfg.get("module")  # how this machine runs the network; none in a loaded run's identity
-    module_options = OmegaConf.to_container(module_node, resolve=True) if module_node else {}
+    module_options = (
+        cast(dict[str, Any], OmegaConf.to_container(module_node, resolve=True)) if module_node else {}
+    )
     module = DiffusionModule(
         net=net,
         diffusion=diffusion,
@@ -196,9 +203,10 @@ def build(cfg: DictConfig) -> tuple[Any, DiffusionModule]:
         lr_scheduler=lr_scheduler,
         data_shape=datamodule.data_shape,
         max_nonfinite_skips=int(cfg.get("max_nonfinite_skips", 0)),
-        **module_options,  # type: ignore[arg-type]
+        **module_options,
     )
-    module.run_config = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    # a DictConfig's container is a dict
+    module.run_config = cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=True))
     return datamodule, module
 
 
@@ -311,7 +319,7 @@ def sampler_for(cfg: DictConfig, overrides: Sequence[str], model: SamplingModel)
     the run's chain (steps > T fails here, before any sampling)."""
     if not overrides:
         return model.sampler
-    node = sampler_config(OmegaConf.to_container(cfg.sampler), list(overrides))  # type: ignore[arg-type]
+    node = sampler_config(cast(dict[str, Any], OmegaConf.to_container(cfg.sampler)), list(overrides))
     sampler = registry.build_option("sampler", node)  # a run's sampler is one of ddpm-lab's
     try:
         sampler.timesteps(model.diffusion)

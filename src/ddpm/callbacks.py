@@ -6,7 +6,7 @@ import contextlib
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
@@ -14,6 +14,9 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from ddpm.timings import Phases
+
+if TYPE_CHECKING:
+    from ddpm.lit_module import DiffusionModule
 
 __all__ = [
     "EMA",
@@ -23,6 +26,11 @@ __all__ = [
     "ValidationTimer",
     "log_figure",
 ]
+
+
+def _datamodule(trainer: L.Trainer) -> Any:
+    """The trainer's DataModule (None outside ``fit``/``validate``/...)."""
+    return trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning's data connector, undeclared
 
 
 def log_figure(trainer: L.Trainer, key: str, fig: Any, path: Path) -> None:
@@ -69,7 +77,7 @@ class SampleQualityCallback(Callback):
         self._validations += 1
         if (self._validations - 1) % self.every_n_validations:
             return
-        datamodule = trainer.datamodule
+        datamodule = _datamodule(trainer)
         if getattr(datamodule, "kind", None) != "toy":
             return
         from ddpm.evaluation.toy import sample_quality
@@ -87,10 +95,11 @@ class SampleQualityCallback(Callback):
         }
         for key, value in result.get("moments", {}).items():
             metrics[f"val/{key}"] = value
-        if getattr(pl_module, "num_classes", 0):  # a conditional run: the figures by class
+        num_classes = int(getattr(pl_module, "num_classes", 0))
+        if num_classes:  # a conditional run: the figures by class
             from ddpm.evaluation.toy import class_quality
 
-            n_per_class = max(2, self.num_samples // pl_module.num_classes)
+            n_per_class = max(2, self.num_samples // num_classes)
             metrics.update(
                 class_quality(pl_module, datamodule, n_per_class, seed=trainer.global_step).as_dict("val/")
             )
@@ -190,7 +199,8 @@ class EMA(EMAWeightAveraging):
             if len(mine) != len(theirs) or any(a.device != b.device for a, b in pairs):
                 average.update_parameters(pl_module)
                 return
-            grouped = _group_tensors_by_device_and_dtype([mine, theirs])  # type: ignore[list-item]
+            tensors: list[list[torch.Tensor | None]] = [[*mine], [*theirs]]
+            grouped = _group_tensors_by_device_and_dtype(tensors)
             self._groups = [(avg, cur) for (avg, cur), _ in grouped.values()]
         with torch.no_grad():
             for avg, cur in self._groups:
@@ -338,7 +348,7 @@ class ImageSampleCallback(Callback):
 
     @staticmethod
     def _is_image(trainer: L.Trainer) -> bool:
-        return getattr(trainer.datamodule, "kind", None) == "image"
+        return getattr(_datamodule(trainer), "kind", None) == "image"
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Check the figures' sampler against the run's chain (e.g. DDIM steps > T) before any training."""
@@ -361,7 +371,7 @@ class ImageSampleCallback(Callback):
         if (self._validations - 1) % self.every_n_validations:
             return
         if trainer.is_global_zero:
-            self._draw(trainer, pl_module)
+            self._draw(trainer, cast("DiffusionModule", pl_module))
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Draw with the final (EMA) weights, on the device training used."""
@@ -372,11 +382,11 @@ class ImageSampleCallback(Callback):
         home = pl_module.device
         pl_module.to(self._device or home)
         try:
-            self._draw(trainer, pl_module)
+            self._draw(trainer, cast("DiffusionModule", pl_module))
         finally:
             pl_module.to(home)
 
-    def _draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _draw(self, trainer: L.Trainer, pl_module: DiffusionModule) -> None:
         import torch
 
         from ddpm import viz
@@ -385,9 +395,9 @@ class ImageSampleCallback(Callback):
 
         step = trainer.global_step
         plots = Path(trainer.default_root_dir) / "plots"
-        denormalize = getattr(trainer.datamodule, "denormalize", None)
+        denormalize = getattr(_datamodule(trainer), "denormalize", None)
         gen = torch.Generator(device=pl_module.device).manual_seed(self.seed)
-        x = pl_module.sample(self.num_samples, sampler=self.sampler, generator=gen)  # type: ignore[operator]
+        x = pl_module.sample(self.num_samples, sampler=self.sampler, generator=gen)
         images = denormalize(x) if callable(denormalize) else ((x + 1) / 2).clamp(0, 1)
         # a conditional run's grid: one row per class (draw_samples draws the classes in order)
         nrow = self.nrow or class_grid_columns(self.num_samples, getattr(pl_module, "num_classes", 0))
@@ -396,7 +406,7 @@ class ImageSampleCallback(Callback):
         self.written.append(grid)
         if self.strip_images:
             gen = torch.Generator(device=pl_module.device).manual_seed(self.seed + 1)
-            result = pl_module.sample(  # type: ignore[operator]
+            result = pl_module.sample(
                 self.strip_images, sampler=self.sampler, generator=gen, return_trajectory=True
             )
             # pred_x0 stays on the network's [-1, 1] scale, which the strip maps to black .. white.
@@ -417,7 +427,7 @@ class ImageSampleCallback(Callback):
         from ddpm.data.image_folder import default_cache_dir
         from ddpm.evaluation.fid import FIDReference, InceptionFeatures, fid_unavailable_reason
 
-        dm = trainer.datamodule
+        dm = _datamodule(trainer)
         reason = fid_unavailable_reason(self.inception_weights)
         if reason is None and not all(hasattr(dm, a) for a in ("training_images", "held_out", "identity")):
             reason = f"FID skipped: {type(dm).__name__} does not give training and held-out images"
@@ -432,7 +442,7 @@ class ImageSampleCallback(Callback):
         )
         return features, reference
 
-    def _fid_figures(self, trainer: L.Trainer, pl_module: L.LightningModule, denormalize: Any) -> None:
+    def _fid_figures(self, trainer: L.Trainer, pl_module: DiffusionModule, denormalize: Any) -> None:
         import torch
 
         if self._fid is None:
@@ -440,10 +450,10 @@ class ImageSampleCallback(Callback):
         if self._fid is False or not callable(denormalize):
             return
         features, reference = self._fid
-        dm = trainer.datamodule
+        dm = _datamodule(trainer)
         n = min(self.fid_samples, len(dm.held_out()))  # the floor needs as many held-out images
         gen = torch.Generator(device=pl_module.device).manual_seed(self.seed + 3)
-        x = pl_module.sample(n, sampler=self.sampler, generator=gen)  # type: ignore[operator]
+        x = pl_module.sample(n, sampler=self.sampler, generator=gen)
         fid, kid = reference.score(features(denormalize(x).clamp(0, 1)))
         fid_floor, kid_floor = reference.floor(n, dm.held_out, features)
         values = {
@@ -460,12 +470,12 @@ class ImageSampleCallback(Callback):
             f"(floor {kid_floor:.4f})"
         )
 
-    def _classifier_scores(self, trainer: L.Trainer, pl_module: L.LightningModule, denormalize: Any) -> None:
+    def _classifier_scores(self, trainer: L.Trainer, pl_module: DiffusionModule, denormalize: Any) -> None:
         import torch
 
         from ddpm.evaluation.classifier import CLASSIFIER_DATASETS, ImageClassifierMetric
 
-        dm = trainer.datamodule
+        dm = _datamodule(trainer)
         dataset = getattr(dm, "dataset", None)
         if dataset not in CLASSIFIER_DATASETS or not callable(denormalize):
             if self._metric is None:
@@ -481,7 +491,7 @@ class ImageSampleCallback(Callback):
             return
         gen = torch.Generator(device=pl_module.device).manual_seed(self.seed + 2)
         n = min(self.metric_samples, len(self._metric.test_features))
-        x = pl_module.sample(n, sampler=self.sampler, generator=gen)  # type: ignore[operator]
+        x = pl_module.sample(n, sampler=self.sampler, generator=gen)
         scores = self._metric.score(denormalize(x).clamp(0, 1))
         floor = self._metric.floor(n)
         values = {

@@ -138,7 +138,7 @@ class LastCheckpoint(Callback):
 
     def interval(self, max_steps: int) -> int | None:
         """The number of optimizer steps between saves for a run of ``max_steps`` (-1: no limit)."""
-        if self.every_n_steps == "auto":
+        if isinstance(self.every_n_steps, str):  # "auto", the one string __init__ lets through
             if max_steps is None or max_steps < 0:
                 return 1000
             return min(self.AUTO_MAX_INTERVAL, max(self.AUTO_MIN_INTERVAL, max_steps // 10))
@@ -156,7 +156,8 @@ class LastCheckpoint(Callback):
         """Save every ``interval`` optimizer steps (not per micro-batch under gradient accumulation)."""
         every = self.interval(trainer.max_steps)
         step = trainer.global_step
-        if step == self._saved_step or trainer.fast_dev_run:
+        dev_run = trainer.fast_dev_run  # type: ignore[attr-defined]  # set by Lightning, undeclared
+        if step == self._saved_step or dev_run:
             return
         if (every and step > 0 and step % every == 0) or trainer.received_sigterm:
             # On SIGTERM Lightning stops right after this hook: saving here rather than in on_exception
@@ -165,7 +166,7 @@ class LastCheckpoint(Callback):
             # The weight average runs after this callback (train.py puts it last); its update of this step
             # goes into the checkpoint too, or a resumed run's average would lag one update behind. The
             # update is done once: the callbacks skip a step they have averaged already.
-            for callback in trainer.callbacks:
+            for callback in trainer.callbacks:  # type: ignore[attr-defined]  # set by Lightning, undeclared
                 if isinstance(callback, WeightAveraging):
                     callback.on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
             self._save(trainer)
@@ -173,7 +174,8 @@ class LastCheckpoint(Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Save ``last.ckpt`` at the final step unless a checkpoint of that step was just written."""
         done = self._saved_step == trainer.global_step
-        if self.at_train_end and trainer.global_step > 0 and not done and not trainer.fast_dev_run:
+        dev_run = trainer.fast_dev_run  # type: ignore[attr-defined]  # set by Lightning, undeclared
+        if self.at_train_end and trainer.global_step > 0 and not done and not dev_run:
             self._save(trainer)
 
     def on_exception(

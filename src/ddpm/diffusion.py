@@ -84,7 +84,7 @@ E = TypeVar("E", bound=enum.StrEnum)
 
 def _parse_enum(cls: type[E], arg: str, value: object) -> E:
     try:
-        return cls(value)
+        return cls(value)  # type: ignore[arg-type]  # lookup by value takes any object; a miss raises below
     except ValueError:
         allowed = ", ".join(repr(m.value) for m in cls)
         raise ValueError(f"{arg}={value!r} is unknown; choose one of {allowed}") from None
@@ -283,7 +283,7 @@ class GaussianDiffusion(nn.Module):
         self._loss_counts = torch.zeros(self.num_timesteps, dtype=torch.long)
 
     # ------------------------------------------------------------------ helpers
-    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True):  # type: ignore[override]
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True):
         """Move buffers with the module but keep them float32 (``.half()`` / ``bf16-true``)."""
         super()._apply(fn, recurse)
         for name, buf in self._buffers.items():

@@ -22,7 +22,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from omegaconf import OmegaConf
@@ -230,7 +230,7 @@ def _bool_setting(config: Mapping[str, Any], key: str, default: bool, where: str
     return value
 
 
-def _list_setting(config: Mapping[str, Any], key: str, where: str, kind: type, what: str) -> list[Any]:
+def _list_setting(config: Mapping[str, Any], key: str, where: str, kind: type[Any], what: str) -> list[Any]:
     value = config.get(key)
     if value is None:
         return []
@@ -665,7 +665,7 @@ def _default_sampler() -> dict[str, Any]:
     from ddpm.config import CONF_DIR
 
     # DDPMPipeline's sampler: ancestral sampling over all T steps
-    return OmegaConf.to_container(OmegaConf.load(CONF_DIR / "sampler" / "ddpm.yaml"))  # type: ignore[return-value]
+    return cast(dict[str, Any], OmegaConf.to_container(OmegaConf.load(CONF_DIR / "sampler" / "ddpm.yaml")))
 
 
 def load_diffusers_pipeline(
@@ -720,7 +720,7 @@ def load_diffusers_pipeline(
             "val_source": "test",
             "val_size": None,
         }
-    plain = {
+    plain: dict[str, Any] = {
         "T": T,
         "model": {"_target_": "ddpm.models.UNet", **kwargs},
         "schedule": schedule,
@@ -733,7 +733,7 @@ def load_diffusers_pipeline(
     cfg = OmegaConf.create({**plain, "pretrained": str(folder)})  # checked values: no ${ in any string
     data_obj, model = build_for_sampling(cfg)
     state, weights = _read_weights(unet_dir)
-    _from_diffusers(model.net, state, flip, str(weights))
+    _from_diffusers(cast(UNet, model.net), state, flip, str(weights))  # model: ddpm.models.UNet
     model.to(map_location).eval()
     sampler = sampler_for(cfg, sampler_overrides, model)
     return LoadedRun(model, data_obj, cfg, weights, folder, sampler)
@@ -763,12 +763,12 @@ def export_diffusers(run: LoadedRun | str | Path, path: str | Path) -> Path:
 
     from ddpm.build import load_run
 
-    if not hasattr(run, "model"):
-        run = load_run(run)  # type: ignore[arg-type]
-    net = _check_exportable(run)  # type: ignore[arg-type]
-    dropout = float(run.config.model.get("dropout", 0.0) or 0.0)  # type: ignore[union-attr]
+    if isinstance(run, str | Path):
+        run = load_run(run)
+    net = _check_exportable(run)
+    dropout = float(run.config.model.get("dropout", 0.0) or 0.0)
     unet_config = diffusers_unet_config(net, dropout)
-    scheduler = _scheduler_config(run.config, run.model.diffusion.betas.detach().cpu())  # type: ignore[union-attr]
+    scheduler = _scheduler_config(run.config, run.model.diffusion.betas.detach().cpu())
     out = Path(path)
     index = {
         "_class_name": "DDPMPipeline",
@@ -807,17 +807,17 @@ def export_safetensors(run: LoadedRun | str | Path, path: str | Path) -> Path:
 
     from ddpm.build import load_run
 
-    if not hasattr(run, "model"):
-        run = load_run(run)  # type: ignore[arg-type]
-    config = OmegaConf.to_container(run.config, resolve=True)  # type: ignore[union-attr]
-    state = {k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()}  # type: ignore[union-attr]
+    if isinstance(run, str | Path):
+        run = load_run(run)
+    config = OmegaConf.to_container(run.config, resolve=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()}
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     metadata = {
         SAFETENSORS_CONFIG_KEY: json.dumps(config),
         WEIGHTS_KEY: weights_kind(run.checkpoint),
         "format": "pt",
-    }  # type: ignore[union-attr]
+    }
     write_file(out, lambda tmp: save_file(state, str(tmp), metadata=metadata))  # whole, or the old file
     return out
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import random
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal, cast, overload
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.types import OptimizerConfig, OptimizerLRSchedulerConfig
 from torch import nn
 from torchmetrics import Metric
 
@@ -26,7 +27,9 @@ QUARTERS = 4
 
 def _rng_states() -> dict[str, Any]:
     """The global RNG states as plain Python and tensors (loadable with weights_only=True)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    # numpy's stub picks the dict overload for get_state()'s default, which is legacy=True: a tuple
+    state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
+    kind, keys, pos, has_gauss, gauss = state
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -66,6 +69,8 @@ class BinnedMean(Metric):
     """
 
     full_state_update = False
+    total: torch.Tensor  # the states add_state registers
+    count: torch.Tensor
 
     def __init__(self, num_bins: int) -> None:
         super().__init__()
@@ -73,7 +78,7 @@ class BinnedMean(Metric):
         self.add_state("total", default=torch.zeros(num_bins, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros(num_bins, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, values: torch.Tensor, bins: torch.Tensor) -> None:  # type: ignore[override]
+    def update(self, values: torch.Tensor, bins: torch.Tensor) -> None:
         """Add ``values`` [N] to their ``bins`` [N] (integers in [0, num_bins))."""
         values = values.detach().to(self.total.dtype)
         self.total.index_add_(0, bins, values)
@@ -205,7 +210,7 @@ class DiffusionModule(L.LightningModule):
         """Log the validation loss by quarter of t (``val/loss_q1`` .. ``q4``)."""
         self._log_and_reset_loss_by_quarter("val")
 
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
         """The diffusion's loss on a batch, t drawn by its timestep sampler (uniform: U{0..T-1})."""
         x0, y = self._batch(batch)
         t = self.diffusion.sample_timesteps(x0.shape[0], x0.device)
@@ -217,7 +222,8 @@ class DiffusionModule(L.LightningModule):
         else:
             loss = losses.mean()
         if not self._finite_on_every_rank(loss):
-            return self._nonfinite(loss)
+            self._nonfinite(loss)
+            return None  # Lightning skips the step
         if self.diffusion.timestep_sampler is TimestepSampler.LOSS_SECOND_MOMENT:
             self.diffusion.update_timestep_sampler(*self._gather_across_ranks(t, losses.detach()))
         if self._logging_step():  # self.log costs more than a small network's step: call it when it writes
@@ -257,7 +263,8 @@ class DiffusionModule(L.LightningModule):
         if self._trainer is None:
             return True
         trainer = self.trainer
-        return (trainer.global_step + 1) % trainer.log_every_n_steps == 0 or trainer.should_stop
+        every = trainer.log_every_n_steps  # type: ignore[attr-defined]  # set by Lightning, undeclared
+        return (trainer.global_step + 1) % every == 0 or trainer.should_stop
 
     def _finite_on_every_rank(self, loss: torch.Tensor) -> bool:
         """One host sync per step (a NaN must never be trained on silently), agreed by all DDP ranks:
@@ -316,7 +323,7 @@ class DiffusionModule(L.LightningModule):
             total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
             self.log("train/grad_norm", total, on_step=True, on_epoch=False)
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerConfig | OptimizerLRSchedulerConfig:
         """The configured optimizer over the network's parameters, and the per-step LR schedule."""
         optimizer = self.optimizer_factory(params=self.net.parameters())
         scheduler_fn = self.lr_scheduler_factory
@@ -346,6 +353,46 @@ class DiffusionModule(L.LightningModule):
         self.nonfinite_skipped = int(checkpoint.get("nonfinite_skipped", 0))
         if "timestep_sampler" in checkpoint:
             self.diffusion.load_timestep_sampler_state(checkpoint["timestep_sampler"])
+
+    @overload
+    def sample(
+        self,
+        n: int,
+        sampler: Sampler | None = None,
+        generator: torch.Generator | None = None,
+        return_trajectory: Literal[False] = False,
+        progress: bool = False,
+        batch_size: int | None = None,
+        y: torch.Tensor | None = None,
+        guidance_scale: float | None = None,
+    ) -> torch.Tensor: ...
+
+    @overload
+    def sample(
+        self,
+        n: int,
+        sampler: Sampler | None = None,
+        generator: torch.Generator | None = None,
+        *,
+        return_trajectory: Literal[True],
+        progress: bool = False,
+        batch_size: int | None = None,
+        y: torch.Tensor | None = None,
+        guidance_scale: float | None = None,
+    ) -> SampleResult: ...
+
+    @overload
+    def sample(
+        self,
+        n: int,
+        sampler: Sampler | None = None,
+        generator: torch.Generator | None = None,
+        return_trajectory: bool = False,
+        progress: bool = False,
+        batch_size: int | None = None,
+        y: torch.Tensor | None = None,
+        guidance_scale: float | None = None,
+    ) -> torch.Tensor | SampleResult: ...
 
     def sample(
         self,

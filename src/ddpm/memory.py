@@ -70,7 +70,7 @@ def _meminfo_available() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     try:  # psutil, where installed (macOS, Windows)
-        import psutil  # type: ignore[import-not-found]
+        import psutil
 
         return int(psutil.virtual_memory().available)
     except Exception:  # not installed, or no figure on this platform

@@ -37,7 +37,7 @@ def _norm(channels: int) -> int:  # GroupNorm / LayerNorm: a scale and a shift p
     return 2 * channels
 
 
-def _signature_defaults(cls: type) -> dict[str, Any]:
+def _signature_defaults(cls: type[Any]) -> dict[str, Any]:
     return {
         name: p.default
         for name, p in inspect.signature(cls.__init__).parameters.items()

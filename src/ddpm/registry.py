@@ -300,6 +300,7 @@ def checked_identity(identity: RunIdentity) -> dict[str, Any]:
         node = config.get(group)
         if node is None and group == "lr_scheduler":
             continue
+        assert isinstance(node, dict), group  # run_identity: every group but lr_scheduler is a mapping
         checked_arguments(group, node)
     ema = (config.get("callbacks") or {}).get("ema")
     if ema is not None:

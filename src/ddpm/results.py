@@ -17,7 +17,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -48,7 +48,8 @@ def save_samples(path: Path, **arrays: np.ndarray) -> None:
     Raises:
         WriteError: the file could not be written (a full disk, ...); any earlier file is kept.
     """
-    write_file(path, lambda tmp: np.savez_compressed(tmp, **arrays))
+    named = cast(dict[str, Any], arrays)  # not **np.ndarray: to mypy one could be savez's allow_pickle
+    write_file(path, lambda tmp: np.savez_compressed(tmp, **named))
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ import copy
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
@@ -142,7 +142,10 @@ def _today_option(path: Path, name: str | None = None) -> Any:
     """A node of today's ``conf/`` (the user's own files, with their interpolations): a logger or callback
     option's settings."""
     node = OmegaConf.load(path)
-    return node.get(name) if name is not None else node
+    if name is None:
+        return node
+    assert isinstance(node, DictConfig), path  # conf/'s option files are mappings
+    return node.get(name)
 
 
 def _refuse_changes(today: DictConfig, run: Mapping[str, Any], typed: list[str]) -> None:
@@ -229,11 +232,11 @@ def _callbacks(
             node = _today_option(conf_dir / "callbacks" / f"{name}.yaml", name)
         if not isinstance(node, DictConfig):
             continue
-        plain = OmegaConf.to_container(node, resolve=False)
+        plain = cast(dict[str, Any], OmegaConf.to_container(node, resolve=False))  # a DictConfig's: a dict
         for key, value in numbers.items():  # the run's numbers and switches for the settings today has
-            current = plain.get(key, _ABSENT)  # type: ignore[union-attr]
+            current = plain.get(key, _ABSENT)
             if current is None or (isinstance(current, bool | int | float) and not isinstance(current, str)):
-                plain[key] = value  # type: ignore[index]
+                plain[key] = value
         nodes[name] = plain
     if "ema" in nodes and "callbacks" in run.config:
         nodes["ema"].update(run.config["callbacks"]["ema"])

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
 
@@ -472,7 +473,7 @@ class ClaimRunFolder(Callback):
         except RunFolderError as err:
             _fail(err)
 
-    def on_job_end(self, config: DictConfig, **kwargs: Any) -> None:
+    def on_job_end(self, config: DictConfig, job_return: JobReturn | None = None, **kwargs: Any) -> None:
         """Release the job's lock: the basic launcher runs a sweep's next job in this same process."""
         release_run_lock(Path(str(config.hydra.runtime.output_dir)))
 

@@ -14,7 +14,7 @@ import inspect
 import itertools
 from collections.abc import Mapping, Sequence
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 from hydra.utils import get_class
 from omegaconf import OmegaConf
@@ -38,11 +38,11 @@ def _option_config(option: str) -> dict[str, Any]:
         raise ConfigError(
             f"sampler={option} is not an option of config group 'sampler'; choose one of {choices}"
         )
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # type: ignore[return-value]
+    return cast(dict[str, Any], OmegaConf.to_container(OmegaConf.load(path), resolve=True))  # a mapping file
 
 
 @cache
-def _init_params(cls: type) -> tuple[str, ...]:
+def _init_params(cls: type[Any]) -> tuple[str, ...]:
     """The keyword arguments a sampler class takes: the keys its config may set."""
     params = inspect.signature(cls.__init__).parameters.values()
     return tuple(p.name for p in params if p.name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD)
@@ -84,7 +84,8 @@ def _split(overrides: list[str]) -> tuple[str | None, list[tuple[str, str]]]:
 def _parse_value(key: str, raw: str) -> Any:
     """A command-line value with the type a Hydra override would give it."""
     try:
-        return OmegaConf.to_container(OmegaConf.from_dotlist([f"v={raw}"]), resolve=True)["v"]  # type: ignore[index]
+        node = OmegaConf.from_dotlist([f"v={raw}"])
+        return cast(dict[str, Any], OmegaConf.to_container(node, resolve=True))["v"]  # a DictConfig's: a dict
     except OmegaConfBaseException as err:
         raise ConfigError(f"sampler.{key}={raw} cannot be read: {str(err).strip().splitlines()[0]}") from None
 
@@ -131,7 +132,7 @@ def check_sampler_overrides(overrides: list[str]) -> None:
         value = _parse_value(key, raw)
         problems = [_value_problem(cls, key, raw, value) for cls in takers]
         if all(problems):
-            raise ConfigError(problems[0])  # type: ignore[arg-type]
+            raise ConfigError(problems[0])
 
 
 def sampler_config(run_sampler: Mapping[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ scale.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, Literal, overload
 
 import torch
 from torch import nn
@@ -32,6 +33,60 @@ def class_grid_columns(n: int, num_classes: int) -> int | None:
     """Images per grid row so that :func:`balanced_labels`' ``n`` samples show one class per row, or None
     (an unconditional model, or ``n`` not a multiple of the classes)."""
     return n // num_classes if num_classes and n % num_classes == 0 else None
+
+
+@overload
+def draw_samples(
+    net: nn.Module,
+    diffusion: GaussianDiffusion,
+    sampler: Sampler,
+    data_shape: Sequence[int],
+    n: int,
+    *,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+    return_trajectory: Literal[False] = False,
+    progress: bool = False,
+    batch_size: int | None = None,
+    y: torch.Tensor | None = None,
+    guidance_scale: float | None = None,
+) -> torch.Tensor: ...
+
+
+@overload
+def draw_samples(
+    net: nn.Module,
+    diffusion: GaussianDiffusion,
+    sampler: Sampler,
+    data_shape: Sequence[int],
+    n: int,
+    *,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+    return_trajectory: Literal[True],
+    progress: bool = False,
+    batch_size: int | None = None,
+    y: torch.Tensor | None = None,
+    guidance_scale: float | None = None,
+) -> SampleResult: ...
+
+
+@overload
+def draw_samples(
+    net: nn.Module,
+    diffusion: GaussianDiffusion,
+    sampler: Sampler,
+    data_shape: Sequence[int],
+    n: int,
+    *,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+    return_trajectory: bool = False,
+    progress: bool = False,
+    batch_size: int | None = None,
+    y: torch.Tensor | None = None,
+    guidance_scale: float | None = None,
+) -> torch.Tensor | SampleResult: ...
 
 
 @torch.no_grad()
@@ -81,7 +136,7 @@ def draw_samples(
         y = balanced_labels(n, num_classes)
     if y is not None:
         y = check_labels(y, n, num_classes).to(device if device is not None else diffusion.betas.device)
-    guide = {"y": y, "guidance_scale": guidance_scale} if y is not None else {}
+    guide: dict[str, Any] = {"y": y, "guidance_scale": guidance_scale} if y is not None else {}
     was_training = net.training
     net.eval()
     try:
@@ -105,7 +160,7 @@ def draw_samples(
         try:
             for start in range(0, n, batch_size):
                 size = min(batch_size, n - start)
-                part = {**guide, "y": y[start : start + size]} if y is not None else {}
+                part: dict[str, Any] = {**guide, "y": y[start : start + size]} if y is not None else {}
                 x = sampler.sample(net, diffusion, (size, *shape), generator=generator, device=device, **part)
                 if out is None:
                     out = torch.empty((n, *x.shape[1:]), dtype=x.dtype, device=x.device)
@@ -151,6 +206,46 @@ class SamplingModel(nn.Module):
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The network output for noisy data at timesteps ``t`` (given labels ``y`` when conditional)."""
         return self.net(x_t, t) if y is None else self.net(x_t, t, y)
+
+    @overload
+    def sample(
+        self,
+        n: int,
+        sampler: Sampler | None = None,
+        generator: torch.Generator | None = None,
+        return_trajectory: Literal[False] = False,
+        progress: bool = False,
+        batch_size: int | None = None,
+        y: torch.Tensor | None = None,
+        guidance_scale: float | None = None,
+    ) -> torch.Tensor: ...
+
+    @overload
+    def sample(
+        self,
+        n: int,
+        sampler: Sampler | None = None,
+        generator: torch.Generator | None = None,
+        *,
+        return_trajectory: Literal[True],
+        progress: bool = False,
+        batch_size: int | None = None,
+        y: torch.Tensor | None = None,
+        guidance_scale: float | None = None,
+    ) -> SampleResult: ...
+
+    @overload
+    def sample(
+        self,
+        n: int,
+        sampler: Sampler | None = None,
+        generator: torch.Generator | None = None,
+        return_trajectory: bool = False,
+        progress: bool = False,
+        batch_size: int | None = None,
+        y: torch.Tensor | None = None,
+        guidance_scale: float | None = None,
+    ) -> torch.Tensor | SampleResult: ...
 
     def sample(
         self,

@@ -484,7 +484,8 @@ def run_identity(stored: Mapping[str, Any], source: str, references: bool = Fals
             for key, types in TRAINER_RECIPE.items()
             if key in trainer
         }
-    callbacks = tree.get("callbacks") if isinstance(tree.get("callbacks"), dict) else {}
+    callbacks_node = tree.get("callbacks")
+    callbacks: dict[str, Any] = callbacks_node if isinstance(callbacks_node, dict) else {}
     options: dict[str, dict[str, Any]] = {}
     samples = None
     for name in CALLBACK_OPTIONS:
@@ -509,7 +510,8 @@ def run_identity(stored: Mapping[str, Any], source: str, references: bool = Fals
                 ),
             }
         }
-    loggers = tree.get("logger") if isinstance(tree.get("logger"), dict) else {}
+    loggers_node = tree.get("logger")
+    loggers: dict[str, Any] = loggers_node if isinstance(loggers_node, dict) else {}
     names = tuple(name for name in LOGGER_OPTIONS if isinstance(loggers.get(name), dict))
     return RunIdentity(config=config, loggers=names, callbacks=options, samples=samples)
 

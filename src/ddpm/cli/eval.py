@@ -56,7 +56,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -455,7 +455,7 @@ def log_to_wandb(run: LoadedRun, result: dict[str, Any], tag: str) -> str:
     _not_in_the_same_second(run.run_dir / "wandb", run_id)
     # the logger's settings are today's conf/logger/wandb.yaml (its mode among them), never the run's
     wb = OmegaConf.load(CONF_DIR / "logger" / "wandb.yaml").wandb
-    mode = "offline" if wb.get("offline", True) else "online"
+    mode: Literal["offline", "online"] = "offline" if wb.get("offline", True) else "online"
     wandb_run = wandb.init(
         id=run_id,
         project=str(wb.get("project")),

@@ -22,7 +22,7 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -113,7 +113,8 @@ def _write_outputs(
         arrays = {"samples": samples.numpy()}
     if labels is not None:
         arrays["labels"] = labels.numpy()
-    write_file(out, lambda path: np.savez_compressed(path, **arrays))
+    named = cast(dict[str, Any], arrays)  # not **np.ndarray: to mypy one could be savez's allow_pickle
+    write_file(out, lambda path: np.savez_compressed(path, **named))
     print(f"Wrote {out}")
     png = out.with_suffix(".png")
     if image and plot:

@@ -20,7 +20,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from ddpm.cli.common import seed_problem
 from ddpm.safe_writes import WriteError, writable_problem, write_file, write_files
@@ -60,7 +60,7 @@ EPILOG = (
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (argparse's own message already names the value)."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 

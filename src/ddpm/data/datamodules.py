@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, TensorDataset
 
 from ddpm.data.image_sets import ensure_files, to_unit
 from ddpm.data.images import FOLDER, ImageData, resize
@@ -35,7 +35,8 @@ class ShardedBatchSampler(DistributedSampler):
     def __init__(
         self, n: int, batch_size: int, shuffle: bool, seed: int, num_replicas: int = 1, rank: int = 0
     ) -> None:
-        super().__init__(range(n), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        indices = cast(Dataset, range(n))  # DistributedSampler only takes its len()
+        super().__init__(indices, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
         self.n, self.batch_size = n, batch_size
         self._resume: tuple[int, int] | None = None
 
@@ -48,7 +49,7 @@ class ShardedBatchSampler(DistributedSampler):
         per_rank = self.n // self.num_replicas
         return per_rank // self.batch_size if self.shuffle else math.ceil(per_rank / self.batch_size)
 
-    def __iter__(self):  # type: ignore[override]
+    def __iter__(self):
         if self.shuffle:
             gen = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(self.n, generator=gen)

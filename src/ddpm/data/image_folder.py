@@ -150,7 +150,8 @@ def _decode(path: Path, size: int, channels: int) -> np.ndarray:
     """One image as uint8 [C, size, size]: converted, the short side resized to ``size``, centre-cropped."""
     from PIL import Image
 
-    with Image.open(path) as img:
+    with Image.open(path) as opened:
+        img: Image.Image = opened
         if img.mode in SIXTEEN_BIT_MODES:
             # 0 .. 65535 onto 0 .. 255 (65535 / 257 = 255); "I" holds 16-bit values in 32-bit integers
             wide = np.clip(np.asarray(img, dtype=np.int64), 0, 65535)
@@ -217,9 +218,10 @@ def prepare_image_folder(
         log(f"Image folder {listing.root}: skipped {len(bad)} unreadable file(s) (first: {bad[0]})")
     if listing.other_files:
         log(f"Image folder {listing.root}: left out {listing.other_files} file(s) that are not images")
+    images_t, labels_t = torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.int64)
     prepared = {
-        "images": torch.from_numpy(np.stack(images)),
-        "labels": torch.tensor(labels, dtype=torch.int64),
+        "images": images_t,
+        "labels": labels_t,
         "classes": list(listing.classes),
         "skipped": len(bad),
     }
@@ -231,6 +233,4 @@ def prepare_image_folder(
     except (WriteError, RuntimeError) as err:  # torch reports a failed write as a RuntimeError
         where = f"not cached ({first_line(err)})"
     log(f"Image folder {listing.root}: {len(images)} images prepared at {image_size}x{image_size}, {where}")
-    return PreparedFolder(
-        prepared["images"], prepared["labels"], listing.classes, len(bad), cache_file, from_cache=False
-    )
+    return PreparedFolder(images_t, labels_t, listing.classes, len(bad), cache_file, from_cache=False)

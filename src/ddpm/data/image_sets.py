@@ -21,6 +21,7 @@ import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -172,7 +173,7 @@ class ImageSplits:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """(C, H, W)."""
-        return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
+        return cast(tuple[int, int, int], tuple(self.train_x.shape[1:]))  # images are [N, C, H, W]
 
     def as_float(self) -> ImageSplits:
         """The same splits with the images as float32 in [0, 1]."""

@@ -35,7 +35,7 @@ class Labelled(NamedTuple):
     """What a generator of data with classes returns: points [n, D], labels [n] (int64), the class count."""
 
     x: np.ndarray
-    labels: np.ndarray
+    labels: np.ndarray | None  # None (and 0 classes): data without classes, from draw_toy_data
     num_classes: int
 
 
@@ -80,7 +80,7 @@ def gaussian_mixture(
     means: tuple[float, ...] = (-2.0, 0.5, 3.0),
     stds: tuple[float, ...] = (0.5, 0.3, 0.7),
     weights: tuple[float, ...] = (0.3, 0.3, 0.4),
-) -> np.ndarray:
+) -> Labelled:
     """A 1D mixture of Gaussians; [n, 1]."""
     if not len(means) == len(stds) == len(weights):
         raise ValueError(
@@ -266,7 +266,7 @@ def draw_toy_data(dataset: str, n: int, seed: int, **params: object) -> Labelled
             f"data.dataset={dataset!r} is unknown; choose one of {sorted(TOY_DATASETS)} or 'array'"
         )
     out = TOY_DATASETS[dataset](n, np.random.default_rng(seed), **params)
-    return out if isinstance(out, Labelled) else Labelled(out, None, 0)  # type: ignore[arg-type]
+    return out if isinstance(out, Labelled) else Labelled(out, None, 0)
 
 
 def make_toy_data(dataset: str, n: int, seed: int, **params: object) -> np.ndarray:
@@ -352,8 +352,11 @@ class ToyData:
         """Generate or load the data once; compute the normalisation from the training split."""
         if self.train_raw is not None:
             return
+        train_y: np.ndarray | None
+        val_y: np.ndarray | None
         if self.dataset == "array":
-            x, labels = load_labelled_array(self.path, self.label_column)  # type: ignore[arg-type]
+            assert self.path is not None  # __init__ refuses dataset=array without a path
+            x, labels = load_labelled_array(self.path, self.label_column)
             perm = np.random.default_rng(self.seed).permutation(len(x))
             n_val = max(1, round(len(x) * self.val_fraction))
             train, val = x[perm[n_val:]], x[perm[:n_val]]
@@ -370,6 +373,7 @@ class ToyData:
             )
             val, val_y, _ = draw_toy_data(self.dataset, self.n_val, self.seed + 1, **self.params)
         if self.num_classes:
+            assert train_y is not None and val_y is not None  # labels come with classes
             self.train_labels, self.val_labels = torch.from_numpy(train_y), torch.from_numpy(val_y)
         if self._expected_dim is not None and train.shape[1] != int(self._expected_dim):
             raise ValueError(

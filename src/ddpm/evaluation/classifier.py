@@ -154,7 +154,7 @@ def _fingerprint(data: ImageSplits) -> str:
     h = hashlib.sha1()
     for t in (data.train_x, data.train_y, data.test_x, data.test_y):
         h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.detach().cpu().contiguous().numpy())
+        h.update(t.detach().cpu().contiguous().numpy().data)  # the array's bytes, not copied
     return h.hexdigest()[:12]
 
 

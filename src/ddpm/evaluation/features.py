@@ -53,7 +53,7 @@ class FeatureFrechetDistance(Metric):
             self.add_state(f"{side}_outer", torch.zeros(d, d, dtype=torch.float64), dist_reduce_fx="sum")
             self.add_state(f"{side}_n", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, features: torch.Tensor, real: bool) -> None:  # type: ignore[override]
+    def update(self, features: torch.Tensor, real: bool) -> None:
         """Add features [N, d] to the real or the fake side."""
         f = features.reshape(features.shape[0], -1).to(torch.float64)
         if f.shape[1] != self.num_features:

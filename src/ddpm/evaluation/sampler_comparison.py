@@ -202,7 +202,7 @@ def compare_samplers(
     for case, nfe in zip(tqdm(cases, desc="sampler comparison", disable=not progress), nfes, strict=True):
         label = comparison_label(case.overrides, case.sampler, diffusion)
         reference = isinstance(case.sampler, DDPMSampler) and nfe == diffusion.num_timesteps
-        common = {
+        common: dict[str, Any] = {
             "label": label,
             "option": _option(case.overrides),
             "overrides": list(case.overrides),

@@ -20,7 +20,8 @@ diffusers' format) and leave the default network unchanged: ``norm_eps`` (DDPM's
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -302,7 +303,7 @@ class UNet(nn.Module):
 
         h = self.conv_in(x)
         skips = [h]
-        for level, blocks in enumerate(self.down):
+        for level, blocks in enumerate(cast(Iterable[_Level], self.down)):
             for res, attn in zip(blocks.res, blocks.attn, strict=True):
                 h = attn(res(h, temb))
                 skips.append(h)
@@ -312,7 +313,7 @@ class UNet(nn.Module):
 
         h = self.mid_res2(self.mid_attn(self.mid_res1(h, temb)), temb)
 
-        for i, blocks in enumerate(self.up):
+        for i, blocks in enumerate(cast(Iterable[_Level], self.up)):
             for res, attn in zip(blocks.res, blocks.attn, strict=True):
                 h = attn(res(torch.cat([h, skips.pop()], dim=1), temb))
             if i < len(self.upsample):

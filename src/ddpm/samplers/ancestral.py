@@ -94,8 +94,10 @@ class DDPMSampler(Sampler):
         if diffusion.variance is VarianceType.FIXED_SMALL:
             var = beta * one_minus_abar_prev / one_minus_abar  # DDPM eq. 7: beta-tilde of the jump
         elif diffusion.variance is VarianceType.LEARNED:
+            assert var_values is not None  # split_output: a learned variance's half of the output
             var = var_values.float().exp()  # improved-diffusion's LEARNED: the output is log sigma^2
         elif diffusion.variance is VarianceType.LEARNED_RANGE:
+            assert var_values is not None
             var = self._learned_range(diffusion, var_values, t_b, prev_b, beta, one_minus_abar, x_t)
         else:
             var = beta  # DDPM sec. 3.2: sigma^2 = beta

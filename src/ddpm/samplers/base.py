@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, SupportsInt, cast, overload
 
 import torch
 from tqdm.auto import tqdm
@@ -70,8 +70,8 @@ class SampleResult(NamedTuple):
     was applied (index 0 holds x_T), and ``pred_x0[i]`` the x0 prediction at ``timesteps[i]``."""
 
     samples: torch.Tensor
-    trajectory: torch.Tensor | None
-    pred_x0: torch.Tensor | None
+    trajectory: torch.Tensor
+    pred_x0: torch.Tensor
     timesteps: list
 
 
@@ -86,7 +86,7 @@ def check_order(order: object, allowed: Sequence[int]) -> int:
     """``order`` as one of ``allowed``, or a one-line ValueError naming the value."""
     if isinstance(order, bool) or order not in allowed:
         raise ValueError(f"order={order!r} is invalid; choose one of {', '.join(map(str, allowed))}")
-    return int(order)  # type: ignore[call-overload]
+    return int(cast(SupportsInt, order))  # in allowed: an int, or a number equal to one (2.0)
 
 
 def alpha_sigma(diffusion: GaussianDiffusion, t: int | float | torch.Tensor) -> tuple[float, float]:
@@ -167,6 +167,55 @@ class Sampler:
     ) -> StepOutput:
         """x at ``t_prev`` from x at ``t`` and the network output there (``t_prev = -1``: clean data)."""
         raise NotImplementedError
+
+    @overload
+    def sample(
+        self,
+        model: Model,
+        diffusion: GaussianDiffusion,
+        shape: Sequence[int],
+        generator: torch.Generator | None = None,
+        return_trajectory: Literal[False] = False,
+        progress: bool = True,
+        device: torch.device | str | None = None,
+        x_T: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+        guidance_scale: float | None = None,
+        guidance_rescale: float = 0.0,
+    ) -> torch.Tensor: ...
+
+    @overload
+    def sample(
+        self,
+        model: Model,
+        diffusion: GaussianDiffusion,
+        shape: Sequence[int],
+        generator: torch.Generator | None = None,
+        *,
+        return_trajectory: Literal[True],
+        progress: bool = True,
+        device: torch.device | str | None = None,
+        x_T: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+        guidance_scale: float | None = None,
+        guidance_rescale: float = 0.0,
+    ) -> SampleResult: ...
+
+    @overload
+    def sample(
+        self,
+        model: Model,
+        diffusion: GaussianDiffusion,
+        shape: Sequence[int],
+        generator: torch.Generator | None = None,
+        return_trajectory: bool = False,
+        progress: bool = True,
+        device: torch.device | str | None = None,
+        x_T: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
+        guidance_scale: float | None = None,
+        guidance_rescale: float = 0.0,
+    ) -> torch.Tensor | SampleResult: ...
 
     @torch.no_grad()
     def sample(

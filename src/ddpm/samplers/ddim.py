@@ -42,7 +42,7 @@ class DDIMSampler(Sampler):
         self.guidance_scale = check_guidance_scale(guidance_scale)
 
     @property
-    def stochastic(self) -> bool:  # type: ignore[override]
+    def stochastic(self) -> bool:  # type: ignore[override]  # Sampler's class attribute, read-only here
         """DDIM draws noise only with eta > 0."""
         return self.eta > 0
 

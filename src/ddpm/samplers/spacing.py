@@ -130,8 +130,8 @@ def make_timesteps(
         ratio = T // n
         ts = [i * ratio for i in range(n)]
     else:
-        ratio = T / steps
-        ts = [round(T - i * ratio) - 1 for i in range(steps)]
+        stride = T / steps
+        ts = [round(T - i * stride) - 1 for i in range(steps)]
     if not include_zero and spacing is not Spacing.TRAILING:
         ts = [t for t in ts if t > 0]  # quadratic's first few points may all round to 0
     return sorted(set(ts), reverse=True)

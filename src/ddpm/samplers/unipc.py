@@ -151,6 +151,7 @@ class UniPCSampler(MultistepSampler):
             # onto sigma = 0 every order returns the data prediction; the corrected x_t would be unused
             return StepOutput(x0, x0, UniPCState())
         if state.last_sample is not None:
+            assert state.last_t is not None  # set with last_sample
             x_t = _unipc_update(
                 state.last_sample,
                 state.lambdas,

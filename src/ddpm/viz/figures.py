@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ _NON_INTERACTIVE = {"agg", "pdf", "ps", "svg", "pgf", "cairo", "template"}
 
 
 # ------------------------------------------------------------ helpers
-def _np(x: ArrayLike) -> np.ndarray:
+def _np(x: ArrayLike | float) -> np.ndarray:
     """A float64 numpy copy of a tensor or array (detached, on the CPU)."""
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().double().numpy()
@@ -319,7 +319,8 @@ def plot_samples_vs_data(
             bins = np.histogram_bin_edges(np.concatenate([g, d]), bins=40)
         for values, color, name in histograms:
             label = f"{name}: {values.mean():.3g} ± {values.std():.3g}"
-            ax.hist(values, bins=bins, density=True, alpha=0.5, color=color, label=label)
+            edges = cast(Sequence[float], bins)  # matplotlib's stub leaves out arrays, which hist takes
+            ax.hist(values, bins=edges, density=True, alpha=0.5, color=color, label=label)
         ax.set(xlabel="value", ylabel="density", title=f"Samples (n={g.size}) vs data (n={d.size})")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
