@@ -25,6 +25,7 @@ LAYERS = {
     "ddpm.data.image_sets": 1,
     "ddpm.data.toy": 1,
     "ddpm.data.images": 1,
+    "ddpm.data.kinds": 1,
     "ddpm.data.image_folder": 1,
     "ddpm.evaluation": 1,
     "ddpm.config": 1,

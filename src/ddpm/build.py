@@ -29,6 +29,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ddpm import registry
 from ddpm.config import ConfigError, first_line, root_cause
+from ddpm.data.kinds import RunData
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.run_folder import find_checkpoint, run_dir_of
 from ddpm.safe_loading import load_checkpoint, read_safetensors_run
@@ -291,7 +292,7 @@ class LoadedRun:
     """
 
     model: SamplingModel
-    data: Any
+    data: RunData
     config: DictConfig
     checkpoint: Path
     run_dir: Path

@@ -72,6 +72,7 @@ from ddpm.cli.common import (
     sampler_label,
 )
 from ddpm.config import ConfigError, first_line
+from ddpm.data.toy import ToyData
 from ddpm.safe_writes import WriteError, write_file, write_files
 from ddpm.samplers import NonFiniteSampleError
 
@@ -246,7 +247,7 @@ def _bpd(run: LoadedRun, args: argparse.Namespace, log: list[str]) -> dict[str, 
     )
     out = {**vb.as_dict(), "seconds": time.perf_counter() - start}
     log.append(f"Bits/dim: {vb.headline()}")
-    std = data.std if data.kind == "toy" else None
+    std = data.std if isinstance(data, ToyData) else None
     if decoder == "gaussian" and std is not None and std.numel() in (1, vb.dims):
         # -log p_raw(x) = -log p_net(z) + sum_d log std_d for z = (x - mean) / std.
         log_std = std.double().log().expand(vb.dims).mean() / math.log(2)
@@ -258,7 +259,9 @@ def _bpd(run: LoadedRun, args: argparse.Namespace, log: list[str]) -> dict[str, 
 def _toy_quality(run: LoadedRun, draw, n: int, repeats: int, log: list[str]) -> dict[str, Any]:
     from ddpm.evaluation.toy import repeated_quality
 
-    held_out, pool = run.data.held_out(), run.data.training_data()
+    data = run.data
+    assert isinstance(data, ToyData)  # called for kind "toy": ToyData is the one toy data class
+    held_out, pool = data.held_out(), data.training_data()
     n = min(n, len(held_out), len(pool))  # sample only what the floor can match
     result = repeated_quality(lambda k: draw(k, n), held_out, pool, n, repeats)
     log.append(f"Quality: {result.headline()}")
@@ -509,6 +512,7 @@ def _comparison_scorer(run: LoadedRun, args: argparse.Namespace) -> tuple[Callab
 
     else:
         data = run.data
+        assert isinstance(data, ToyData)  # kind "toy": ToyData is the one toy data class
         n = min(args.n or DEFAULT_TOY_N, len(data.held_out()), len(data.training_data()))
         name = "energy distance / floor"
 

@@ -39,6 +39,7 @@ from ddpm.cli.common import (
     sampler_label,
 )
 from ddpm.config import ConfigError, first_line
+from ddpm.data.toy import ToyData
 from ddpm.memory import check_output_fits, sampling_batch_size
 from ddpm.safe_writes import WriteError, write_file
 from ddpm.samplers import NonFiniteSampleError
@@ -192,13 +193,14 @@ def main(argv: list[str] | None = None) -> int:
     if labels is not None:
         summary.update({"class": label_name, "guidance_scale": guidance})
     held_out = None
-    if run.data.kind == "toy":
+    data = run.data
+    if isinstance(data, ToyData):
         from ddpm.metrics import quality_report
 
-        held_out, pool = run.data.held_out(), run.data.training_data()
+        held_out, pool = data.held_out(), data.training_data()
         if label_name not in (None, "all"):  # one class: compared with that class's data
-            held_out = held_out[run.data.held_out_labels() == int(label_name)]
-            pool = pool[run.data.train_labels == int(label_name)]
+            held_out = held_out[data.held_out_labels() == int(label_name)]
+            pool = pool[data.train_labels == int(label_name)]
         held_out = held_out[: args.n]
         report = quality_report(samples, held_out, pool[: len(held_out)])
         summary.update(report.as_dict())

@@ -11,6 +11,7 @@ training adds them (:class:`ddpm.data.datamodules.ImageDataModule`, the Lightnin
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -51,7 +52,7 @@ class ImageScale:
     """
 
     #: what the data is, for the code that draws and scores samples: ``"toy"`` or ``"image"``
-    kind = "image"
+    kind: Literal["image"] = "image"
 
     def __init__(self, channels: int = 3, image_size: int = 32) -> None:
         super().__init__()  # cooperative: ImageDataModule puts LightningDataModule after this class
@@ -118,7 +119,7 @@ class ImageData(ImageScale):
     """
 
     #: what the data is, for the code that draws and scores samples: ``"toy"`` or ``"image"``
-    kind = "image"
+    kind: Literal["image"] = "image"
 
     def __init__(
         self,

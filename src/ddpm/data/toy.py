@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -300,7 +300,7 @@ class ToyData:
     """
 
     #: what the data is, for the code that draws and scores samples: ``"toy"`` or ``"image"``
-    kind = "toy"
+    kind: Literal["toy"] = "toy"
 
     def __init__(
         self,
