@@ -683,3 +683,15 @@ def test_a_checkpoint_without_its_config_loads_from_the_real_hydra_config(
     assert loaded.model.diffusion.num_timesteps == STORED_T and loaded.config.schedule.T == STORED_T
     assert loaded.config.model.out_mult == 1 and loaded.loggers == ("csv",)
     assert loaded.model.sample(4, generator=torch.Generator().manual_seed(0)).shape == (4, 2)
+
+
+def test_a_stored_samplers_class_is_looked_up_never_imported() -> None:
+    from ddpm.sampler_overrides import sampler_config
+
+    # a name that is not one of conf/sampler's classes is refused before anything would import it
+    with pytest.raises(
+        ConfigError, match=r"sampler\._target_='os\.system' is not one of ddpm-lab's samplers"
+    ):
+        sampler_config({"_target_": "os.system", "steps": 3}, ["sampler.steps=5"])
+    run_sampler = {"_target_": "ddpm.samplers.DDIMSampler", "steps": 3}
+    assert sampler_config(run_sampler, ["sampler.steps=5"]) == {**run_sampler, "steps": 5}

@@ -52,7 +52,6 @@ __all__ = [
     "check_stored_network",
     "load_run",
     "sampler_for",
-    "stored_config",
     "stored_identity",
 ]
 
@@ -260,11 +259,6 @@ def stored_identity(ckpt: dict[str, Any], ckpt_path: Path, run_dir: Path) -> Run
         identity = run_identity(stored, str(hydra_yaml), references=True)  # Hydra saves it unresolved
     registry.checked_identity(identity)
     return identity
-
-
-def stored_config(ckpt: dict[str, Any], ckpt_path: Path, run_dir: Path) -> DictConfig:
-    """:func:`stored_identity`'s config as a DictConfig (it holds no ``${``: nothing in it interpolates)."""
-    return OmegaConf.create(stored_identity(ckpt, ckpt_path, run_dir).config)
 
 
 def check_stored_network(model: dict[str, Any]) -> None:

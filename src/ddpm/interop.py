@@ -31,6 +31,7 @@ from ddpm.config import ConfigError, first_line
 from ddpm.models import UNet
 from ddpm.safe_loading import SAFETENSORS_CONFIG_KEY, read_safetensors_run
 from ddpm.safe_writes import write_file, write_files
+from ddpm.sampler_overrides import sampler_option
 
 if TYPE_CHECKING:
     from ddpm.build import LoadedRun
@@ -661,13 +662,6 @@ def _scheduler_config(cfg: Any, betas: torch.Tensor) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- pipelines
-def _default_sampler() -> dict[str, Any]:
-    from ddpm.config import CONF_DIR
-
-    # DDPMPipeline's sampler: ancestral sampling over all T steps
-    return cast(dict[str, Any], OmegaConf.to_container(OmegaConf.load(CONF_DIR / "sampler" / "ddpm.yaml")))
-
-
 def load_diffusers_pipeline(
     path: str | Path,
     map_location: str | torch.device = "cpu",
@@ -725,7 +719,7 @@ def load_diffusers_pipeline(
         "model": {"_target_": "ddpm.models.UNet", **kwargs},
         "schedule": schedule,
         "diffusion": diffusion,
-        "sampler": _default_sampler(),
+        "sampler": sampler_option("ddpm"),  # DDPMPipeline's sampler: ancestral over all T steps
         "data": data,
     }
     for group in ("model", "schedule", "diffusion", "data"):  # each value checked against its class

@@ -5,7 +5,8 @@ values are typed as a Hydra override would type them (``5`` an int, ``null`` Non
 checked before a checkpoint is read (:func:`check_sampler_overrides`), so ``ddpm-sample`` and ``ddpm-eval``
 refuse a bad value in one line before any work. ``ddpm-eval --compare-samplers`` takes comma lists, Hydra
 multirun style, and :func:`sampler_grid` expands them into one override list per combination. No torch, no
-Lightning: OmegaConf and the sampler classes.
+Lightning: OmegaConf (for command-line values) and the sampler classes. A run's stored sampler names its class
+by text, which is only looked up among the classes ``conf/sampler/`` names, never imported.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ddpm.config import CONF_DIR, ConfigError
+from ddpm.stored_config import load_yaml
 
-__all__ = ["check_sampler_overrides", "sampler_config", "sampler_grid", "sampler_options"]
+__all__ = ["check_sampler_overrides", "sampler_config", "sampler_grid", "sampler_option", "sampler_options"]
 
 
 def sampler_options() -> list[str]:
@@ -30,15 +32,19 @@ def sampler_options() -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / "sampler").glob("*.yaml"))
 
 
-def _option_config(option: str) -> dict[str, Any]:
-    """``conf/sampler/<option>.yaml`` as a dict."""
+def sampler_option(option: str) -> dict[str, Any]:
+    """``conf/sampler/<option>.yaml`` as a dict (plain YAML: the sampler options interpolate nothing).
+
+    Raises:
+        ConfigError: no such option, naming the ones there are.
+    """
     path = CONF_DIR / "sampler" / f"{option}.yaml"
     if not path.is_file():
         choices = ", ".join(sampler_options())
         raise ConfigError(
             f"sampler={option} is not an option of config group 'sampler'; choose one of {choices}"
         )
-    return cast(dict[str, Any], OmegaConf.to_container(OmegaConf.load(path), resolve=True))  # a mapping file
+    return cast(dict[str, Any], load_yaml(path))  # a mapping file
 
 
 @cache
@@ -49,9 +55,11 @@ def _init_params(cls: type[Any]) -> tuple[str, ...]:
 
 
 @cache
-def _option_classes() -> tuple[type, ...]:
-    """The sampler classes of ``conf/sampler/*.yaml`` (what a run's sampler is, unless customised)."""
-    return tuple(get_class(_option_config(option)["_target_"]) for option in sampler_options())
+def _option_classes() -> dict[str, type]:
+    """The sampler classes of ``conf/sampler/*.yaml`` by their ``_target_`` text: the samplers a run may
+    have (ddpm-lab's own configs name what is imported here, never a stored config)."""
+    targets = sorted({sampler_option(option)["_target_"] for option in sampler_options()})
+    return {target: get_class(target) for target in targets}
 
 
 def _check_key(item: str, key: str, sep: str) -> None:
@@ -122,7 +130,8 @@ def check_sampler_overrides(overrides: list[str]) -> None:
         ConfigError: one line naming the bad override and what is allowed.
     """
     option, keys = _split(overrides)
-    classes = (get_class(_option_config(option)["_target_"]),) if option else _option_classes()
+    every = _option_classes()
+    classes = (every[sampler_option(option)["_target_"]],) if option else tuple(every.values())
     for key, raw in keys:
         takers = [cls for cls in classes if key in _init_params(cls)]
         if not takers:
@@ -142,8 +151,13 @@ def sampler_config(run_sampler: Mapping[str, Any], overrides: list[str]) -> dict
         ConfigError: a key the chosen sampler does not take, or a value that cannot be read.
     """
     option, keys = _split(overrides)
-    cfg = dict(_option_config(option) if option else run_sampler)
-    cls = get_class(cfg["_target_"])
+    cfg = dict(sampler_option(option) if option else run_sampler)
+    cls = _option_classes().get(str(cfg.get("_target_")))  # a lookup: the text is never imported
+    if cls is None:
+        raise ConfigError(
+            f"sampler._target_={cfg.get('_target_')!r} is not one of ddpm-lab's samplers "
+            f"({', '.join(_option_classes())})"
+        )
     takes = _init_params(cls)
     for key, raw in keys:
         if key not in takes:
