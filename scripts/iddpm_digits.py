@@ -72,7 +72,8 @@ def train(name: str, overrides: list[str], steps: int, seed: int, root: Path) ->
 def evaluate(run_dir: Path, n: int, repeats: int, seed: int) -> dict:
     """Bits/dim (all T terms) and the classifier Fréchet ratio of DDPM-25/50/100 of one run."""
     from ddpm.build import load_run
-    from ddpm.evaluation.classifier import ImageClassifierMetric, evaluate_image_draws
+    from ddpm.evaluation.classifier import ImageClassifierMetric
+    from ddpm.evaluation.images import classifier_quality
     from ddpm.likelihood import variational_bound
 
     run = load_run(run_dir)
@@ -91,11 +92,11 @@ def evaluate(run_dir: Path, n: int, repeats: int, seed: int) -> dict:
     for steps in STEPS:
         sampler = run.make_sampler(["sampler=ddpm", f"sampler.steps={steps}"])
 
-        def draw(k: int, sampler=sampler) -> torch.Tensor:
+        def draw(k: int, n: int, sampler=sampler) -> torch.Tensor:
             gen = torch.Generator().manual_seed(seed + k)
             return run.data.denormalize(run.model.sample(n, sampler=sampler, generator=gen))
 
-        scores = evaluate_image_draws(metric, draw, n, repeats)
+        scores = classifier_quality(metric, draw, n, repeats).as_dict()
         out[f"ddpm{steps}"] = {"ratio": scores["ratio"], "frechet": scores["frechet"], "n": scores["n"]}
     return out
 

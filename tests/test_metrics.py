@@ -14,7 +14,6 @@ import torch
 from ddpm.evaluation.classifier import (
     ImageClassifierMetric,
     _fingerprint,
-    evaluate_image_draws,
     load_labelled_images,
 )
 from ddpm.evaluation.features import FeatureFrechetDistance
@@ -183,16 +182,6 @@ def test_classifier_metric_inputs() -> None:
     for chunk in x.split(100):
         stream.update(metric.features_and_probs(chunk)[0], real=False)
     assert float(stream.compute()) == pytest.approx(metric.score(x).frechet, rel=1e-6)
-
-
-def test_evaluate_image_draws_reports_spreads_and_floors() -> None:
-    metric = digits_metric()
-    train = metric.data.train_x
-    report = evaluate_image_draws(metric, lambda k: train[k * 100 :], n=100, repeats=3)
-    assert report["n"] == 100 and report["repeats"] == 3 and report["floor_draws"] == 3
-    assert len(report["draws"]) == 3 and len(report["ratio"]["values"]) == 3
-    assert report["ratio"]["mean"] < 3
-    assert report["classifier"]["held_out_accuracy"] == metric.test_accuracy
 
 
 # ----------------------------------------------------------------------------- FID

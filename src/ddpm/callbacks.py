@@ -425,7 +425,8 @@ class ImageSampleCallback(Callback):
     def _fid_setup(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Any:
         """(features, reference), or False with one line saying why FID is off."""
         from ddpm.data.image_folder import default_cache_dir
-        from ddpm.evaluation.fid import FIDReference, InceptionFeatures, fid_unavailable_reason
+        from ddpm.evaluation.fid import fid_unavailable_reason
+        from ddpm.evaluation.images import fid_reference
 
         dm = _datamodule(trainer)
         reason = fid_unavailable_reason(self.inception_weights)
@@ -434,16 +435,20 @@ class ImageSampleCallback(Callback):
         if reason is not None:
             print(reason.replace("FID skipped:", "FID during training is off:", 1))
             return False
-        features = InceptionFeatures(self.inception_weights, device=pl_module.device)
-        key = [*dm.identity(), self.fid_reference, features.identity()]
-        path = FIDReference.cache_file(self.cache_dir or default_cache_dir(), key)
-        reference = FIDReference.load_or_compute(
-            path, lambda: dm.training_images(self.fid_reference), features, log=print
+        return fid_reference(
+            dm.identity(),
+            lambda: dm.training_images(self.fid_reference),
+            self.fid_reference,
+            self.cache_dir or default_cache_dir(),
+            self.inception_weights,
+            device=pl_module.device,
+            log=print,
         )
-        return features, reference
 
     def _fid_figures(self, trainer: L.Trainer, pl_module: DiffusionModule, denormalize: Any) -> None:
         import torch
+
+        from ddpm.evaluation.images import fid_against_reference
 
         if self._fid is None:
             self._fid = self._fid_setup(trainer, pl_module)
@@ -454,26 +459,15 @@ class ImageSampleCallback(Callback):
         n = min(self.fid_samples, len(dm.held_out()))  # the floor needs as many held-out images
         gen = torch.Generator(device=pl_module.device).manual_seed(self.seed + 3)
         x = pl_module.sample(n, sampler=self.sampler, generator=gen)
-        fid, kid = reference.score(features(denormalize(x).clamp(0, 1)))
-        fid_floor, kid_floor = reference.floor(n, dm.held_out, features)
-        values = {
-            "val/fid": fid,
-            "val/kid": kid,
-            "val/fid_floor": fid_floor,
-            "val/kid_floor": kid_floor,
-            "val/fid_ratio": fid / fid_floor if fid_floor > 0 else float("inf"),
-        }
-        _log_scores(trainer, values, self.fid_scores)
-        print(
-            f"step {trainer.global_step}: FID {fid:.2f} = {values['val/fid_ratio']:.3g}x the real-vs-real "
-            f"floor ({fid_floor:.2f}, n={n} vs {reference.n_ref} training images); KID {kid:.4f} "
-            f"(floor {kid_floor:.4f})"
-        )
+        fid = fid_against_reference(reference, features, denormalize(x).clamp(0, 1), dm.held_out)
+        _log_scores(trainer, fid.metrics("val/"), self.fid_scores)
+        print(f"step {trainer.global_step}: {fid.headline()}")
 
     def _classifier_scores(self, trainer: L.Trainer, pl_module: DiffusionModule, denormalize: Any) -> None:
         import torch
 
         from ddpm.evaluation.classifier import CLASSIFIER_DATASETS, ImageClassifierMetric
+        from ddpm.evaluation.images import classifier_quality
 
         dm = _datamodule(trainer)
         dataset = getattr(dm, "dataset", None)
@@ -489,22 +483,15 @@ class ImageSampleCallback(Callback):
             )
         if self._metric is False:
             return
-        gen = torch.Generator(device=pl_module.device).manual_seed(self.seed + 2)
-        n = min(self.metric_samples, len(self._metric.test_features))
-        x = pl_module.sample(n, sampler=self.sampler, generator=gen)
-        scores = self._metric.score(denormalize(x).clamp(0, 1))
-        floor = self._metric.floor(n)
-        values = {
-            "val/classifier_frechet": scores.frechet,
-            "val/classifier_ratio": scores.frechet / floor.frechet,
-            "val/class_balance": scores.class_entropy,
-            "val/confidence": scores.confidence,
-        }
-        _log_scores(trainer, values, self.scores)
-        print(
-            f"step {trainer.global_step}: classifier Fréchet {scores.frechet:.3g} = "
-            f"{values['val/classifier_ratio']:.3g}x held-out real images (n={n})"
-        )
+
+        def draw(k: int, n: int) -> torch.Tensor:
+            gen = torch.Generator(device=pl_module.device).manual_seed(self.seed + 2)
+            return denormalize(pl_module.sample(n, sampler=self.sampler, generator=gen)).clamp(0, 1)
+
+        # one draw of metric_samples images (at most the held-out split's size) over its held-out floor
+        scores = classifier_quality(self._metric, draw, self.metric_samples, repeats=1).draws[0]
+        _log_scores(trainer, scores.metrics("val/"), self.scores)
+        print(f"step {trainer.global_step}: {scores.headline()}")
 
 
 def _log_scores(trainer: L.Trainer, values: dict[str, float], history: dict[int, dict[str, float]]) -> None:

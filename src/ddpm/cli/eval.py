@@ -10,13 +10,14 @@ ddpm-eval COND_RUN --guidance 0,1,2,4                # a conditional run: the gu
 Toy runs: the energy-distance ratio to the data-vs-data floor (and sliced W1's), mean ± std and a 90%
 interval over ``--repeats`` independent sample draws. Image runs (digits, mnist, cifar10): the offline
 classifier's Fréchet distance over its held-out floor, class balance and confidence
-(:mod:`ddpm.evaluation.classifier`), and FID when torch-fidelity and Inception weights are on disk.
+(:mod:`ddpm.evaluation.classifier`), and FID when torch-fidelity and Inception weights are on disk; both
+scored by :func:`ddpm.evaluation.images.image_quality`, which the training callback shares.
 
 The JSON holds: ``run_dir``, ``checkpoint``, ``weights`` (``ema`` when the checkpoint's state_dict is
 Lightning's EMA average, else ``raw``), ``kind`` (``toy`` / ``image``), ``sampler``, ``steps``, ``n``,
 ``repeats``, ``seed``, ``sampling_seconds``, ``samples_per_s``, then ``quality`` (toy: see
 :meth:`ddpm.evaluation.toy.RepeatedQuality.as_dict`) or ``images`` (see
-:func:`ddpm.evaluation.classifier.evaluate_image_draws`) and ``fid`` (``fid``, ``n_fake``, ``n_real``),
+:meth:`ddpm.evaluation.images.ClassifierQuality.as_dict`) and ``fid`` (``fid``, ``n_fake``, ``n_real``),
 and ``bpd`` (:meth:`ddpm.likelihood.VariationalBound.as_dict` plus ``seconds``, and for toy data
 ``bits_per_dim_raw_units``). A section that was not computed holds ``{"skipped": "<why>"}``. The numbers
 are also added to the run's W&B run (same id and mode) as summary values under ``eval/<name>/``.
@@ -78,6 +79,7 @@ from ddpm.samplers import NonFiniteSampleError
 
 if TYPE_CHECKING:
     from ddpm.build import LoadedRun
+    from ddpm.evaluation.classifier import ImageClassifierMetric
     from ddpm.evaluation.sampler_comparison import ComparisonRow, Scored
 
 __all__ = ["evaluate", "main", "sampler_comparison"]
@@ -277,67 +279,15 @@ def _data_dir(run: LoadedRun) -> str | None:
     return str(paths.get("data_dir")) if paths.get("data_dir") else None
 
 
-def _classifier_metric(run: LoadedRun, args: argparse.Namespace, log: list[str]) -> Any:
+def _classifier(
+    run: LoadedRun, cache_dir: Path | None, log: Callable[[str], None]
+) -> ImageClassifierMetric | str:
     """The offline classifier metric of an image run's dataset (trained once and cached), or why there is
-    none, as a string."""
-    from ddpm.evaluation.classifier import CLASSIFIER_DATASETS, ImageClassifierMetric
+    none, as a string (:func:`ddpm.evaluation.images.classifier_metric`)."""
+    from ddpm.evaluation.images import classifier_metric
 
     dataset = run.config.get("data", {}).get("dataset")
-    if dataset not in CLASSIFIER_DATASETS:
-        return f"no offline classifier for dataset {dataset!r} (have {', '.join(CLASSIFIER_DATASETS)})"
-    try:
-        return ImageClassifierMetric.load_or_train(
-            dataset, _data_dir(run), args.cache_dir, device=run.model.device, log=log.append
-        )
-    except FileNotFoundError as err:
-        return str(err)
-
-
-def _image_scores(metric: Any, draw, n: int, args: argparse.Namespace, log: list[str]) -> dict[str, Any]:
-    """The classifier's figures over ``--repeats`` draws of n images (``draw(k)``), and a line for ``log``."""
-    from ddpm.evaluation.classifier import evaluate_image_draws
-
-    images = evaluate_image_draws(metric, draw, n, args.repeats)
-    ratio = images["ratio"]
-    floor = images["floor"]["frechet"]["mean"]
-    mean = {key: images[key]["mean"] for key in ("frechet", "class_entropy", "confidence")}
-    floors = {key: images["floor"][key]["mean"] for key in ("class_entropy", "confidence")}
-    log.append(
-        f"Quality: classifier Fréchet distance {mean['frechet']:.3g} = {ratio['mean']:.3g} "
-        f"± {ratio['std']:.2g} x the held-out floor ({floor:.3g}, n={n}, {args.repeats} draws); "
-        f"class balance {mean['class_entropy']:.3f} (floor {floors['class_entropy']:.3f}), "
-        f"confidence {mean['confidence']:.3f} (floor {floors['confidence']:.3f}); "
-        f"classifier held-out accuracy {metric.test_accuracy:.3f}"
-    )
-    return images
-
-
-def _image_quality(
-    run: LoadedRun, draw, n: int | None, args: argparse.Namespace, log: list[str]
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    from ddpm.evaluation.fid import fid_unavailable_reason, inception_fid
-
-    metric = _classifier_metric(run, args, log)
-    if isinstance(metric, str):
-        log.append(f"Classifier metric skipped: {metric}")
-        return {"skipped": metric}, {"skipped": metric}
-    n = min(n or DEFAULT_IMAGE_N, len(metric.test_features))
-    drawn: list[torch.Tensor] = []
-
-    def keep(k: int) -> torch.Tensor:
-        drawn.append(draw(k, n))
-        return drawn[-1]
-
-    images = _image_scores(metric, keep, n, args, log)
-    reason = fid_unavailable_reason(args.inception_weights)
-    if reason is not None:
-        log.append(reason)
-        return images, {"skipped": reason}
-    real = metric.data.train_x[: args.fid_real]
-    fake = torch.cat(drawn)
-    value = inception_fid(fake, real, args.inception_weights, device=run.model.device)
-    log.append(f"FID {value:.2f} ({len(fake)} samples vs {len(real)} training images)")
-    return images, {"fid": value, "n_fake": len(fake), "n_real": len(real)}
+    return classifier_metric(dataset, _data_dir(run), cache_dir, device=run.model.device, log=log)
 
 
 def _load(args: argparse.Namespace, overrides: list[str]) -> LoadedRun:
@@ -396,7 +346,24 @@ def evaluate(run: LoadedRun, sampler: Any, args: argparse.Namespace, log: list[s
     if args.no_quality:
         result["quality"] = {"skipped": "--no-quality"}
     elif image:
-        result["images"], result["fid"] = _image_quality(run, draw, args.n, args, log)
+        from ddpm.evaluation.images import image_quality
+
+        metric = _classifier(run, args.cache_dir, log.append)
+        if isinstance(metric, str):
+            log.append(f"Classifier metric skipped: {metric}")
+            result["images"], result["fid"] = {"skipped": metric}, {"skipped": metric}
+        else:
+            images = image_quality(
+                metric,
+                draw,
+                args.n or DEFAULT_IMAGE_N,
+                args.repeats,
+                inception_weights=args.inception_weights,
+                fid_real=args.fid_real,
+                device=model.device,
+            )
+            log.extend(images.lines())
+            result["images"], result["fid"] = images.as_dicts()
         result["n"] = result["images"].get("n")
     else:
         n = args.n or DEFAULT_TOY_N
@@ -501,14 +468,16 @@ def _comparison_scorer(run: LoadedRun, args: argparse.Namespace) -> tuple[Callab
 
     quiet: list[str] = []  # each row's own line says it shorter than the metrics' headlines
     if run.data.kind == "image":
-        metric = _classifier_metric(run, args, quiet)
+        from ddpm.evaluation.images import classifier_quality
+
+        metric = _classifier(run, args.cache_dir, quiet.append)
         if isinstance(metric, str):
             fail(f"--compare-samplers needs the classifier metric of image runs: {metric}")
         n = min(args.n or DEFAULT_IMAGE_N, len(metric.test_features))
         name = "classifier Fréchet distance / floor"
 
         def quality(draw: Callable[[int, int], torch.Tensor]) -> dict[str, Any]:
-            return _image_scores(metric, lambda k: draw(k, n), n, args, quiet)
+            return classifier_quality(metric, draw, n, args.repeats).as_dict()
 
     else:
         data = run.data
@@ -634,11 +603,12 @@ def guidance_eval(args: argparse.Namespace) -> int:
         f"Guidance curve of {run.checkpoint} with {sampler!r}: w = {', '.join(f'{w:g}' for w in args.scales)}"
     )
     log: list[str] = []
-    metric = None
+    metric: ImageClassifierMetric | None = None
     if image:
-        metric = _classifier_metric(run, args, log)
-        if isinstance(metric, str):
-            fail(f"the guidance curve of an image run needs the offline classifier: {metric}")
+        found = _classifier(run, args.cache_dir, log.append)
+        if isinstance(found, str):
+            fail(f"the guidance curve of an image run needs the offline classifier: {found}")
+        metric = found
     start = time.perf_counter()
     try:
         rows = guidance_curve(

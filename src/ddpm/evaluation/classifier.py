@@ -19,7 +19,8 @@ official training split and its held-out images are the official test split, bot
 Every function takes images as float tensors [N, C, H, W] with values in **[0, 1]** (what an image
 DataModule's ``denormalize`` returns). Other sizes or channel counts are resized / converted to the
 classifier's input. Plain PyTorch: no Lightning, no Hydra (datasets are read by
-:mod:`ddpm.data.image_sets`, which imports neither).
+:mod:`ddpm.data.image_sets`, which imports neither). Repeated draws scored over their floors, as
+``ddpm-eval`` and the training callback report them: :mod:`ddpm.evaluation.images`.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddpm.data.image_sets import ImageSplits, default_cache_dir
-from ddpm.evaluation.toy import spread
 from ddpm.metrics import feature_statistics, frechet_distance
 
 if TYPE_CHECKING:  # torchmetrics (and the matplotlib it pulls in) only when the streaming metric is asked for
@@ -51,7 +51,6 @@ __all__ = [
     "ImageClassifierMetric",
     "SmallCNN",
     "default_cache_dir",
-    "evaluate_image_draws",
     "load_labelled_images",
 ]
 
@@ -346,39 +345,3 @@ class ImageClassifierMetric:
             "n_train": len(self.data.train_y),
             "n_held_out": len(self.data.test_y),
         }
-
-
-def evaluate_image_draws(
-    metric: ImageClassifierMetric, draw: Callable[[int], torch.Tensor], n: int, repeats: int
-) -> dict[str, Any]:
-    """Score ``repeats`` draws of n images each (``draw(k)`` -> images in [0, 1]) with their floors.
-
-    n is cut to the held-out split's size, so each draw and its floor compare equal-sized sets with the
-    training split. With ``repeats * n`` held-out images, draw k's floor uses chunk k (disjoint).
-    """
-    if repeats < 1:
-        raise ValueError(f"repeats={repeats!r} must be >= 1")
-    n = min(n, len(metric.test_features))
-    disjoint = len(metric.test_features) >= repeats * n
-    draws, floors = [], []
-    for k in range(repeats):
-        draws.append(metric.score(draw(k)[:n]))
-        floors.append(metric.floor(n, chunk=k if disjoint else 0))
-    ratio = [d.frechet / f.frechet if f.frechet > 0 else math.nan for d, f in zip(draws, floors, strict=True)]
-    return {
-        "metric": "classifier_frechet",
-        "n": n,
-        "repeats": repeats,
-        "floor_draws": repeats if disjoint else 1,
-        "classifier": metric.describe(),
-        "ratio": spread(ratio).as_dict(),
-        **{
-            key: spread([getattr(d, key) for d in draws]).as_dict()
-            for key in ("frechet", "class_entropy", "confidence", "classifier_score")
-        },
-        "floor": {
-            key: spread([getattr(f, key) for f in floors]).as_dict()
-            for key in ("frechet", "class_entropy", "confidence", "classifier_score")
-        },
-        "draws": [d.as_dict() for d in draws],
-    }
