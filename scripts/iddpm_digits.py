@@ -4,8 +4,8 @@
     uv run python scripts/iddpm_digits.py --steps 300 --n 120 --repeats 1   # a quicker look
 
 Trains ``experiment=digits_iddpm`` twice with the same seed and the same number of steps, once as it is
-(``diffusion.variance=learned_range diffusion.loss=hybrid``) and once with ``diffusion.variance=fixed_large
-diffusion.loss=mse`` (everything else equal: cosine schedule, T = 1000, tiny UNet, Adam 2e-3, EMA 0.995),
+(``diffusion.variance=learned_range loss=hybrid``) and once with ``diffusion.variance=fixed_large
+loss=simple`` (everything else equal: cosine schedule, T = 1000, tiny UNet, Adam 2e-3, EMA 0.995),
 then reports for each, from its EMA weights:
 
 * the variational bound in bits/dim on the 360 held-out digits, all T terms, discretised decoder with 17
@@ -33,8 +33,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {
-    "fixed_large + L_simple": ["diffusion.variance=fixed_large", "diffusion.loss=mse"],
-    "learned_range + hybrid": ["diffusion.variance=learned_range", "diffusion.loss=hybrid"],
+    "fixed_large + L_simple": ["diffusion.variance=fixed_large", "loss=simple"],
+    "learned_range + hybrid": ["diffusion.variance=learned_range", "loss=hybrid"],
 }
 STEPS = (25, 50, 100)
 

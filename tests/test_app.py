@@ -181,16 +181,17 @@ def test_toy2d_default_reaches_its_quality_threshold(tmp_path: Path) -> None:
             r"model: the network outputs \(2,\) per sample .*=learned_range needs the network to output 2x",
         ),
         (
-            ["diffusion.timestep_sampler=loss_second_moment"],
-            r"diffusion: timestep_sampler=loss_second_moment with loss=mse",
+            ["timestep_sampler=loss_second_moment"],
+            r"timestep_sampler: LossSecondMomentTimesteps samples t by the bound's per-t terms L_t, which "
+            r"SimpleLoss\(distance=mse, weighting=none\) has none of; use loss=vlb",
         ),
         (
             ["schedule.rescale_zero_terminal_snr=true"],
             r"diffusion: objective=eps with a zero-terminal-SNR schedule",
         ),
         (
-            ["diffusion.offset_noise=0.1"],
-            r"diffusion: offset_noise=0.1 needs data with channels and positions",
+            ["loss.offset_noise=0.1"],
+            r"loss: offset_noise=0.1 needs data with channels and positions",
         ),
     ],
 )

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.losses import SimpleLoss
 from ddpm.oracle import GaussianOracle
+from ddpm.process import broadcast
 from ddpm.schedules import NotPureNoiseWarning, make_beta_schedule
 
 
@@ -133,7 +135,8 @@ def test_objective_conversions_round_trip(objective: str, shape: tuple[int, ...]
     x0, eps = torch.randn(shape), torch.randn(shape)
     t = torch.randint(0, 1000, (shape[0],))
     x_t = d.q_sample(x0, t, eps)
-    target = d.training_target(x0, t, eps)
+    alpha, sigma = broadcast(d.alpha(t), x0), broadcast(d.sigma(t), x0)
+    target = d.parameterization.target(x0, eps, alpha, sigma)
     assert torch.allclose(d.predict_x0(x_t, t, target), x0, atol=2e-3 if objective == "eps" else 1e-4)
     assert torch.allclose(d.predict_eps(x_t, t, target), eps, atol=1e-3)
 
@@ -142,7 +145,31 @@ def test_v_target_definition() -> None:
     d = _diffusion(objective="v")
     x0, eps, t = torch.randn(8, 2), torch.randn(8, 2), torch.arange(0, 800, 100)
     abar = d.alphas_cumprod[t][:, None]
-    assert torch.allclose(d.training_target(x0, t, eps), abar.sqrt() * eps - (1 - abar).sqrt() * x0)
+    target = d.parameterization.target(x0, eps, d.alpha(t)[:, None], d.sigma(t)[:, None])
+    assert torch.allclose(target, abar.sqrt() * eps - (1 - abar).sqrt() * x0)
+
+
+def test_the_chain_is_a_process_in_alpha_and_sigma() -> None:
+    """GaussianDiffusion as a Process: alpha = sqrt(abar), sigma = sqrt(1 - abar) at integer t, the log-sigma
+    interpolation of alphas_cumprod_at between them, and q_sample = alpha x0 + sigma n."""
+    d = _diffusion()
+    t = torch.tensor([0, 1, 250, 999])
+    abar = d.alphas_cumprod[t]
+    torch.testing.assert_close(d.alpha(t), abar.sqrt())
+    torch.testing.assert_close(d.sigma(t), (1 - abar).sqrt())
+    # the SNR from the float64 abar: near t = 0, 1 - abar in float32 keeps only a few digits
+    abar64 = torch.cumprod(1 - make_beta_schedule("linear", 1000).double(), 0)[t]
+    torch.testing.assert_close(d.snr(t).double(), abar64 / (1 - abar64), rtol=1e-6, atol=0)
+    torch.testing.assert_close(d.log_snr(t).double(), 0.5 * (abar64 / (1 - abar64)).log(), rtol=0, atol=2e-4)
+    fractional = torch.tensor([0.5, 250.25, 998.75])
+    expected = d.alphas_cumprod_at(fractional)
+    torch.testing.assert_close(d.alpha(fractional), expected.sqrt().float())
+    torch.testing.assert_close(d.sigma(fractional), (1 - expected).sqrt().float())
+    assert d.time_range == (0.0, 999.0) and d.discrete
+    x0, n = torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2)
+    torch.testing.assert_close(
+        d.q_sample(x0, t, n), d.alpha(t)[:, None, None, None] * x0 + d.sigma(t)[:, None, None, None] * n
+    )
 
 
 def test_reverse_variances() -> None:
@@ -175,17 +202,20 @@ def test_training_loss_values() -> None:
     x0 = torch.randn(32, 2)
     noise = torch.randn(32, 2)
     t = torch.randint(0, 1000, (32,))
-    perfect = d.training_loss(lambda x, tt: noise, x0, t, noise)
-    assert perfect.item() == 0.0
-    zero = d.training_loss(lambda x, tt: torch.zeros_like(x), x0, t, noise)
-    assert zero.item() == pytest.approx((noise**2).mean().item(), rel=1e-6)
-    per_sample = d.training_loss(lambda x, tt: torch.zeros_like(x), x0, t, noise, reduction="none")
-    assert per_sample.shape == (32,)
-    l1 = _diffusion(loss="l1").training_loss(lambda x, tt: torch.zeros_like(x), x0, t, noise)
-    assert l1.item() == pytest.approx(noise.abs().mean().item(), rel=1e-6)
-    huber = _diffusion(loss="huber").training_loss(lambda x, tt: torch.zeros_like(x), x0, t, noise)
-    ref = torch.where(noise.abs() < 1, 0.5 * noise**2, noise.abs() - 0.5).mean()
-    assert huber.item() == pytest.approx(ref.item(), rel=1e-6)
+    loss = SimpleLoss(d)
+    perfect = loss(lambda x, tt: noise, x0, t, noise)
+    assert perfect.shape == (32,) and bool((perfect == 0).all())
+    zero = loss(lambda x, tt: torch.zeros_like(x), x0, t, noise)
+    torch.testing.assert_close(zero, (noise**2).mean(1))
+    l1 = SimpleLoss(d, distance="l1")(lambda x, tt: torch.zeros_like(x), x0, t, noise)
+    torch.testing.assert_close(l1, noise.abs().mean(1))
+    huber = SimpleLoss(d, distance="huber")(lambda x, tt: torch.zeros_like(x), x0, t, noise)
+    ref = torch.where(noise.abs() < 1, 0.5 * noise**2, noise.abs() - 0.5).mean(1)
+    torch.testing.assert_close(huber, ref)
+    # the network sees x_t = q_sample(x0, t, noise), formed once
+    seen = []
+    loss(lambda x, tt: seen.append((x, tt)) or torch.zeros_like(x), x0, t, noise)
+    assert len(seen) == 1 and torch.equal(seen[0][0], d.q_sample(x0, t, noise)) and seen[0][1] is t
 
 
 @pytest.mark.parametrize(
@@ -197,11 +227,11 @@ def test_training_loss_values() -> None:
     ],
 )
 def test_min_snr_weights(objective: str, weight) -> None:
-    d = _diffusion(objective=objective, loss_weighting="min_snr")
+    loss = SimpleLoss(_diffusion(objective=objective), weighting="min_snr")
     t = torch.tensor([0, 100, 300, 999])
     abar = np.cumprod(1 - make_beta_schedule("linear", 1000).numpy())[t.numpy()]
     snr = abar / (1 - abar)
-    assert np.allclose(d.loss_weights(t).numpy(), weight(snr), rtol=1e-4)
+    assert np.allclose(loss.weights(t).numpy(), weight(snr), rtol=1e-4)
 
 
 def test_training_loss_decreases_with_a_better_model() -> None:
@@ -211,8 +241,9 @@ def test_training_loss_decreases_with_a_better_model() -> None:
     mu, sigma = torch.tensor([0.5, 0.0]), torch.tensor([[0.3, 0.1], [0.1, 0.2]])
     x0 = torch.distributions.MultivariateNormal(mu, sigma).sample((4000,))
     oracle = GaussianOracle(d, mu, sigma)
-    good = d.training_loss(oracle, x0)
-    bad = d.training_loss(lambda x, tt: torch.zeros_like(x), x0)
+    t, noise = torch.randint(0, d.T, (4000,)), torch.randn_like(x0)
+    good = SimpleLoss(d)(oracle, x0, t, noise).mean()
+    bad = SimpleLoss(d)(lambda x, tt: torch.zeros_like(x), x0, t, noise).mean()
     assert good.item() < 0.5 * bad.item()
 
 
@@ -221,15 +252,26 @@ def test_training_loss_decreases_with_a_better_model() -> None:
     [
         ({"objective": "score"}, "objective='score' is unknown; choose one of 'eps', 'x0', 'v'"),
         ({"variance": "learnt"}, "variance='learnt' is unknown"),
-        ({"loss": "kl"}, "loss='kl' is unknown"),
-        ({"loss_weighting": "p2"}, "loss_weighting='p2' is unknown"),
-        ({"min_snr_gamma": 0}, "min_snr_gamma=0"),
         ({"clip_range": (1, -1)}, "clip_range"),
     ],
 )
 def test_bad_arguments(kwargs, match) -> None:
     with pytest.raises(ValueError, match=match):
         GaussianDiffusion(make_beta_schedule("linear", 1000), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"distance": "kl"}, "distance='kl' is unknown"),
+        ({"weighting": "p2"}, "weighting='p2' is unknown"),
+        ({"min_snr_gamma": 0}, "min_snr_gamma=0"),
+        ({"cond_drop_prob": 1.0}, r"cond_drop_prob=1.0 is outside \[0, 1\)"),
+    ],
+)
+def test_bad_loss_arguments(kwargs, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        SimpleLoss(_diffusion(), **kwargs)
 
 
 @pytest.mark.parametrize("betas", [[1.0, 0.1], [0.1, 1.5], [0.0, 0.1], [-0.1], []])  # 1 only last (zero SNR)
@@ -245,7 +287,8 @@ FRAMEWORKS = ("lightning", "pytorch_lightning", "hydra", "wandb")
     ("modules", "banned"),
     [
         (
-            "ddpm.schedules, ddpm.diffusion, ddpm.samplers, ddpm.models, ddpm.oracle",
+            "ddpm.schedules, ddpm.diffusion, ddpm.losses, ddpm.timestep_sampling, ddpm.samplers, "
+            "ddpm.models, ddpm.oracle",
             (*FRAMEWORKS, "matplotlib"),
         ),
         # torchmetrics (feature accumulation) may pull in matplotlib for its plots; no framework though

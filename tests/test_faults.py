@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
 
 from ddpm.lit_module import NonFiniteLossError
+from ddpm.losses import SimpleLoss
 from tests.helpers import CLI_ENV, SHORT, cli, run_train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +71,7 @@ class HistoryProbe(L.Callback):
         self.folder = Path(folder)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
-        state = pl_module.diffusion.timestep_sampler_state()
+        state = pl_module.timestep_sampler.state_dict()
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / f"rank{trainer.global_rank}.txt").write_text(
             f"{int(state['loss_counts'].sum())} {state['loss_history'].sum().item()!r}"
@@ -92,8 +93,8 @@ def _losses(metrics_csv: Path) -> dict[int, float]:
 IMPORTANCE_SAMPLED = [
     "T=20",
     "diffusion.variance=learned_range",
-    "diffusion.loss=vlb",
-    "diffusion.timestep_sampler=loss_second_moment",
+    "loss=vlb",
+    "timestep_sampler=loss_second_moment",
 ]
 
 
@@ -235,7 +236,7 @@ def test_bf16_mixed_trains_on_cpu_with_float32_diffusion_math(tmp_path: Path) ->
     with torch.autocast("cpu", dtype=torch.bfloat16):
         x0 = torch.randn(8, 2)
         assert model.diffusion.q_sample(x0, torch.arange(8)).dtype == torch.float32
-        loss = model.diffusion.training_loss(model.net, x0)
+        loss = SimpleLoss(model.diffusion)(model.net, x0, torch.arange(8), torch.randn_like(x0)).mean()
     assert loss.dtype == torch.float32
 
 

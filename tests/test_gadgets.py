@@ -586,7 +586,17 @@ IDENTITY_ROUTES: dict[str, tuple[Callable[[dict[str, Any], Ctx], None], str | No
 
 #: 2. every string field of the identity nodes of the toy run's stored config
 #: (test_the_field_list_covers_every_string_of_the_identity checks this list against the run)
-IDENTITY_NODES = ("model", "data", "schedule", "diffusion", "sampler", "optimizer", "lr_scheduler")
+IDENTITY_NODES = (
+    "model",
+    "data",
+    "schedule",
+    "diffusion",
+    "loss",
+    "timestep_sampler",
+    "sampler",
+    "optimizer",
+    "lr_scheduler",
+)
 STRING_FIELDS = (
     "model._target_",
     "data._target_",
@@ -596,10 +606,10 @@ STRING_FIELDS = (
     "diffusion._target_",
     "diffusion.objective",
     "diffusion.variance",
-    "diffusion.loss",
-    "diffusion.loss_weighting",
-    "diffusion.vlb_decoder",
-    "diffusion.timestep_sampler",
+    "loss._target_",
+    "loss.distance",
+    "loss.weighting",
+    "timestep_sampler._target_",
     "sampler._target_",
     "sampler.spacing",
     "sampler.solver_type",

@@ -15,6 +15,7 @@ import torch
 
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.evaluation.exact import affine_moments, relative_frobenius
+from ddpm.losses import SimpleLoss
 from ddpm.models import MLPDenoiser, UNet
 from ddpm.oracle import GaussianMixtureOracle, GaussianOracle
 from ddpm.samplers import (
@@ -39,6 +40,15 @@ def _overlapping(d: GaussianDiffusion) -> GaussianMixtureOracle:
 
 def _diffusion(objective: str = "eps") -> GaussianDiffusion:
     return GaussianDiffusion(make_beta_schedule("linear", 1000), objective=objective)
+
+
+def _loss() -> SimpleLoss:
+    return SimpleLoss(_diffusion())
+
+
+def _inputs(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x0, t, noise) of n zero points: what a loss takes beside the network."""
+    return torch.zeros(n, 2), torch.randint(0, 1000, (n,)), torch.randn(n, 2)
 
 
 def _draw(sampler, model, d, n: int, seed: int = 0, **kwargs) -> torch.Tensor:
@@ -179,8 +189,11 @@ def test_a_learned_variance_is_not_guided(shape: tuple[int, ...]) -> None:
         (lambda: MLPDenoiser(2, num_classes=3)(torch.zeros(2, 2), torch.zeros(2), torch.zeros(3)), "shape"),
         (lambda: MLPDenoiser(2)(torch.zeros(2, 2), torch.zeros(2), torch.zeros(2).long()), "num_classes=0"),
         (lambda: MLPDenoiser(2, num_classes=-1), "num_classes=-1"),
-        (lambda: _diffusion().training_loss(MLPDenoiser(2), torch.zeros(2, 2), y=torch.zeros(2)), "no num"),
-        (lambda: GaussianDiffusion(torch.full((10,), 0.1), cond_drop_prob=1.0), "cond_drop_prob=1.0"),
+        (lambda: _loss()(MLPDenoiser(2), *_inputs(2), y=torch.zeros(2)), "no num"),
+        (
+            lambda: SimpleLoss(GaussianDiffusion(torch.full((10,), 0.1)), cond_drop_prob=1.0),
+            "cond_drop_prob=1.0",
+        ),
     ],
 )
 def test_bad_labels_and_scales_are_one_line_errors(call, match: str) -> None:
@@ -217,7 +230,7 @@ def test_unconditional_network_is_unchanged_by_the_class_option(make) -> None:
 
 
 def test_label_dropout_replaces_labels_with_the_null_label() -> None:
-    d = GaussianDiffusion(make_beta_schedule("linear", 1000), cond_drop_prob=0.3)
+    d = SimpleLoss(GaussianDiffusion(make_beta_schedule("linear", 1000)), cond_drop_prob=0.3)
     seen = []
 
     class Net(torch.nn.Module):
@@ -228,8 +241,8 @@ def test_label_dropout_replaces_labels_with_the_null_label() -> None:
             return torch.zeros_like(x)
 
     torch.manual_seed(0)
-    d.training_loss(Net(), torch.zeros(20_000, 2), y=torch.full((20_000,), 2))
+    d(Net(), *_inputs(20_000), y=torch.full((20_000,), 2))
     dropped = (seen[0] == 4).float().mean()
     assert set(seen[0].tolist()) == {2, 4} and abs(float(dropped) - 0.3) < 0.015  # 4.6 standard errors
-    d.training_loss(Net(), torch.zeros(100, 2), y=torch.full((100,), 2), cond_drop_prob=0.0)
+    d(Net(), *_inputs(100), y=torch.full((100,), 2), cond_drop_prob=0.0)
     assert bool((seen[1] == 2).all())

@@ -20,12 +20,14 @@ import torch
 
 from ddpm.build import check_network
 from ddpm.config import ConfigError
-from ddpm.diffusion import HISTORY_PER_TERM, UNIFORM_PROB, GaussianDiffusion
-from ddpm.likelihood import LN2, variational_bound, vb_terms_nats
+from ddpm.diffusion import GaussianDiffusion
+from ddpm.likelihood import variational_bound
+from ddpm.losses import LN2, HybridLoss, SimpleLoss, VLBLoss, vb_terms_nats
 from ddpm.models import MLPDenoiser, UNet
 from ddpm.oracle import GaussianOracle
 from ddpm.samplers import DDIMSampler, DDPMSampler, DPMSolverSampler, HeunSampler, UniPCSampler
 from ddpm.schedules import NotPureNoiseWarning, make_beta_schedule, rescale_zero_terminal_snr
+from ddpm.timestep_sampling import HISTORY_PER_TERM, UNIFORM_PROB, LossSecondMomentTimesteps
 
 
 def _betas(name: str = "cosine", T: int = 50, **kw) -> torch.Tensor:
@@ -75,7 +77,8 @@ def test_a_learned_variance_output_is_split_on_the_channel_axis() -> None:
     assert torch.equal(mean_part, out[:, :3]) and torch.equal(var_part, out[:, 3:])
     # the samplers' x0 ignores the variance half
     assert torch.equal(d.predict_x0(x, 5, out), d.predict_x0(x, 5, out[:, :3]))
-    with pytest.raises(ValueError, match=r"does not fit data of shape \(4, 3, 8, 8\)"):
+    # the one shape check, with the message the build and the losses give too
+    with pytest.raises(ValueError, match=r"outputs \(5, 8, 8\) per sample for data of shape \(3, 8, 8\)"):
         d.split_output(torch.randn(4, 5, 8, 8), x)
 
 
@@ -108,48 +111,62 @@ def test_a_network_of_the_wrong_output_size_is_a_one_line_error_at_build() -> No
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "match"),
+    ("make", "match"),
     [
         (
-            {"loss": "hybrid"},
-            r"loss=hybrid with variance=fixed_large: its L_vlb term trains only the variance",
+            lambda: HybridLoss(GaussianDiffusion(_betas())),
+            r"loss=hybrid with diffusion.variance=fixed_large: its L_vlb term trains only the variance",
         ),
-        ({"timestep_sampler": "loss_second_moment"}, r"timestep_sampler=loss_second_moment with loss=mse"),
-        ({"loss": "vlb", "loss_weighting": "min_snr"}, r"loss_weighting=min_snr with loss=vlb"),
-        ({"offset_noise": -0.1}, r"offset_noise=-0.1 is invalid"),
-        ({"variance": "learnt"}, r"variance='learnt' is unknown"),
+        (
+            lambda: _module(GaussianDiffusion(_betas()), SimpleLoss),
+            r"LossSecondMomentTimesteps samples t by the bound's per-t terms L_t, which SimpleLoss\(",
+        ),
+        (lambda: SimpleLoss(GaussianDiffusion(_betas()), offset_noise=-0.1), r"offset_noise=-0.1 is invalid"),
+        (lambda: SimpleLoss(GaussianDiffusion(_betas()), distance="l2"), r"distance='l2' is unknown"),
+        (lambda: VLBLoss(GaussianDiffusion(_betas()), decoder="bits"), r"decoder='bits' is unknown"),
+        (lambda: GaussianDiffusion(_betas(), variance="learnt"), r"variance='learnt' is unknown"),
     ],
 )
-def test_bad_combinations_are_refused_in_one_line(kwargs: dict, match: str) -> None:
+def test_bad_combinations_are_refused_in_one_line(make, match: str) -> None:
     with pytest.raises(ValueError, match=match) as err:
-        GaussianDiffusion(_betas(), **kwargs)
+        make()
     assert "\n" not in str(err.value)
+
+
+def _module(d: GaussianDiffusion, loss: type = VLBLoss):
+    """A training module whose timesteps are importance-sampled, with ``loss``."""
+    from ddpm.lit_module import DiffusionModule
+
+    net = MLPDenoiser(2, hidden=8, depth=1, out_mult=d.output_multiplier)
+    return DiffusionModule(
+        net, d, DDPMSampler(), torch.optim.SGD, loss=loss(d), timestep_sampler=LossSecondMomentTimesteps(d)
+    )
 
 
 # ----------------------------------------------------------------------------- the losses
 def test_the_hybrid_losss_vlb_term_has_no_gradient_into_the_mean() -> None:
     torch.manual_seed(0)
-    d = GaussianDiffusion(_betas(), variance="learned_range", loss="hybrid")
+    d = GaussianDiffusion(_betas(), variance="learned_range")
+    hybrid_loss = HybridLoss(d, decoder="gaussian")
     x0 = torch.randn(8, 2, 4, 4).clamp(-1, 1)
     t = torch.arange(8) * 6
     noise = torch.randn_like(x0)
+    x_t = d.q_sample(x0, t, noise)
     out = torch.randn(8, 4, 4, 4, requires_grad=True)
-    d.vlb_estimate_bpd(out, x0, t, noise, stop_mean_gradient=True).sum().backward()
+    hybrid_loss.bound(d, out, x0, x_t, t, stop_mean_gradient=True).sum().backward()
     assert out.grad is not None
     assert torch.count_nonzero(out.grad[:, :2]) == 0  # the mean's half: no gradient
     assert torch.count_nonzero(out.grad[:, 2:]) > 0  # the variance's half trains
-    # and the hybrid loss is L_simple + lambda * T * L_t (bits/dim), L_t from ddpm.likelihood.vb_terms_nats
+    # and the hybrid loss is L_simple + lambda * T * L_t (bits/dim), L_t from ddpm.losses.vb_terms_nats
     fixed = out.detach()
-    hybrid = d.training_loss(lambda *_: fixed, x0, t, noise, reduction="none")
+    hybrid = hybrid_loss(lambda *_: fixed, x0, t, noise)
     mse = (fixed[:, :2] - noise).square().flatten(1).mean(1)
-    nats = vb_terms_nats(d, lambda *_: fixed, x0, t, noise, decoder="gaussian", clip_denoised=False)
+    nats = vb_terms_nats(d, fixed, x0, x_t, t, decoder="gaussian", clip_denoised=False)
     expected = mse + 1e-3 * d.T * nats / (x0[0].numel() * LN2)
     torch.testing.assert_close(hybrid, expected.float(), rtol=1e-5, atol=1e-6)
     # loss=vlb trains the mean too
     out.grad = None
-    GaussianDiffusion(_betas(), variance="learned_range", loss="vlb").training_loss(
-        lambda *_: out, x0, t, noise
-    ).backward()
+    VLBLoss(d)(lambda *_: out, x0, t, noise).mean().backward()
     assert torch.count_nonzero(out.grad[:, :2]) > 0
 
 
@@ -162,7 +179,7 @@ def test_vlb_with_the_oracle_and_its_optimal_variance_beats_both_fixed_variances
     x0 = torch.randn(2000, 2, generator=gen) * math.sqrt(s2)
     bounds = {}
     for variance in ("fixed_large", "fixed_small", "learned"):
-        d = GaussianDiffusion(betas, variance=variance, loss="vlb")
+        d = GaussianDiffusion(betas, variance=variance)
         oracle = GaussianOracle(d, torch.zeros(2), s2 * torch.eye(2))
         abar = d.alphas_cumprod.double()
         var_x0 = s2 * (1 - abar) / (1 - abar + abar * s2)  # Var(x0 | x_t) of N(0, s2 I) data
@@ -214,23 +231,21 @@ class _ImprovedDiffusionResampler:
 
 def test_the_importance_sampler_follows_sqrt_of_the_second_moment_as_improved_diffusion() -> None:
     T = 20
-    d = GaussianDiffusion(
-        _betas(T=T), variance="learned_range", loss="vlb", timestep_sampler="loss_second_moment"
-    )
+    d = LossSecondMomentTimesteps(GaussianDiffusion(_betas(T=T), variance="learned_range"))
     ref = _ImprovedDiffusionResampler(T)
     rng = np.random.default_rng(0)
     warm = False
     for _ in range(40):
         ts = rng.integers(0, T, 16)
         losses = rng.gamma(2.0, 1.0 + ts)  # larger at larger t
-        d.update_timestep_sampler(torch.from_numpy(ts), torch.from_numpy(losses))
+        d.update(torch.from_numpy(ts), torch.from_numpy(losses))
         ref.update(ts.tolist(), losses.tolist())
-        np.testing.assert_allclose(d.timestep_probabilities().numpy(), ref.weights(), rtol=1e-12)
+        np.testing.assert_allclose(d.probabilities().numpy(), ref.weights(), rtol=1e-12)
         if not warm:  # uniform until every t holds its 10 losses
             warm = bool((ref.counts == HISTORY_PER_TERM).all())
-            assert d.importance_sampling == warm
-    assert warm and d.importance_sampling
-    p = d.timestep_probabilities()
+            assert d.warm == warm
+    assert warm and d.warm
+    p = d.probabilities()
     second_moment = torch.from_numpy(ref.history).square().mean(1).sqrt()
     # p_t = (1 - u) sqrt(E[L_t^2]) / sum + u / T (improved DDPM eq. 18 with improved-diffusion's u = 0.001)
     torch.testing.assert_close(p, (1 - UNIFORM_PROB) * second_moment / second_moment.sum() + UNIFORM_PROB / T)
@@ -238,49 +253,43 @@ def test_the_importance_sampler_follows_sqrt_of_the_second_moment_as_improved_di
 
 def test_importance_weighted_losses_stay_unbiased_on_a_known_table() -> None:
     T = 10
-    d = GaussianDiffusion(_betas(T=T), variance="learned", loss="vlb", timestep_sampler="loss_second_moment")
+    d = LossSecondMomentTimesteps(GaussianDiffusion(_betas(T=T), variance="learned"))
     table = torch.linspace(1.0, 50.0, T, dtype=torch.float64) ** 2  # a known L_t, spread over 2500x
     for _ in range(HISTORY_PER_TERM):
-        d.update_timestep_sampler(torch.arange(T), table)
-    p = d.timestep_probabilities()
+        d.update(torch.arange(T), table)
+    p = d.probabilities()
     assert not torch.allclose(p, torch.full_like(p, 1 / T))  # really not uniform
     # exact: E_{t~p}[L_t / (T p_t)] = mean_t L_t
-    t_all = torch.arange(T)
-    assert math.isclose(
-        float((p * d.importance_weights(t_all).double() * table).sum()), float(table.mean()), rel_tol=1e-6
-    )
-    # and drawn: the weighted sample mean estimates the same, with less variance than uniform draws
+    weights_of_each_t = 1 / (T * p)
+    assert math.isclose(float((p * weights_of_each_t * table).sum()), float(table.mean()), rel_tol=1e-6)
+    # and drawn, with the weights sample() returns beside each t: the weighted sample mean estimates the
+    # same, with less variance than uniform draws
     gen = torch.Generator().manual_seed(0)
-    t = d.sample_timesteps(200_000, generator=gen)
-    estimate = (d.importance_weights(t).double() * table[t]).mean()
+    t, weights = d.sample(200_000, generator=gen)
+    torch.testing.assert_close(weights, weights_of_each_t[t].float())
+    estimate = (weights.double() * table[t]).mean()
     assert abs(float(estimate) / float(table.mean()) - 1) < 0.005
     uniform_var = table.var(unbiased=False)
-    weighted_var = (p * (d.importance_weights(t_all).double() * table - table.mean()) ** 2).sum()
+    weighted_var = (p * (weights_of_each_t * table - table.mean()) ** 2).sum()
     assert weighted_var < uniform_var / 10
 
 
 def test_the_sampler_history_round_trips_through_a_weights_only_checkpoint(tmp_path: Path) -> None:
-    kw = {"variance": "learned_range", "loss": "vlb", "timestep_sampler": "loss_second_moment"}
-    a, b = GaussianDiffusion(_betas(T=8), **kw), GaussianDiffusion(_betas(T=8), **kw)
-    a.update_timestep_sampler(torch.randint(0, 8, (200,)), torch.rand(200))
-    torch.save({"timestep_sampler": a.timestep_sampler_state()}, tmp_path / "x.ckpt")
-    b.load_timestep_sampler_state(torch.load(tmp_path / "x.ckpt", weights_only=True)["timestep_sampler"])
-    assert torch.equal(a.timestep_probabilities(), b.timestep_probabilities())
-    draws = [d.sample_timesteps(64, generator=torch.Generator().manual_seed(3)) for d in (a, b)]
-    assert torch.equal(*draws)
+    a, b = (LossSecondMomentTimesteps(GaussianDiffusion(_betas(T=8))) for _ in range(2))
+    a.update(torch.randint(0, 8, (200,)), torch.rand(200))
+    torch.save({"timestep_sampler": a.state_dict()}, tmp_path / "x.ckpt")
+    b.load_state_dict(torch.load(tmp_path / "x.ckpt", weights_only=True)["timestep_sampler"])
+    assert a.warm and torch.equal(a.probabilities(), b.probabilities())
+    draws = [d.sample(64, generator=torch.Generator().manual_seed(3)) for d in (a, b)]
+    assert torch.equal(draws[0][0], draws[1][0]) and torch.equal(draws[0][1], draws[1][1])
     with pytest.raises(ValueError, match="timestep-sampler history has shape"):
-        GaussianDiffusion(_betas(T=9), **kw).load_timestep_sampler_state(a.timestep_sampler_state())
+        LossSecondMomentTimesteps(GaussianDiffusion(_betas(T=9))).load_state_dict(a.state_dict())
 
 
 def test_the_training_module_gathers_every_ranks_losses_into_the_history() -> None:
     """DDP on one process: a strategy whose all_gather returns this rank's tensors and a second rank's
     (with a smaller last batch, padded), as Lightning's DDP all_gather stacks them."""
-    from ddpm.lit_module import DiffusionModule
-
-    d = GaussianDiffusion(
-        _betas(T=8), variance="learned_range", loss="vlb", timestep_sampler="loss_second_moment"
-    )
-    module = DiffusionModule(MLPDenoiser(2, hidden=8, depth=1, out_mult=2), d, DDPMSampler(), torch.optim.SGD)
+    module = _module(GaussianDiffusion(_betas(T=8), variance="learned_range"))
     other_t, other_loss = torch.tensor([7, 7, -1]), torch.tensor([5.0, 6.0, 0.0])  # rank 1: 2 real, 1 pad
 
     class TwoRanks:
@@ -357,9 +366,9 @@ def test_every_sampler_starts_from_pure_noise_at_abar_zero(objective: str) -> No
 
 # ----------------------------------------------------------------------------- offset noise
 def test_offset_noise_adds_one_constant_per_sample_and_channel() -> None:
-    d = GaussianDiffusion(_betas(), offset_noise=0.5)
+    d = SimpleLoss(GaussianDiffusion(_betas()), offset_noise=0.5)
     x0 = torch.zeros(4000, 2, 8, 8)
-    noise = d.training_noise(x0, generator=torch.Generator().manual_seed(0))
+    noise = d.noise(x0, generator=torch.Generator().manual_seed(0))
     # Var = 1 + 0.25; pixels of one (sample, channel) share the offset: their covariance is 0.25
     assert abs(float(noise.var()) - 1.25) < 0.02
     flat = noise.flatten(2)
@@ -367,7 +376,7 @@ def test_offset_noise_adds_one_constant_per_sample_and_channel() -> None:
     assert abs(float(cov) - 0.25) < 0.03
     across = (flat[:, 0, 0] * flat[:, 1, 0]).mean()  # different channels: independent offsets
     assert abs(float(across)) < 0.05
-    plain = GaussianDiffusion(_betas()).training_noise(x0, torch.Generator().manual_seed(0))
+    plain = SimpleLoss(GaussianDiffusion(_betas())).noise(x0, torch.Generator().manual_seed(0))
     assert torch.equal(plain, torch.randn(x0.shape, generator=torch.Generator().manual_seed(0)))  # 0: off
     with pytest.raises(ValueError, match=r"offset_noise=0.5 needs data with channels and positions"):
         d.check_data((4, 2))
@@ -389,7 +398,7 @@ def test_a_digits_iddpm_run_trains_and_ddpm_eval_bpd_uses_its_learned_variances(
         "sampler.steps=10",
         "callbacks.samples.metric_samples=0",
     ]
-    overrides += ["diffusion.loss=vlb", "diffusion.timestep_sampler=loss_second_moment", "cpu_threads=1"]
+    overrides += ["loss=vlb", "timestep_sampler=loss_second_moment", "cpu_threads=1"]
     _, run_dir = run_train(tmp_path, overrides)
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     counts = ckpt["timestep_sampler"]["loss_counts"]

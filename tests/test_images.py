@@ -303,7 +303,7 @@ def test_cifar10_ddpm_is_the_paper_recipe(tmp_path: Path, monkeypatch) -> None:
     assert cfg.T == cfg.schedule.T == 1000 and cfg.schedule.name == "linear"
     assert (cfg.schedule.beta_start, cfg.schedule.beta_end) == (1e-4, 0.02)
     assert cfg.diffusion.objective == "eps" and cfg.diffusion.variance == "fixed_large"
-    assert cfg.diffusion.loss == "mse" and cfg.diffusion.clip_denoised is True
+    assert cfg.loss.distance == "mse" and cfg.loss.weighting == "none" and cfg.diffusion.clip_denoised is True
     assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 2e-4
     assert cfg.lr_scheduler.warmup_steps == 5000 and cfg.lr_scheduler.decay == "constant"
     assert cfg.trainer.gradient_clip_val == 1.0 and cfg.trainer.max_steps == 800_000

@@ -9,14 +9,8 @@ import torch
 from scipy.stats import norm
 
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.likelihood import (
-    discretized_gaussian_log_likelihood,
-    gaussian_log_likelihood,
-    infer_bins,
-    normal_kl,
-    prior_kl,
-    variational_bound,
-)
+from ddpm.likelihood import prior_kl, variational_bound
+from ddpm.losses import discretized_gaussian_log_likelihood, gaussian_log_likelihood, infer_bins, normal_kl
 from ddpm.oracle import GaussianOracle
 from ddpm.schedules import make_beta_schedule
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.losses import SimpleLoss
 from ddpm.models import MLPDenoiser, sinusoidal_embedding
 from ddpm.samplers import DDPMSampler
 from ddpm.schedules import NotPureNoiseWarning, make_beta_schedule
@@ -60,7 +61,8 @@ def test_seed_001_point_end_to_end() -> None:
     x0 = torch.full((256,), 5.0)  # the experiment's batch (conf/data/_toy.yaml)
     losses = []
     for _ in range(steps):
-        loss = diffusion.training_loss(net, x0)
+        t = torch.randint(0, diffusion.T, (x0.shape[0],))
+        loss = SimpleLoss(diffusion)(net, x0, t, torch.randn_like(x0)).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()

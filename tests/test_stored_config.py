@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from ddpm.config import ConfigError
 from ddpm.stored_config import (
@@ -103,6 +104,66 @@ def test_only_plain_references_to_ddpm_labs_keys_are_followed() -> None:
         substitute_references("${T}", loop, "k", "s")
 
 
+@pytest.mark.parametrize(
+    ("earlier", "loss", "timestep_sampler"),
+    [
+        ({}, {"_target_": "ddpm.losses.SimpleLoss", "distance": "mse"}, "UniformTimesteps"),
+        (
+            {"loss": "l1", "loss_weighting": "min_snr", "min_snr_gamma": 3.0, "offset_noise": 0.1},
+            {
+                "_target_": "ddpm.losses.SimpleLoss",
+                "distance": "l1",
+                "weighting": "min_snr",
+                "min_snr_gamma": 3.0,
+                "offset_noise": 0.1,
+            },
+            "UniformTimesteps",
+        ),
+        (
+            {"loss": "hybrid", "vlb_weight": 0.01, "vlb_decoder": "gaussian", "cond_drop_prob": 0.2},
+            {
+                "_target_": "ddpm.losses.HybridLoss",
+                "vlb_weight": 0.01,
+                "decoder": "gaussian",
+                "cond_drop_prob": 0.2,
+            },
+            "UniformTimesteps",
+        ),
+        (
+            # an earlier vlb run stored loss_weighting: none, which VLBLoss does not take (it had no effect)
+            {"loss": "vlb", "loss_weighting": "none", "timestep_sampler": "loss_second_moment"},
+            {"_target_": "ddpm.losses.VLBLoss"},
+            "LossSecondMomentTimesteps",
+        ),
+    ],
+)
+def test_a_run_stored_before_the_loss_was_a_group_reads_in_todays_layout(
+    earlier: dict, loss: dict, timestep_sampler: str
+) -> None:
+    diffusion = {"_target_": "ddpm.diffusion.GaussianDiffusion", "objective": "v", "T": 10, **earlier}
+    run = run_identity({"T": 10, "seed": 1, **GROUPS, "diffusion": diffusion}, "ckpt")
+    assert run.config["diffusion"] == {
+        "_target_": "ddpm.diffusion.GaussianDiffusion",
+        "objective": "v",
+        "_partial_": True,
+    }
+    assert run.config["loss"] == {**loss, "_partial_": True}
+    assert run.config["timestep_sampler"] == {
+        "_target_": f"ddpm.timestep_sampling.{timestep_sampler}",
+        "_partial_": True,
+    }
+    # and the registry builds them (every value checked against the classes' signatures)
+    from ddpm.diffusion import GaussianDiffusion
+    from ddpm.registry import build_option
+
+    d = GaussianDiffusion(torch.linspace(1e-4, 0.02, 10), objective="v", variance="learned_range")
+    built = build_option("loss", run.config["loss"], diffusion=d)
+    assert type(built).__name__ == loss["_target_"].rsplit(".", 1)[1]
+    assert type(build_option("timestep_sampler", run.config["timestep_sampler"], process=d)).__name__ == (
+        timestep_sampler
+    )
+
+
 def test_the_identity_keeps_what_defines_the_model_and_drops_the_machine() -> None:
     stored = {
         "T": 10,
@@ -123,7 +184,8 @@ def test_the_identity_keeps_what_defines_the_model_and_drops_the_machine() -> No
         "notes": "${oc.env:SECRET}",  # never read
     }
     run = run_identity(stored, "ckpt")
-    assert set(run.config) == {*GROUPS, "T", "seed", "trainer", "callbacks"}
+    # the loss and the timestep sampler, absent from this config, get conf/'s defaults (upgrade_layout)
+    assert set(run.config) == {*GROUPS, "loss", "timestep_sampler", "T", "seed", "trainer", "callbacks"}
     assert run.config["trainer"] == {"max_steps": 7}
     assert "num_workers" not in run.config["data"] and "cache_dir" not in run.config["data"]
     assert run.config["callbacks"] == {"ema": {"decay": 0.9, "update_starting_at_step": None}}

@@ -275,7 +275,8 @@ def test_resume_from_a_loose_checkpoint_trains_the_stored_model(trained: Path, t
 
 def _in_the_earlier_layout(trained: Path, dest: Path) -> Path:
     """A copy of the run whose stored config is in the layout written before 2026-12: T also under
-    ``diffusion`` (``diffusion.betas`` a copy of the schedule), compile / channels_last under ``model``."""
+    ``diffusion`` (``diffusion.betas`` a copy of the schedule), compile / channels_last under ``model``, and
+    the loss and the timestep sampler as keys of ``diffusion``, as ``conf/diffusion/default.yaml`` had them."""
     run = _copy(trained, dest)
     for ckpt_file in run.glob("checkpoints/*.ckpt"):
         ckpt = torch.load(ckpt_file, weights_only=True)
@@ -283,6 +284,19 @@ def _in_the_earlier_layout(trained: Path, dest: Path) -> Path:
         module = cfg.pop("module")
         cfg["model"].update(compile=module["compile"], channels_last=module["channels_last"])
         diffusion = {k: v for k, v in cfg["diffusion"].items() if k != "_partial_"}
+        loss, timestep_sampler = cfg.pop("loss"), cfg.pop("timestep_sampler")
+        assert loss["_target_"] == "ddpm.losses.SimpleLoss", loss
+        assert timestep_sampler["_target_"] == "ddpm.timestep_sampling.UniformTimesteps", timestep_sampler
+        diffusion.update(
+            loss=loss["distance"],
+            loss_weighting=loss["weighting"],
+            min_snr_gamma=loss["min_snr_gamma"],
+            vlb_weight=0.001,
+            vlb_decoder="auto",
+            timestep_sampler="uniform",
+            offset_noise=loss["offset_noise"],
+            cond_drop_prob=loss["cond_drop_prob"],
+        )
         cfg["diffusion"] = {**diffusion, "T": cfg["T"], "betas": dict(cfg["schedule"])}
         torch.save(ckpt, ckpt_file)
     return run
@@ -294,6 +308,7 @@ def test_a_run_stored_in_the_earlier_layout_loads_and_resumes(trained: Path, tmp
     assert loaded.model.diffusion.num_timesteps == STORED_T
     assert "compile" not in loaded.config.model and "module" not in loaded.config  # the machine's, not read
     assert "T" not in loaded.config.diffusion and loaded.config.diffusion._partial_
+    assert "loss" not in loaded.config.diffusion and loaded.config.loss._target_ == "ddpm.losses.SimpleLoss"
     steps = load_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"]
     metrics, _ = run_train(tmp_path / "new", [*QUIET, f"ckpt_path={run}", f"trainer.max_steps={steps + 2}"])
     assert metrics["global_step"] == steps + 2

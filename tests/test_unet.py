@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 from ddpm.build import build_model
 from ddpm.config import CONF_DIR
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.losses import SimpleLoss
 from ddpm.models import UNet
 from ddpm.schedules import make_beta_schedule
 
@@ -62,7 +63,8 @@ def test_output_depends_on_time_and_input_after_a_step() -> None:
     diffusion = GaussianDiffusion(make_beta_schedule("linear", 100, warn=False))
     for _ in range(3):  # plain SGD steps (a torch.optim optimizer would import torch._dynamo: seconds)
         net.zero_grad()
-        diffusion.training_loss(net, torch.randn(16, 1, 8, 8)).backward()
+        x0 = torch.randn(16, 1, 8, 8)
+        SimpleLoss(diffusion)(net, x0, torch.randint(0, 100, (16,)), torch.randn_like(x0)).mean().backward()
         with torch.no_grad():
             for p in net.parameters():
                 p -= 0.1 * p.grad

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .common import Settings, Table, sync
-from .plain import make_diffusion
+from .plain import TrainingLoss, make_diffusion
 
 #: dense bf16 tensor-core peak FLOP/s by device name fragment (vendor data sheets, SXM parts)
 BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12}
@@ -22,10 +22,10 @@ def flops_per_image(make_net: Callable[[], nn.Module], shape: tuple[int, ...], T
     from torch.utils.flop_counter import FlopCounterMode
 
     net = make_net()
-    diffusion = make_diffusion(T)
+    training_loss = TrainingLoss(make_diffusion(T))
     x = torch.randn(2, *shape)
     with FlopCounterMode(display=False) as counter:
-        diffusion.training_loss(net, x).backward()
+        training_loss(net, x).backward()
     return counter.get_total_flops() / 2
 
 
@@ -40,7 +40,7 @@ def gpu_variant_throughput(
 ) -> float:
     """Images/s of the plain training step under ``variant``: fp32, bf16-mixed, or bf16-mixed +
     channels_last + torch.compile. Runs on CPU too (autocast bf16 on CPU) for a check of the code path."""
-    diffusion = make_diffusion(T).to(device)
+    training_loss = TrainingLoss(make_diffusion(T).to(device))
     net = make_net().to(device)
     if variant.startswith("bf16+cl"):
         net = net.to(memory_format=torch.channels_last)
@@ -53,7 +53,7 @@ def gpu_variant_throughput(
 
     def step() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss = diffusion.training_loss(model, x0)
+            loss = training_loss(model, x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)

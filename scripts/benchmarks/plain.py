@@ -21,6 +21,21 @@ def make_diffusion(T: int):
     return GaussianDiffusion(make_beta_schedule("cosine", T))
 
 
+class TrainingLoss:
+    """The training step's loss as DiffusionModule computes it: t and its weights from the timestep sampler
+    (uniform), the training noise, L_simple per sample (``ddpm.losses.SimpleLoss``), the weighted mean."""
+
+    def __init__(self, diffusion: Any) -> None:
+        from ddpm.losses import SimpleLoss
+        from ddpm.timestep_sampling import UniformTimesteps
+
+        self.loss, self.timesteps = SimpleLoss(diffusion), UniformTimesteps(diffusion)
+
+    def __call__(self, net: Any, x0: torch.Tensor) -> torch.Tensor:
+        t, weights = self.timesteps.sample(x0.shape[0], x0.device)
+        return (self.loss(net, x0, t, self.loss.noise(x0)) * weights).mean()
+
+
 def in_memory_loader(x: torch.Tensor, batch: int, seed: int = 0) -> torch.utils.data.DataLoader:
     """ddpm-lab's in-memory loader: whole shuffled batches indexed at once (as ``ToyDataModule``)."""
     from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
@@ -38,13 +53,13 @@ def plain_steps(
     batch's fetch included) per ``next()``, so that it can also run in blocks between the app's steps."""
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    diffusion = make_diffusion(T).to(device)
+    training_loss = TrainingLoss(make_diffusion(T).to(device))
     net = net.to(device)
     opt = adamw(net.parameters())
     ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.995), use_buffers=True)
     for (x0,) in loader:
         x0 = x0.to(device, non_blocking=True)
-        loss = diffusion.training_loss(net, x0)
+        loss = training_loss(net, x0)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .common import REPO, Settings, Table, sync
-from .plain import adamw, in_memory_loader, make_diffusion, plain_train
+from .plain import TrainingLoss, adamw, in_memory_loader, make_diffusion, plain_train
 
 
 def ema_callback(decay: float) -> Any:
@@ -57,9 +57,10 @@ def lightning_train(
             def __init__(self) -> None:
                 super().__init__()
                 self.net, self.diffusion = net, diffusion
+                self.training_loss = TrainingLoss(diffusion)
 
             def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-                return self.diffusion.training_loss(self.net, batch_data(batch))
+                return self.training_loss(self.net, batch_data(batch))
 
             def configure_optimizers(self) -> torch.optim.Optimizer:
                 return adamw(self.net.parameters())

@@ -1,6 +1,7 @@
 """ddpm-lab: denoising diffusion probabilistic models.
 
-The core (``schedules``, ``diffusion``, ``samplers``, ``models``, ``oracle``, ``sampling_model``) is plain
+The core (``schedules``, ``process``, ``parameterization``, ``diffusion``, ``losses``, ``timestep_sampling``,
+``samplers``, ``models``, ``oracle``, ``sampling_model``) is plain
 PyTorch; Lightning lives in ``lit_module``, ``data.datamodules``, ``callbacks`` and ``checkpointing``, which
 only training imports (a trained run is loaded without them: ``build.load_run``); Hydra in ``build`` and
 ``cli``.
@@ -19,13 +20,23 @@ __all__ = [
     "GaussianMixtureOracle",
     "GaussianOracle",
     "HeunSampler",
+    "HybridLoss",
+    "LossSecondMomentTimesteps",
+    "SimpleLoss",
     "UniPCSampler",
+    "UniformTimesteps",
+    "VLBLoss",
     "make_beta_schedule",
 ]
 __version__ = "0.1.0"
 
 _EXPORTS = {
     "GaussianDiffusion": "ddpm.diffusion",
+    "SimpleLoss": "ddpm.losses",
+    "HybridLoss": "ddpm.losses",
+    "VLBLoss": "ddpm.losses",
+    "UniformTimesteps": "ddpm.timestep_sampling",
+    "LossSecondMomentTimesteps": "ddpm.timestep_sampling",
     "DDPMSampler": "ddpm.samplers",
     "DDIMSampler": "ddpm.samplers",
     "DPMSolverSampler": "ddpm.samplers",

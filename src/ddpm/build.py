@@ -1,8 +1,9 @@
 """From a composed config to a run's objects, and from a finished run folder back to them.
 
-This is the one place that knows how the config groups combine: the ``schedule`` node builds the betas the
-``diffusion`` node takes, ``data`` says the shape ``model`` and the module see, ``optimizer`` and
-``lr_scheduler`` are partials the module calls. :func:`build` makes a new run's DataModule and
+This is the one place that knows how the config groups combine: the ``schedule`` node builds the betas
+the ``diffusion`` node takes, the ``loss`` and ``timestep_sampler`` nodes take the diffusion, ``data``
+says the shape ``model`` and the module see, ``optimizer`` and ``lr_scheduler`` are partials the module
+calls. :func:`build` makes a new run's DataModule and
 DiffusionModule (Lightning, for training); :func:`load_run` rebuilds a trained one from its checkpoint with
 its own config (never today's defaults) in plain PyTorch, a :class:`~ddpm.sampling_model.SamplingModel`
 and the run's data class (:data:`ddpm.data.PLAIN_DATA`), with its sampler and any ``sampler=...``
@@ -31,12 +32,14 @@ from ddpm import registry
 from ddpm.config import ConfigError, first_line, root_cause
 from ddpm.data.kinds import RunData
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.losses import Loss, SimpleLoss
 from ddpm.run_folder import find_checkpoint, run_dir_of
 from ddpm.safe_loading import load_checkpoint, read_safetensors_run
 from ddpm.sampler_overrides import sampler_config
 from ddpm.samplers import Sampler
 from ddpm.sampling_model import SamplingModel
 from ddpm.stored_config import RunIdentity, read_yaml, run_identity
+from ddpm.timestep_sampling import TimestepDistribution, UniformTimesteps, check_loss
 
 if TYPE_CHECKING:  # Lightning: imported by build() only, so that loading a run does not pay for it
     from ddpm.lit_module import DiffusionModule
@@ -48,6 +51,7 @@ __all__ = [
     "build_diffusion",
     "build_for_sampling",
     "build_model",
+    "build_training",
     "check_network",
     "check_stored_network",
     "load_run",
@@ -131,6 +135,27 @@ def build_diffusion(cfg: DictConfig) -> GaussianDiffusion:
     return _instantiate(cfg, "diffusion", betas=betas)  # a partial: the schedule's betas complete it
 
 
+def build_training(cfg: DictConfig, diffusion: GaussianDiffusion) -> tuple[Loss, TimestepDistribution]:
+    """The loss and the timestep sampler of a config, each completed with the diffusion (a run stored
+    before they were groups of their own has them in its identity, moved out of ``diffusion``).
+
+    Raises:
+        ConfigError: a bad value, with the key it came from.
+    """
+    # a config composed by hand without these groups gets conf/'s defaults: L_simple, uniform t
+    loss = _instantiate(cfg, "loss", diffusion=diffusion) if cfg.get("loss") else SimpleLoss(diffusion)
+    timestep_sampler = (
+        _instantiate(cfg, "timestep_sampler", process=diffusion)
+        if cfg.get("timestep_sampler")
+        else UniformTimesteps(diffusion)
+    )
+    try:
+        check_loss(timestep_sampler, loss)
+    except ValueError as err:
+        raise ConfigError(f"timestep_sampler: {first_line(err)}") from None
+    return loss, timestep_sampler
+
+
 def check_network(net: torch.nn.Module, diffusion: GaussianDiffusion, data_shape: Sequence[int]) -> None:
     """One forward pass of one zero sample: the network's output must be what the diffusion reads
     (twice the data's channels with a learned variance), before any training or sampling.
@@ -139,10 +164,6 @@ def check_network(net: torch.nn.Module, diffusion: GaussianDiffusion, data_shape
         ConfigError: in one line, naming the shapes and the setting that fits.
     """
     shape = (1, *(int(s) for s in data_shape))
-    try:
-        diffusion.check_data(shape)
-    except ValueError as err:
-        raise ConfigError(f"diffusion: {first_line(err)}") from None
     device = next((p.device for p in net.parameters()), torch.device("cpu"))
     was_training = net.training
     net.eval()
@@ -179,6 +200,11 @@ def build(cfg: DictConfig) -> tuple[Any, DiffusionModule]:
             cfg.optimizer.fused = None  # torch's default: foreach on GPUs
     diffusion = build_diffusion(cfg)
     check_network(net, diffusion, datamodule.data_shape)
+    loss, timestep_sampler = build_training(cfg, diffusion)
+    try:
+        loss.check_data((1, *datamodule.data_shape))
+    except ValueError as err:
+        raise ConfigError(f"loss: {first_line(err)}") from None
     sampler = _instantiate(cfg, "sampler")
     try:  # the sampler against this chain (e.g. a spacing that a zero-terminal-SNR schedule cannot take)
         sampler.timesteps(diffusion)
@@ -200,6 +226,8 @@ def build(cfg: DictConfig) -> tuple[Any, DiffusionModule]:
         diffusion=diffusion,
         sampler=sampler,
         optimizer=optimizer,
+        loss=loss,
+        timestep_sampler=timestep_sampler,
         lr_scheduler=lr_scheduler,
         data_shape=datamodule.data_shape,
         max_nonfinite_skips=int(cfg.get("max_nonfinite_skips", 0)),

@@ -18,6 +18,7 @@ __all__ = [
     "CONF_DIR",
     "MAX_GUIDANCE_SCALE",
     "MOVED_KEYS",
+    "MOVED_LOSS",
     "ConfigError",
     "find_conf_dir",
     "first_line",
@@ -99,6 +100,23 @@ MOVED_KEYS = {
     "schedule.T": "T",
     "model.compile": "module.compile",
     "model.channels_last": "module.channels_last",
+    # the loss and the training timesteps became groups of their own (2026-12)
+    "diffusion.loss_weighting": "loss.weighting",
+    "diffusion.min_snr_gamma": "loss.min_snr_gamma",
+    "diffusion.vlb_weight": "loss.vlb_weight",
+    "diffusion.vlb_decoder": "loss.decoder",
+    "diffusion.offset_noise": "loss.offset_noise",
+    "diffusion.cond_drop_prob": "loss.cond_drop_prob",
+    "diffusion.timestep_sampler": "timestep_sampler",
+}
+
+#: ``diffusion.loss``'s values of the earlier layout, and today's overrides for each
+MOVED_LOSS = {
+    "mse": "loss=simple",
+    "l1": "loss=simple loss.distance=l1",
+    "huber": "loss=simple loss.distance=huber",
+    "hybrid": "loss=hybrid",
+    "vlb": "loss=vlb",
 }
 
 

@@ -38,92 +38,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.losses import DECODERS, LN2, normal_kl, sum_dims, vb_terms_nats
 
-__all__ = [
-    "VariationalBound",
-    "discretized_gaussian_log_likelihood",
-    "gaussian_log_likelihood",
-    "infer_bins",
-    "normal_kl",
-    "prior_kl",
-    "variational_bound",
-    "vb_terms_nats",
-]
+__all__ = ["VariationalBound", "prior_kl", "variational_bound"]
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-DECODERS = ("discretized", "gaussian")
-LN2 = math.log(2.0)
-
-
-def normal_kl(
-    mean1: torch.Tensor, logvar1: torch.Tensor, mean2: torch.Tensor, logvar2: torch.Tensor
-) -> torch.Tensor:
-    """Elementwise KL(N(mean1, e^logvar1) || N(mean2, e^logvar2)) in nats."""
-    # Closed-form KL between Gaussians (DDPM code's normal_kl; used in DDPM eq. 5's L_T and L_{t-1}).
-    return 0.5 * (
-        -1.0
-        + logvar2
-        - logvar1
-        + torch.exp(logvar1 - logvar2)
-        + (mean1 - mean2).square() * torch.exp(-logvar2)
-    )
-
-
-def _log_normal_mass(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """log(Phi(b) - Phi(a)) for a < b, without cancellation in either tail."""
-    flip = a > 0  # Phi(b) - Phi(a) = Phi(-a) - Phi(-b): evaluate in the lower tail
-    lo, hi = torch.where(flip, -b, a), torch.where(flip, -a, b)
-    log_hi, log_lo = torch.special.log_ndtr(hi), torch.special.log_ndtr(lo)
-    return log_hi + torch.log(-torch.expm1(log_lo - log_hi))
-
-
-def discretized_gaussian_log_likelihood(
-    x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor, bins: int = 256
-) -> torch.Tensor:
-    """Elementwise log-probability of x's bin under N(mean, e^(2 log_scale)), for data on ``bins`` levels
-    evenly spaced in [-1, 1] (x = 2 k / (bins - 1) - 1).
-
-    DDPM's decoder (sec. 3.3, eq. 13): the bin of half-width 1 / (bins - 1) around x, with the edge bins
-    extended to -inf and +inf. Unlike the DDPM / improved-diffusion code this uses the exact normal CDF
-    (``log_ndtr``) rather than a tanh approximation, and no 1e-12 floor on the probability (a floor would
-    make the figure no longer a bound); the values agree where both are accurate.
-    """
-    if bins < 2:
-        raise ValueError(f"bins={bins!r} must be >= 2")
-    x, mean, log_scale = (v.double() for v in (x, mean, log_scale))
-    half = 1.0 / (bins - 1)
-    inv_std = torch.exp(-log_scale)
-    upper = inv_std * (x - mean + half)
-    lower = inv_std * (x - mean - half)
-    edge = 0.5 * half  # x within half a bin of -1 or 1 is an edge level
-    # DDPM eq. 13: the first and last bins integrate to -inf and +inf.
-    log_cdf_upper = torch.special.log_ndtr(upper)
-    log_one_minus_cdf_lower = torch.special.log_ndtr(-lower)
-    log_mid = _log_normal_mass(lower, upper)
-    return torch.where(
-        x < -1 + edge, log_cdf_upper, torch.where(x > 1 - edge, log_one_minus_cdf_lower, log_mid)
-    )
-
-
-def gaussian_log_likelihood(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
-    """Elementwise log N(x; mean, e^log_var), a density (continuous data)."""
-    x, mean, log_var = (v.double() for v in (x, mean, log_var))
-    return -0.5 * (math.log(2 * math.pi) + log_var + (x - mean).square() * torch.exp(-log_var))
-
-
-def infer_bins(x: torch.Tensor, candidates: tuple[int, ...] = (256, 17), tol: float = 1e-3) -> int | None:
-    """The number of levels of data in [-1, 1] on an even grid (8-bit: 256; digits: 17), or None."""
-    if x.numel() == 0 or float(x.min()) < -1 - tol or float(x.max()) > 1 + tol:
-        return None
-    for bins in candidates:
-        k = (x.double() + 1) / 2 * (bins - 1)
-        if float((k - k.round()).abs().max()) < tol * (bins - 1):
-            return bins
-    return None
-
-
-def _sum_dims(v: torch.Tensor) -> torch.Tensor:
-    return v.reshape(v.shape[0], -1).sum(1)
 
 
 def prior_kl(diffusion: GaussianDiffusion, x0: torch.Tensor) -> torch.Tensor:
@@ -134,48 +53,21 @@ def prior_kl(diffusion: GaussianDiffusion, x0: torch.Tensor) -> torch.Tensor:
     mean = abar.sqrt() * x0.double()
     log_var = torch.log1p(-abar).expand_as(mean)
     zero = torch.zeros_like(mean)
-    return _sum_dims(normal_kl(mean, log_var, zero, zero))
+    return sum_dims(normal_kl(mean, log_var, zero, zero))
 
 
-def vb_terms_nats(
+def _term(
     diffusion: GaussianDiffusion,
     model: Model,
     x0: torch.Tensor,
     t: torch.Tensor,
-    noise: torch.Tensor | None = None,
-    decoder: str = "discretized",
-    bins: int = 256,
-    clip_denoised: bool | None = None,
+    noise: torch.Tensor,
+    decoder: str,
+    bins: int,
 ) -> torch.Tensor:
-    """One draw of L_t per sample [B] in nats: the KL term where t > 0, the decoder NLL where t == 0.
-
-    The model's variance is the diffusion's: fixed, or the network's own with a learned variance. This is the
-    one implementation of the bound: ``ddpm-eval --bpd`` sums it, and the ``vlb`` and ``hybrid`` training
-    losses (:meth:`GaussianDiffusion.vlb_estimate_bpd`) train on it, with gradients. ``clip_denoised``
-    overrides the diffusion's x0 clipping (None keeps it; training uses False, as improved-diffusion).
-    """
-    if decoder not in DECODERS:
-        raise ValueError(f"decoder={decoder!r} is unknown; choose one of {DECODERS}")
-    if noise is None:
-        noise = torch.randn_like(x0)
+    """One draw of L_t per sample [B] in nats at the diffusion's own x0 clipping."""
     x_t = diffusion.q_sample(x0, t, noise)  # DDPM eq. 4
-    out = diffusion.p_mean_variance(model(x_t, t).float(), x_t, t, clip_denoised=clip_denoised)
-    # DDPM eqs. 6-7: the true posterior q(x_{t-1} | x_t, x0); its log-variance is exact for t >= 1.
-    true_mean, _, true_log_var = diffusion.q_posterior(x0, x_t, t)
-    model_mean, model_log_var = out["mean"].double(), out["log_variance"].double().expand_as(x_t)
-    # DDPM eq. 5, L_{t-1}: KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t)).
-    kl = _sum_dims(normal_kl(true_mean.double(), true_log_var.double(), model_mean, model_log_var))
-    # DDPM eq. 5, L_0 = -log p(x0 | x_1); eq. 13 for discrete data. Evaluated on the t == 0 rows only, so
-    # a far-off tail elsewhere cannot put a NaN into the gradient of the rows that use the KL.
-    first = (t.to(kl.device) == 0).nonzero().squeeze(1)
-    if first.numel() == 0:
-        return kl
-    x0_first, mean_first, log_var_first = x0[first], model_mean[first], model_log_var[first]
-    if decoder == "discretized":
-        log_px = discretized_gaussian_log_likelihood(x0_first, mean_first, 0.5 * log_var_first, bins)
-    else:
-        log_px = gaussian_log_likelihood(x0_first, mean_first, log_var_first)
-    return kl.index_put((first,), -_sum_dims(log_px))
+    return vb_terms_nats(diffusion, model(x_t, t), x0, x_t, t, decoder, bins)
 
 
 @dataclass
@@ -275,7 +167,7 @@ def variational_bound(
             for t in range(T):
                 tb = torch.full((b,), t, dtype=torch.long, device=dev)
                 noise = torch.randn(xb.shape, generator=generator, device=dev, dtype=xb.dtype)
-                terms[:, t] = vb_terms_nats(diffusion, model, xb, tb, noise, decoder, bins)
+                terms[:, t] = _term(diffusion, model, xb, tb, noise, decoder, bins)
                 bar.update()
             dec, diff = terms[:, 0], terms[:, 1:].sum(1)
             term_sums += terms.sum(0).cpu()
@@ -285,7 +177,7 @@ def variational_bound(
             diff = torch.zeros_like(dec)
             for j in range(t_samples):
                 noise = torch.randn(xb.shape, generator=generator, device=dev, dtype=xb.dtype)
-                term = vb_terms_nats(diffusion, model, xb, ts[:, j], noise, decoder, bins)
+                term = _term(diffusion, model, xb, ts[:, j], noise, decoder, bins)
                 # Uniform t: T * E_t[L_t] = sum_t L_t, split by whether t is the decoder step.
                 dec += torch.where(ts[:, j] == 0, term, 0.0) * T / t_samples
                 diff += torch.where(ts[:, j] > 0, term, 0.0) * T / t_samples

@@ -1,4 +1,10 @@
-"""DiffusionModule: the LightningModule that trains a denoiser under a GaussianDiffusion and samples."""
+"""DiffusionModule: the LightningModule that trains a denoiser and samples.
+
+It owns the four parts a training step combines (EDM's design space, Karras et al. 2022, table 1): the
+process and parameterisation (``diffusion``), the loss (:mod:`ddpm.losses`) and the distribution of
+training timesteps (:mod:`ddpm.timestep_sampling`, whose state its checkpoints carry); the step itself is
+three calls: draw t and its weights, the per-sample loss, feed the losses back.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +21,11 @@ from lightning.pytorch.utilities.types import OptimizerConfig, OptimizerLRSchedu
 from torch import nn
 from torchmetrics import Metric
 
-from ddpm.diffusion import GaussianDiffusion, TimestepSampler
+from ddpm.diffusion import GaussianDiffusion
+from ddpm.losses import Loss, SimpleLoss
 from ddpm.samplers import Sampler, SampleResult
 from ddpm.sampling_model import draw_samples
+from ddpm.timestep_sampling import TimestepDistribution, UniformTimesteps, check_loss
 
 __all__ = ["DiffusionModule", "NonFiniteLossError"]
 
@@ -94,12 +102,14 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class DiffusionModule(L.LightningModule):
-    """Trains ``net`` with ``diffusion.training_loss`` and samples with ``sampler``.
+    """Trains ``net`` with ``loss`` at timesteps drawn by ``timestep_sampler``, and samples with ``sampler``.
 
     Args:
         net: the denoiser, ``net(x_t, t) -> output`` under ``diffusion.objective``.
-        diffusion: the forward process and loss.
+        diffusion: the forward process and its parameterisation.
         sampler: the default sampler for :meth:`sample` and validation figures.
+        loss: the per-sample training loss (None: L_simple, :class:`~ddpm.losses.SimpleLoss`).
+        timestep_sampler: the distribution of training timesteps (None: uniform).
         optimizer: a partial ``optimizer(params=...)`` (Hydra ``_partial_: true``).
         lr_scheduler: a partial ``scheduler(optimizer=...)`` stepped every optimizer step, or None.
         data_shape: the shape of one sample as the network sees it, e.g. (2,) or (3, 32, 32).
@@ -118,6 +128,8 @@ class DiffusionModule(L.LightningModule):
         diffusion: GaussianDiffusion,
         sampler: Sampler,
         optimizer: Callable[..., torch.optim.Optimizer],
+        loss: Loss | None = None,
+        timestep_sampler: TimestepDistribution | None = None,
         lr_scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
         data_shape: Sequence[int] = (2,),
         max_nonfinite_skips: int = 0,
@@ -128,13 +140,17 @@ class DiffusionModule(L.LightningModule):
         # The objects are rebuilt from the run config stored in the checkpoint (``ddpm_config``); keeping
         # them out of the hyperparameters keeps checkpoints loadable with torch.load(weights_only=True).
         self.save_hyperparameters(
-            logger=False, ignore=["net", "diffusion", "sampler", "optimizer", "lr_scheduler"]
+            logger=False,
+            ignore=["net", "diffusion", "sampler", "optimizer", "lr_scheduler", "loss", "timestep_sampler"],
         )
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.net = net
         self.diffusion = diffusion
         self.sampler = sampler
+        self.loss = SimpleLoss(diffusion) if loss is None else loss
+        self.timestep_sampler = UniformTimesteps(diffusion) if timestep_sampler is None else timestep_sampler
+        check_loss(self.timestep_sampler, self.loss)
         self.data_shape = tuple(int(s) for s in data_shape)
         if max_nonfinite_skips < 0:
             raise ValueError(f"max_nonfinite_skips={max_nonfinite_skips!r} must be >= 0")
@@ -211,21 +227,16 @@ class DiffusionModule(L.LightningModule):
         self._log_and_reset_loss_by_quarter("val")
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
-        """The diffusion's loss on a batch, t drawn by its timestep sampler (uniform: U{0..T-1})."""
+        """The loss on a batch, at timesteps drawn by the timestep sampler, weighted to stay unbiased."""
         x0, y = self._batch(batch)
-        t = self.diffusion.sample_timesteps(x0.shape[0], x0.device)
-        losses = self.diffusion.training_loss(self.denoiser, x0, t, reduction="none", **self._labels(y))
-        if self.diffusion.importance_sampling:  # uniform t: weights of 1, and no device-to-host copy of t
-            # the p_t that t was drawn by (the history moves on below); improved DDPM sec. 3.3: L_t / p_t
-            # keeps the estimate unbiased
-            loss = (losses * self.diffusion.importance_weights(t)).mean()
-        else:
-            loss = losses.mean()
+        t, weights = self.timestep_sampler.sample(x0.shape[0], x0.device)
+        losses = self.loss(self.denoiser, x0, t, self.loss.noise(x0), **self._labels(y))
+        loss = (losses * weights).mean()  # improved DDPM sec. 3.3: L_t / (T p_t) keeps the mean unbiased
         if not self._finite_on_every_rank(loss):
             self._nonfinite(loss)
             return None  # Lightning skips the step
-        if self.diffusion.timestep_sampler is TimestepSampler.LOSS_SECOND_MOMENT:
-            self.diffusion.update_timestep_sampler(*self._gather_across_ranks(t, losses.detach()))
+        if self.timestep_sampler.uses_losses:
+            self.timestep_sampler.update(*self._gather_across_ranks(t, losses.detach()))
         if self._logging_step():  # self.log costs more than a small network's step: call it when it writes
             self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         self._update_loss_by_quarter("train", losses, t)
@@ -251,7 +262,7 @@ class DiffusionModule(L.LightningModule):
         return all_t[keep], all_losses[keep]
 
     def _labels(self, y: torch.Tensor | None, **options: float) -> dict[str, Any]:
-        """``training_loss``'s label arguments: none for an unconditional network."""
+        """The loss's label arguments: none for an unconditional network."""
         if y is None:
             return {}
         # torch.compile's wrapper forwards attributes, but the null label is read from the plain network
@@ -308,7 +319,7 @@ class DiffusionModule(L.LightningModule):
         noise = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
         # conditional throughout (no label dropout), so validation draws nothing beyond its fixed t and noise
         labels = self._labels(y, cond_drop_prob=0.0)
-        losses = self.diffusion.training_loss(self.denoiser, x0, t, noise, reduction="none", **labels)
+        losses = self.loss(self.denoiser, x0, t, noise, **labels)
         loss = losses.mean()
         self.log("val/loss", loss, prog_bar=True, on_step=False, on_epoch=True, sync_dist=True)
         self._update_loss_by_quarter("val", losses, t)
@@ -342,9 +353,9 @@ class DiffusionModule(L.LightningModule):
         # resumed run only repeats an uninterrupted one if they are saved too.
         checkpoint["rng_states"] = _rng_states()
         checkpoint["nonfinite_skipped"] = self.nonfinite_skipped
-        if self.diffusion.timestep_sampler is TimestepSampler.LOSS_SECOND_MOMENT:
-            # t is drawn by this history: a resumed run repeats an uninterrupted one only with it
-            checkpoint["timestep_sampler"] = self.diffusion.timestep_sampler_state()
+        state = self.timestep_sampler.state_dict()
+        if state:  # t is drawn by this history: a resumed run repeats an uninterrupted one only with it
+            checkpoint["timestep_sampler"] = state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the global RNGs and the skipped-step count of the checkpointed run."""
@@ -352,7 +363,7 @@ class DiffusionModule(L.LightningModule):
             _restore_rng_states(checkpoint["rng_states"])
         self.nonfinite_skipped = int(checkpoint.get("nonfinite_skipped", 0))
         if "timestep_sampler" in checkpoint:
-            self.diffusion.load_timestep_sampler_state(checkpoint["timestep_sampler"])
+            self.timestep_sampler.load_state_dict(checkpoint["timestep_sampler"])
 
     @overload
     def sample(

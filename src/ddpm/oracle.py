@@ -245,14 +245,14 @@ class GaussianMixtureOracle:
     def __call__(
         self, x_t: torch.Tensor, t: torch.Tensor | int | float, y: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """The network output under ``diffusion.objective`` (eps*, x0* or v*), in ``x_t``'s dtype; given
-        labels ``y`` [B], class-conditional (``num_classes``: the null label)."""
+        """The network output under the diffusion's parameterisation (eps*, x0* or v*), in ``x_t``'s
+        dtype; given labels ``y`` [B], class-conditional (``num_classes``: the null label)."""
         eps, x0 = (v.reshape(x_t.shape) for v in self._eps_and_x0(x_t, t, y))
         a = self._abar(t, x_t.shape[0], x_t.device).reshape(-1, *([1] * (x_t.ndim - 1)))
-        # the targets are linear in (x0, eps), so the optimal target is the target of (x0*, eps*):
-        # v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho, sec. 4)
-        target = {"eps": eps, "x0": x0, "v": a.sqrt() * eps - (1 - a).sqrt() * x0}
-        return target[self.diffusion.objective.value].to(x_t.dtype)
+        # the targets are linear in (x0, eps), so the optimal target is the target of (x0*, eps*), at the
+        # process's alpha = sqrt(abar) and sigma = sqrt(1 - abar) (DDPM eq. 4)
+        target = self.diffusion.parameterization.target(x0, eps, a.sqrt(), (1 - a).sqrt())
+        return target.to(x_t.dtype)
 
 
 class GaussianOracle(GaussianMixtureOracle):

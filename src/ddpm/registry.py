@@ -79,6 +79,21 @@ OPTIONS: dict[str, dict[str, Option]] = {
             completed=("betas",),
         ),
     },
+    "loss": {
+        f"ddpm.losses.{name}": Option(
+            "loss", f"ddpm.losses.{name}", f"ddpm.losses:{name}", completed=("diffusion",)
+        )
+        for name in ("SimpleLoss", "HybridLoss", "VLBLoss")
+    },
+    "timestep_sampler": {
+        f"ddpm.timestep_sampling.{name}": Option(
+            "timestep_sampler",
+            f"ddpm.timestep_sampling.{name}",
+            f"ddpm.timestep_sampling:{name}",
+            completed=("process",),
+        )
+        for name in ("UniformTimesteps", "LossSecondMomentTimesteps")
+    },
     "sampler": {
         f"ddpm.samplers.{name}": Option("sampler", f"ddpm.samplers.{name}", f"ddpm.samplers:{name}")
         for name in _SAMPLERS

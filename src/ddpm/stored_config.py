@@ -69,7 +69,17 @@ MAX_NODES = 100_000
 MAX_STRING = 4096
 
 #: the config groups that define a trained model: each names one of the registry's classes
-GROUPS = ("model", "schedule", "diffusion", "sampler", "data", "optimizer", "lr_scheduler")
+GROUPS = (
+    "model",
+    "schedule",
+    "diffusion",
+    "loss",
+    "timestep_sampler",
+    "sampler",
+    "data",
+    "optimizer",
+    "lr_scheduler",
+)
 #: top-level values that define the run (or how it finishes), with the types they may have
 SCALARS: dict[str, tuple[type, ...]] = {
     "T": (int,),
@@ -357,18 +367,67 @@ def _refuse_interpolation(node: Any, key: str, source: str) -> None:
 
 
 # ----------------------------------------------------------------------------- identity
+#: ``diffusion`` keys of the layout before the loss and the timestep sampler were groups of their own, and
+#: their names in today's ``loss`` node
+_LOSS_KEYS = {
+    "loss_weighting": "weighting",
+    "min_snr_gamma": "min_snr_gamma",
+    "vlb_weight": "vlb_weight",
+    "vlb_decoder": "decoder",
+    "offset_noise": "offset_noise",
+    "cond_drop_prob": "cond_drop_prob",
+}
+#: which of today's ``loss`` classes takes each key
+_LOSS_ARGUMENTS = {
+    "SimpleLoss": ("distance", "weighting", "min_snr_gamma", "offset_noise", "cond_drop_prob"),
+    "HybridLoss": ("vlb_weight", "decoder", "weighting", "min_snr_gamma", "offset_noise", "cond_drop_prob"),
+    "VLBLoss": ("decoder", "offset_noise", "cond_drop_prob"),
+}
+_TIMESTEP_SAMPLERS = {"uniform": "UniformTimesteps", "loss_second_moment": "LossSecondMomentTimesteps"}
+
+
+def _split_diffusion(diffusion: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(diffusion, loss, timestep_sampler) nodes from an earlier ``diffusion`` node that held all three."""
+    kind = diffusion.get("loss", "mse")
+    cls = (
+        {"hybrid": "HybridLoss", "vlb": "VLBLoss"}.get(kind, "SimpleLoss") if isinstance(kind, str) else kind
+    )
+    values = {_LOSS_KEYS[k]: v for k, v in diffusion.items() if k in _LOSS_KEYS}
+    if cls == "SimpleLoss":
+        values["distance"] = kind
+    loss: dict[str, Any] = {"_target_": f"ddpm.losses.{cls}", "_partial_": True}
+    # a key the class does not take (an earlier vlb run's loss_weighting: none) was unused there too
+    loss.update((k, v) for k, v in values.items() if k in _LOSS_ARGUMENTS.get(str(cls), values))
+    sampler = diffusion.get("timestep_sampler", "uniform")
+    name = _TIMESTEP_SAMPLERS.get(sampler, sampler) if isinstance(sampler, str) else repr(sampler)
+    timestep_sampler = {
+        "_target_": f"ddpm.timestep_sampling.{name}",
+        "_partial_": True,
+    }
+    kept = {
+        k: v for k, v in diffusion.items() if k not in _LOSS_KEYS and k not in ("loss", "timestep_sampler")
+    }
+    return kept, loss, timestep_sampler
+
+
 def upgrade_layout(cfg: dict[str, Any]) -> dict[str, Any]:
     """A run config written by an earlier ddpm-lab, in today's layout (a copy).
 
     ``diffusion.T`` and ``diffusion.betas`` go (T is stated once, at the root, and the schedule builds the
     betas); ``model.compile`` / ``model.channels_last`` go (they say how today's machine runs the network:
-    ``module``, never read from disk).
+    ``module``, never read from disk); the loss and the timestep sampler, once keys of ``diffusion``
+    (``loss: mse``, ``timestep_sampler: uniform``, ``vlb_weight``...), become the ``loss`` and
+    ``timestep_sampler`` nodes (a config without them, such as a diffusers folder's, gets L_simple and
+    uniform t, conf/'s defaults). Unknown values are carried over as they are, for the registry to refuse.
     """
     out = dict(cfg)
     model, diffusion = out.get("model"), out.get("diffusion")
     if isinstance(model, dict):
         out["model"] = {k: v for k, v in model.items() if k not in MODULE_KEYS}
     if isinstance(diffusion, dict):
+        diffusion, loss, timestep_sampler = _split_diffusion(diffusion)
+        out.setdefault("loss", loss)
+        out.setdefault("timestep_sampler", timestep_sampler)
         # a partial that the schedule's betas complete
         out["diffusion"] = {
             **{k: v for k, v in diffusion.items() if k not in ("T", "betas")},

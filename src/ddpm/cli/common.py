@@ -57,11 +57,14 @@ def _options(group: str) -> list[str] | None:
 def check_moved_keys(argv: list[str]) -> None:
     """Reject an override of a key that has moved (``diffusion.T=...``) or follows another one
     (``schedule.T`` is ``${T}``), naming the key to set instead."""
-    from ddpm.config import MOVED_KEYS
+    from ddpm.config import MOVED_KEYS, MOVED_LOSS
 
     for arg in argv:
         key, sep, value = arg.partition("=")
         key = key.lstrip("+~")
+        if sep and key == "diffusion.loss":
+            instead = MOVED_LOSS.get(value, "loss=simple|hybrid|vlb (and loss.distance=mse|l1|huber)")
+            fail(f"diffusion.loss={value}: the loss is a config group of its own now; set {instead} instead")
         if sep and key in MOVED_KEYS:
             fail(f"{key}={value} cannot be set there; set {MOVED_KEYS[key]}={value} instead")
 

@@ -220,7 +220,8 @@ def _weights_kind(checkpoint: Path) -> str:
 
 
 def _bpd(run: LoadedRun, args: argparse.Namespace, log: list[str]) -> dict[str, Any]:
-    from ddpm.likelihood import infer_bins, variational_bound
+    from ddpm.likelihood import variational_bound
+    from ddpm.losses import infer_bins
 
     data = run.data
     x = data.normalize(data.held_out(args.bpd_n)).to(run.model.device)  # the bound is on the network's scale

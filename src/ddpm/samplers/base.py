@@ -22,14 +22,14 @@ given to ``sample``), so every sampler is guided the same way.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple, SupportsInt, cast, overload
 
 import torch
 from tqdm.auto import tqdm
 
-from ddpm.diffusion import ZERO_SNR_ABAR, GaussianDiffusion, _parse_enum
+from ddpm.diffusion import GaussianDiffusion, _parse_enum
+from ddpm.process import Process
 from ddpm.samplers.guidance import ClassifierFreeGuidance, check_guidance_scale
 from ddpm.samplers.spacing import Spacing, make_timesteps
 
@@ -89,22 +89,14 @@ def check_order(order: object, allowed: Sequence[int]) -> int:
     return int(cast(SupportsInt, order))  # in allowed: an int, or a number equal to one (2.0)
 
 
-def alpha_sigma(diffusion: GaussianDiffusion, t: int | float | torch.Tensor) -> tuple[float, float]:
-    """(alpha_t, sigma_t) = (sqrt(abar_t), sqrt(1 - abar_t)) at one timestep, as floats.
-
-    ``t`` may be fractional (:meth:`GaussianDiffusion.alphas_cumprod_at`); ``t = -1`` is the clean data,
-    (1, 0).
-    """
+def alpha_sigma(process: Process, t: int | float | torch.Tensor) -> tuple[float, float]:
+    """(alpha_t, sigma_t) of the process at one timestep, as floats (:meth:`Process.coefficients`; for
+    DDPM's chain sqrt(abar_t) and sqrt(1 - abar_t), fractional t interpolated); ``t = -1`` is the clean
+    data, (1, 0)."""
     t = t.item() if isinstance(t, torch.Tensor) else t
     if t == CLEAN:
         return 1.0, 0.0
-    if isinstance(t, int) or float(t).is_integer():
-        abar = float(diffusion.alphas_cumprod[int(t)])
-    else:
-        abar = float(diffusion.alphas_cumprod_at(float(t)))
-    # zero terminal SNR: log(alpha / sigma) and sigma / alpha need alpha > 0 (diffusers sets the same 2**-24)
-    abar = abar or ZERO_SNR_ABAR
-    return math.sqrt(abar), math.sqrt(1.0 - abar)  # DDPM eq. 4: x_t = alpha_t x0 + sigma_t eps
+    return process.coefficients(float(t))
 
 
 def step_index(timesteps: list, t: object) -> int | None:

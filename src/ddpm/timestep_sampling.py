@@ -1,0 +1,168 @@
+"""How training draws its timesteps: uniformly, or by importance sampling on the loss history.
+
+As improved-diffusion's ``resample.py``: :meth:`TimestepDistribution.sample` returns the timesteps and
+their importance weights in one call, so the weights always belong to the distribution the timesteps
+were drawn from; :meth:`~TimestepDistribution.update` then feeds the per-sample losses back (under DDP:
+every rank's, in the same order, so that every rank's history stays equal). The state is tensors only, so
+a checkpoint that carries it loads with ``weights_only=True``. EDM's log-normal noise levels and flow
+matching's logit-normal t are further subclasses.
+
+Plain PyTorch (no Lightning, no Hydra).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ddpm.process import Process
+
+__all__ = [
+    "HISTORY_PER_TERM",
+    "UNIFORM_PROB",
+    "LossSecondMomentTimesteps",
+    "TimestepDistribution",
+    "UniformTimesteps",
+    "check_loss",
+]
+
+#: improved DDPM sec. 3.3: 10 losses per t kept for the importance sampler, 0.001 of uniform mixed in
+HISTORY_PER_TERM = 10
+UNIFORM_PROB = 1e-3
+
+
+def _chain_length(process: Process) -> int:
+    T = getattr(process, "num_timesteps", None)
+    if not process.discrete or not isinstance(T, int):
+        raise ValueError(
+            f"{type(process).__name__} is not a chain of timesteps; these samplers draw t in 0 .. T-1"
+        )
+    return T
+
+
+class TimestepDistribution:
+    """The interface: the distribution training draws t from, with the weights that keep the loss unbiased."""
+
+    #: whether :meth:`update` uses the losses (the training module gathers them across ranks only then)
+    uses_losses: bool = False
+    #: whether the per-sample losses must be the bound's terms L_t (``loss=vlb`` or ``hybrid``)
+    needs_bound_terms: bool = False
+
+    def sample(
+        self, batch: int, device: torch.device | str | None = None, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t [B], weights [B]): timesteps and the importance weights 1 / (T p_t), float32 on ``device``."""
+        raise NotImplementedError
+
+    def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:  # most keep no history
+        """Record the per-sample losses [B] at timesteps ``t`` [B] (nothing for a fixed distribution)."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The state a resumed run needs (tensors only); empty for a fixed distribution."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:  # fixed: nothing to load
+        """Restore :meth:`state_dict`."""
+
+
+def check_loss(timestep_sampler: TimestepDistribution, loss: object) -> None:
+    """A one-line ValueError when ``timestep_sampler`` learns from terms the ``loss`` does not have."""
+    if timestep_sampler.needs_bound_terms and not getattr(loss, "bound_terms", False):
+        raise ValueError(
+            f"{type(timestep_sampler).__name__} samples t by the bound's per-t terms L_t, which {loss!r} has "
+            "none of; use loss=vlb (or hybrid) or timestep_sampler=uniform"
+        )
+
+
+class UniformTimesteps(TimestepDistribution):
+    """t uniform on {0, ..., T-1} (DDPM Algorithm 1), every weight 1."""
+
+    def __init__(self, process: Process) -> None:
+        self.num_timesteps = _chain_length(process)
+
+    def sample(
+        self, batch: int, device: torch.device | str | None = None, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t, ones)."""
+        t = torch.randint(0, self.num_timesteps, (batch,), device=device, generator=generator)
+        return t, torch.ones(batch, device=device)
+
+    def __repr__(self) -> str:
+        return f"UniformTimesteps(T={self.num_timesteps})"
+
+
+class LossSecondMomentTimesteps(TimestepDistribution):
+    """t drawn with probability proportional to sqrt(E[L_t^2]) over the last 10 losses at each t (improved
+    DDPM sec. 3.3, eq. 18; improved-diffusion's ``LossSecondMomentResampler``), uniform until every t has
+    its 10; for losses made of the bound's terms (``loss=vlb`` or ``hybrid``).
+
+    The history lives on the CPU in float64, outside any ``state_dict`` the EMA averages.
+    """
+
+    uses_losses = True
+    needs_bound_terms = True
+
+    def __init__(self, process: Process) -> None:
+        self.num_timesteps = _chain_length(process)
+        self.loss_history = torch.zeros(self.num_timesteps, HISTORY_PER_TERM, dtype=torch.float64)
+        self.loss_counts = torch.zeros(self.num_timesteps, dtype=torch.long)
+
+    @property
+    def warm(self) -> bool:
+        """Whether every t holds its 10 losses (before that, t is uniform)."""
+        return bool((self.loss_counts == HISTORY_PER_TERM).all())
+
+    def probabilities(self) -> torch.Tensor:
+        """p_t [T] (float64, CPU): sqrt(E[L_t^2]) normalised and mixed with 0.001 of uniform once warm."""
+        T = self.num_timesteps
+        if not self.warm:
+            return torch.full((T,), 1.0 / T, dtype=torch.float64)
+        weights = self.loss_history.square().mean(dim=1).sqrt()  # improved DDPM eq. 18: sqrt(E[L_t^2])
+        weights = weights / weights.sum()
+        return weights * (1 - UNIFORM_PROB) + UNIFORM_PROB / T
+
+    def sample(
+        self, batch: int, device: torch.device | str | None = None, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t, 1 / (T p_t)): the weights make the weighted losses average to the uniform-t mean."""
+        if not self.warm:  # uniform, drawn as UniformTimesteps draws it, on the device
+            t = torch.randint(0, self.num_timesteps, (batch,), device=device, generator=generator)
+            return t, torch.ones(batch, device=device)
+        p = self.probabilities()
+        t = torch.multinomial(p, batch, replacement=True, generator=generator)
+        # improved DDPM sec. 3.3: L_t / p_t keeps the estimate of L_vlb unbiased
+        weights = (1.0 / (self.num_timesteps * p[t])).float()
+        return t.to(device), weights.to(device)
+
+    def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
+        """Append each loss to its t's history, in order (the oldest shifted out once a t holds 10)."""
+        history, counts = self.loss_history, self.loss_counts
+        for ti, loss in zip(t.cpu().tolist(), losses.detach().double().cpu().tolist(), strict=True):
+            n = int(counts[ti])
+            if n == HISTORY_PER_TERM:  # improved-diffusion: shift out the oldest loss
+                history[ti, :-1] = history[ti, 1:].clone()
+                history[ti, -1] = loss
+            else:
+                history[ti, n] = loss
+                counts[ti] = n + 1
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The loss history (the checkpoint's ``timestep_sampler`` entry)."""
+        return {"loss_history": self.loss_history.clone(), "loss_counts": self.loss_counts.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`state_dict`.
+
+        Raises:
+            ValueError: a history of another T.
+        """
+        history, counts = state["loss_history"], state["loss_counts"]
+        if tuple(history.shape) != tuple(self.loss_history.shape) or counts.shape != self.loss_counts.shape:
+            raise ValueError(
+                f"the checkpoint's timestep-sampler history has shape {tuple(history.shape)}; "
+                f"this run's is {tuple(self.loss_history.shape)}"
+            )
+        self.loss_history = history.detach().double().cpu().clone()
+        self.loss_counts = counts.detach().long().cpu().clone()
+
+    def __repr__(self) -> str:
+        return f"LossSecondMomentTimesteps(T={self.num_timesteps}, warm={self.warm})"
