@@ -17,6 +17,20 @@ from .plain import TrainingLoss, make_diffusion
 BF16_PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12}
 
 
+def images_per_second(
+    step: Callable[[], None], batch: int, warmup: int, steps: int, device: torch.device
+) -> float:
+    """Images/s of ``steps`` calls of a training ``step`` of ``batch`` images, after ``warmup`` calls."""
+    for _ in range(warmup):
+        step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return batch * steps / (time.perf_counter() - start)
+
+
 def flops_per_image(make_net: Callable[[], nn.Module], shape: tuple[int, ...], T: int) -> float:
     """Forward + backward FLOPs of one training image, counted by torch's FlopCounterMode on CPU."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -59,14 +73,8 @@ def gpu_variant_throughput(
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
 
-    for _ in range(3 if not variant.endswith("compile") else 5):  # compile happens in the first steps
-        step()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    return batch * steps / (time.perf_counter() - start)
+    # compile happens in the first steps
+    return images_per_second(step, batch, 3 if not variant.endswith("compile") else 5, steps, device)
 
 
 def diffusers_throughput(batch: int, steps: int, device: torch.device, compile_: bool) -> float:
@@ -99,14 +107,7 @@ def diffusers_throughput(batch: int, steps: int, device: torch.device, compile_:
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
 
-    for _ in range(5):
-        step()
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    return batch * steps / (time.perf_counter() - start)
+    return images_per_second(step, batch, 5, steps, device)
 
 
 def ddim100_50k_minutes(
