@@ -426,10 +426,11 @@ def test_ddpm_train_rejects_bad_values_in_one_line(tmp_path: Path) -> None:
         (["schedule.T=7"], "schedule.T=7 cannot be set there; set T=7 instead"),
         (["model.compile=true"], "set module.compile=true instead"),
         # the loss and the timestep sampler left the diffusion node: the old keys name the new ones
-        (["diffusion.loss=l1"], "diffusion.loss=l1: the loss is a config group of its own now; set loss=simple "
-         "loss.distance=l1 instead"),
+        (["diffusion.loss=l1"], "diffusion.loss=l1: the loss is a config group of its own now; set "
+         "loss=simple loss.distance=l1 instead"),
         (["diffusion.vlb_weight=0.01"], "set loss.vlb_weight=0.01 instead"),
-        (["diffusion.timestep_sampler=loss_second_moment"], "set timestep_sampler=loss_second_moment instead"),
+        (["diffusion.timestep_sampler=loss_second_moment"],
+         "set timestep_sampler=loss_second_moment instead"),
     )  # fmt: skip
     for args, key in cases:
         res = cli("ddpm-train", *args, f"hydra.run.dir={run_dir}", cwd=tmp_path)

@@ -276,7 +276,8 @@ def test_resume_from_a_loose_checkpoint_trains_the_stored_model(trained: Path, t
 def _in_the_earlier_layout(trained: Path, dest: Path) -> Path:
     """A copy of the run whose stored config is in the layout written before 2026-12: T also under
     ``diffusion`` (``diffusion.betas`` a copy of the schedule), compile / channels_last under ``model``, and
-    the loss and the timestep sampler as keys of ``diffusion``, as ``conf/diffusion/default.yaml`` had them."""
+    the loss and the timestep sampler as keys of ``diffusion``, as ``conf/diffusion/default.yaml`` had
+    them."""
     run = _copy(trained, dest)
     for ckpt_file in run.glob("checkpoints/*.ckpt"):
         ckpt = torch.load(ckpt_file, weights_only=True)
