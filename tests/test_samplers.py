@@ -1,8 +1,9 @@
 """Samplers against the Gaussian oracle (ddpm.oracle, the exact denoiser, no training) and published rules.
 
-Timestep lists (T = 1000, S = 10, 0-based): "linspace" 999, 888, ..., 0, "leading" 900, 800, ..., 0 and
+Timestep lists (T = 1000, S = 10, 0-based): "linspace" 999, 899, ..., 100, "leading" 900, 810, ..., 90 and
 "trailing" 999, 899, ..., 99, the three spacings compared by Lin et al. 2023, "Common Diffusion Noise
-Schedules and Sample Steps are Flawed", sec. 3.3 (1-based there). DDIM (Song et al. 2021, eq. 12):
+Schedules and Sample Steps are Flawed", sec. 3.3 (1-based there); the clean data follows the last.
+DDIM (Song et al. 2021, eq. 12):
 x_{t'} = sqrt(abar_t') x0_hat + sqrt(1 - abar_t' - sigma^2) eps_hat + sigma z, with
 sigma = eta sqrt((1 - abar_t') / (1 - abar_t)) sqrt(1 - abar_t / abar_t') (eq. 16); with eta = 1 and every
 step it is DDPM's ancestral step with the posterior variance (fixed_small).
@@ -20,8 +21,11 @@ from ddpm.oracle import GaussianOracle
 from ddpm.samplers import (
     DDIMSampler,
     DDPMSampler,
+    DPMSolverSampler,
+    HeunSampler,
     NonFiniteSampleError,
     SampleResult,
+    UniPCSampler,
     make_timesteps,
 )
 from ddpm.schedules import make_beta_schedule
@@ -91,27 +95,78 @@ def test_wrong_model_is_detected(gaussian_2d) -> None:
 
 
 def test_timestep_lists_match_reference() -> None:
-    assert make_timesteps(1000, 10, "linspace") == [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
-    assert make_timesteps(1000, 10, "leading") == [900, 800, 700, 600, 500, 400, 300, 200, 100, 0]
+    """Lin et al. 2023's three spacings as diffusers' multistep schedulers place them: steps + 1 grid points,
+    the lowest (t = 0) left to the clean data."""
+    assert make_timesteps(1000, 10, "linspace") == [999, 899, 799, 699, 599, 500, 400, 300, 200, 100]
+    assert make_timesteps(1000, 10, "leading") == [900, 810, 720, 630, 540, 450, 360, 270, 180, 90]
     assert make_timesteps(1000, 10, "trailing") == [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]
-    assert make_timesteps(50, 50) == list(range(49, -1, -1))
+    assert make_timesteps(50, 50) == list(range(49, -1, -1))  # every step: the whole chain
 
 
 def test_quadratic_spacing_is_uniform_in_sqrt_t() -> None:
-    """DDIM's quadratic subsequence (appendix D.2): t_i = c i^2, from T - 1 down to 0 like linspace."""
-    ddim = make_timesteps(1000, 10, "quadratic")
-    assert ddim == [999, 789, 604, 444, 308, 197, 111, 49, 12, 0]
-    roots = [t**0.5 for t in ddim]
+    """DDIM's quadratic subsequence (appendix D.2): t_i = c i^2, steps + 1 points from T - 1 down to 0, the
+    last left to the clean data."""
+    ts = make_timesteps(1000, 10, "quadratic")
+    assert ts == [999, 809, 639, 490, 360, 250, 160, 90, 40, 10]
+    roots = [t**0.5 for t in [*ts, 0]]
     gaps = [a - b for a, b in itertools.pairwise(roots)]
     # equal steps in sqrt(t) up to the rounding of t to an integer
     assert max(gaps) - min(gaps) < 0.1, gaps
-    # the multistep solvers space steps + 1 points and leave t = 0 to the clean data
-    assert make_timesteps(1000, 10, "quadratic", include_zero=False) == [
-        999, 809, 639, 490, 360, 250, 160, 90, 40, 10
-    ]  # fmt: skip
     # with many steps the first points all round to 0: none of them is evaluated, and none repeats
-    many = make_timesteps(1000, 250, "quadratic", include_zero=False)
+    many = make_timesteps(1000, 250, "quadratic")
     assert 0 not in many and len(many) == len(set(many)) < 250 and many[0] == 999
+
+
+SPACINGS = ("linspace", "leading", "trailing", "karras", "logsnr", "quadratic")
+
+
+@pytest.mark.parametrize("spacing", SPACINGS)
+@pytest.mark.parametrize("steps", [1, 2, 4])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda n, s: DDPMSampler(n, spacing=s),
+        lambda n, s: DDIMSampler(n, spacing=s),
+        lambda n, s: DDIMSampler(n, eta=1.0, spacing=s),
+        lambda n, s: DPMSolverSampler(n, order=2, spacing=s),
+        lambda n, s: DPMSolverSampler(n, order=3, spacing=s),
+        lambda n, s: UniPCSampler(n, order=2, spacing=s),
+        lambda n, s: UniPCSampler(n, order=3, spacing=s),
+        lambda n, s: HeunSampler(max(n, 2), spacing=s),
+    ],
+    ids=["ddpm", "ddim", "ddim_eta1", "dpm2", "dpm3", "unipc2", "unipc3", "heun"],
+)
+def test_few_steps_start_at_the_noisiest_timestep_and_never_evaluate_at_zero(make, steps, spacing) -> None:
+    """With 1, 2 or 4 steps no evaluation is spent at t = 0 (the clean data follows the last evaluation,
+    from its data prediction) and the first is at T - 1 (leading: its own offset, steps * (T // (steps + 1)));
+    each sampler evaluates the network exactly where its timesteps say, as often as its NFE says."""
+    d = GaussianDiffusion(make_beta_schedule("linear", 1000))
+    sampler = make(steps, spacing)
+    seen: list[float] = []
+
+    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        seen.append(float(t[0]))
+        return torch.zeros_like(x)
+
+    sampler.sample(model, d, (4, 2), generator=torch.Generator().manual_seed(0), progress=False)
+    # (fractional timesteps reach the network as float32)
+    assert seen == pytest.approx([float(t) for t in sampler.timesteps(d)], abs=1e-3)
+    assert len(seen) == sampler.nfe(d)
+    assert min(seen) > 0, seen
+    levels = sampler.steps
+    assert seen[0] == (levels * (1000 // (levels + 1)) if spacing == "leading" else 999), seen
+
+
+def test_one_ddim_step_from_pure_noise_is_the_data_prediction_at_the_noisiest_step(gaussian_2d) -> None:
+    """The defect it replaces: with linspace, DDIM-1 evaluated the network at t = 0 on pure noise and
+    returned rescaled noise. Now its one evaluation is at T - 1 and the sample is the oracle's E[x0 | x_T]:
+    for Gaussian data at abar = 4e-5, almost exactly the data mean."""
+    mu, sigma = gaussian_2d
+    d = GaussianDiffusion(make_beta_schedule("linear", 1000))
+    oracle = GaussianOracle(d, mu, sigma)
+    x = DDIMSampler(1).sample(oracle, d, (N, 2), generator=torch.Generator().manual_seed(0), progress=False)
+    torch.testing.assert_close(x.mean(0), mu.float(), atol=0.01, rtol=0)
+    assert float(x.var(0).max()) < 1e-3  # E[x0 | x_T] barely moves with x_T
 
 
 def test_ddim_takes_t_prev_from_its_list() -> None:

@@ -258,8 +258,10 @@ def test_a_wrong_mixture_fails_the_mode_weight_check() -> None:
 )
 @pytest.mark.parametrize("objective", ["eps", "v"])
 def test_heun_equals_diffusers_heun_with_karras_sigmas(objective: str, gaussian_2d) -> None:
-    """EDM Algorithm 1 as diffusers' HeunDiscreteScheduler(use_karras_sigmas=True) runs it: the same
-    fractional timesteps, and the same samples (diffusers works in EDM's unscaled x; we in the VP x)."""
+    """EDM Algorithm 1 as diffusers' HeunDiscreteScheduler(use_karras_sigmas=True) runs it. Our N levels are
+    the first N of diffusers' N + 1 (the lowest, sigma(0), is left to the clean data, where diffusers spends
+    two more evaluations): the same fractional timesteps and the same states up to level N - 1
+    (diffusers works in EDM's unscaled x; we in the VP x), then our last step is the data prediction there."""
     d = _diffusion(objective)
     oracle = GaussianOracle(d, *gaussian_2d)
     sched = diffusers.HeunDiscreteScheduler(
@@ -268,18 +270,32 @@ def test_heun_equals_diffusers_heun_with_karras_sigmas(objective: str, gaussian_
         use_karras_sigmas=True,
     )
     sched.alphas_cumprod = d.alphas_cumprod.clone()
-    sched.set_timesteps(10)
+    sched.set_timesteps(11)
     ours = HeunSampler(10)
+    shared = len(ours.timesteps(d)) - 1  # all but our last evaluation, the Euler step onto sigma = 0
     assert torch.allclose(
-        sched.timesteps.double(), torch.tensor(ours.timesteps(d), dtype=torch.float64), atol=1e-4
+        sched.timesteps[:shared].double(),
+        torch.tensor(ours.timesteps(d)[:shared], dtype=torch.float64),
+        atol=1e-4,
     )
     x_T = torch.randn(256, 2, generator=torch.Generator().manual_seed(0))
     x = x_T * sched.init_noise_sigma
-    for t in sched.timesteps:
+    for t in sched.timesteps[:shared]:
         out = oracle(sched.scale_model_input(x, t), torch.full((256,), float(t)))
         x = sched.step(out, t, x).prev_sample
-    got = ours.sample(oracle, d, (256, 2), x_T=x_T, progress=False)
-    assert torch.allclose(got, x, atol=3e-4), (got - x).abs().max()
+    got = ours.sample(oracle, d, (256, 2), x_T=x_T, progress=False, return_trajectory=True)
+    t_last = ours.timesteps(d)[-1]
+    alpha = float(d.alphas_cumprod_at(t_last).sqrt())
+    assert torch.allclose(got.trajectory[shared] / alpha, x, atol=3e-4), (
+        (got.trajectory[shared] / alpha - x).abs().max()
+    )
+    x0 = d.x0_from_output(
+        oracle(got.trajectory[shared], torch.full((256,), t_last)),
+        got.trajectory[shared],
+        alpha,
+        float((1 - d.alphas_cumprod_at(t_last)).sqrt()),
+    )
+    torch.testing.assert_close(got.samples, x0, atol=1e-5, rtol=1e-5)
 
 
 def test_heun_converges_at_second_order(gaussian_2d) -> None:

@@ -319,5 +319,4 @@ class MultistepSampler(Sampler):
             self.steps,
             self.spacing,
             alphas_cumprod=diffusion.alphas_cumprod,
-            include_zero=False,
         )

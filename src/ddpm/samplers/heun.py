@@ -60,7 +60,6 @@ class HeunSampler(Sampler):
             self.steps,
             self.spacing,
             alphas_cumprod=diffusion.alphas_cumprod,
-            include_zero=False,
             fractional=True,
         )
 

@@ -1,35 +1,36 @@
 """Which of the T training timesteps a sampler visits: the ``spacing`` option every sampler shares.
 
-For T = 1000 on the linear schedule and 10 steps (0-based timesteps, descending; the step after the last
-one always lands on the clean data, abar = 1):
+Every spacing places ``steps`` network evaluations on a grid of ``steps + 1`` points whose lowest one is the
+clean data: the step after the last evaluation lands on it with the data prediction of that evaluation
+(diffusers' ``final_sigmas_type="zero"``), so no evaluation is spent at t = 0, where the network has almost
+nothing left to do, and the first step is at T - 1 (except ``leading``, whose offset is its definition). For
+T = 1000 on the linear schedule and 10 steps (0-based timesteps, descending):
 
-=========  ===================================================  ===========================================
-spacing    DDPM / DDIM (``include_zero=True``)                   multistep solvers (``include_zero=False``)
-=========  ===================================================  ===========================================
-linspace   999, 888, 777, 666, 555, 444, 333, 222, 111, 0       999, 899, 799, 699, 599, 500, 400, 300,
-                                                                200, 100
-leading    900, 800, 700, 600, 500, 400, 300, 200, 100, 0       900, 810, 720, 630, 540, 450, 360, 270,
-                                                                180, 90
-trailing   999, 899, 799, 699, 599, 499, 399, 299, 199, 99      the same
-karras     999, 937, 864, 775, 663, 511, 301, 102, 18, 0        the same (Heun keeps them fractional)
-logsnr     999, 886, 757, 603, 410, 202, 73, 22, 5, 0           the same (Heun keeps them fractional)
-quadratic  999, 789, 604, 444, 308, 197, 111, 49, 12, 0         999, 809, 639, 490, 360, 250, 160, 90, 40,
-                                                                10
-=========  ===================================================  ===========================================
+=========  =================================================================
+spacing    timesteps
+=========  =================================================================
+linspace   999, 899, 799, 699, 599, 500, 400, 300, 200, 100
+leading    900, 810, 720, 630, 540, 450, 360, 270, 180, 90
+trailing   999, 899, 799, 699, 599, 499, 399, 299, 199, 99
+karras     999, 944, 880, 804, 711, 593, 434, 233, 77, 15 (Heun keeps them fractional)
+logsnr     999, 898, 785, 653, 492, 302, 138, 52, 17, 4 (Heun keeps them fractional)
+quadratic  999, 809, 639, 490, 360, 250, 160, 90, 40, 10
+=========  =================================================================
 
 ``linspace``, ``leading`` and ``trailing`` are Lin et al. 2023 ("Common Diffusion Noise Schedules and Sample
-Steps are Flawed", table 2). DDPM and DDIM follow diffusers' ``DDIMScheduler``, which places the last step
-at t = 0; the multistep solvers follow diffusers' ``DPMSolverMultistepScheduler`` and
-``UniPCMultistepScheduler``: a grid of ``steps + 1`` points whose lowest one is the clean data, so no
-network evaluation is spent at t = 0. ``karras`` (Karras et al. 2022, eq. 5, rho = 7) and ``logsnr``
-(uniform in log-SNR, DPM-Solver sec. 3.3) are grids of noise levels sigma = sqrt((1 - abar) / abar) from
-sigma(T-1) to sigma(0), mapped back to timesteps by interpolating log sigma; integer samplers round them
-(and drop repeats, so with many steps those near t = 0 may merge), Heun keeps them fractional.
+Steps are Flawed", table 2), as diffusers' ``DPMSolverMultistepScheduler`` and ``UniPCMultistepScheduler``
+place them. ``karras`` (Karras et al. 2022, eq. 5, rho = 7) and ``logsnr`` (uniform in log-SNR, DPM-Solver
+sec. 3.3) are grids of ``steps + 1`` noise levels sigma = sqrt((1 - abar) / abar) from sigma(T-1) to sigma(0),
+the lowest left to the clean data, mapped back to timesteps by interpolating log sigma; integer samplers
+round them (and drop repeats, so with many steps those near t = 0 may merge), Heun keeps them fractional.
 ``quadratic`` is uniform in sqrt(t): DDIM's "quadratic" subsequence (Song et al. 2021, appendix D.2, its
 choice for CIFAR-10) and DPM-Solver's ``time_quadratic``, placed like ``linspace`` between T - 1 and 0 (the
 DDIM code stops at 0.8 T). It spends more steps near the data than linspace without the long first jumps of
-karras / logsnr: UniPC on it is the best 10-step sampler on the mixtures of ``scripts/sampler_leaderboard.py``
-(docs/samplers.md). With many steps, points near t = 0 round to the same integer and merge.
+karras / logsnr. With ``steps = T`` every spacing is the whole chain, T - 1 down to 0.
+
+Until 2026-12 DDPM and DDIM placed their last evaluation at t = 0 (diffusers' ``DDIMScheduler``), and karras /
+logsnr their last at sigma(0): with 1 step ``linspace`` evaluated the network at t = 0 on pure noise, and at 2
+to 4 steps one evaluation in a few was spent there.
 """
 
 from __future__ import annotations
@@ -87,10 +88,10 @@ def make_timesteps(
     spacing: str = "linspace",
     *,
     alphas_cumprod: torch.Tensor | None = None,
-    include_zero: bool = True,
     fractional: bool = False,
 ) -> list:
-    """Descending timesteps among 0 .. T-1 that a sampler with ``steps`` steps visits.
+    """Descending timesteps among 0 .. T-1 at which a sampler with ``steps`` steps evaluates the network;
+    the step after the last lands on the clean data (module docstring).
 
     Args:
         T: the number of training timesteps.
@@ -98,13 +99,11 @@ def make_timesteps(
         spacing: ``linspace``, ``leading``, ``trailing``, ``karras``, ``logsnr`` or ``quadratic`` (module
             docstring).
         alphas_cumprod: the schedule's abar, needed by ``karras`` and ``logsnr``.
-        include_zero: ``linspace`` / ``leading`` / ``quadratic`` place their last step at t = 0 (DDIM);
-            False spaces ``steps + 1`` points and leaves the lowest, t = 0, to the clean data (the multistep
-            solvers).
         fractional: keep the real-valued timesteps of ``karras`` / ``logsnr`` instead of rounding them.
 
     Returns:
-        ``int`` timesteps (``float`` for fractional karras / logsnr), descending, without repeats.
+        ``int`` timesteps (``float`` for fractional karras / logsnr), descending, without repeats, none at
+        t = 0 unless ``steps = T`` (the whole chain).
 
     Raises:
         ValueError: steps < 1 or > T, an unknown spacing, or karras / logsnr without ``alphas_cumprod``.
@@ -114,24 +113,25 @@ def make_timesteps(
         raise ValueError(f"steps={steps!r} is invalid; steps must be an integer >= 1")
     if steps > T:
         raise ValueError(f"steps={steps} > T={T}; a sampler cannot take more steps than the chain has")
+    if steps == T:
+        return list(range(T - 1, -1, -1))
     if spacing in (Spacing.KARRAS, Spacing.LOGSNR):
         if alphas_cumprod is None:
             raise ValueError(f"spacing={spacing.value!r} needs the schedule's alphas_cumprod")
-        t = sigma_to_timestep(_noise_level_grid(spacing, steps, alphas_cumprod), alphas_cumprod)
+        # steps + 1 levels: the lowest, sigma(0), is left to the clean data
+        t = sigma_to_timestep(_noise_level_grid(spacing, steps + 1, alphas_cumprod)[:-1], alphas_cumprod)
         ts = t.tolist() if fractional else t.round().long().tolist()
-        return sorted(set(ts), reverse=True)
-    n = steps if include_zero else steps + 1
-    if spacing is Spacing.LINSPACE:
-        ts = torch.linspace(0, T - 1, n, dtype=torch.float64).round().long().tolist()
+    elif spacing is Spacing.LINSPACE:
+        ts = torch.linspace(0, T - 1, steps + 1, dtype=torch.float64).round().long().tolist()
     elif spacing is Spacing.QUADRATIC:
         # DDIM appendix D.2: tau_i = c i^2, i.e. uniform in sqrt(t)
-        ts = (torch.linspace(0, math.sqrt(T - 1), n, dtype=torch.float64) ** 2).round().long().tolist()
+        ramp = torch.linspace(0, math.sqrt(T - 1), steps + 1, dtype=torch.float64)
+        ts = (ramp**2).round().long().tolist()
     elif spacing is Spacing.LEADING:
-        ratio = T // n
-        ts = [i * ratio for i in range(n)]
+        ratio = T // (steps + 1)
+        ts = [i * ratio for i in range(steps + 1)]
     else:
         stride = T / steps
         ts = [round(T - i * stride) - 1 for i in range(steps)]
-    if not include_zero and spacing is not Spacing.TRAILING:
-        ts = [t for t in ts if t > 0]  # quadratic's first few points may all round to 0
-    return sorted(set(ts), reverse=True)
+    # the clean data follows the last evaluation: none at t = 0 (quadratic's first points may round there)
+    return sorted({t for t in ts if t > 0}, reverse=True)
