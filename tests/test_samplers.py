@@ -274,3 +274,93 @@ def test_steps_greater_than_T() -> None:
     d = GaussianDiffusion(make_beta_schedule("linear", 100, scale_to_T=True))
     with pytest.raises(ValueError, match="steps=200 > T=100"):
         DDIMSampler(200).sample(lambda x, t: x, d, (2, 2), progress=False)
+
+
+# ----------------------------------------------------------------------------- custom schedules
+@pytest.mark.parametrize(
+    ("builtin", "custom"),
+    [
+        (lambda: DDIMSampler(10), lambda ts: DDIMSampler(timesteps=ts)),
+        (lambda: DDIMSampler(7, eta=1.0, spacing="trailing"), lambda ts: DDIMSampler(eta=1.0, timesteps=ts)),
+        (lambda: DDPMSampler(25, spacing="quadratic"), lambda ts: DDPMSampler(timesteps=ts)),
+        (
+            lambda: DPMSolverSampler(12, order=3, spacing="karras"),
+            lambda ts: DPMSolverSampler(order=3, timesteps=ts),
+        ),
+        (lambda: UniPCSampler(15, spacing="logsnr"), lambda ts: UniPCSampler(timesteps=ts)),
+        (lambda: HeunSampler(6), lambda ts: HeunSampler(timesteps=ts)),
+    ],
+    ids=["ddim", "ddim_eta1", "ddpm", "dpm3", "unipc", "heun"],
+)
+def test_a_custom_schedule_equal_to_a_spacing_reproduces_its_samples_bit_for_bit(
+    builtin, custom, gaussian_2d
+) -> None:
+    mu, sigma = gaussian_2d
+    d = GaussianDiffusion(make_beta_schedule("linear", 1000))
+    oracle = GaussianOracle(d, mu, sigma)
+    reference = builtin()
+    grid = reference.timesteps(d) if not isinstance(reference, HeunSampler) else reference.noise_levels(d)
+    own = custom(grid)
+    assert own.spacing.value == "custom" and own.timesteps(d) == reference.timesteps(d)
+    draws = [
+        s.sample(oracle, d, (512, 2), generator=torch.Generator().manual_seed(3), progress=False)
+        for s in (reference, own)
+    ]
+    assert torch.equal(*draws)
+    assert f"timesteps={own.custom_timesteps}" in repr(own)
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: DDIMSampler(timesteps=[]), r"timesteps=\[\] is invalid; give a non-empty list of integers"),
+        (lambda: DDIMSampler(timesteps=[500, 600]), r"timesteps=\[500, 600\] is not strictly decreasing"),
+        (lambda: DDIMSampler(timesteps=[500, 500]), r"is not strictly decreasing"),
+        (
+            lambda: UniPCSampler(timesteps=[999, 10.5]),
+            r"holds 10.5; every timestep must be one of the integers",
+        ),
+        (lambda: DPMSolverSampler(timesteps=[999, -1]), r"leaves \[0, T-1\]"),
+        (lambda: DDPMSampler(timesteps=[999, True]), r"holds True"),
+        (lambda: DDIMSampler(timesteps="999,500"), r"timesteps='999,500' is invalid"),
+        (lambda: HeunSampler(timesteps=[999.5]), r"steps=1 is invalid; steps must be an integer >= 2"),
+        (lambda: DDIMSampler(spacing="custom"), r"spacing='custom' needs the list itself"),
+    ],
+)
+def test_bad_custom_schedules_are_one_line_errors(make, match: str) -> None:
+    with pytest.raises(ValueError, match=match) as err:
+        make()
+    assert "\n" not in str(err.value)
+
+
+def test_a_custom_schedule_is_checked_against_the_chain_and_runs_on_it() -> None:
+    d = GaussianDiffusion(make_beta_schedule("linear", 100, scale_to_T=True))
+    with pytest.raises(ValueError, match=r"timesteps=\[120, 50\] leaves \[0, T-1\] = \[0, 99\]"):
+        DDIMSampler(timesteps=[120, 50]).timesteps(d)
+    seen: list[float] = []
+
+    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        seen.append(float(t[0]))
+        return torch.zeros_like(x)
+
+    HeunSampler(timesteps=[99, 40.5, 3.25]).sample(model, d, (2, 2), progress=False)
+    assert seen == [99.0, 40.5, 40.5, 3.25, 3.25]  # Heun keeps fractional levels: 2 N - 1 evaluations
+
+
+def test_custom_schedules_on_the_command_line() -> None:
+    from ddpm.config import ConfigError
+    from ddpm.sampler_overrides import check_sampler_overrides, sampler_config, sampler_grid
+
+    check_sampler_overrides(["sampler=unipc", "sampler.timesteps=[999,600,200]"])
+    cfg = sampler_config(
+        {"_target_": "ddpm.samplers.DDIMSampler", "steps": 50}, ["sampler.timesteps=[999,500]"]
+    )
+    assert cfg["timesteps"] == [999, 500]
+    with pytest.raises(ConfigError, match=r"sampler.timesteps=\[5,9\] is not strictly decreasing") as err:
+        check_sampler_overrides(["sampler=ddim", "sampler.timesteps=[5,9]"])
+    assert "\n" not in str(err.value)
+    # a list is one value of a comparison grid, not a comma list
+    assert sampler_grid(["sampler=ddim,unipc", "sampler.timesteps=[999,500]"]) == [
+        ["sampler=ddim", "sampler.timesteps=[999,500]"],
+        ["sampler=unipc", "sampler.timesteps=[999,500]"],
+    ]

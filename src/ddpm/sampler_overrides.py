@@ -189,7 +189,8 @@ def sampler_grid(overrides: Sequence[str]) -> list[list[str]]:
             raise ConfigError(
                 f"{key}= is given twice ({key}={given}, {item}); list the values in one: {key}=a,b"
             )
-        values = value.split(",")
+        # a list value (sampler.timesteps=[999,500]) is one value; several lists are not a grid here
+        values = [value] if value.startswith("[") else value.split(",")
         if "" in values:
             raise ConfigError(f"{item} has an empty value; list the values as {key}=a,b")
         twice = sorted({v for v in values if values.count(v) > 1})

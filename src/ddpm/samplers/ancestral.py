@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
-from ddpm.diffusion import GaussianDiffusion, VarianceType, _parse_enum
+from ddpm.diffusion import GaussianDiffusion, VarianceType
 from ddpm.samplers.base import CLEAN, Sampler, StepOutput, check_steps
 from ddpm.samplers.guidance import check_guidance_scale
-from ddpm.samplers.spacing import Spacing, make_timesteps
 
 __all__ = ["DDPMSampler"]
 
@@ -33,9 +34,16 @@ class DDPMSampler(Sampler):
     order = 1
 
     def __init__(
-        self, steps: int | None = None, spacing: str = "linspace", guidance_scale: float = 1.0
+        self,
+        steps: int | None = None,
+        spacing: str = "linspace",
+        guidance_scale: float = 1.0,
+        timesteps: Sequence[float] | None = None,
     ) -> None:
-        if steps is not None:
+        self._set_spacing(spacing, timesteps)
+        if self.custom_timesteps is not None:
+            steps = len(self.custom_timesteps)
+        elif steps is not None:
             try:
                 check_steps(steps)
             except ValueError:
@@ -43,19 +51,16 @@ class DDPMSampler(Sampler):
                     f"steps={steps!r} is invalid; use None (all T steps) or an integer >= 1"
                 ) from None
         self.steps = steps
-        self.spacing = _parse_enum(Spacing, "spacing", spacing)
         self.guidance_scale = check_guidance_scale(guidance_scale)
 
     def __repr__(self) -> str:
-        return f"DDPMSampler(steps={self.steps}, spacing={self.spacing.value!r}{self._guidance_repr()})"
+        return f"DDPMSampler(steps={self.steps}, {self._spacing_repr()}{self._guidance_repr()})"
 
     def timesteps(self, diffusion: GaussianDiffusion) -> list[int]:
         """All T steps, or the respaced subsequence."""
-        if self.steps is None or self.steps == diffusion.num_timesteps:
+        if self.custom_timesteps is None and (self.steps is None or self.steps == diffusion.num_timesteps):
             return list(range(diffusion.num_timesteps - 1, -1, -1))
-        return make_timesteps(
-            diffusion.num_timesteps, self.steps, self.spacing, alphas_cumprod=diffusion.alphas_cumprod
-        )
+        return self._grid(diffusion, self.steps or diffusion.num_timesteps)
 
     def step(
         self,

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from ddpm.diffusion import GaussianDiffusion, _parse_enum
 from ddpm.process import Process
 from ddpm.samplers.guidance import ClassifierFreeGuidance, check_guidance_scale
-from ddpm.samplers.spacing import Spacing, make_timesteps
+from ddpm.samplers.spacing import Spacing, check_custom_timesteps, make_timesteps
 
 __all__ = [
     "Model",
@@ -138,6 +138,40 @@ class Sampler:
     def _guidance_repr(self) -> str:
         """``, guidance_scale=w`` for a repr when w is not the default 1."""
         return "" if self.guidance_scale == 1.0 else f", guidance_scale={self.guidance_scale:g}"
+
+    #: a custom schedule (``sampler.timesteps=[...]``: spacing ``custom``), or None for the spacing's grid
+    custom_timesteps: list | None = None
+    spacing: Spacing = Spacing.LINSPACE
+
+    def _set_spacing(self, spacing: str, timesteps: Sequence[float] | None, fractional: bool = False) -> None:
+        """``spacing``, or ``custom`` with its list checked when ``timesteps`` is given (which wins over
+        ``spacing``: the config's default spacing stays in the node)."""
+        if timesteps is None:
+            self.spacing = _parse_enum(Spacing, "spacing", spacing)
+            if self.spacing is Spacing.CUSTOM:
+                raise ValueError("spacing='custom' needs the list itself: sampler.timesteps=[999, 500, 100]")
+            self.custom_timesteps = None
+            return
+        self.spacing = Spacing.CUSTOM
+        self.custom_timesteps = check_custom_timesteps(timesteps, fractional=fractional)
+
+    def _grid(self, diffusion: GaussianDiffusion, steps: int, fractional: bool = False) -> list:
+        """The spacing's ``steps`` timesteps on this chain, or the custom list checked against its T."""
+        if self.custom_timesteps is not None:
+            return check_custom_timesteps(self.custom_timesteps, diffusion.num_timesteps, fractional)
+        return make_timesteps(
+            diffusion.num_timesteps,
+            steps,
+            self.spacing,
+            alphas_cumprod=diffusion.alphas_cumprod,
+            fractional=fractional,
+        )
+
+    def _spacing_repr(self) -> str:
+        """``spacing='x'``, or ``timesteps=[...]`` for a custom schedule."""
+        if self.custom_timesteps is not None:
+            return f"timesteps={self.custom_timesteps}"
+        return f"spacing={self.spacing.value!r}"
 
     def timesteps(self, diffusion: GaussianDiffusion) -> list:
         """Descending timesteps the sampler evaluates the network at, one entry per evaluation."""
@@ -290,6 +324,9 @@ class MultistepSampler(Sampler):
         lower_order_final: lower the order of the last steps (each solver says how).
         guidance_scale: classifier-free guidance w when sampling with labels (:mod:`ddpm.samplers.guidance`:
             0 unconditional, 1 conditional, > 1 guided).
+        timesteps: a custom schedule instead of the spacing's grid: a strictly decreasing list of timesteps in
+            [0, T - 1] (``sampler.timesteps=[999, 500, 100]``; spacing ``custom``, ``steps`` its length); the
+            step after the last lands on the clean data.
     """
 
     def __init__(
@@ -299,24 +336,20 @@ class MultistepSampler(Sampler):
         spacing: str = "linspace",
         lower_order_final: bool = True,
         guidance_scale: float = 1.0,
+        timesteps: Sequence[float] | None = None,
     ) -> None:
         self.guidance_scale = check_guidance_scale(guidance_scale)
-        self.steps = check_steps(steps)
         self.order = check_order(order, (1, 2, 3))
-        self.spacing = _parse_enum(Spacing, "spacing", spacing)
+        self._set_spacing(spacing, timesteps)
+        self.steps = len(self.custom_timesteps) if self.custom_timesteps is not None else check_steps(steps)
         self.lower_order_final = bool(lower_order_final)
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(steps={self.steps}, order={self.order}, spacing={self.spacing.value!r}, "
+            f"{type(self).__name__}(steps={self.steps}, order={self.order}, {self._spacing_repr()}, "
             f"lower_order_final={self.lower_order_final}{self._guidance_repr()})"
         )
 
     def timesteps(self, diffusion: GaussianDiffusion) -> list[int]:
         """The descending timesteps; the step after the last lands on the clean data."""
-        return make_timesteps(
-            diffusion.num_timesteps,
-            self.steps,
-            self.spacing,
-            alphas_cumprod=diffusion.alphas_cumprod,
-        )
+        return self._grid(diffusion, self.steps)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
-from ddpm.diffusion import GaussianDiffusion, _parse_enum
+from ddpm.diffusion import GaussianDiffusion
 from ddpm.samplers.base import CLEAN, Sampler, StepOutput, check_steps
 from ddpm.samplers.guidance import check_guidance_scale
-from ddpm.samplers.spacing import Spacing, make_timesteps
 
 __all__ = ["DDIMSampler"]
 
@@ -31,14 +31,18 @@ class DDIMSampler(Sampler):
     order = 1
 
     def __init__(
-        self, steps: int = 50, eta: float = 0.0, spacing: str = "linspace", guidance_scale: float = 1.0
+        self,
+        steps: int = 50,
+        eta: float = 0.0,
+        spacing: str = "linspace",
+        guidance_scale: float = 1.0,
+        timesteps: Sequence[float] | None = None,
     ) -> None:
-        check_steps(steps)
         if not (isinstance(eta, int | float) and math.isfinite(eta)) or eta < 0:
             raise ValueError(f"eta={eta!r} is invalid; eta must be a finite number >= 0")
-        self.steps = steps
+        self._set_spacing(spacing, timesteps)
+        self.steps = len(self.custom_timesteps) if self.custom_timesteps is not None else check_steps(steps)
         self.eta = float(eta)
-        self.spacing = _parse_enum(Spacing, "spacing", spacing)
         self.guidance_scale = check_guidance_scale(guidance_scale)
 
     @property
@@ -48,15 +52,12 @@ class DDIMSampler(Sampler):
 
     def __repr__(self) -> str:
         return (
-            f"DDIMSampler(steps={self.steps}, eta={self.eta}, spacing={self.spacing.value!r}"
-            f"{self._guidance_repr()})"
+            f"DDIMSampler(steps={self.steps}, eta={self.eta}, {self._spacing_repr()}{self._guidance_repr()})"
         )
 
     def timesteps(self, diffusion: GaussianDiffusion) -> list[int]:
         """The S descending timesteps for this diffusion's T."""
-        return make_timesteps(
-            diffusion.num_timesteps, self.steps, self.spacing, alphas_cumprod=diffusion.alphas_cumprod
-        )
+        return self._grid(diffusion, self.steps)
 
     def step(
         self,

@@ -16,6 +16,7 @@ the same samples within float32 rounding.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -69,8 +70,9 @@ class DPMSolverSampler(MultistepSampler):
         spacing: str = "linspace",
         lower_order_final: bool = True,
         guidance_scale: float = 1.0,
+        timesteps: Sequence[float] | None = None,
     ) -> None:
-        super().__init__(steps, order, spacing, lower_order_final, guidance_scale)
+        super().__init__(steps, order, spacing, lower_order_final, guidance_scale, timesteps)
         if algorithm not in self.ALGORITHMS:
             raise ValueError(
                 f"algorithm={algorithm!r} is unknown; choose one of {', '.join(self.ALGORITHMS)}"

@@ -11,14 +11,14 @@ the ``karras`` spacing makes fractional. Each interval is an Euler step of the O
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 
-from ddpm.diffusion import GaussianDiffusion, _parse_enum
+from ddpm.diffusion import GaussianDiffusion
 from ddpm.samplers.base import CLEAN, Sampler, StepOutput, alpha_sigma, check_steps
 from ddpm.samplers.guidance import check_guidance_scale
-from ddpm.samplers.spacing import Spacing, make_timesteps
 
 __all__ = ["HeunSampler", "HeunState"]
 
@@ -45,23 +45,25 @@ class HeunSampler(Sampler):
     #: Heun's trapezoidal rule (Karras et al. 2022, EDM sec. 3): second order
     order = 2
 
-    def __init__(self, steps: int = 10, spacing: str = "karras", guidance_scale: float = 1.0) -> None:
-        self.steps = check_steps(steps, minimum=2)
-        self.spacing = _parse_enum(Spacing, "spacing", spacing)
+    def __init__(
+        self,
+        steps: int = 10,
+        spacing: str = "karras",
+        guidance_scale: float = 1.0,
+        timesteps: Sequence[float] | None = None,
+    ) -> None:
+        self._set_spacing(spacing, timesteps, fractional=True)
+        self.steps = check_steps(
+            len(self.custom_timesteps) if self.custom_timesteps is not None else steps, minimum=2
+        )
         self.guidance_scale = check_guidance_scale(guidance_scale)
 
     def __repr__(self) -> str:
-        return f"HeunSampler(steps={self.steps}, spacing={self.spacing.value!r}{self._guidance_repr()})"
+        return f"HeunSampler(steps={self.steps}, {self._spacing_repr()}{self._guidance_repr()})"
 
     def noise_levels(self, diffusion: GaussianDiffusion) -> list:
-        """The N descending timesteps of the noise levels (fractional for karras / logsnr)."""
-        return make_timesteps(
-            diffusion.num_timesteps,
-            self.steps,
-            self.spacing,
-            alphas_cumprod=diffusion.alphas_cumprod,
-            fractional=True,
-        )
+        """The N descending timesteps of the noise levels (fractional for karras / logsnr and custom)."""
+        return self._grid(diffusion, self.steps, fractional=True)
 
     def timesteps(self, diffusion: GaussianDiffusion) -> list:
         """One entry per network evaluation: s0, s1, s1, s2, s2, ..., s_{N-1} (Euler, then correction)."""

@@ -36,13 +36,14 @@ to 4 steps one evaluation in a few was spent there.
 from __future__ import annotations
 
 import enum
+import itertools
 import math
 
 import torch
 
 from ddpm.diffusion import _parse_enum, log_sigmas
 
-__all__ = ["Spacing", "make_timesteps", "sigma_to_timestep"]
+__all__ = ["Spacing", "check_custom_timesteps", "make_timesteps", "sigma_to_timestep"]
 
 #: EDM's rho (Karras et al. 2022, eq. 5 and table 1)
 KARRAS_RHO = 7.0
@@ -57,6 +58,31 @@ class Spacing(enum.StrEnum):
     KARRAS = "karras"
     LOGSNR = "logsnr"
     QUADRATIC = "quadratic"
+    #: the sampler's own ``timesteps`` list (``sampler.timesteps=[...]``)
+    CUSTOM = "custom"
+
+
+def check_custom_timesteps(timesteps: object, T: int | None = None, fractional: bool = False) -> list:
+    """A custom schedule as the list a sampler visits: a non-empty, strictly decreasing list of timesteps in
+    [0, T - 1] (integers; fractional ones where ``fractional``, for Heun), or a one-line ValueError naming
+    the value and what is allowed. ``T`` None checks the list alone (before the chain is known)."""
+    shown = repr(timesteps) if len(repr(timesteps)) <= 80 else repr(timesteps)[:77] + "..."
+    where = f"timesteps={shown}"
+    kind = "numbers" if fractional else "integers"
+    if not isinstance(timesteps, list | tuple) or not timesteps:
+        raise ValueError(f"{where} is invalid; give a non-empty list of {kind}, e.g. [999, 500, 100]")
+    values = []
+    for v in timesteps:
+        ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        if not ok or (not fractional and not float(v).is_integer()):
+            raise ValueError(f"{where} holds {v!r}; every timestep must be one of the {kind} 0 .. T-1")
+        values.append(float(v) if fractional and not float(v).is_integer() else int(v))
+    if any(b >= a for a, b in itertools.pairwise(values)):
+        raise ValueError(f"{where} is not strictly decreasing; list the timesteps from the noisiest down")
+    if values[-1] < 0 or (T is not None and values[0] > T - 1):
+        bound = f"[0, T-1] = [0, {T - 1}]" if T is not None else "[0, T-1]"
+        raise ValueError(f"{where} leaves {bound}; the chain's timesteps are 0 .. T-1")
+    return values
 
 
 def sigma_to_timestep(sigma: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:

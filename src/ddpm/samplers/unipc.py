@@ -13,6 +13,7 @@ with very few steps and bh2 otherwise; both are order p + 1.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -111,8 +112,9 @@ class UniPCSampler(MultistepSampler):
         lower_order_final: bool = True,
         guidance_scale: float = 1.0,
         solver_type: str = "bh2",
+        timesteps: Sequence[float] | None = None,
     ) -> None:
-        super().__init__(steps, order, spacing, lower_order_final, guidance_scale)
+        super().__init__(steps, order, spacing, lower_order_final, guidance_scale, timesteps)
         if solver_type not in SOLVER_TYPES:
             allowed = ", ".join(SOLVER_TYPES)
             raise ValueError(f"solver_type={solver_type!r} is unknown; choose one of {allowed}")
