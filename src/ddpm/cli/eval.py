@@ -125,6 +125,15 @@ def _parser() -> argparse.ArgumentParser:
         "<run>/eval/sampler_comparison.json, .md and .png",
     )
     p.add_argument(
+        "--fit-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="fit an N-step schedule to the run (GITS: dynamic programming over a UniPC-3 teacher on 100 "
+        "logsnr points, --n samples, default 256), print it and write <run>/eval/fitted_<N>.json; sample "
+        "with it through sampler.timesteps=[...]",
+    )
+    p.add_argument(
         "--guidance",
         default=None,
         help="class-conditional runs: comma-separated guidance scales (0,1,2,4) to score the class fidelity "
@@ -153,6 +162,21 @@ def _check_args(args: argparse.Namespace) -> None:
     ):
         if value is not None and value < low:
             fail(f"{flag}={value} is invalid; it must be an integer >= {low}")
+    if args.fit_steps is not None:
+        if args.fit_steps < 1:
+            fail(f"--fit-steps={args.fit_steps} is invalid; it must be an integer >= 1 (at most 100)")
+        if args.fit_steps > 100:
+            fail(f"--fit-steps={args.fit_steps} is invalid; the schedule is chosen among 100 grid points")
+        for flag, given in (
+            ("--compare-samplers", args.compare_samplers),
+            ("--bpd", args.bpd),
+            ("--guidance", args.guidance is not None),
+        ):
+            if given:
+                fail(
+                    f"--fit-steps with {flag}: fitting a schedule is an evaluation of its own; run them apart"
+                )
+        args.no_quality = False
     if args.compare_samplers and args.no_quality:
         fail("--compare-samplers with --no-quality leaves nothing to compare: it compares sample quality")
     if args.compare_samplers and args.bpd:
@@ -652,6 +676,52 @@ def guidance_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def fit_schedule(args: argparse.Namespace) -> int:
+    """``--fit-steps N``: a step schedule fitted to the run (:func:`ddpm.samplers.fitting.fit_timesteps`)."""
+    from ddpm.samplers.fitting import GRID_STEPS, fit_timesteps
+
+    run = _load(args, args.overrides)
+    n = args.n or 256
+    shape = (n, *run.model.data_shape)
+    print(
+        f"Fitting a {args.fit_steps}-step schedule to {run.checkpoint} (GITS: {n} teacher samples, "
+        f"UniPC-3 on {GRID_STEPS} logsnr points)"
+    )
+    try:
+        fitted = fit_timesteps(
+            run.model.net,
+            run.model.diffusion,
+            args.fit_steps,
+            shape,
+            generator=torch.Generator(device=run.model.device).manual_seed(args.seed),
+            progress=True,
+            device=run.model.device,
+        )
+    except NonFiniteSampleError as err:
+        fail(f"{first_line(err)}; nothing was written", code=1)
+    listed = ",".join(str(t) for t in fitted)
+    print(f"Fitted timesteps: [{listed}] (path cost {fitted.cost:.4g})")
+    print(f"Sample with it:   ddpm-sample {args.run} 'sampler.timesteps=[{listed}]'")
+    out = args.out or run.run_dir / "eval" / f"fitted_{args.fit_steps}.json"
+    result = {
+        "steps": args.fit_steps,
+        "timesteps": list(fitted),
+        "cost": fitted.cost,
+        "method": "GITS (Chen et al. 2024): dynamic programming over DDIM jumps on a UniPC-3 teacher",
+        "grid": fitted.grid,
+        "n": n,
+        "seed": args.seed,
+        "checkpoint": str(run.checkpoint),
+    }
+    text = json.dumps(result, indent=2) + "\n"
+    try:
+        write_file(out, lambda path: path.write_text(text))
+    except WriteError as err:
+        fail(str(err), code=1)
+    print(f"Wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
     # intermixed: the overrides may follow a flag (RUN --compare-samplers sampler=ddim,unipc), not only RUN
@@ -660,6 +730,8 @@ def main(argv: list[str] | None = None) -> int:
     _check_outputs(args)
     if args.compare_samplers:
         return sampler_comparison(args)
+    if args.fit_steps is not None:
+        return fit_schedule(args)
     if args.guidance is not None:
         return guidance_eval(args)
     run = _load(args, args.overrides)
