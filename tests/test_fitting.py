@@ -82,3 +82,34 @@ def test_ddpm_eval_fit_steps_prints_and_writes_the_schedule(toy_run: Path, capsy
     with pytest.raises(SystemExit) as exc:
         eval_main([str(toy_run), "--fit-steps", "0"])
     assert exc.value.code == 2 and "--fit-steps=0 is invalid" in capsys.readouterr().err
+
+
+def test_spacing_fitted_samples_with_the_runs_schedule(toy_run: Path, tmp_path: Path, capsys) -> None:
+    """ddpm-sample / ddpm-eval RUN sampler.spacing=fitted sampler.steps=N read <run>/eval/fitted_N.json (as
+    plain data, checked as a custom list); a schedule not fitted yet is one line naming the command."""
+    import shutil
+
+    from ddpm.build import load_run
+    from ddpm.config import ConfigError
+
+    run = tmp_path / "run"
+    shutil.copytree(toy_run, run)
+    (run / "eval").mkdir(exist_ok=True)
+    (run / "eval" / "fitted_3.json").write_text(json.dumps({"steps": 3, "timesteps": [49, 20, 6]}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotPureNoiseWarning)
+        loaded = load_run(
+            run, sampler_overrides=["sampler=ddim", "sampler.spacing=fitted", "sampler.steps=3"]
+        )
+        assert loaded.sampler.timesteps(loaded.model.diffusion) == [49, 20, 6]
+        with pytest.raises(
+            ConfigError, match=r"fitted_5.json does not exist \(it has fitted 3 steps\); fit one"
+        ):
+            loaded.make_sampler(["sampler.spacing=fitted", "sampler.steps=5"])
+        (run / "eval" / "fitted_4.json").write_text(json.dumps({"timesteps": [49, 60, 6, 2]}))
+        with pytest.raises(
+            ConfigError, match=r"sampler.spacing=fitted: timesteps=\[49, 60, 6, 2\] is not strictly"
+        ):
+            loaded.make_sampler(["sampler.spacing=fitted", "sampler.steps=4"])
+    with pytest.raises(ValueError, match=r"spacing='fitted' is a run's schedule"):
+        DDIMSampler(spacing="fitted")

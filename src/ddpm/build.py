@@ -38,7 +38,14 @@ from ddpm.safe_loading import load_checkpoint, read_safetensors_run
 from ddpm.sampler_overrides import sampler_config
 from ddpm.samplers import Sampler
 from ddpm.sampling_model import SamplingModel
-from ddpm.stored_config import RunIdentity, read_yaml, run_identity
+from ddpm.stored_config import (
+    RunIdentity,
+    StoredConfigError,
+    read_json,
+    read_yaml,
+    require_regular_file,
+    run_identity,
+)
 from ddpm.timestep_sampling import TimestepDistribution, UniformTimesteps, check_loss
 
 if TYPE_CHECKING:  # Lightning: imported by build() only, so that loading a run does not pay for it
@@ -54,6 +61,7 @@ __all__ = [
     "build_training",
     "check_network",
     "check_stored_network",
+    "fitted_schedule",
     "load_run",
     "sampler_for",
     "stored_identity",
@@ -334,15 +342,46 @@ class LoadedRun:
         Raises:
             ConfigError: an override that does not fit the run's sampler or chain (steps > T).
         """
-        return sampler_for(self.config, overrides, self.model)
+        return sampler_for(self.config, overrides, self.model, self.run_dir)
 
 
-def sampler_for(cfg: DictConfig, overrides: Sequence[str], model: SamplingModel) -> Sampler:
+def fitted_schedule(run_dir: Path | None, steps: object) -> list:
+    """The schedule ``ddpm-eval RUN --fit-steps N`` wrote to ``<run>/eval/fitted_<N>.json``, read as plain
+    data and checked as a custom list.
+
+    Raises:
+        ConfigError: no such file (naming the schedules the run has), or one that is not a schedule.
+    """
+    from ddpm.samplers.spacing import check_custom_timesteps
+
+    if run_dir is None:
+        raise ConfigError("sampler.spacing=fitted needs a run folder (its eval/fitted_<N>.json)")
+    path = run_dir / "eval" / f"fitted_{steps}.json"
+    if not path.is_file():
+        have = sorted(p.stem.removeprefix("fitted_") for p in (run_dir / "eval").glob("fitted_*.json"))
+        known = f"it has fitted {', '.join(have)} steps" if have else "it has none yet"
+        raise ConfigError(
+            f"sampler.spacing=fitted with steps={steps}: {path} does not exist ({known}); fit one with "
+            f"ddpm-eval {run_dir} --fit-steps {steps}, or set sampler.steps"
+        )
+    try:
+        stored = read_json(require_regular_file(path, "fitted schedule").read_text(), str(path))
+        return check_custom_timesteps(stored.get("timesteps"))
+    except (OSError, ValueError, StoredConfigError) as err:
+        raise ConfigError(f"sampler.spacing=fitted: {first_line(err)}") from None
+
+
+def sampler_for(
+    cfg: DictConfig, overrides: Sequence[str], model: SamplingModel, run_dir: Path | None = None
+) -> Sampler:
     """The run's sampler with ``sampler=<option>`` / ``sampler.<key>=<value>`` applied, checked against
-    the run's chain (steps > T fails here, before any sampling)."""
+    the run's chain (steps > T fails here, before any sampling); ``sampler.spacing=fitted`` takes the run's
+    fitted schedule of ``sampler.steps`` evaluations (:func:`fitted_schedule`)."""
     if not overrides:
         return model.sampler
     node = sampler_config(cast(dict[str, Any], OmegaConf.to_container(cfg.sampler)), list(overrides))
+    if node.get("spacing") == "fitted" and node.get("timesteps") is None:
+        node["timesteps"] = fitted_schedule(run_dir, node.get("steps"))
     sampler = registry.build_option("sampler", node)  # a run's sampler is one of ddpm-lab's
     try:
         sampler.timesteps(model.diffusion)
@@ -402,5 +441,5 @@ def load_run(
             f"missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}"
         )
     model.to(map_location).eval()
-    sampler = sampler_for(cfg, sampler_overrides, model)
+    sampler = sampler_for(cfg, sampler_overrides, model, run_dir)
     return LoadedRun(model, data, cfg, ckpt_path, run_dir, sampler, identity.loggers)

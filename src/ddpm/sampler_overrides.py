@@ -139,6 +139,8 @@ def check_sampler_overrides(overrides: list[str]) -> None:
             takes = sorted({p for cls in classes for p in _init_params(cls)})
             raise ConfigError(_unknown_key(names, key, raw, takes))
         value = _parse_value(key, raw)
+        if key == "spacing" and value == "fitted":
+            continue  # the run's own schedule: read from its folder when it is loaded (build.sampler_for)
         problems = [_value_problem(cls, key, raw, value) for cls in takers]
         if all(problems):
             raise ConfigError(problems[0])

@@ -150,6 +150,11 @@ class Sampler:
             self.spacing = _parse_enum(Spacing, "spacing", spacing)
             if self.spacing is Spacing.CUSTOM:
                 raise ValueError("spacing='custom' needs the list itself: sampler.timesteps=[999, 500, 100]")
+            if self.spacing is Spacing.FITTED:
+                raise ValueError(
+                    "spacing='fitted' is a run's schedule (ddpm-eval RUN --fit-steps N): ddpm-sample and "
+                    "ddpm-eval read it from the run folder; in Python pass timesteps=[...]"
+                )
             self.custom_timesteps = None
             return
         self.spacing = Spacing.CUSTOM

@@ -60,6 +60,8 @@ class Spacing(enum.StrEnum):
     QUADRATIC = "quadratic"
     #: the sampler's own ``timesteps`` list (``sampler.timesteps=[...]``)
     CUSTOM = "custom"
+    #: a run's fitted schedule (``ddpm-eval RUN --fit-steps N``), which loading the run turns into ``custom``
+    FITTED = "fitted"
 
 
 def check_custom_timesteps(timesteps: object, T: int | None = None, fractional: bool = False) -> list:
