@@ -72,6 +72,7 @@ from ddpm.samplers import (
     UniPCSampler,
     alpha_sigma,
 )
+from ddpm.samplers.fitting import fit_timesteps
 from ddpm.schedules import make_beta_schedule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,6 +118,18 @@ class SamplerSpec:
 
     label: str
     factory: Callable[[int], Sampler]
+    #: a schedule fitted to the oracle itself (GITS, ``ddpm.samplers.fitting``): the sampler on that list
+    fitted: Callable[[list], Sampler] | None = None
+
+    def build(self, budget: int, oracle: Any, diffusion: GaussianDiffusion) -> Sampler:
+        """The sampler for ``budget``; a fitted spec first fits ``budget`` timesteps to ``oracle``."""
+        if self.fitted is None:
+            return self.factory(budget)
+        dim = int(oracle.means.shape[-1])
+        schedule = fit_timesteps(
+            oracle, diffusion, budget, (FIT_N, dim), generator=torch.Generator().manual_seed(0)
+        )
+        return self.fitted(list(schedule))
 
     @property
     def order(self) -> int:
@@ -171,6 +184,33 @@ def sampler_specs() -> list[SamplerSpec]:
         on_grid("UniPC-bh2 p=3", "logsnr"),
         on_grid("UniPC-bh2 p=3", "karras"),
         on_grid("UniPC-bh1 p=1", "logsnr"),
+        *fitted_specs(),
+    ]
+
+
+#: the teacher batch of a fitted schedule (the exact denoiser: a small batch fixes the cost's mean)
+FIT_N = 512
+
+
+def fitted_specs() -> list[SamplerSpec]:
+    """Schedules fitted to each oracle with its exact denoiser (``ddpm-eval --fit-steps`` on a run)."""
+    return [
+        SamplerSpec("DDIM (eta=0), fitted", lambda n: DDIMSampler(n), lambda ts: DDIMSampler(timesteps=ts)),
+        SamplerSpec(
+            "DPM-Solver++ 2M, fitted",
+            lambda n: DPMSolverSampler(n, order=2),
+            lambda ts: DPMSolverSampler(order=2, timesteps=ts),
+        ),
+        SamplerSpec(
+            "UniPC-bh2 p=2, fitted",
+            lambda n: UniPCSampler(n, order=2),
+            lambda ts: UniPCSampler(order=2, timesteps=ts),
+        ),
+        SamplerSpec(
+            "UniPC-bh2 p=3, fitted",
+            lambda n: UniPCSampler(n, order=3),
+            lambda ts: UniPCSampler(order=3, timesteps=ts),
+        ),
     ]
 
 
@@ -226,7 +266,8 @@ def _gaussian_rows(
     diffusion = make_diffusion(schedule)
     mu, sigma = gaussian_data()
     floor = final_step_error(diffusion, sigma, 0)  # the jump from t = 0: no sampler ending there beats it
-    runs = [(s.label, s.order, b, s.factory(b)) for s in specs for b in budgets]
+    oracle = GaussianMixtureOracle(diffusion, mu[None], sigma[None])
+    runs = [(s.label, s.order, b, s.build(b, oracle, diffusion)) for s in specs for b in budgets]
     ddpm = DDPMSampler(None)
     runs.append((DDPM_1000, ddpm.convergence_order, T, ddpm))
     rows = []
@@ -253,7 +294,7 @@ def _mixture_rows(
 ) -> list[Row]:
     diffusion = make_diffusion(schedule)
     oracle = make_mixture(name, diffusion)
-    runs = [(s.label, s.order, b, s.factory(b), False) for s in specs for b in budgets]
+    runs = [(s.label, s.order, b, s.build(b, oracle, diffusion), False) for s in specs for b in budgets]
     ddpm = DDPMSampler(None)
     runs.append((DDPM_1000, ddpm.convergence_order, T, ddpm, False))
     have = {(label, b) for label, _, b, _, _ in runs}
