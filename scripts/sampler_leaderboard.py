@@ -72,7 +72,7 @@ from ddpm.samplers import (
     UniPCSampler,
     alpha_sigma,
 )
-from ddpm.samplers.fitting import fit_timesteps
+from ddpm.samplers.fitting import GRID_STEPS, fit_timesteps
 from ddpm.schedules import make_beta_schedule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,8 +126,15 @@ class SamplerSpec:
         if self.fitted is None:
             return self.factory(budget)
         dim = int(oracle.means.shape[-1])
+        # candidates: at least twice the budget (250 NFE: every other of 500 logsnr points)
+        grid = min(diffusion.num_timesteps, max(GRID_STEPS, 2 * budget))
         schedule = fit_timesteps(
-            oracle, diffusion, budget, (FIT_N, dim), generator=torch.Generator().manual_seed(0)
+            oracle,
+            diffusion,
+            budget,
+            (FIT_N, dim),
+            grid_steps=grid,
+            generator=torch.Generator().manual_seed(0),
         )
         return self.fitted(list(schedule))
 

@@ -27,6 +27,8 @@ __all__ = ["GRID_STEPS", "FittedSchedule", "fit_timesteps"]
 
 #: the teacher's grid: candidate timesteps, logsnr-spaced
 GRID_STEPS = 100
+#: later grid points whose jumps are formed at once
+JUMP_CHUNK = 32
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -45,17 +47,21 @@ def _jump_costs(
     Index len(grid) is the clean data."""
     K = len(grid)
     times = [*grid, CLEAN]
-    coefficients = [alpha_sigma(diffusion, t) for t in times]
+    alphas, sigmas = (
+        torch.tensor(c, dtype=torch.float64)
+        for c in zip(*(alpha_sigma(diffusion, t) for t in times), strict=True)
+    )
     cost = torch.full((K + 1, K + 1), float("inf"), dtype=torch.float64)
-    dims = states[0, 0].numel()
+    batch, dims = states.shape[1], states[0, 0].numel()
+    shape = (-1, *[1] * (states.ndim - 1))
     for i in range(K):
-        alpha_i, sigma_i = coefficients[i]
         x_i, x0_i = states[i].double(), x0s[i].double()
-        eps_i = (x_i - alpha_i * x0_i) / sigma_i  # DDPM eq. 4 solved for eps, at the teacher's x0
-        for j in range(i + 1, K + 1):
-            alpha_j, sigma_j = coefficients[j]
-            jump = alpha_j * x0_i + sigma_j * eps_i  # DDIM eq. 12 with eta = 0 (DPM-Solver-1)
-            cost[i, j] = (jump - states[j].double()).square().sum() / (dims * len(x_i))
+        eps_i = (x_i - alphas[i] * x0_i) / sigmas[i]  # DDPM eq. 4 solved for eps, at the teacher's x0
+        for start in range(i + 1, K + 1, JUMP_CHUNK):  # the later points in chunks: memory stays bounded
+            j = torch.arange(start, min(start + JUMP_CHUNK, K + 1))
+            # DDIM eq. 12 with eta = 0 (DPM-Solver-1): x_j = alpha_j x0_i + sigma_j eps_i
+            jumps = alphas[j].reshape(shape) * x0_i + sigmas[j].reshape(shape) * eps_i
+            cost[i, j] = (jumps - states[j].double()).square().flatten(1).sum(1) / (dims * batch)
     return cost
 
 
