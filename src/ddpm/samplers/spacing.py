@@ -15,6 +15,9 @@ trailing   999, 899, 799, 699, 599, 499, 399, 299, 199, 99
 karras     999, 944, 880, 804, 711, 593, 434, 233, 77, 15 (Heun keeps them fractional)
 logsnr     999, 898, 785, 653, 492, 302, 138, 52, 17, 4 (Heun keeps them fractional)
 quadratic  999, 809, 639, 490, 360, 250, 160, 90, 40, 10
+custom     the sampler's own list (``sampler.timesteps=[...]``, :func:`check_custom_timesteps`)
+fitted     a run's fitted schedule (``ddpm-eval RUN --fit-steps N``), read from the run folder when it is
+           loaded (``build.fitted_schedule``) and given to the sampler as a custom list
 =========  =================================================================
 
 ``linspace``, ``leading`` and ``trailing`` are Lin et al. 2023 ("Common Diffusion Noise Schedules and Sample
