@@ -1066,8 +1066,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     diffusion = make_diffusion("linear")
     mu, sigma = gaussian_data()
+    gaussian = GaussianMixtureOracle(diffusion, mu[None], sigma[None])
     verify = {
-        s.label: verify_affine(s.factory(20), diffusion, mu, sigma, n=mc_n, seed=0)
+        s.label: verify_affine(s.build(20, gaussian, diffusion), diffusion, mu, sigma, n=mc_n, seed=0)
         for s in sampler_specs()
         if not s.factory(20).stochastic
     }
