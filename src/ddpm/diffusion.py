@@ -369,13 +369,18 @@ class GaussianDiffusion(Process):
         return mean, var, log_var
 
     # ------------------------------------------------------------------ parameterisations
+    def _alpha_sigma(self, t: torch.Tensor | int, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(alpha_t, sigma_t) at timestep ``t`` (one or one per sample), shaped to broadcast against x_t."""
+        return self.extract(self.sqrt_alphas_cumprod, t, x_t), self.extract(
+            self.sqrt_one_minus_alphas_cumprod, t, x_t
+        )
+
     def predict_x0(
         self, x_t: torch.Tensor, t: torch.Tensor | int, model_output: torch.Tensor
     ) -> torch.Tensor:
         """x0-hat from the network output at timestep ``t`` (not clipped; a learned variance's channels
         ignored)."""
-        alpha = self.extract(self.sqrt_alphas_cumprod, t, x_t)
-        sigma = self.extract(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        alpha, sigma = self._alpha_sigma(t, x_t)
         return self.x0_from_output(model_output, x_t, alpha, sigma)
 
     def x0_from_output(
@@ -397,14 +402,12 @@ class GaussianDiffusion(Process):
         self, x_t: torch.Tensor, t: torch.Tensor | int, model_output: torch.Tensor
     ) -> torch.Tensor:
         """eps-hat from the network output at timestep ``t`` (a learned variance's channels ignored)."""
-        alpha = self.extract(self.sqrt_alphas_cumprod, t, x_t)
-        sigma = self.extract(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        alpha, sigma = self._alpha_sigma(t, x_t)
         return self.parameterization.to_eps(self.split_output(model_output, x_t)[0], x_t, alpha, sigma)
 
     def eps_from_x0(self, x_t: torch.Tensor, t: torch.Tensor | int, x0: torch.Tensor) -> torch.Tensor:
         """The eps that maps x0 to x_t at timestep ``t`` (exact at zero terminal SNR too: eps = x_t)."""
-        alpha = self.extract(self.sqrt_alphas_cumprod, t, x_t)
-        sigma = self.extract(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        alpha, sigma = self._alpha_sigma(t, x_t)
         return parameterization.PARAMETERIZATIONS["x0"].to_eps(x0, x_t, alpha, sigma)
 
     # ------------------------------------------------------------------ reverse process

@@ -90,10 +90,11 @@ class UniformTimesteps(TimestepDistribution):
         return f"UniformTimesteps(T={self.num_timesteps})"
 
 
-class LossSecondMomentTimesteps(TimestepDistribution):
+class LossSecondMomentTimesteps(UniformTimesteps):
     """t drawn with probability proportional to sqrt(E[L_t^2]) over the last 10 losses at each t (improved
     DDPM sec. 3.3, eq. 18; improved-diffusion's ``LossSecondMomentResampler``), uniform until every t has
-    its 10; for losses made of the bound's terms (``loss=vlb`` or ``hybrid``).
+    its 10 (drawn as :class:`UniformTimesteps` draws it); for losses made of the bound's terms (``loss=vlb``
+    or ``hybrid``).
 
     The history lives on the CPU in float64, outside any ``state_dict`` the EMA averages.
     """
@@ -102,7 +103,7 @@ class LossSecondMomentTimesteps(TimestepDistribution):
     needs_bound_terms = True
 
     def __init__(self, process: Process) -> None:
-        self.num_timesteps = _chain_length(process)
+        super().__init__(process)
         self.loss_history = torch.zeros(self.num_timesteps, HISTORY_PER_TERM, dtype=torch.float64)
         self.loss_counts = torch.zeros(self.num_timesteps, dtype=torch.long)
 
@@ -124,9 +125,8 @@ class LossSecondMomentTimesteps(TimestepDistribution):
         self, batch: int, device: torch.device | str | None = None, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(t, 1 / (T p_t)): the weights make the weighted losses average to the uniform-t mean."""
-        if not self.warm:  # uniform, drawn as UniformTimesteps draws it, on the device
-            t = torch.randint(0, self.num_timesteps, (batch,), device=device, generator=generator)
-            return t, torch.ones(batch, device=device)
+        if not self.warm:
+            return super().sample(batch, device, generator)
         p = self.probabilities()
         t = torch.multinomial(p, batch, replacement=True, generator=generator)
         # improved DDPM sec. 3.3: L_t / p_t keeps the estimate of L_vlb unbiased

@@ -171,12 +171,12 @@ def _check_args(args: argparse.Namespace) -> None:
             ("--compare-samplers", args.compare_samplers),
             ("--bpd", args.bpd),
             ("--guidance", args.guidance is not None),
+            ("--no-quality", args.no_quality),
         ):
             if given:
                 fail(
                     f"--fit-steps with {flag}: fitting a schedule is an evaluation of its own; run them apart"
                 )
-        args.no_quality = False
     if args.compare_samplers and args.no_quality:
         fail("--compare-samplers with --no-quality leaves nothing to compare: it compares sample quality")
     if args.compare_samplers and args.bpd:

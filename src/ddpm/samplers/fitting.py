@@ -34,7 +34,8 @@ Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class FittedSchedule(list):
-    """The fitted timesteps (a list, descending) with the total cost of their path and of the candidates'."""
+    """The fitted timesteps (a list, descending), the total cost of their path (``cost``) and the teacher's
+    grid of candidate timesteps they were chosen among (``grid``)."""
 
     cost: float
     grid: list[int]
