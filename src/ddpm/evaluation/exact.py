@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
-from ddpm.process import Process
 from ddpm.metrics import energy_distance
 from ddpm.oracle import GaussianMixtureOracle, GaussianOracle
+from ddpm.process import Process
 from ddpm.samplers import DDPMSampler, Sampler, alpha_sigma
 from ddpm.samplers.base import Model
 
