@@ -211,6 +211,24 @@ def test_a_sigterm_after_the_checkpoints_look_at_an_epochs_last_batch_resumes_ex
     assert max(first) < min(second) and {**first, **second} == _losses(full / "csv" / "metrics.csv")
 
 
+def test_a_sigterm_between_accumulated_batches_stops_at_the_end_of_the_step(tmp_path: Path) -> None:
+    """Two batches a step: the signal comes before the first of step 3's; the run must save and stop after
+    the second, when the step is taken (no checkpoint holds half of a step's gradients)."""
+    small = [*BASE, "data.n_train=512", "callbacks.samples=null", "final_samples=0", "trainer.max_steps=6"]
+    small.append("+trainer.accumulate_grad_batches=2")
+    _, full = run_train(tmp_path / "full", small)
+    stop = ["+callbacks.stop._target_=tests.test_faults.SigtermDuring", "+callbacks.stop.step=3"]
+    with pytest.raises(SystemExit):
+        run_train(tmp_path / "part", [*small, *stop])
+    ckpt = tmp_path / "part" / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 3
+    _, resumed = run_train(tmp_path / "part", [*small, "ckpt_path=last"])
+    for key in ("current_model_state", "state_dict"):  # raw weights, and the EMA weights
+        a = _weights(full / "checkpoints" / "last.ckpt", key)
+        b = _weights(resumed / "checkpoints" / "last.ckpt", key)
+        assert all(torch.equal(a[name], b[name]) for name in a), key
+
+
 def test_a_sigterm_after_the_final_steps_end_saves_it_and_stops_before_the_final_samples(
     tmp_path: Path,
 ) -> None:

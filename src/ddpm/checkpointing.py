@@ -106,8 +106,9 @@ class LastCheckpoint(Callback):
     optimizer and loop state are consistent there, so the checkpoint resumes like any other.
 
     SIGTERM (a scheduler's stop, ``kill``, ``scontrol requeue``): while training, this callback holds the
-    signal back and hands it to Lightning's handler at the next ``on_train_batch_end``, right after saving
-    there; Lightning then raises ``SIGTERMException`` at the end of that batch, as on any SIGTERM.
+    signal back and hands it to Lightning's handler at the end of the next optimizer step (the
+    ``on_train_batch_end`` of its last batch under gradient accumulation), right after saving there;
+    Lightning then raises ``SIGTERMException`` at the end of that batch, as on any SIGTERM.
     Lightning's own handler only sets a flag, which Lightning reads in several places (after the batch's
     logging and validation, after an epoch's end hooks, between validation batches): a signal that came
     after this callback's look at the flag and before Lightning's stopped the run where only
@@ -165,7 +166,7 @@ class LastCheckpoint(Callback):
         self._saved_step = trainer.global_step
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Hold SIGTERM back from Lightning's handler (registered by now) until a batch ends."""
+        """Hold SIGTERM back from Lightning's handler (registered by now) until an optimizer step ends."""
         self._sigterm_held = False
         handler = signal.getsignal(signal.SIGTERM)
         # signal.signal works in the main thread only; Lightning registers nothing elsewhere either
@@ -180,7 +181,9 @@ class LastCheckpoint(Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         """Save every ``interval`` optimizer steps (not per micro-batch under gradient accumulation), and
-        on a SIGTERM held since the batch before: save, then let Lightning stop at the end of this batch."""
+        on a SIGTERM held since the step before: save, then let Lightning stop at the end of this batch."""
+        if trainer.fit_loop._should_accumulate():
+            return  # mid-step: the gradients gathered so far would be in no checkpoint
         stop = self._sigterm_received(trainer)
         every = self.interval(trainer.max_steps)
         step = trainer.global_step
