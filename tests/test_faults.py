@@ -137,13 +137,15 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path: Path
 
 
 class SigtermDuring(L.Callback):
-    """Test helper: sends this process SIGTERM as optimizer step ``step`` starts to train."""
+    """Test helper: sends this process SIGTERM as optimizer step ``step`` starts to train (under DDP the
+    process of rank ``rank`` only, when given)."""
 
-    def __init__(self, step: int) -> None:
+    def __init__(self, step: int, rank: int | None = None) -> None:
         self.step = step
+        self.rank = rank
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        if trainer.global_step == self.step - 1:
+        if trainer.global_step == self.step - 1 and self.rank in (None, trainer.global_rank):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
@@ -476,3 +478,21 @@ def test_ddp_ranks_agree_to_stop_when_the_loss_is_nan_on_one_rank(tmp_path: Path
     assert "at step 25; stopped on every rank: under DDP a step cannot be skipped" in res.stderr
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 20  # the last good checkpoint
+
+
+@pytest.mark.slow
+def test_a_sigterm_to_one_ddp_rank_stops_every_rank_at_one_step(tmp_path: Path) -> None:
+    """Only rank 1 is signalled (as step 25 starts): the ranks agree at the step's end, save there together
+    and exit as on SIGTERM (a rank that saved alone would leave the other waiting in a collective)."""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **CLI_ENV}
+    stop = ["+callbacks.stop._target_=tests.test_faults.SigtermDuring", "+callbacks.stop.step=25",
+            "+callbacks.stop.rank=1"]  # fmt: skip
+    res = subprocess.run(
+        [str(Path(sys.executable).parent / "ddpm-train"), *BASE, "trainer=ddp_cpu", "trainer.max_steps=40",
+         *stop, f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert res.returncode == 143, res.stderr[-3000:]
+    assert f"SIGTERM at step 25: saved {run_dir / 'checkpoints' / 'last.ckpt'}" in res.stderr
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 25

@@ -113,7 +113,8 @@ class LastCheckpoint(Callback):
     logging and validation, after an epoch's end hooks, between validation batches): a signal that came
     after this callback's look at the flag and before Lightning's stopped the run where only
     ``on_exception`` could save, at an epoch's last batch in a state that resumes inexactly. Held, a
-    SIGTERM stops training at one place only. One held when training ends stops the run after the final
+    SIGTERM stops training at one place only. Under DDP the ranks agree there (a signal to any rank stops
+    all), so they save and stop at the same step. One held when training ends stops the run after the final
     save (``SIGTERMException`` from ``on_train_end``) rather than let it go on to the final samples.
 
     End of training: a run whose ``max_steps`` falls between two saves would otherwise leave a
@@ -209,7 +210,7 @@ class LastCheckpoint(Callback):
         with ``SIGTERMException`` if a SIGTERM came after the final step's end."""
         # Lightning's handler first, so that a signal from now on sets its flag, read just below
         held = self._release_sigterm(deliver=False)
-        stop = held or trainer.received_sigterm
+        stop = trainer.strategy.reduce_boolean_decision(held or trainer.received_sigterm, all=False)
         done = self._saved_step == trainer.global_step
         dev_run = trainer.fast_dev_run  # type: ignore[attr-defined]  # set by Lightning, undeclared
         if self.at_train_end and trainer.global_step > 0 and not done and not dev_run:
@@ -227,8 +228,11 @@ class LastCheckpoint(Callback):
             self._save(trainer)
 
     def _sigterm_received(self, trainer: L.Trainer) -> bool:
-        """Whether a SIGTERM came, held here or seen by Lightning (before training started)."""
-        return self._sigterm_held or trainer.received_sigterm
+        """Whether a SIGTERM came, held here or seen by Lightning (before training started), on any rank."""
+        # every rank asks at the same step, so under DDP all of them save and stop at the same step
+        return trainer.strategy.reduce_boolean_decision(
+            self._sigterm_held or trainer.received_sigterm, all=False
+        )
 
     def _release_sigterm(self, deliver: bool) -> bool:
         """Give SIGTERM back to Lightning's handler; with ``deliver``, call it now. Returns whether a signal
