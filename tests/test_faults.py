@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.loggers import CSVLogger
 
 from ddpm.lit_module import NonFiniteLossError
 from ddpm.losses import SimpleLoss
@@ -141,14 +142,16 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path: Path
 
 
 class SigtermDuring(L.Callback):
-    """Test helper: raises Lightning's SIGTERM flag while optimizer step ``step`` trains, like a signal."""
+    """Test helper: sends this process SIGTERM as optimizer step ``step`` starts to train (under DDP the
+    process of rank ``rank`` only, when given)."""
 
-    def __init__(self, step: int) -> None:
+    def __init__(self, step: int, rank: int | None = None) -> None:
         self.step = step
+        self.rank = rank
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        if trainer.global_step == self.step - 1:
-            trainer._signal_connector.received_sigterm = True
+        if trainer.global_step == self.step - 1 and self.rank in (None, trainer.global_rank):
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 @pytest.mark.slow  # three runs: ~10 s idle, ~30 s on the shared 2-core machine
@@ -170,6 +173,81 @@ def test_a_sigterm_at_an_epochs_last_batch_resumes_exactly(tmp_path: Path) -> No
         _losses(resumed / "csv" / "resumed_1" / "metrics.csv"),
     )
     assert max(first) == 30 and {**first, **second} == whole  # steps are logged from 0
+
+
+class SigtermInLoggerSave(L.Callback):
+    """Test helper: sends this process SIGTERM while the CSV logger writes ``metrics.csv`` at optimizer step
+    ``step``: after every callback's ``on_train_batch_end`` (``LastCheckpoint``'s look at the signal among
+    them) and before Lightning's own look at the end of the batch. A requeued cluster job was signalled there
+    at an epoch's last batch, and resumed into different weights."""
+
+    def __init__(self, step: int) -> None:
+        self.step: int | None = step
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        (logger,) = (lg for lg in trainer.loggers if isinstance(lg, CSVLogger))
+        save = logger.save
+
+        def save_then_signal() -> None:
+            save()
+            if trainer.global_step == self.step:
+                self.step = None  # once
+                os.kill(os.getpid(), signal.SIGTERM)  # its handler runs before the next line of Python
+
+        logger.save = save_then_signal  # type: ignore[method-assign]
+
+
+def test_a_sigterm_after_the_checkpoints_look_at_an_epochs_last_batch_resumes_exactly(tmp_path: Path) -> None:
+    """8 batches an epoch; the signal comes as step 8 is logged, when the step's save-on-SIGTERM chance has
+    passed: the run must still stop at a step it resumes exactly from, with an uninterrupted twin's weights
+    (raw and EMA) at step 12 and every step's loss logged once."""
+    small = [*BASE, "data.n_train=512", "callbacks.samples=null", "final_samples=0", "trainer.max_steps=12"]
+    _, full = run_train(tmp_path / "full", small)
+    stop = ["+callbacks.stop._target_=tests.test_faults.SigtermInLoggerSave", "+callbacks.stop.step=8"]
+    with pytest.raises(SystemExit):
+        run_train(tmp_path / "part", [*small, *stop])
+    ckpt = tmp_path / "part" / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=True)["global_step"] in (8, 9)  # that step or the next
+    _, resumed = run_train(tmp_path / "part", [*small, "ckpt_path=last"])
+    for key in ("current_model_state", "state_dict"):  # raw weights, and the EMA weights
+        a = _weights(full / "checkpoints" / "last.ckpt", key)
+        b = _weights(resumed / "checkpoints" / "last.ckpt", key)
+        assert all(torch.equal(a[name], b[name]) for name in a), key
+    first = _losses(resumed / "csv" / "metrics.csv")
+    second = _losses(resumed / "csv" / "resumed_1" / "metrics.csv")
+    assert max(first) < min(second) and {**first, **second} == _losses(full / "csv" / "metrics.csv")
+
+
+def test_a_sigterm_between_accumulated_batches_stops_at_the_end_of_the_step(tmp_path: Path) -> None:
+    """Two batches a step: the signal comes before the first of step 3's; the run must save and stop after
+    the second, when the step is taken (no checkpoint holds half of a step's gradients)."""
+    small = [*BASE, "data.n_train=512", "callbacks.samples=null", "final_samples=0", "trainer.max_steps=6"]
+    small.append("+trainer.accumulate_grad_batches=2")
+    _, full = run_train(tmp_path / "full", small)
+    stop = ["+callbacks.stop._target_=tests.test_faults.SigtermDuring", "+callbacks.stop.step=3"]
+    with pytest.raises(SystemExit):
+        run_train(tmp_path / "part", [*small, *stop])
+    ckpt = tmp_path / "part" / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=True)["global_step"] == 3
+    _, resumed = run_train(tmp_path / "part", [*small, "ckpt_path=last"])
+    for key in ("current_model_state", "state_dict"):  # raw weights, and the EMA weights
+        a = _weights(full / "checkpoints" / "last.ckpt", key)
+        b = _weights(resumed / "checkpoints" / "last.ckpt", key)
+        assert all(torch.equal(a[name], b[name]) for name in a), key
+
+
+def test_a_sigterm_after_the_final_steps_end_saves_it_and_stops_before_the_final_samples(
+    tmp_path: Path,
+) -> None:
+    """The signal comes as the final step is logged: no batch ends after it, and the run must not go on to
+    its final samples as if never told to stop."""
+    stop = ["+callbacks.stop._target_=tests.test_faults.SigtermInLoggerSave", "+callbacks.stop.step=12"]
+    small = [*BASE, "data.n_train=512", "callbacks.samples=null", "trainer.max_steps=12"]
+    with pytest.raises(SystemExit):
+        run_train(tmp_path, [*small, *stop])
+    run = tmp_path / "run"
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 12
+    assert not (run / "samples.npz").exists()
 
 
 def test_resuming_a_run_that_stopped_before_its_first_validation_keeps_one_current_last_ckpt(
@@ -405,3 +483,21 @@ def test_ddp_ranks_agree_to_stop_when_the_loss_is_nan_on_one_rank(tmp_path: Path
     assert "at step 25; stopped on every rank: under DDP a step cannot be skipped" in res.stderr
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 20  # the last good checkpoint
+
+
+@pytest.mark.slow
+def test_a_sigterm_to_one_ddp_rank_stops_every_rank_at_one_step(tmp_path: Path) -> None:
+    """Only rank 1 is signalled (as step 25 starts): the ranks agree at the step's end, save there together
+    and exit as on SIGTERM (a rank that saved alone would leave the other waiting in a collective)."""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **CLI_ENV}
+    stop = ["+callbacks.stop._target_=tests.test_faults.SigtermDuring", "+callbacks.stop.step=25",
+            "+callbacks.stop.rank=1"]  # fmt: skip
+    res = subprocess.run(
+        [str(Path(sys.executable).parent / "ddpm-train"), *BASE, "trainer=ddp_cpu", "trainer.max_steps=40",
+         *stop, f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert res.returncode == 143, res.stderr[-3000:]
+    assert f"SIGTERM at step 25: saved {run_dir / 'checkpoints' / 'last.ckpt'}" in res.stderr
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 25

@@ -11,8 +11,11 @@ fails (a full disk) leaves the earlier checkpoint as it was and stops the run wi
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
+import threading
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import lightning as L
@@ -102,9 +105,20 @@ class LastCheckpoint(Callback):
     ``on_train_batch_end`` is what ``ModelCheckpoint(every_n_train_steps=...)`` does too: the model,
     optimizer and loop state are consistent there, so the checkpoint resumes like any other.
 
-    SIGTERM (a scheduler's stop, ``kill``): Lightning turns it into ``SIGTERMException`` at the next batch
-    boundary, where this saves. End of training: a run whose ``max_steps`` falls between two saves would
-    otherwise leave a ``last.ckpt`` of an earlier step than the samples it wrote.
+    SIGTERM (a scheduler's stop, ``kill``, ``scontrol requeue``): while training, this callback holds the
+    signal back and hands it to Lightning's handler at the end of the next optimizer step (the
+    ``on_train_batch_end`` of its last batch under gradient accumulation), right after saving there;
+    Lightning then raises ``SIGTERMException`` at the end of that batch, as on any SIGTERM.
+    Lightning's own handler only sets a flag, which Lightning reads in several places (after the batch's
+    logging and validation, after an epoch's end hooks, between validation batches): a signal that came
+    after this callback's look at the flag and before Lightning's stopped the run where only
+    ``on_exception`` could save, at an epoch's last batch in a state that resumes inexactly. Held, a
+    SIGTERM stops training at one place only. Under DDP the ranks agree there (a signal to any rank stops
+    all), so they save and stop at the same step. One held when training ends stops the run after the final
+    save (``SIGTERMException`` from ``on_train_end``) rather than let it go on to the final samples.
+
+    End of training: a run whose ``max_steps`` falls between two saves would otherwise leave a
+    ``last.ckpt`` of an earlier step than the samples it wrote.
 
     Args:
         dirpath: the run's ``checkpoints/`` folder.
@@ -135,6 +149,8 @@ class LastCheckpoint(Callback):
         self.at_train_end = at_train_end
         self.saved: Path | None = None
         self._saved_step = -1
+        self._lightning_sigterm: Any = None  # Lightning's SIGTERM handler, while this one holds the signal
+        self._sigterm_held = False
 
     def interval(self, max_steps: int) -> int | None:
         """The number of optimizer steps between saves for a run of ``max_steps`` (-1: no limit)."""
@@ -150,19 +166,33 @@ class LastCheckpoint(Callback):
         """Remember the step of the latest checkpoint written."""
         self._saved_step = trainer.global_step
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Hold SIGTERM back from Lightning's handler (registered by now) until an optimizer step ends."""
+        self._sigterm_held = False
+        handler = signal.getsignal(signal.SIGTERM)
+        # signal.signal works in the main thread only; Lightning registers nothing elsewhere either
+        if callable(handler) and threading.current_thread() is threading.main_thread():
+            self._lightning_sigterm = handler
+            signal.signal(signal.SIGTERM, self._hold_sigterm)
+
+    def _hold_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        self._sigterm_held = True
+
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        """Save every ``interval`` optimizer steps (not per micro-batch under gradient accumulation)."""
+        """Save every ``interval`` optimizer steps (not per micro-batch under gradient accumulation), and
+        on a SIGTERM held since the step before: save, then let Lightning stop at the end of this batch."""
+        if trainer.fit_loop._should_accumulate():
+            return  # mid-step: the gradients gathered so far would be in no checkpoint
+        stop = self._sigterm_received(trainer)
         every = self.interval(trainer.max_steps)
         step = trainer.global_step
         dev_run = trainer.fast_dev_run  # type: ignore[attr-defined]  # set by Lightning, undeclared
-        if step == self._saved_step or dev_run:
-            return
-        if (every and step > 0 and step % every == 0) or trainer.received_sigterm:
-            # On SIGTERM Lightning stops right after this hook: saving here rather than in on_exception
-            # stores the loop state Lightning resumes exactly, also after an epoch's last batch (saved on
-            # the exception, a resume there skips the rest of the next epoch's batches).
+        due = every is not None and step > 0 and step % every == 0
+        if (due or stop) and step != self._saved_step and not dev_run:
+            # Here the loop state is one Lightning resumes exactly, also after an epoch's last batch
+            # (saved in on_exception there, a resume skips the rest of the next epoch's batches).
             # The weight average runs after this callback (train.py puts it last); its update of this step
             # goes into the checkpoint too, or a resumed run's average would lag one update behind. The
             # update is done once: the callbacks skip a step they have averaged already.
@@ -170,13 +200,25 @@ class LastCheckpoint(Callback):
                 if isinstance(callback, WeightAveraging):
                     callback.on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
             self._save(trainer)
+        if stop:
+            # Lightning's handler sets the flag it reads at the end of this batch (after the step's
+            # logging): from here on SIGTERM is Lightning's again
+            self._release_sigterm(deliver=True)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Save ``last.ckpt`` at the final step unless a checkpoint of that step was just written."""
+        """Save ``last.ckpt`` at the final step unless a checkpoint of that step was just written; stop
+        with ``SIGTERMException`` if a SIGTERM came after the final step's end."""
+        # Lightning's handler first, so that a signal from now on sets its flag, read just below
+        held = self._release_sigterm(deliver=False)
+        stop = trainer.strategy.reduce_boolean_decision(held or trainer.received_sigterm, all=False)
         done = self._saved_step == trainer.global_step
         dev_run = trainer.fast_dev_run  # type: ignore[attr-defined]  # set by Lightning, undeclared
         if self.at_train_end and trainer.global_step > 0 and not done and not dev_run:
             self._save(trainer)
+        if stop:
+            # no batch ends any more for Lightning to stop at: stop here, as it would have a moment earlier,
+            # rather than go on to the final samples after being told to stop
+            raise SIGTERMException
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
@@ -184,6 +226,25 @@ class LastCheckpoint(Callback):
         """Save when the exception is Lightning's SIGTERM signal, unless this step was saved already."""
         if isinstance(exception, SIGTERMException) and trainer.global_step != self._saved_step:
             self._save(trainer)
+
+    def _sigterm_received(self, trainer: L.Trainer) -> bool:
+        """Whether a SIGTERM came, held here or seen by Lightning (before training started), on any rank."""
+        # every rank asks at the same step, so under DDP all of them save and stop at the same step
+        return trainer.strategy.reduce_boolean_decision(
+            self._sigterm_held or trainer.received_sigterm, all=False
+        )
+
+    def _release_sigterm(self, deliver: bool) -> bool:
+        """Give SIGTERM back to Lightning's handler; with ``deliver``, call it now. Returns whether a signal
+        was held."""
+        handler, self._lightning_sigterm = self._lightning_sigterm, None
+        if handler is not None:
+            signal.signal(signal.SIGTERM, handler)
+        # read after the swap: a signal from now on sets Lightning's flag instead, none is lost between
+        held, self._sigterm_held = self._sigterm_held, False
+        if handler is not None and deliver:
+            handler(signal.SIGTERM, None)
+        return held
 
     def _save(self, trainer: L.Trainer) -> None:
         path = self.dirpath / "last.ckpt"

@@ -154,7 +154,8 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         def outside_training(signum: int, frame: Any) -> None:
             # submitit ignores SIGTERM (scancel, scontrol requeue): a job cancelled while it starts would
             # run on until SLURM's SIGKILL, KillWait later, and may even complete. During training Lightning
-            # calls this after its own handler (which stops at the next batch and saves): nothing to do then.
+            # calls this after its own handler (LastCheckpoint hands it the signal at a batch's end, where it
+            # saved; Lightning stops there): nothing to do then.
             if signal.getsignal(signal.SIGTERM) is outside_training:
                 print("SIGTERM outside training (scancel, requeue): the job stops now", file=sys.stderr)
                 raise SystemExit(143)
@@ -169,7 +170,7 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
             if callable(on_sigterm) and on_sigterm != outside_training:
                 deferred.append(signum)
                 log.warning("%s: stopping at the next step to save last.ckpt, then requeueing", usr.name)
-                on_sigterm(signal.SIGTERM, frame)  # Lightning's: stop at the next batch, LastCheckpoint saves
+                on_sigterm(signal.SIGTERM, frame)  # training's: save at the batch's end, then stop there
             elif callable(requeue):
                 signal.signal(usr, signal.SIG_IGN)  # requeueing now; a second signal must not requeue twice
                 requeue(signum, frame)  # not training (yet or any more): nothing to save first
