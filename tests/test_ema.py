@@ -283,6 +283,43 @@ def test_a_resumed_run_ends_with_the_emas_and_snapshots_of_its_uninterrupted_twi
         assert np.array_equal(s["samples"], t["samples"])
 
 
+@pytest.mark.filterwarnings("ignore::ddpm.schedules.NotPureNoiseWarning")  # T=100 linear, on purpose
+def test_ddpm_ema_writes_a_length_that_ddpm_sample_reads(
+    uninterrupted: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from safetensors import safe_open
+
+    from ddpm.build import load_run
+    from ddpm.cli.ema import main
+
+    _, run = uninterrupted
+    out = tmp_path / "ema.safetensors"
+    assert main([str(run), "--sigma-rel", "0.05", "--out", str(out)]) == 0
+    assert "sigma_rel=0.05 (gamma=16.97) at step 45 from 90 snapshots" in capsys.readouterr().out
+    with safe_open(str(out), framework="pt") as f:
+        metadata = f.metadata()
+    assert (metadata["ema_sigma_rel"], metadata["ema_step"], metadata["ddpm_weights"]) == (
+        "0.05",
+        "45",
+        "ema",
+    )
+    loaded = load_run(out).model.state_dict()  # as ddpm-sample / ddpm-eval read it
+    (tracked,) = (
+        load_snapshot(s) for s in list_snapshots(run / SNAPSHOT_DIR) if (s.sigma_rel, s.step) == (0.05, 45)
+    )
+    assert all(torch.allclose(loaded[k], tracked[k], rtol=0, atol=1e-6) for k in tracked)
+    assert main([str(run), "--sigma-rel", "0.07", "--step", "30"]) == 0  # another length, earlier
+    assert (run / "ema" / "sigma0.07_step00000030.safetensors").is_file()
+    for argv, message in [
+        (["--sigma-rel", "0.4"], "error: --sigma-rel: sigma_rel=0.4 must be in (0, 0.3003)"),
+        (["--sigma-rel", "0.1", "--step", "46"], "error: --step=46 is after the last snapshot (step 45)"),
+        (["--sigma-rel", "0.1", "--out", str(tmp_path / "x.pt")], "must end in .safetensors"),
+    ]:
+        with pytest.raises(SystemExit) as exit_code:
+            main([str(run), *argv])
+        assert exit_code.value.code == 2 and message in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- config and resume
 def test_the_power_option_composes_with_the_experiments_and_the_default_is_unchanged(tmp_path: Path) -> None:
     from hydra.utils import instantiate
