@@ -113,7 +113,8 @@ def test_the_update_weighs_each_step_by_the_power_profile() -> None:
 
 def test_reconstruction_converges_as_snapshots_get_denser() -> None:
     """A random walk of 'weights' averaged by the tracked EMAs exactly: the length 0.05 at the last step,
-    rebuilt without its own snapshot, is closer the denser the snapshots (EDM2 sec. 3.2)."""
+    rebuilt without its own snapshot, is closer the denser the snapshots (EDM2 sec. 3.2): a snapshot every
+    5%, 2.5% and 1% of the run miss by 10.4%, 1.9% and 0.16% of the distance between the two EMAs."""
     generator = torch.Generator().manual_seed(0)
     n, dim = 200, 256
     walk = torch.cumsum(torch.randn(n, dim, generator=generator, dtype=torch.float64), 0)
@@ -342,6 +343,12 @@ def test_the_power_option_composes_with_the_experiments_and_the_default_is_uncha
         compose_cfg(tmp_path, ["callbacks/ema=power", "callbacks.ema=null"], run_folder=False).callbacks.ema
         is None
     )
+    for experiment in ("digits", "cifar10_ddpm", "cifar10_iddpm"):  # each has a power variant
+        base = compose_cfg(tmp_path, [f"experiment={experiment}"], run_folder=False)
+        cfg = compose_cfg(tmp_path, [f"experiment={experiment}_power"], run_folder=False)
+        variant = instantiate(cfg.callbacks.ema)
+        assert isinstance(variant, PowerEMA) and variant.decay == base.callbacks.ema.decay
+        assert variant.snapshot_every_n_steps * 100 == cfg.trainer.max_steps == base.trainer.max_steps
     with pytest.raises(ValueError, match="sigma_rels"):
         PowerEMA(sigma_rels=[0.05, 0.05])
     with pytest.raises(ValueError, match=r"sigma_rels: sigma_rel=0\.4"):
