@@ -4,8 +4,13 @@ snapshots, their reconstruction on a real toy run, and exact resume."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -28,7 +33,9 @@ from ddpm.ema_snapshots import (
     reconstruct,
     write_snapshot,
 )
-from tests.helpers import SHORT, run_train
+from tests.helpers import CLI_ENV, SHORT, run_train
+
+REPO = Path(__file__).resolve().parents[1]
 
 SIGMA_RELS = [0.005, 0.01, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.25, 0.28, 0.3]
 
@@ -319,6 +326,49 @@ def test_ddpm_ema_writes_a_length_that_ddpm_sample_reads(
         with pytest.raises(SystemExit) as exit_code:
             main([str(run), *argv])
         assert exit_code.value.code == 2 and message in capsys.readouterr().err
+
+
+class PowerProbe(L.Callback):
+    """Test helper: each rank writes a digest of its power EMAs and how many snapshots it wrote."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        from ddpm.callbacks import PowerEMA
+
+        power = next(c for c in trainer.callbacks if isinstance(c, PowerEMA))
+        flat = torch.cat([t.flatten().double().cpu() for k in (0, 1) for t in power.ema_state(k).values()])
+        self.folder.mkdir(parents=True, exist_ok=True)
+        text = f"{flat.sum().item()!r} {flat.norm().item()!r}\n{len(power.written)}"
+        (self.folder / f"rank{trainer.global_rank}.txt").write_text(text)
+
+
+@pytest.mark.slow  # two DDP ranks in new processes: ~40 s
+def test_ddp_ranks_keep_the_same_power_emas_and_rank_0_writes_the_snapshots(tmp_path: Path) -> None:
+    run, probe = tmp_path / "run", tmp_path / "probe"
+    argv = [*BASE, "trainer=ddp_cpu", "trainer.max_steps=10", "callbacks.ema.snapshot_every_n_steps=5"]
+    argv += [f"hydra.run.dir={run}", "+callbacks.probe._target_=tests.test_ema.PowerProbe"]
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **CLI_ENV}
+    exe = Path(sys.executable).parent / "ddpm-train"
+    res = subprocess.run(
+        [str(exe), *argv, f"+callbacks.probe.folder={probe}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    ranks = [p.read_text().split("\n") for p in sorted(probe.glob("rank*.txt"))]
+    assert len(ranks) == 2 and ranks[0][0] == ranks[1][0]  # the same EMAs on both ranks
+    assert [r[1] for r in ranks] == ["4", "0"]  # rank 0 wrote both lengths at steps 5 and 10
+    assert [(s.sigma_rel, s.step) for s in list_snapshots(run / SNAPSHOT_DIR)] == [
+        (0.05, 5),
+        (0.05, 10),
+        (0.1, 5),
+        (0.1, 10),
+    ]
 
 
 # ----------------------------------------------------------------------------- config and resume
