@@ -16,6 +16,7 @@ LAYERS = {
     "ddpm.process": 0,
     "ddpm.parameterization": 0,
     "ddpm.diffusion": 0,
+    "ddpm.edm": 0,
     "ddpm.losses": 0,
     "ddpm.timestep_sampling": 0,
     "ddpm.samplers": 0,

@@ -100,7 +100,12 @@ IMPORTANCE_SAMPLED = [
 
 @pytest.mark.parametrize(
     "extra",
-    [pytest.param([], id="default"), pytest.param(IMPORTANCE_SAMPLED, id="iddpm", marks=pytest.mark.slow)],
+    [
+        pytest.param([], id="default"),
+        pytest.param(IMPORTANCE_SAMPLED, id="iddpm", marks=pytest.mark.slow),
+        # EDM's continuous noise levels are drawn from the same global RNGs the checkpoint restores
+        pytest.param(["experiment=toy2d_edm", "sampler.steps=4"], id="edm"),
+    ],
 )
 def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path: Path, extra: list[str]) -> None:
     base = [*BASE, *extra]
@@ -109,7 +114,7 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path: Path
     ckpt = part / "checkpoints" / "last.ckpt"
     saved = torch.load(ckpt, weights_only=True)
     assert saved["global_step"] == 20
-    if extra:  # the history is in the checkpoint, and already drives t
+    if extra is IMPORTANCE_SAMPLED:  # the history is in the checkpoint, and already drives t
         assert bool((saved["timestep_sampler"]["loss_counts"] == 10).all())
     # resume in the same run folder, as `ddpm-train ckpt_path=<run>` does
     metrics, resumed = run_train(tmp_path / "part", [*base, "trainer.max_steps=45", "ckpt_path=last"])

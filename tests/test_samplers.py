@@ -316,8 +316,10 @@ def test_a_custom_schedule_equal_to_a_spacing_reproduces_its_samples_bit_for_bit
         (lambda: DDIMSampler(timesteps=[]), r"timesteps=\[\] is invalid; give a non-empty list of integers"),
         (lambda: DDIMSampler(timesteps=[500, 600]), r"timesteps=\[500, 600\] is not strictly decreasing"),
         (lambda: DDIMSampler(timesteps=[500, 500]), r"is not strictly decreasing"),
-        (
-            lambda: UniPCSampler(timesteps=[999, 10.5]),
+        (  # an integer sampler on a chain (a continuous process takes real times)
+            lambda: UniPCSampler(timesteps=[999, 10.5]).timesteps(
+                GaussianDiffusion(make_beta_schedule("linear", 1000))
+            ),
             r"holds 10.5; every timestep must be one of the integers",
         ),
         (lambda: DPMSolverSampler(timesteps=[999, -1]), r"leaves \[0, T-1\]"),

@@ -31,8 +31,8 @@ from omegaconf.errors import OmegaConfBaseException
 from ddpm import registry
 from ddpm.config import ConfigError, first_line, root_cause
 from ddpm.data.kinds import RunData
-from ddpm.diffusion import GaussianDiffusion
-from ddpm.losses import Loss, SimpleLoss
+from ddpm.losses import Loss, default_loss
+from ddpm.process import Process
 from ddpm.run_folder import find_checkpoint, run_dir_of
 from ddpm.safe_loading import load_checkpoint, read_safetensors_run
 from ddpm.sampler_overrides import sampler_config
@@ -46,7 +46,7 @@ from ddpm.stored_config import (
     require_regular_file,
     run_identity,
 )
-from ddpm.timestep_sampling import TimestepDistribution, UniformTimesteps, check_loss
+from ddpm.timestep_sampling import TimestepDistribution, check_loss, default_timesteps
 
 if TYPE_CHECKING:  # Lightning: imported by build() only, so that loading a run does not pay for it
     from ddpm.lit_module import DiffusionModule
@@ -133,17 +133,21 @@ def build_model(cfg: DictConfig, data: Any = None) -> torch.nn.Module:
     return _instantiate(cfg, "model")
 
 
-def build_diffusion(cfg: DictConfig) -> GaussianDiffusion:
-    """The diffusion of a config: the ``schedule`` node's betas completing the ``diffusion`` partial.
+def build_diffusion(cfg: DictConfig) -> Process:
+    """The process of a config: DDPM's chain (the ``schedule`` node's betas completing the ``diffusion``
+    partial), or a continuous process that needs no schedule (``diffusion=edm``).
 
     Raises:
         ConfigError: a bad value, with the key it came from (the schedule's own errors name the schedule).
     """
+    option = registry.find("diffusion", cfg.diffusion.get("_target_"))
+    if option is not None and "betas" not in option.completed:
+        return _instantiate(cfg, "diffusion")  # continuous: T and the schedule are not used
     betas = _instantiate(cfg, "schedule")  # on its own first, so an error names the schedule
     return _instantiate(cfg, "diffusion", betas=betas)  # a partial: the schedule's betas complete it
 
 
-def build_training(cfg: DictConfig, diffusion: GaussianDiffusion) -> tuple[Loss, TimestepDistribution]:
+def build_training(cfg: DictConfig, diffusion: Process) -> tuple[Loss, TimestepDistribution]:
     """The loss and the timestep sampler of a config, each completed with the diffusion (a run stored
     before they were groups of their own has them in its identity, moved out of ``diffusion``).
 
@@ -151,11 +155,11 @@ def build_training(cfg: DictConfig, diffusion: GaussianDiffusion) -> tuple[Loss,
         ConfigError: a bad value, with the key it came from.
     """
     # a config composed by hand without these groups gets conf/'s defaults: L_simple, uniform t
-    loss = _instantiate(cfg, "loss", diffusion=diffusion) if cfg.get("loss") else SimpleLoss(diffusion)
+    loss = _instantiate(cfg, "loss", diffusion=diffusion) if cfg.get("loss") else default_loss(diffusion)
     timestep_sampler = (
         _instantiate(cfg, "timestep_sampler", process=diffusion)
         if cfg.get("timestep_sampler")
-        else UniformTimesteps(diffusion)
+        else default_timesteps(diffusion)
     )
     try:
         check_loss(timestep_sampler, loss)
@@ -164,7 +168,7 @@ def build_training(cfg: DictConfig, diffusion: GaussianDiffusion) -> tuple[Loss,
     return loss, timestep_sampler
 
 
-def check_network(net: torch.nn.Module, diffusion: GaussianDiffusion, data_shape: Sequence[int]) -> None:
+def check_network(net: torch.nn.Module, diffusion: Process, data_shape: Sequence[int]) -> None:
     """One forward pass of one zero sample: the network's output must be what the diffusion reads
     (twice the data's channels with a learned variance), before any training or sampling.
 
@@ -175,9 +179,11 @@ def check_network(net: torch.nn.Module, diffusion: GaussianDiffusion, data_shape
     device = next((p.device for p in net.parameters()), torch.device("cpu"))
     was_training = net.training
     net.eval()
+    # the cleanest time the process trains at: index 0 of a chain, sigma_min of EDM's
+    t = torch.full((1,), diffusion.time_range[0], device=device)
     try:
         with torch.no_grad():
-            out = net(torch.zeros(shape, device=device), torch.zeros(1, dtype=torch.long, device=device))
+            out = net(torch.zeros(shape, device=device), t if not diffusion.discrete else t.long())
     except (RuntimeError, ValueError) as err:
         raise ConfigError(f"model: {first_line(err)}") from err
     finally:
@@ -207,6 +213,7 @@ def build(cfg: DictConfig) -> tuple[Any, DiffusionModule]:
         with open_dict(cfg):  # Lightning cannot clip a fused optimizer's gradients under mixed precision
             cfg.optimizer.fused = None  # torch's default: foreach on GPUs
     diffusion = build_diffusion(cfg)
+    net = diffusion.wrap_network(net)  # EDM: its preconditioning around the model
     check_network(net, diffusion, datamodule.data_shape)
     loss, timestep_sampler = build_training(cfg, diffusion)
     try:
@@ -255,8 +262,8 @@ def build_for_sampling(cfg: DictConfig) -> tuple[Any, SamplingModel]:
         ConfigError: a bad value, with the config key it came from.
     """
     data = build_data(cfg, plain=True)
-    net = build_model(cfg, data)
     diffusion = build_diffusion(cfg)
+    net = diffusion.wrap_network(build_model(cfg, data))
     # no check_network here: a run's config trained its network, and a checkpoint whose output layer does
     # not fit is refused by load_run's state_dict check
     sampler = _instantiate(cfg, "sampler")

@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
+from ddpm.process import Process
 from ddpm.timings import Phases
 
 if TYPE_CHECKING:
@@ -452,8 +453,14 @@ class LossByTimestepCallback(Callback):
 
         timed = self.phases.time("loss-by-timestep figure") if self.phases else contextlib.nullcontext()
         with timed:
-            T = getattr(getattr(pl_module, "diffusion", None), "num_timesteps", None)
-            fig = viz.plot_loss_by_quarter(self.steps, self.losses, T=T)
+            diffusion = getattr(pl_module, "diffusion", None)
+            T = getattr(diffusion, "num_timesteps", None)
+            series: list[list[float]] | dict[str, list[float]] = self.losses
+            if T is None and isinstance(diffusion, Process):  # continuous: quarters of log noise level
+                lo, hi = (s / a for a, s in map(diffusion.coefficients, diffusion.time_range))
+                edges = [lo * (hi / lo) ** (q / 4) for q in range(5)]
+                series = {f"σ ∈ [{edges[q]:.3g}, {edges[q + 1]:.3g})": self.losses[q] for q in range(4)}
+            fig = viz.plot_loss_by_quarter(self.steps, series, T=T)
             log_figure(
                 trainer,
                 "train/loss_by_timestep",

@@ -32,6 +32,7 @@ __all__ = [
     "Objective",
     "VarianceType",
     "log_sigmas",
+    "timestep_at_noise_level",
 ]
 
 #: abar used in place of an exact 0 (a zero-terminal-SNR schedule's last step) where a formula needs
@@ -76,6 +77,19 @@ def log_sigmas(alphas_cumprod: torch.Tensor) -> torch.Tensor:
     abar = alphas_cumprod.detach().double().cpu()
     abar = torch.where(abar == 0, ZERO_SNR_ABAR, abar)
     return 0.5 * ((1 - abar) / abar).log()  # VP: sigma^2 = (1 - abar) / abar (EDM table 1)
+
+
+def timestep_at_noise_level(level: torch.Tensor | float, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """The real-valued timestep whose noise level sqrt((1 - abar) / abar) is ``level``, float64: log sigma
+    interpolated linearly between the integers (diffusers' ``_sigma_to_t``; the inverse of
+    :meth:`GaussianDiffusion.alphas_cumprod_at`), clamped to [0, T - 1]."""
+    levels = log_sigmas(alphas_cumprod)
+    log_level = torch.as_tensor(level, dtype=torch.float64).clamp(min=1e-10).log()
+    # index of the last log sigma <= the target; log sigma rises with t
+    low = (torch.searchsorted(levels, log_level, right=True) - 1).clamp(0, len(levels) - 2)
+    lo, hi = levels[low], levels[low + 1]
+    w = ((log_level - lo) / (hi - lo)).clamp(0, 1)
+    return low + w
 
 
 class GaussianDiffusion(Process):
@@ -327,6 +341,18 @@ class GaussianDiffusion(Process):
         """(0, T - 1): the chain's first and last step."""
         return 0.0, float(self.num_timesteps - 1)
 
+    def time_at_noise_level(self, level: torch.Tensor) -> torch.Tensor:
+        """The real-valued timestep whose EDM noise level is ``level`` (:func:`timestep_at_noise_level`)."""
+        return timestep_at_noise_level(level, self.alphas_cumprod)
+
+    def prior_std(self, t: float) -> float:
+        """1: DDPM Algorithm 2 starts from x_T ~ N(0, I) (sigma_{T-1} = 0.99998 on the linear schedule)."""
+        return 1.0
+
+    def time_bins(self, t: torch.Tensor, bins: int) -> torch.Tensor:
+        """Which of ``bins`` equal parts of 0 .. T - 1 each step index falls in."""
+        return t * bins // self.num_timesteps
+
     def extract(self, buffer: torch.Tensor, t: torch.Tensor | int, x: torch.Tensor) -> torch.Tensor:
         """Gather ``buffer[t]`` per sample and shape it [B, 1, ..., 1] to broadcast against ``x``."""
         t = self.timesteps_for_batch(t, x.shape[0], buffer.device)
@@ -398,6 +424,16 @@ class GaussianDiffusion(Process):
         """
         return self.parameterization.to_x0(self.split_output(model_output, x_t)[0], x_t, alpha, sigma)
 
+    def eps_from_output(
+        self,
+        model_output: torch.Tensor,
+        x_t: torch.Tensor,
+        alpha: torch.Tensor | float,
+        sigma: torch.Tensor | float,
+    ) -> torch.Tensor:
+        """eps-hat given alpha_t and sigma_t directly (a learned variance's channels ignored)."""
+        return self.parameterization.to_eps(self.split_output(model_output, x_t)[0], x_t, alpha, sigma)
+
     def predict_eps(
         self, x_t: torch.Tensor, t: torch.Tensor | int, model_output: torch.Tensor
     ) -> torch.Tensor:
@@ -411,12 +447,6 @@ class GaussianDiffusion(Process):
         return parameterization.PARAMETERIZATIONS["x0"].to_eps(x0, x_t, alpha, sigma)
 
     # ------------------------------------------------------------------ reverse process
-    def clip(self, x0: torch.Tensor) -> torch.Tensor:
-        """Clip x0-hat to ``clip_range`` when ``clip_denoised`` is on."""
-        if not self.clip_denoised:
-            return x0
-        return x0.clamp(*self.clip_range)
-
     def reverse_variance(
         self, t: torch.Tensor | int, x_t: torch.Tensor, var_values: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,6 +28,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ddpm.config import ConfigError, first_line
+from ddpm.diffusion import GaussianDiffusion
 from ddpm.models import UNet
 from ddpm.safe_loading import SAFETENSORS_CONFIG_KEY, read_safetensors_run
 from ddpm.safe_writes import write_file, write_files
@@ -733,15 +734,20 @@ def load_diffusers_pipeline(
     return LoadedRun(model, data_obj, cfg, weights, folder, sampler)
 
 
-def _check_exportable(run: LoadedRun) -> UNet:
-    net = run.model.net
+def _check_exportable(run: LoadedRun) -> tuple[UNet, GaussianDiffusion]:
+    net, diffusion = run.model.net, run.model.diffusion
+    if not isinstance(diffusion, GaussianDiffusion):
+        raise ConfigError(
+            f"diffusion={type(diffusion).__name__}: diffusers' DDPMPipeline runs DDPM's chain of T steps; "
+            "only DDPM runs can be written as one"
+        )
     if not isinstance(net, UNet):
         raise ConfigError(
             f"model={type(net).__name__}: only UNet runs can be written as a diffusers UNet2DModel"
         )
     if run.data.kind != "image":
         raise ConfigError("the run's data is not images; diffusers' DDPMPipeline draws images")
-    return net
+    return net, diffusion
 
 
 def export_diffusers(run: LoadedRun | str | Path, path: str | Path) -> Path:
@@ -759,10 +765,10 @@ def export_diffusers(run: LoadedRun | str | Path, path: str | Path) -> Path:
 
     if isinstance(run, str | Path):
         run = load_run(run)
-    net = _check_exportable(run)
+    net, diffusion = _check_exportable(run)
     dropout = float(run.config.model.get("dropout", 0.0) or 0.0)
     unet_config = diffusers_unet_config(net, dropout)
-    scheduler = _scheduler_config(run.config, run.model.diffusion.betas.detach().cpu())
+    scheduler = _scheduler_config(run.config, diffusion.betas.detach().cpu())
     out = Path(path)
     index = {
         "_class_name": "DDPMPipeline",

@@ -21,11 +21,11 @@ from lightning.pytorch.utilities.types import OptimizerConfig, OptimizerLRSchedu
 from torch import nn
 from torchmetrics import Metric
 
-from ddpm.diffusion import GaussianDiffusion
-from ddpm.losses import Loss, SimpleLoss
+from ddpm.losses import Loss, default_loss
+from ddpm.process import Process
 from ddpm.samplers import Sampler, SampleResult
 from ddpm.sampling_model import draw_samples
-from ddpm.timestep_sampling import TimestepDistribution, UniformTimesteps, check_loss
+from ddpm.timestep_sampling import TimestepDistribution, check_loss, default_timesteps
 
 __all__ = ["DiffusionModule", "NonFiniteLossError"]
 
@@ -125,7 +125,7 @@ class DiffusionModule(L.LightningModule):
     def __init__(
         self,
         net: nn.Module,
-        diffusion: GaussianDiffusion,
+        diffusion: Process,
         sampler: Sampler,
         optimizer: Callable[..., torch.optim.Optimizer],
         loss: Loss | None = None,
@@ -148,8 +148,8 @@ class DiffusionModule(L.LightningModule):
         self.net = net
         self.diffusion = diffusion
         self.sampler = sampler
-        self.loss = SimpleLoss(diffusion) if loss is None else loss
-        self.timestep_sampler = UniformTimesteps(diffusion) if timestep_sampler is None else timestep_sampler
+        self.loss = default_loss(diffusion) if loss is None else loss
+        self.timestep_sampler = default_timesteps(diffusion) if timestep_sampler is None else timestep_sampler
         check_loss(self.timestep_sampler, self.loss)
         self.data_shape = tuple(int(s) for s in data_shape)
         if max_nonfinite_skips < 0:
@@ -205,7 +205,7 @@ class DiffusionModule(L.LightningModule):
         return self.train_loss_by_quarter if stage == "train" else self.val_loss_by_quarter
 
     def _update_loss_by_quarter(self, stage: str, losses: torch.Tensor, t: torch.Tensor) -> None:
-        self._by_quarter(stage).update(losses, t * QUARTERS // self.diffusion.num_timesteps)
+        self._by_quarter(stage).update(losses, self.diffusion.time_bins(t, QUARTERS))
 
     def loss_by_quarter(self, stage: str) -> list[float] | None:
         """This epoch's mean loss by quarter of t (q1: t in the first quarter of [0, T)), all ranks;
@@ -315,7 +315,7 @@ class DiffusionModule(L.LightningModule):
         """The loss on held-out data at fixed (t, noise) per batch, so epochs are comparable."""
         x0, y = self._batch(batch)
         gen = torch.Generator(device=x0.device).manual_seed(batch_idx)
-        t = torch.randint(0, self.diffusion.num_timesteps, (x0.shape[0],), generator=gen, device=x0.device)
+        t = self.timestep_sampler.validation_sample(x0.shape[0], x0.device, gen)
         noise = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
         # conditional throughout (no label dropout), so validation draws nothing beyond its fixed t and noise
         labels = self._labels(y, cond_drop_prob=0.0)

@@ -27,16 +27,18 @@ import torch
 import torch.nn.functional as F
 
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.process import broadcast
+from ddpm.process import Process, broadcast
 
 __all__ = [
     "DECODERS",
     "LN2",
+    "EDMLoss",
     "HybridLoss",
     "Loss",
     "SimpleLoss",
     "VLBLoss",
     "check_drop_prob",
+    "default_loss",
     "discretized_gaussian_log_likelihood",
     "drop_labels",
     "gaussian_log_likelihood",
@@ -206,14 +208,14 @@ class Loss:
     #: whether the per-sample losses are the bound's terms L_t (what ``loss_second_moment`` samples t by)
     bound_terms: bool = False
 
-    def __init__(
-        self, diffusion: GaussianDiffusion, offset_noise: float = 0.0, cond_drop_prob: float = 0.1
-    ) -> None:
+    diffusion: GaussianDiffusion  # the losses of a chain; EDMLoss narrows its own to a Process
+
+    def __init__(self, diffusion: Process, offset_noise: float = 0.0, cond_drop_prob: float = 0.1) -> None:
         if isinstance(offset_noise, bool) or not (
             isinstance(offset_noise, int | float) and offset_noise >= 0
         ):
             raise ValueError(f"offset_noise={offset_noise!r} is invalid; it must be a number >= 0 (0: off)")
-        self.diffusion = diffusion
+        self.diffusion = diffusion  # type: ignore[assignment]  # a chain's losses read its tables; EDM's none
         self.offset_noise = float(offset_noise)
         self.cond_drop_prob = check_drop_prob(cond_drop_prob)
 
@@ -262,16 +264,22 @@ class Loss:
             num_classes: the null label (None: ``net.num_classes``).
         """
         x_t = self.diffusion.q_sample(x0, t, noise)  # the process's closed form, once per step
-        if y is None:
-            output = net(x_t, t)
-        else:
-            num_classes = getattr(net, "num_classes", 0) if num_classes is None else num_classes
-            if not num_classes:
-                raise ValueError("the loss got labels y but the network has no num_classes (unconditional)")
-            p = self.cond_drop_prob if cond_drop_prob is None else check_drop_prob(cond_drop_prob)
-            output = net(x_t, t, drop_labels(y, p, num_classes))
+        labels = self.training_labels(net, y, cond_drop_prob, num_classes)
+        output = net(x_t, t) if labels is None else net(x_t, t, labels)
         self.diffusion.check_output(tuple(output.shape), tuple(x0.shape))
         return self.from_output(output.float(), x0, x_t, t, noise)
+
+    def training_labels(
+        self, net: Network, y: torch.Tensor | None, cond_drop_prob: float | None, num_classes: int | None
+    ) -> torch.Tensor | None:
+        """The labels the network is trained on: ``y`` with label dropout (None: unconditional)."""
+        if y is None:
+            return None
+        num_classes = getattr(net, "num_classes", 0) if num_classes is None else num_classes
+        if not num_classes:
+            raise ValueError("the loss got labels y but the network has no num_classes (unconditional)")
+        p = self.cond_drop_prob if cond_drop_prob is None else check_drop_prob(cond_drop_prob)
+        return drop_labels(y, p, num_classes)
 
     def from_output(
         self, output: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
@@ -464,3 +472,57 @@ class HybridLoss(SimpleLoss):
             f"HybridLoss(vlb_weight={self.vlb_weight:g}, decoder={self.bound.decoder}, "
             f"weighting={self.weighting})"
         )
+
+
+class EDMLoss(Loss):
+    """EDM's loss (Karras et al. 2022, eq. 2 and table 1): lambda(sigma) ||D(x0 + sigma n; sigma) - x0||^2
+    with lambda = 1 / c_out^2, i.e. the mean squared distance of the preconditioned network's raw output F
+    to its effective target (:meth:`ddpm.edm.EDMDenoiser.loss`). ``t`` is the noise level sigma
+    (``timestep_sampler=log_normal``); the network is an :class:`~ddpm.edm.EDMDenoiser` (``diffusion=edm``
+    wraps the model in one).
+
+    Args:
+        diffusion: the :class:`~ddpm.edm.EDMProcess` (continuous in sigma).
+        offset_noise, cond_drop_prob: see :class:`Loss`.
+    """
+
+    def __init__(self, diffusion: Process, offset_noise: float = 0.0, cond_drop_prob: float = 0.1) -> None:
+        if diffusion.discrete:
+            raise ValueError(
+                f"loss=edm trains at EDM's continuous noise levels; {type(diffusion).__name__} is a chain of "
+                "timesteps: use diffusion=edm (or loss=simple on this chain)"
+            )
+        super().__init__(diffusion, offset_noise, cond_drop_prob)
+        self.process = diffusion
+
+    def __call__(
+        self,
+        net: Network,
+        x0: torch.Tensor,
+        t: torch.Tensor,
+        noise: torch.Tensor,
+        y: torch.Tensor | None = None,
+        *,
+        cond_drop_prob: float | None = None,
+        num_classes: int | None = None,
+    ) -> torch.Tensor:
+        """The per-sample losses [B] at noise levels ``t`` [B] (:class:`Loss` for the arguments)."""
+        edm_loss = getattr(net, "loss", None)  # a compiled denoiser forwards it to the plain module
+        if not callable(edm_loss):
+            raise ValueError(
+                f"loss=edm needs the network wrapped in EDM's preconditioning (ddpm.edm.EDMDenoiser), got "
+                f"{type(net).__name__}: diffusion=edm wraps it"
+            )
+        labels = self.training_labels(net, y, cond_drop_prob, num_classes)
+        return edm_loss(x0, t, noise, labels).float()
+
+    def __repr__(self) -> str:
+        return "EDMLoss()"
+
+
+def default_loss(process: Process) -> Loss:
+    """The loss of a config without a ``loss`` node: L_simple on DDPM's chain, EDM's on a continuous
+    process."""
+    if isinstance(process, GaussianDiffusion):
+        return SimpleLoss(process)
+    return EDMLoss(process)

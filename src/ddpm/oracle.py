@@ -42,7 +42,10 @@ class-conditional network computes, and with the null label (y = num_classes) th
 Classifier-free guidance (:mod:`ddpm.samplers.guidance`) is checked against these.
 
 Timesteps may be fractional (the Heun sampler's Karras noise levels): abar_t is then
-``GaussianDiffusion.alphas_cumprod_at``. Plain PyTorch: no Lightning or Hydra import.
+``GaussianDiffusion.alphas_cumprod_at``. Any other process (EDM's x = x0 + sigma n) is the same one after
+dividing x_t by sqrt(alpha^2 + sigma^2) (EDM table 1): its abar is alpha^2 / (alpha^2 + sigma^2), and for
+EDM's process the oracle outputs x0*, the ideal denoiser D(x; sigma) (EDM eq. 3 at its optimum).
+Plain PyTorch: no Lightning or Hydra import.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ import math
 import torch
 
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.process import Process
 
 __all__ = ["GaussianMixtureOracle", "GaussianOracle"]
 
@@ -76,7 +80,7 @@ class GaussianMixtureOracle:
 
     def __init__(
         self,
-        diffusion: GaussianDiffusion,
+        diffusion: Process,
         means: torch.Tensor,
         covs: torch.Tensor,
         weights: torch.Tensor | None = None,
@@ -111,7 +115,7 @@ class GaussianMixtureOracle:
 
     @classmethod
     def eight_gaussians(
-        cls, diffusion: GaussianDiffusion, radius: float = 2.0, std: float = 0.1
+        cls, diffusion: Process, radius: float = 2.0, std: float = 0.1
     ) -> GaussianMixtureOracle:
         """Eight equal Gaussians on a circle: the layout of the ``eight_gaussians`` toy data set."""
         angles = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
@@ -119,7 +123,7 @@ class GaussianMixtureOracle:
         return cls(diffusion, means, (std**2) * torch.eye(2, dtype=torch.float64).expand(8, 2, 2))
 
     @classmethod
-    def anisotropic(cls, diffusion: GaussianDiffusion) -> GaussianMixtureOracle:
+    def anisotropic(cls, diffusion: Process) -> GaussianMixtureOracle:
         """Three unequal, elongated and correlated components with weights 0.5, 0.3, 0.2."""
         means = torch.tensor([[-1.5, 0.0], [1.5, 1.0], [0.5, -1.5]], dtype=torch.float64)
         covs = torch.tensor(
@@ -168,13 +172,27 @@ class GaussianMixtureOracle:
         return torch.logsumexp(log_p.masked_fill(~mine, -math.inf), 1) - torch.logsumexp(log_p, 1)
 
     def _abar(self, t: torch.Tensor | int | float, batch: int, device: torch.device) -> torch.Tensor:
-        """abar_t per sample, float64, shape [B] (fractional t interpolated as the diffusion does)."""
+        """abar_t per sample, float64, shape [B] (fractional t interpolated as the diffusion does); for
+        another process, the abar of equal SNR, alpha^2 / (alpha^2 + sigma^2) (:meth:`_scale`)."""
         t = torch.as_tensor(t, device=device)
         if t.ndim == 0:
             t = t.expand(batch)
+        if not isinstance(self.diffusion, GaussianDiffusion):
+            alpha, sigma = self.diffusion.alpha(t.double()), self.diffusion.sigma(t.double())
+            return (alpha.square() / (alpha.square() + sigma.square())).double().to(device)
         if t.is_floating_point():
             return self.diffusion.alphas_cumprod_at(t.cpu()).to(device)
         return self.diffusion.alphas_cumprod.to(device).double()[t.long()]
+
+    def _scale(self, t: torch.Tensor | int | float, batch: int, device: torch.device) -> torch.Tensor:
+        """sqrt(alpha^2 + sigma^2) per sample, float64 [B]: x_t divided by it is the variance-preserving
+        sample of equal SNR (EDM table 1), on which the closed forms are written; 1 on DDPM's chain."""
+        if isinstance(self.diffusion, GaussianDiffusion):
+            return torch.ones(batch, dtype=torch.float64, device=device)
+        t = torch.as_tensor(t, device=device).double()
+        t = t.expand(batch) if t.ndim == 0 else t
+        alpha, sigma = self.diffusion.alpha(t), self.diffusion.sigma(t)
+        return (alpha.square() + sigma.square()).sqrt().double().to(device)
 
     def _component_moments(self, abar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Means [U, K, D] and covariances [U, K, D, D] of each component of q(x_t), for abar of shape [U]."""
@@ -192,6 +210,7 @@ class GaussianMixtureOracle:
         if x.shape[1] != self.dim:
             raise ValueError(f"x_t has {x.shape[1]} values per sample; this oracle's data has {self.dim}")
         abar = self._abar(t, len(x), x.device)
+        x = x / self._scale(t, len(x), x.device)[:, None]  # the variance-preserving sample of equal SNR
         # a sampler asks at one timestep for the whole batch: factor each distinct C_k once
         levels, which = torch.unique(abar, return_inverse=True)
         mean, cov = self._component_moments(levels)
@@ -248,10 +267,13 @@ class GaussianMixtureOracle:
         """The network output under the diffusion's parameterisation (eps*, x0* or v*), in ``x_t``'s
         dtype; given labels ``y`` [B], class-conditional (``num_classes``: the null label)."""
         eps, x0 = (v.reshape(x_t.shape) for v in self._eps_and_x0(x_t, t, y))
-        a = self._abar(t, x_t.shape[0], x_t.device).reshape(-1, *([1] * (x_t.ndim - 1)))
+        shape = (-1, *([1] * (x_t.ndim - 1)))
+        a = self._abar(t, x_t.shape[0], x_t.device).reshape(shape)
+        scale = self._scale(t, x_t.shape[0], x_t.device).reshape(shape)
         # the targets are linear in (x0, eps), so the optimal target is the target of (x0*, eps*), at the
-        # process's alpha = sqrt(abar) and sigma = sqrt(1 - abar) (DDPM eq. 4)
-        target = self.diffusion.parameterization.target(x0, eps, a.sqrt(), (1 - a).sqrt())
+        # process's alpha = sqrt(abar) and sigma = sqrt(1 - abar) (DDPM eq. 4; another process: times its
+        # scale). EDM's denoiser outputs x0* itself.
+        target = self.diffusion.parameterization.target(x0, eps, a.sqrt() * scale, (1 - a).sqrt() * scale)
         return target.to(x_t.dtype)
 
 
@@ -264,7 +286,7 @@ class GaussianOracle(GaussianMixtureOracle):
         sigma: the data covariance, [D, D], symmetric positive semi-definite.
     """
 
-    def __init__(self, diffusion: GaussianDiffusion, mu: torch.Tensor, sigma: torch.Tensor) -> None:
+    def __init__(self, diffusion: Process, mu: torch.Tensor, sigma: torch.Tensor) -> None:
         mu = torch.as_tensor(mu).double().reshape(-1)
         sigma = torch.as_tensor(sigma).double()
         d = mu.numel()

@@ -14,8 +14,13 @@ returned per sample and broadcast over the data's shape by :func:`broadcast`.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
 from torch import nn
+
+from ddpm.parameterization import Parameterization, X0Prediction
 
 __all__ = ["Process", "broadcast"]
 
@@ -35,6 +40,11 @@ class Process(nn.Module):
     #: whether t indexes the steps of a chain (DDPM: the integers 0 .. T-1, fractional t interpolated) or is
     #: a real number of a continuous process
     discrete: bool = True
+    #: what the network's output is (:mod:`ddpm.parameterization`); the samplers read x0-hat through it
+    parameterization: Parameterization = X0Prediction()
+    #: clip x0-hat to ``clip_range`` while sampling (images in [-1, 1])
+    clip_denoised: bool = False
+    clip_range: tuple[float, float] = (-1.0, 1.0)
 
     def alpha(self, t: torch.Tensor) -> torch.Tensor:
         """alpha(t) per sample [B]: the scale of x0 in x_t."""
@@ -58,6 +68,75 @@ class Process(nn.Module):
         return (
             self.alpha(t).log() - self.sigma(t).log()
         )  # DPM-Solver eq. 3: lambda_t = log(alpha_t / sigma_t)
+
+    def noise_level(self, t: torch.Tensor) -> torch.Tensor:
+        """EDM's sigma = sigma(t) / alpha(t) per sample [B]: the noise of x_t / alpha(t) = x0 + sigma n, the
+        one scale on which every process's noise levels compare (EDM eq. 4 with s(t) divided out)."""
+        return self.sigma(t) / self.alpha(t)  # EDM eq. 4: x / s(t) = x0 + sigma(t) n
+
+    def time_at_noise_level(self, level: torch.Tensor) -> torch.Tensor:
+        """The t whose :meth:`noise_level` is ``level`` (float64): how a grid of EDM noise levels becomes
+        this process's times (a chain clamps it to its ends)."""
+        raise NotImplementedError
+
+    def prior_std(self, t: float) -> float:
+        """The standard deviation of the noise the reverse process starts from at its first time ``t``: the
+        sampling loop's x_T = prior_std * z. sigma(t) for a process whose noise dominates there (EDM
+        Algorithm 1, line 1: x_0 = sigma_max z); DDPM's chain overrides it with 1 (DDPM Algorithm 2)."""
+        return self.coefficients(t)[1]
+
+    def time_bins(self, t: torch.Tensor, bins: int) -> torch.Tensor:
+        """Which of ``bins`` equal parts of log noise level between the process's ends each t falls in, int64
+        [B]: the loss by quarter of a continuous process (a chain bins its step index)."""
+        low, high = (math.log(sigma / alpha) for alpha, sigma in map(self.coefficients, self.time_range))
+        where = (self.noise_level(t.detach()).log() - low) / (high - low)  # on t's device: no host sync
+        return (where * bins).floor().long().clamp(0, bins - 1)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the process's tables are (a process without tables: the CPU)."""
+        return next((b.device for b in self.buffers()), torch.device("cpu"))
+
+    def clip(self, x0: torch.Tensor) -> torch.Tensor:
+        """Clip x0-hat to ``clip_range`` when ``clip_denoised`` is on."""
+        if not self.clip_denoised:
+            return x0
+        return x0.clamp(*self.clip_range)
+
+    def x0_from_output(
+        self,
+        model_output: torch.Tensor,
+        x_t: torch.Tensor,
+        alpha: torch.Tensor | float,
+        sigma: torch.Tensor | float,
+    ) -> torch.Tensor:
+        """x0-hat (not clipped) from the network output at x_t, given alpha(t) and sigma(t) directly (floats
+        or tensors that broadcast against x_t): the form the solvers use."""
+        return self.parameterization.to_x0(model_output, x_t, alpha, sigma)
+
+    def eps_from_output(
+        self,
+        model_output: torch.Tensor,
+        x_t: torch.Tensor,
+        alpha: torch.Tensor | float,
+        sigma: torch.Tensor | float,
+    ) -> torch.Tensor:
+        """eps-hat, the noise the network output implies at x_t, given alpha(t) and sigma(t) directly."""
+        return self.parameterization.to_eps(model_output, x_t, alpha, sigma)
+
+    def wrap_network(self, net: nn.Module) -> nn.Module:
+        """The network as this process trains and samples it: ``net`` itself, or wrapped in the
+        preconditioning of a formulation that has one (EDM's :class:`~ddpm.edm.EDMDenoiser`)."""
+        return net
+
+    def check_output(self, output_shape: Sequence[int], data_shape: Sequence[int]) -> None:
+        """A one-line ValueError when a network's output (batch first) does not have the data's shape."""
+        if tuple(output_shape) != tuple(data_shape):
+            raise ValueError(
+                f"the network outputs {tuple(output_shape)[1:]} per sample for data of shape "
+                f"{tuple(data_shape)[1:]}: {type(self).__name__} needs an output of the data's shape "
+                "(model.out_mult=1)"
+            )
 
     def coefficients(self, t: float) -> tuple[float, float]:
         """(alpha(t), sigma(t)) at one time as Python floats: the per-step scalars of the solvers, which form

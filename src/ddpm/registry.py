@@ -57,7 +57,7 @@ class Option:
         return getattr(importlib.import_module(module), name)
 
 
-_SAMPLERS = ("DDIMSampler", "DDPMSampler", "DPMSolverSampler", "HeunSampler", "UniPCSampler")
+_SAMPLERS = ("DDIMSampler", "DDPMSampler", "DPMSolverSampler", "EDMSampler", "HeunSampler", "UniPCSampler")
 _OPTIMIZERS = ("Adam", "AdamW")
 
 #: group -> ``_target_`` text -> option: everything a stored config may name
@@ -78,12 +78,13 @@ OPTIONS: dict[str, dict[str, Option]] = {
             "ddpm.diffusion:GaussianDiffusion",
             completed=("betas",),
         ),
+        "ddpm.edm.EDMProcess": Option("diffusion", "ddpm.edm.EDMProcess", "ddpm.edm:EDMProcess"),
     },
     "loss": {
         f"ddpm.losses.{name}": Option(
             "loss", f"ddpm.losses.{name}", f"ddpm.losses:{name}", completed=("diffusion",)
         )
-        for name in ("SimpleLoss", "HybridLoss", "VLBLoss")
+        for name in ("SimpleLoss", "HybridLoss", "VLBLoss", "EDMLoss")
     },
     "timestep_sampler": {
         f"ddpm.timestep_sampling.{name}": Option(
@@ -92,7 +93,7 @@ OPTIONS: dict[str, dict[str, Option]] = {
             f"ddpm.timestep_sampling:{name}",
             completed=("process",),
         )
-        for name in ("UniformTimesteps", "LossSecondMomentTimesteps")
+        for name in ("UniformTimesteps", "LossSecondMomentTimesteps", "LogNormalNoiseLevels")
     },
     "sampler": {
         f"ddpm.samplers.{name}": Option("sampler", f"ddpm.samplers.{name}", f"ddpm.samplers:{name}")

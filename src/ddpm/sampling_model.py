@@ -16,7 +16,7 @@ from typing import Any, Literal, overload
 import torch
 from torch import nn
 
-from ddpm.diffusion import GaussianDiffusion
+from ddpm.process import Process
 from ddpm.samplers import Sampler, SampleResult
 from ddpm.samplers.guidance import check_labels
 
@@ -38,7 +38,7 @@ def class_grid_columns(n: int, num_classes: int) -> int | None:
 @overload
 def draw_samples(
     net: nn.Module,
-    diffusion: GaussianDiffusion,
+    diffusion: Process,
     sampler: Sampler,
     data_shape: Sequence[int],
     n: int,
@@ -56,7 +56,7 @@ def draw_samples(
 @overload
 def draw_samples(
     net: nn.Module,
-    diffusion: GaussianDiffusion,
+    diffusion: Process,
     sampler: Sampler,
     data_shape: Sequence[int],
     n: int,
@@ -74,7 +74,7 @@ def draw_samples(
 @overload
 def draw_samples(
     net: nn.Module,
-    diffusion: GaussianDiffusion,
+    diffusion: Process,
     sampler: Sampler,
     data_shape: Sequence[int],
     n: int,
@@ -92,7 +92,7 @@ def draw_samples(
 @torch.no_grad()
 def draw_samples(
     net: nn.Module,
-    diffusion: GaussianDiffusion,
+    diffusion: Process,
     sampler: Sampler,
     data_shape: Sequence[int],
     n: int,
@@ -135,7 +135,7 @@ def draw_samples(
     if y is None and num_classes:
         y = balanced_labels(n, num_classes)
     if y is not None:
-        y = check_labels(y, n, num_classes).to(device if device is not None else diffusion.betas.device)
+        y = check_labels(y, n, num_classes).to(device if device is not None else diffusion.device)
     guide: dict[str, Any] = {"y": y, "guidance_scale": guidance_scale} if y is not None else {}
     was_training = net.training
     net.eval()
@@ -185,7 +185,7 @@ class SamplingModel(nn.Module):
     """
 
     def __init__(
-        self, net: nn.Module, diffusion: GaussianDiffusion, sampler: Sampler, data_shape: Sequence[int]
+        self, net: nn.Module, diffusion: Process, sampler: Sampler, data_shape: Sequence[int]
     ) -> None:
         super().__init__()
         self.net = net
@@ -196,7 +196,7 @@ class SamplingModel(nn.Module):
     @property
     def device(self) -> torch.device:
         """Where the model is (its diffusion's buffers move with it, parameters or not)."""
-        return self.diffusion.betas.device
+        return self.diffusion.device
 
     @property
     def num_classes(self) -> int:

@@ -413,6 +413,10 @@ def _split_diffusion(diffusion: dict[str, Any]) -> tuple[dict[str, Any], dict[st
     return kept, loss, timestep_sampler
 
 
+#: the ``_target_`` of DDPM's chain, the diffusion every stored layout before EDM's had
+CHAIN_TARGET = "ddpm.diffusion.GaussianDiffusion"
+
+
 def upgrade_layout(cfg: dict[str, Any]) -> dict[str, Any]:
     """A run config written by an earlier ddpm-lab, in today's layout (a copy).
 
@@ -431,10 +435,11 @@ def upgrade_layout(cfg: dict[str, Any]) -> dict[str, Any]:
         diffusion, loss, timestep_sampler = _split_diffusion(diffusion)
         out.setdefault("loss", loss)
         out.setdefault("timestep_sampler", timestep_sampler)
-        # a partial that the schedule's betas complete
+        # DDPM's chain: a partial that the schedule's betas complete (a continuous process takes none)
+        chain = diffusion.get("_target_", CHAIN_TARGET) == CHAIN_TARGET
         out["diffusion"] = {
             **{k: v for k, v in diffusion.items() if k not in ("T", "betas")},
-            "_partial_": True,
+            **({"_partial_": True} if chain else {}),
         }
     return out
 

@@ -12,6 +12,8 @@ Plain PyTorch (no Lightning, no Hydra).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ddpm.process import Process
@@ -19,10 +21,12 @@ from ddpm.process import Process
 __all__ = [
     "HISTORY_PER_TERM",
     "UNIFORM_PROB",
+    "LogNormalNoiseLevels",
     "LossSecondMomentTimesteps",
     "TimestepDistribution",
     "UniformTimesteps",
     "check_loss",
+    "default_timesteps",
 ]
 
 #: improved DDPM sec. 3.3: 10 losses per t kept for the importance sampler, 0.001 of uniform mixed in
@@ -52,6 +56,13 @@ class TimestepDistribution:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(t [B], weights [B]): timesteps and the importance weights 1 / (T p_t), float32 on ``device``."""
         raise NotImplementedError
+
+    def validation_sample(
+        self, batch: int, device: torch.device | str | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """t [B] for the validation loss: a fixed distribution (a history-driven one's base), so that epochs
+        compare; the training draw by default."""
+        return self.sample(batch, device, generator)[0]
 
     def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:  # most keep no history
         """Record the per-sample losses [B] at timesteps ``t`` [B] (nothing for a fixed distribution)."""
@@ -133,6 +144,12 @@ class LossSecondMomentTimesteps(UniformTimesteps):
         weights = (1.0 / (self.num_timesteps * p[t])).float()
         return t.to(device), weights.to(device)
 
+    def validation_sample(
+        self, batch: int, device: torch.device | str | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Uniform t: the validation loss must not move with the loss history."""
+        return UniformTimesteps.sample(self, batch, device, generator)[0]
+
     def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
         """Append each loss to its t's history, in order (the oldest shifted out once a t holds 10)."""
         history, counts = self.loss_history, self.loss_counts
@@ -166,3 +183,45 @@ class LossSecondMomentTimesteps(UniformTimesteps):
 
     def __repr__(self) -> str:
         return f"LossSecondMomentTimesteps(T={self.num_timesteps}, warm={self.warm})"
+
+
+class LogNormalNoiseLevels(TimestepDistribution):
+    """EDM's training noise levels: ln(sigma) ~ N(P_mean, P_std^2) (Karras et al. 2022, sec. 5 and table 1),
+    unweighted; for a process whose time is its noise level (``diffusion=edm``).
+
+    Args:
+        process: the continuous process (:class:`ddpm.edm.EDMProcess`).
+        p_mean: the mean of ln(sigma) (EDM: -1.2).
+        p_std: its standard deviation (EDM: 1.2).
+    """
+
+    def __init__(self, process: Process, p_mean: float = -1.2, p_std: float = 1.2) -> None:
+        if process.discrete:
+            raise ValueError(
+                "timestep_sampler=log_normal draws EDM's continuous noise levels; "
+                f"{type(process).__name__} is a chain of timesteps 0 .. T-1: use diffusion=edm, or "
+                "timestep_sampler=uniform"
+            )
+        if isinstance(p_mean, bool) or not isinstance(p_mean, int | float) or not math.isfinite(p_mean):
+            raise ValueError(f"p_mean={p_mean!r} is invalid; it must be a finite number (EDM: -1.2)")
+        if isinstance(p_std, bool) or not isinstance(p_std, int | float) or not 0 < p_std < math.inf:
+            raise ValueError(f"p_std={p_std!r} is invalid; it must be a finite number > 0 (EDM: 1.2)")
+        self.p_mean = float(p_mean)
+        self.p_std = float(p_std)
+
+    def sample(
+        self, batch: int, device: torch.device | str | None = None, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sigma [B], ones [B])."""
+        z = torch.randn(batch, device=device, generator=generator)
+        sigma = (self.p_mean + self.p_std * z).exp()  # EDM table 1: ln(sigma) ~ N(P_mean, P_std^2)
+        return sigma, torch.ones(batch, device=device)
+
+    def __repr__(self) -> str:
+        return f"LogNormalNoiseLevels(p_mean={self.p_mean:g}, p_std={self.p_std:g})"
+
+
+def default_timesteps(process: Process) -> TimestepDistribution:
+    """The training times of a config without a ``timestep_sampler`` node: uniform on a chain, EDM's
+    log-normal noise levels on a continuous process."""
+    return UniformTimesteps(process) if process.discrete else LogNormalNoiseLevels(process)

@@ -76,6 +76,7 @@ from ddpm.config import ConfigError, first_line
 from ddpm.data.toy import ToyData
 from ddpm.safe_writes import WriteError, write_file, write_files
 from ddpm.samplers import NonFiniteSampleError
+from ddpm.samplers.base import require_chain
 
 if TYPE_CHECKING:
     from ddpm.build import LoadedRun
@@ -262,7 +263,7 @@ def _bpd(run: LoadedRun, args: argparse.Namespace, log: list[str]) -> dict[str, 
         bins, decoder = None, "gaussian"
     start = time.perf_counter()
     vb = variational_bound(
-        run.model.diffusion,
+        require_chain(run.model.diffusion, "--bpd"),
         run.model.net,
         x,
         decoder=decoder,
@@ -579,7 +580,7 @@ def sampler_comparison(args: argparse.Namespace) -> int:
         "weights": weights,
         "kind": run.data.kind,
         "metric": metric,
-        "T": model.diffusion.num_timesteps,
+        "T": getattr(model.diffusion, "num_timesteps", None),  # None: a continuous process
         "n": next((r.details["n"] for r in rows if "n" in r.details), n),
         "repeats": args.repeats,
         "seed": args.seed,
@@ -735,6 +736,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.guidance is not None:
         return guidance_eval(args)
     run = _load(args, args.overrides)
+    if args.bpd and run.model.diffusion.discrete is False:
+        fail(
+            f"--bpd is DDPM's variational bound over a chain of T steps; this run's process is "
+            f"{type(run.model.diffusion).__name__} (continuous), whose likelihood (the probability-flow "
+            "ODE's) ddpm-eval does not compute: drop --bpd"
+        )
     sampler = run.sampler
     print(f"Evaluating {run.checkpoint} with {sampler!r}")
     log: list[str] = []

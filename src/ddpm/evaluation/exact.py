@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
-from ddpm.diffusion import GaussianDiffusion
 from ddpm.metrics import energy_distance
 from ddpm.oracle import GaussianMixtureOracle, GaussianOracle
+from ddpm.process import Process
 from ddpm.samplers import DDPMSampler, Sampler, alpha_sigma
 from ddpm.samplers.base import Model
 
@@ -74,14 +74,14 @@ def relative_frobenius(c: torch.Tensor, ref: torch.Tensor) -> float:
     return float((c - ref).norm() / ref.norm())
 
 
-def marginal_cov(diffusion: GaussianDiffusion, sigma: torch.Tensor, t: float) -> torch.Tensor:
+def marginal_cov(diffusion: Process, sigma: torch.Tensor, t: float) -> torch.Tensor:
     """Cov[x_t] for x0 with covariance ``sigma`` (float64), at a timestep ``t`` (fractional allowed)."""
     a, s = alpha_sigma(diffusion, t)
     # DDPM eq. 4: Cov[x_t] = abar_t Sigma + (1 - abar_t) I
     return a * a * sigma + s * s * torch.eye(len(sigma), dtype=torch.float64)
 
 
-def final_step_error(diffusion: GaussianDiffusion, sigma: torch.Tensor, t: float) -> float:
+def final_step_error(diffusion: Process, sigma: torch.Tensor, t: float) -> float:
     """The covariance error of E[x0 | x_t] when x_t ~ q(x_t) exactly: what every sampler's last step (the
     jump from its last timestep ``t`` to the clean data, which returns the x0 prediction) leaves behind."""
     a, _ = alpha_sigma(diffusion, t)
@@ -104,7 +104,7 @@ def affine_map(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def sampler_affine_map(
-    sampler: Sampler, model: Model, diffusion: GaussianDiffusion, dim: int, **sample_kwargs: Any
+    sampler: Sampler, model: Model, diffusion: Process, dim: int, **sample_kwargs: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(A, b) of a deterministic ``sampler`` driven by an affine ``model`` (the Gaussian oracle, or one class
     of a labelled mixture whose class is one Gaussian): its output is A x_T + b. ``sample_kwargs`` go to
@@ -116,12 +116,14 @@ def sampler_affine_map(
 
 
 def affine_moments(
-    sampler: Sampler, model: Model, diffusion: GaussianDiffusion, dim: int, **sample_kwargs: Any
+    sampler: Sampler, model: Model, diffusion: Process, dim: int, **sample_kwargs: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact (mean, covariance) of a deterministic ``sampler``'s samples from x_T ~ N(0, I) under an affine
-    ``model`` (see ``sampler_affine_map``), float64."""
+    """Exact (mean, covariance) of a deterministic ``sampler``'s samples from x_T = prior_std z, z ~ N(0, I)
+    (:meth:`~ddpm.process.Process.prior_std`: 1 on DDPM's chain) under an affine ``model`` (see
+    ``sampler_affine_map``), float64."""
     a_mat, b = sampler_affine_map(sampler, model, diffusion, dim, **sample_kwargs)
-    return b, a_mat @ a_mat.T  # x_T ~ N(0, I): E[A x_T + b] = b, Cov(A x_T + b) = A A^T
+    scale = diffusion.prior_std(sampler.timesteps(diffusion)[0])
+    return b, scale**2 * a_mat @ a_mat.T  # x_T ~ N(0, s^2 I): E[A x_T + b] = b, Cov(A x_T + b) = s^2 A A^T
 
 
 def covariance_sampling_noise(cov: torch.Tensor, n: int) -> float:
@@ -142,7 +144,7 @@ def bootstrap_se(
 
 
 def ddpm_moments(
-    sampler: DDPMSampler, diffusion: GaussianDiffusion, oracle: GaussianOracle
+    sampler: DDPMSampler, diffusion: Process, oracle: GaussianOracle
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact mean and covariance of DDPM's samples on the Gaussian oracle, from x_T ~ N(0, I).
 
@@ -199,7 +201,7 @@ class CovarianceResult:
 
 def covariance_error(
     sampler: Sampler,
-    diffusion: GaussianDiffusion,
+    diffusion: Process,
     mu: torch.Tensor,
     sigma: torch.Tensor,
     mc_n: int = 20_000,
@@ -229,8 +231,9 @@ def covariance_error(
         oracle, diffusion, (dim + 1, dim), x_T=probe_points(dim), progress=False, return_trajectory=True
     )
     a_mat, b = affine_map(res.samples)
-    err = relative_frobenius(a_mat @ a_mat.T, sigma)  # x_T ~ N(0, I): Cov(A x_T + b) = A A^T
     ts = res.timesteps
+    scale = diffusion.prior_std(ts[0])  # x_T = scale z: 1 on DDPM's chain, sigma_max on EDM's process
+    err = relative_frobenius(scale**2 * a_mat @ a_mat.T, sigma)  # Cov(A x_T + b) = scale^2 A A^T
     t_min, t_start = float(ts[-1]), float(ts[0])
     # the state when the network is called for the last time: trajectory[-2] (trajectory[0] is x_T)
     a_last, _ = affine_map(res.trajectory[-2])
@@ -254,7 +257,7 @@ def covariance_error(
 
 def verify_affine(
     sampler: Sampler,
-    diffusion: GaussianDiffusion,
+    diffusion: Process,
     mu: torch.Tensor,
     sigma: torch.Tensor,
     n: int = 20_000,

@@ -22,8 +22,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ddpm.diffusion import GaussianDiffusion
 from ddpm.evaluation.toy import Spread
+from ddpm.process import Process
 from ddpm.samplers import DDPMSampler, NonFiniteSampleError, Sampler
 
 __all__ = [
@@ -153,7 +153,7 @@ def _option(overrides: Sequence[str]) -> str | None:
     return None
 
 
-def comparison_label(overrides: Sequence[str], sampler: Sampler, diffusion: GaussianDiffusion) -> str:
+def comparison_label(overrides: Sequence[str], sampler: Sampler, diffusion: Process) -> str:
     """A short name for a row: the option, its steps, and any other key set: ``ddim 10``, ``ddpm 1000``,
     ``dpm_solver 10 order=3``. Without ``sampler=`` the sampler class names the option."""
     option = _option(overrides) or type(sampler).__name__.removesuffix("Sampler").lower()
@@ -174,7 +174,7 @@ def _nan_spread() -> Spread:
 
 def compare_samplers(
     cases: Sequence[ComparisonCase],
-    diffusion: GaussianDiffusion,
+    diffusion: Process,
     score: Callable[[Sampler], Scored],
     warm_up: Callable[[Sampler], object] | None = None,
     log: Callable[[str], object] | None = None,
@@ -201,7 +201,8 @@ def compare_samplers(
     rows: list[ComparisonRow] = []
     for case, nfe in zip(tqdm(cases, desc="sampler comparison", disable=not progress), nfes, strict=True):
         label = comparison_label(case.overrides, case.sampler, diffusion)
-        reference = isinstance(case.sampler, DDPMSampler) and nfe == diffusion.num_timesteps
+        # the reference: DDPM's own sampler over every step of its chain
+        reference = isinstance(case.sampler, DDPMSampler) and nfe == getattr(diffusion, "num_timesteps", 0)
         common: dict[str, Any] = {
             "label": label,
             "option": _option(case.overrides),

@@ -4,7 +4,9 @@
 - :class:`DDIMSampler` (``ddim``): DDIM, eta = 0 (deterministic) to 1.
 - :class:`DPMSolverSampler` (``dpm_solver``): multistep DPM-Solver++ of order 1-3.
 - :class:`UniPCSampler` (``unipc``): UniPC predictor-corrector (bh2, or bh1).
-- :class:`HeunSampler` (``heun``): EDM's second-order sampler on Karras noise levels.
+- :class:`HeunSampler` (``heun``): EDM's second-order sampler (with optional churn) on a spacing's levels.
+- :class:`EDMSampler` (``edm``): EDM Algorithm 2 on the noise levels of EDM eq. 5 (``sigma_min``,
+  ``sigma_max``, ``rho``).
 
 Each has a model-agnostic ``step(diffusion, model_output, t, t_prev, x_t, noise=None, state=None)`` and
 the shared ``sample`` loop of :mod:`ddpm.samplers.base`; :mod:`ddpm.samplers.spacing` chooses the
@@ -23,7 +25,7 @@ from ddpm.samplers.base import (
 from ddpm.samplers.ddim import DDIMSampler
 from ddpm.samplers.dpm_solver import DPMSolverSampler, DPMSolverState
 from ddpm.samplers.guidance import ClassifierFreeGuidance
-from ddpm.samplers.heun import HeunSampler, HeunState
+from ddpm.samplers.heun import EDMSampler, HeunSampler, HeunState
 from ddpm.samplers.spacing import Spacing, make_timesteps
 from ddpm.samplers.unipc import UniPCSampler, UniPCState
 
@@ -33,6 +35,7 @@ __all__ = [
     "DDPMSampler",
     "DPMSolverSampler",
     "DPMSolverState",
+    "EDMSampler",
     "HeunSampler",
     "HeunState",
     "NonFiniteSampleError",

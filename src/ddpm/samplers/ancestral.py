@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import torch
 
 from ddpm.diffusion import GaussianDiffusion, VarianceType
-from ddpm.samplers.base import CLEAN, Sampler, StepOutput, check_steps
+from ddpm.process import Process
+from ddpm.samplers.base import CLEAN, Sampler, StepOutput, check_steps, require_chain
 from ddpm.samplers.guidance import check_guidance_scale
 
 __all__ = ["DDPMSampler"]
@@ -56,15 +57,16 @@ class DDPMSampler(Sampler):
     def __repr__(self) -> str:
         return f"DDPMSampler(steps={self.steps}, {self._spacing_repr()}{self._guidance_repr()})"
 
-    def timesteps(self, diffusion: GaussianDiffusion) -> list[int]:
+    def timesteps(self, diffusion: Process) -> list[int]:
         """All T steps, or the respaced subsequence."""
+        diffusion = require_chain(diffusion, "sampler=ancestral (DDPM Algorithm 2)")
         if self.custom_timesteps is None and (self.steps is None or self.steps == diffusion.num_timesteps):
             return list(range(diffusion.num_timesteps - 1, -1, -1))
         return self._grid(diffusion, self.steps or diffusion.num_timesteps)
 
     def step(
         self,
-        diffusion: GaussianDiffusion,
+        diffusion: Process,
         model_output: torch.Tensor,
         t: int | torch.Tensor,
         t_prev: int | torch.Tensor,
@@ -77,6 +79,7 @@ class DDPMSampler(Sampler):
         ``t`` and ``t_prev`` are one timestep for all samples or one per sample; ``t_prev = -1`` is the
         last step, which adds no noise and returns x0-hat.
         """
+        diffusion = require_chain(diffusion, "sampler=ancestral (DDPM Algorithm 2)")
         batch = x_t.shape[0]
         t_b = diffusion.timesteps_for_batch(t, batch, diffusion.betas.device)
         prev_b = diffusion.timesteps_for_batch(t_prev, batch, diffusion.betas.device)

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from ddpm.diffusion import GaussianDiffusion, _parse_enum
 from ddpm.process import Process
 from ddpm.samplers.guidance import ClassifierFreeGuidance, check_guidance_scale
-from ddpm.samplers.spacing import Spacing, check_custom_timesteps, make_timesteps
+from ddpm.samplers.spacing import Spacing, check_custom_timesteps, make_timesteps, process_timesteps
 
 __all__ = [
     "Model",
@@ -43,6 +43,7 @@ __all__ = [
     "alpha_sigma",
     "check_order",
     "check_steps",
+    "require_chain",
     "step_index",
 ]
 
@@ -99,6 +100,16 @@ def alpha_sigma(process: Process, t: int | float | torch.Tensor) -> tuple[float,
     return process.coefficients(float(t))
 
 
+def require_chain(process: Process, what: str) -> GaussianDiffusion:
+    """``process`` as DDPM's chain of T timesteps, or a one-line ValueError saying that ``what`` needs one."""
+    if isinstance(process, GaussianDiffusion):
+        return process
+    raise ValueError(
+        f"{what} needs DDPM's chain of T timesteps; {type(process).__name__} is continuous: sample it with "
+        "sampler=edm, heun, ddim, dpm_solver or unipc"
+    )
+
+
 def step_index(timesteps: list, t: object) -> int | None:
     """Where ``t`` lies in a sampler's own timesteps, or None for a timestep outside them."""
     t = t.item() if isinstance(t, torch.Tensor) else t
@@ -143,9 +154,11 @@ class Sampler:
     custom_timesteps: list | None = None
     spacing: Spacing = Spacing.LINSPACE
 
-    def _set_spacing(self, spacing: str, timesteps: Sequence[float] | None, fractional: bool = False) -> None:
+    def _set_spacing(self, spacing: str, timesteps: Sequence[float] | None) -> None:
         """``spacing``, or ``custom`` with its list checked when ``timesteps`` is given (which wins over
-        ``spacing``: the config's default spacing stays in the node)."""
+        ``spacing``: the config's default spacing stays in the node). The list is checked here as numbers
+        alone; whether they must be integers (a chain's timesteps) or lie in a continuous process's times is
+        checked against the process (:meth:`_grid`)."""
         if timesteps is None:
             self.spacing = _parse_enum(Spacing, "spacing", spacing)
             if self.spacing is Spacing.CUSTOM:
@@ -158,19 +171,27 @@ class Sampler:
             self.custom_timesteps = None
             return
         self.spacing = Spacing.CUSTOM
-        self.custom_timesteps = check_custom_timesteps(timesteps, fractional=fractional)
+        self.custom_timesteps = check_custom_timesteps(timesteps, fractional=True)
 
-    def _grid(self, diffusion: GaussianDiffusion, steps: int, fractional: bool = False) -> list:
-        """The spacing's ``steps`` timesteps on this chain, or the custom list checked against its T."""
+    def _grid(self, diffusion: Process, steps: int, fractional: bool = False) -> list:
+        """The spacing's ``steps`` times on this process (a chain's timesteps, or a continuous process's real
+        times: :func:`~ddpm.samplers.spacing.process_timesteps`), or the custom list checked against it."""
+        if diffusion.discrete:
+            chain = require_chain(diffusion, "this spacing")
+            if self.custom_timesteps is not None:
+                return check_custom_timesteps(self.custom_timesteps, chain.num_timesteps, fractional)
+            return make_timesteps(
+                chain.num_timesteps,
+                steps,
+                self.spacing,
+                alphas_cumprod=chain.alphas_cumprod,
+                fractional=fractional,
+            )
         if self.custom_timesteps is not None:
-            return check_custom_timesteps(self.custom_timesteps, diffusion.num_timesteps, fractional)
-        return make_timesteps(
-            diffusion.num_timesteps,
-            steps,
-            self.spacing,
-            alphas_cumprod=diffusion.alphas_cumprod,
-            fractional=fractional,
-        )
+            return check_custom_timesteps(
+                self.custom_timesteps, fractional=True, time_range=diffusion.time_range
+            )
+        return process_timesteps(diffusion, steps, self.spacing)
 
     def _spacing_repr(self) -> str:
         """``spacing='x'``, or ``timesteps=[...]`` for a custom schedule."""
@@ -178,17 +199,17 @@ class Sampler:
             return f"timesteps={self.custom_timesteps}"
         return f"spacing={self.spacing.value!r}"
 
-    def timesteps(self, diffusion: GaussianDiffusion) -> list:
+    def timesteps(self, diffusion: Process) -> list:
         """Descending timesteps the sampler evaluates the network at, one entry per evaluation."""
         raise NotImplementedError
 
-    def nfe(self, diffusion: GaussianDiffusion) -> int:
+    def nfe(self, diffusion: Process) -> int:
         """Network evaluations per sample: the length of :meth:`timesteps`."""
         return len(self.timesteps(diffusion))
 
     def step(
         self,
-        diffusion: GaussianDiffusion,
+        diffusion: Process,
         model_output: torch.Tensor,
         t: Any,
         t_prev: Any,
@@ -203,7 +224,7 @@ class Sampler:
     def sample(
         self,
         model: Model,
-        diffusion: GaussianDiffusion,
+        diffusion: Process,
         shape: Sequence[int],
         generator: torch.Generator | None = None,
         return_trajectory: Literal[False] = False,
@@ -219,7 +240,7 @@ class Sampler:
     def sample(
         self,
         model: Model,
-        diffusion: GaussianDiffusion,
+        diffusion: Process,
         shape: Sequence[int],
         generator: torch.Generator | None = None,
         *,
@@ -236,7 +257,7 @@ class Sampler:
     def sample(
         self,
         model: Model,
-        diffusion: GaussianDiffusion,
+        diffusion: Process,
         shape: Sequence[int],
         generator: torch.Generator | None = None,
         return_trajectory: bool = False,
@@ -252,7 +273,7 @@ class Sampler:
     def sample(
         self,
         model: Model,
-        diffusion: GaussianDiffusion,
+        diffusion: Process,
         shape: Sequence[int],
         generator: torch.Generator | None = None,
         return_trajectory: bool = False,
@@ -263,7 +284,8 @@ class Sampler:
         guidance_scale: float | None = None,
         guidance_rescale: float = 0.0,
     ) -> torch.Tensor | SampleResult:
-        """Draw samples of ``shape`` (batch first) by running the reverse chain from x_T ~ N(0, I).
+        """Draw samples of ``shape`` (batch first) by running the reverse process from x_T = prior_std z
+        (:meth:`~ddpm.process.Process.prior_std`: 1 on DDPM's chain, sigma_max on EDM's).
 
         Args:
             model: ``model(x_t, t) -> output`` under ``diffusion.objective``; with ``y``, a conditional
@@ -286,18 +308,21 @@ class Sampler:
         Raises:
             NonFiniteSampleError: a NaN/inf appeared; the message names the step.
         """
-        device = torch.device(device) if device is not None else diffusion.betas.device
+        device = torch.device(device) if device is not None else diffusion.device
         shape = tuple(int(s) for s in shape)
         if y is not None:
             w = self.guidance_scale if guidance_scale is None else check_guidance_scale(guidance_scale)
             model = ClassifierFreeGuidance(model, y.to(device), w, guidance_rescale)
+        ts = self.timesteps(diffusion)
         if x_T is None:
             x = torch.randn(shape, generator=generator, device=device)
+            prior_std = diffusion.prior_std(ts[0])
+            if prior_std != 1.0:  # EDM Algorithm 1, line 1: x_0 = sigma_max z
+                x = x * prior_std
         else:
             if tuple(x_T.shape) != shape:
                 raise ValueError(f"x_T has shape {tuple(x_T.shape)}, expected {shape}")
             x = x_T.to(device=device, dtype=torch.float32)
-        ts = self.timesteps(diffusion)
         traj = [x.cpu()] if return_trajectory else None
         x0s: list[torch.Tensor] | None = [] if return_trajectory else None
         state = None
@@ -355,6 +380,6 @@ class MultistepSampler(Sampler):
             f"lower_order_final={self.lower_order_final}{self._guidance_repr()})"
         )
 
-    def timesteps(self, diffusion: GaussianDiffusion) -> list[int]:
+    def timesteps(self, diffusion: Process) -> list[int]:
         """The descending timesteps; the step after the last lands on the clean data."""
         return self._grid(diffusion, self.steps)

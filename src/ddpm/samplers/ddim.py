@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import torch
 
-from ddpm.diffusion import GaussianDiffusion
-from ddpm.samplers.base import CLEAN, Sampler, StepOutput, check_steps
+from ddpm.process import Process
+from ddpm.samplers.base import Sampler, StepOutput, alpha_sigma, check_steps
 from ddpm.samplers.guidance import check_guidance_scale
 
 __all__ = ["DDIMSampler"]
@@ -55,35 +55,36 @@ class DDIMSampler(Sampler):
             f"DDIMSampler(steps={self.steps}, eta={self.eta}, {self._spacing_repr()}{self._guidance_repr()})"
         )
 
-    def timesteps(self, diffusion: GaussianDiffusion) -> list[int]:
-        """The S descending timesteps for this diffusion's T."""
+    def timesteps(self, diffusion: Process) -> list:
+        """The S descending timesteps (a continuous process's real times)."""
         return self._grid(diffusion, self.steps)
 
     def step(
         self,
-        diffusion: GaussianDiffusion,
+        diffusion: Process,
         model_output: torch.Tensor,
-        t: int | torch.Tensor,
-        t_prev: int | torch.Tensor,
+        t: int | float | torch.Tensor,
+        t_prev: int | float | torch.Tensor,
         x_t: torch.Tensor,
         noise: torch.Tensor | None = None,
         state: None = None,
     ) -> StepOutput:
-        """x_{t_prev} from x_t (DDIM eq. 12); ``t_prev = -1`` for the last step (abar_prev = 1)."""
-        abar = diffusion.extract(diffusion.alphas_cumprod, t, x_t)
-        t_prev_b = diffusion.timesteps_for_batch(t_prev, x_t.shape[0], diffusion.betas.device)
-        abar_ext = torch.cat([diffusion.alphas_cumprod.new_ones(1), diffusion.alphas_cumprod])
-        abar_prev = diffusion.extract(abar_ext, t_prev_b - CLEAN, x_t)  # index -1 -> abar = 1
-        x0 = diffusion.predict_x0(x_t, t, model_output)
+        """x_{t_prev} from x_t (DDIM eq. 12) on any process's alpha and sigma; ``t_prev = -1`` for the last
+        step (alpha = 1, sigma = 0)."""
+        alpha, sigma = alpha_sigma(diffusion, t)
+        alpha_prev, sigma_prev = alpha_sigma(diffusion, t_prev)
+        x0 = diffusion.x0_from_output(model_output, x_t, alpha, sigma)
         if diffusion.clip_denoised:
             x0 = diffusion.clip(x0)
-            eps = diffusion.eps_from_x0(x_t, t, x0)  # re-derive eps so it agrees with clipped x0
+            eps = (x_t - alpha * x0) / sigma  # re-derive eps so it agrees with clipped x0 (DDIM eq. 9)
         else:
-            eps = diffusion.predict_eps(x_t, t, model_output)
-        # DDIM eq. 16: sigma = eta sqrt((1 - abar') / (1 - abar)) sqrt(1 - abar / abar').
-        sigma = self.eta * ((1 - abar_prev) / (1 - abar)).sqrt() * (1 - abar / abar_prev).clamp(min=0).sqrt()
-        if noise is None:
-            noise = torch.randn_like(x_t)
-        # DDIM eq. 12: x' = sqrt(abar') x0 + sqrt(1 - abar' - sigma^2) eps + sigma z.
-        direction = (1 - abar_prev - sigma**2).clamp(min=0).sqrt() * eps
-        return StepOutput(abar_prev.sqrt() * x0 + direction + sigma * noise, x0)
+            eps = diffusion.eps_from_output(model_output, x_t, alpha, sigma)
+        # DDIM eq. 16 in alpha and sigma: eta times the posterior's std, sigma' sqrt(1 - (alpha sigma' /
+        # (alpha' sigma))^2) (eta sqrt((1 - abar') / (1 - abar)) sqrt(1 - abar / abar') on DDPM's chain)
+        ratio = alpha * sigma_prev / (alpha_prev * sigma)
+        std = self.eta * sigma_prev * math.sqrt(max(0.0, 1.0 - ratio * ratio))
+        # DDIM eq. 12: x' = alpha' x0 + sqrt(sigma'^2 - std^2) eps + std z
+        out = alpha_prev * x0 + math.sqrt(max(0.0, sigma_prev**2 - std**2)) * eps
+        if std > 0:
+            out = out + std * (torch.randn_like(x_t) if noise is None else noise)
+        return StepOutput(out, x0)

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import torch
 
-from ddpm.diffusion import GaussianDiffusion
+from ddpm.process import Process
 from ddpm.samplers.base import (
     CLEAN,
     MultistepSampler,
@@ -79,7 +79,7 @@ class DPMSolverSampler(MultistepSampler):
             )
         self.algorithm = algorithm
 
-    def order_at(self, diffusion: GaussianDiffusion, t: object, t_prev: object, history: int) -> int:
+    def order_at(self, diffusion: Process, t: object, t_prev: object, history: int) -> int:
         """The order of the step t -> t_prev given ``history`` earlier x0 predictions."""
         if t_prev == CLEAN:
             return 1
@@ -92,7 +92,7 @@ class DPMSolverSampler(MultistepSampler):
 
     def step(
         self,
-        diffusion: GaussianDiffusion,
+        diffusion: Process,
         model_output: torch.Tensor,
         t: int | float | torch.Tensor,
         t_prev: int | float | torch.Tensor,

@@ -19,7 +19,8 @@ from collections.abc import Callable
 import torch
 
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.samplers.base import CLEAN, alpha_sigma, check_steps
+from ddpm.process import Process
+from ddpm.samplers.base import CLEAN, alpha_sigma, check_steps, require_chain
 from ddpm.samplers.spacing import make_timesteps
 from ddpm.samplers.unipc import UniPCSampler
 
@@ -86,7 +87,7 @@ def _cheapest_path(cost: torch.Tensor, steps: int) -> tuple[list[int], float]:
 @torch.no_grad()
 def fit_timesteps(
     model: Model,
-    diffusion: GaussianDiffusion,
+    diffusion: Process,
     steps: int,
     shape: tuple[int, ...],
     grid_steps: int = GRID_STEPS,
@@ -111,6 +112,7 @@ def fit_timesteps(
         ValueError: steps < 1 or more than the grid's points.
     """
     check_steps(steps)
+    diffusion = require_chain(diffusion, "fitting a step schedule (GITS)")
     grid_steps = min(grid_steps, diffusion.num_timesteps)  # a short chain: all of its timesteps
     grid = make_timesteps(
         diffusion.num_timesteps, grid_steps, "logsnr", alphas_cumprod=diffusion.alphas_cumprod

@@ -44,9 +44,17 @@ import math
 
 import torch
 
-from ddpm.diffusion import _parse_enum, log_sigmas
+from ddpm.diffusion import _parse_enum, log_sigmas, timestep_at_noise_level
+from ddpm.process import Process
 
-__all__ = ["Spacing", "check_custom_timesteps", "make_timesteps", "sigma_to_timestep"]
+__all__ = [
+    "CONTINUOUS_SPACINGS",
+    "Spacing",
+    "check_custom_timesteps",
+    "make_timesteps",
+    "process_timesteps",
+    "sigma_to_timestep",
+]
 
 #: EDM's rho (Karras et al. 2022, eq. 5 and table 1)
 KARRAS_RHO = 7.0
@@ -67,10 +75,16 @@ class Spacing(enum.StrEnum):
     FITTED = "fitted"
 
 
-def check_custom_timesteps(timesteps: object, T: int | None = None, fractional: bool = False) -> list:
+def check_custom_timesteps(
+    timesteps: object,
+    T: int | None = None,
+    fractional: bool = False,
+    time_range: tuple[float, float] | None = None,
+) -> list:
     """A custom schedule as the list a sampler visits: a non-empty, strictly decreasing list of timesteps in
-    [0, T - 1] (integers; fractional ones where ``fractional``, for Heun), or a one-line ValueError naming
-    the value and what is allowed. ``T`` None checks the list alone (before the chain is known)."""
+    [0, T - 1] (integers; fractional ones where ``fractional``, for Heun), or of a continuous process's times
+    in ``time_range`` (EDM's noise levels), or a one-line ValueError naming the value and what is allowed.
+    ``T`` and ``time_range`` None check the list alone (before the process is known)."""
     shown = repr(timesteps) if len(repr(timesteps)) <= 80 else repr(timesteps)[:77] + "..."
     where = f"timesteps={shown}"
     kind = "numbers" if fractional else "integers"
@@ -84,22 +98,61 @@ def check_custom_timesteps(timesteps: object, T: int | None = None, fractional: 
         values.append(float(v) if fractional and not float(v).is_integer() else int(v))
     if any(b >= a for a, b in itertools.pairwise(values)):
         raise ValueError(f"{where} is not strictly decreasing; list the timesteps from the noisiest down")
+    if time_range is not None:
+        low, high = time_range
+        if values[-1] < low or values[0] > high:
+            raise ValueError(f"{where} leaves the process's times [{low:g}, {high:g}]")
+        return [float(v) for v in values]
     if values[-1] < 0 or (T is not None and values[0] > T - 1):
         bound = f"[0, T-1] = [0, {T - 1}]" if T is not None else "[0, T-1]"
         raise ValueError(f"{where} leaves {bound}; the chain's timesteps are 0 .. T-1")
     return values
 
 
+#: the spacings of a continuous process's times (the others place steps among a chain's T indices)
+CONTINUOUS_SPACINGS = (Spacing.KARRAS, Spacing.LOGSNR, Spacing.LINSPACE, Spacing.QUADRATIC)
+
+
+def process_timesteps(process: Process, steps: int, spacing: str = "karras") -> list[float]:
+    """``steps`` descending times of a continuous process, from the noisiest end of its ``time_range`` to
+    the cleanest, both evaluated (EDM's grid: the step after the last lands on the clean data, sigma = 0).
+
+    ``karras``: EDM eq. 5 (rho = 7) in the noise level sigma / alpha; ``logsnr``: uniform in log-SNR
+    (DPM-Solver sec. 3.3); ``linspace``: uniform in t; ``quadratic``: uniform in sqrt(t - t_min).
+
+    Raises:
+        ValueError: steps < 1, or a spacing that indexes a chain (leading, trailing).
+    """
+    spacing = _parse_enum(Spacing, "spacing", spacing)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps={steps!r} is invalid; steps must be an integer >= 1")
+    if spacing not in CONTINUOUS_SPACINGS:
+        allowed = ", ".join(s.value for s in CONTINUOUS_SPACINGS)
+        raise ValueError(
+            f"spacing={spacing.value!r} places steps among a chain's T timesteps; "
+            f"{type(process).__name__} is continuous: choose one of {allowed}"
+        )
+    low, high = process.time_range
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    if spacing in (Spacing.KARRAS, Spacing.LOGSNR):
+        ends = process.noise_level(torch.tensor([high, low], dtype=torch.float64))
+        if spacing is Spacing.KARRAS:
+            top, bottom = ends ** (1 / KARRAS_RHO)
+            levels = (top + ramp * (bottom - top)) ** KARRAS_RHO  # EDM eq. 5
+        else:
+            levels = (ends[0].log() + ramp * (ends[1].log() - ends[0].log())).exp()  # DPM-Solver sec. 3.3
+        times = process.time_at_noise_level(levels)
+    elif spacing is Spacing.LINSPACE:
+        times = high + ramp * (low - high)
+    else:
+        times = low + (high - low) * (1 - ramp) ** 2  # DDIM appendix D.2: uniform in sqrt(t)
+    return [float(t) for t in times]
+
+
 def sigma_to_timestep(sigma: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """The real-valued timestep whose noise level is ``sigma``: log sigma interpolated linearly between
-    the integers (diffusers' ``_sigma_to_t``; the inverse of ``GaussianDiffusion.alphas_cumprod_at``)."""
-    levels = log_sigmas(alphas_cumprod)
-    log_sigma = torch.as_tensor(sigma, dtype=torch.float64).clamp(min=1e-10).log()
-    # index of the last log_sigma <= the target; log sigma rises with t
-    low = (torch.searchsorted(levels, log_sigma, right=True) - 1).clamp(0, len(levels) - 2)
-    lo, hi = levels[low], levels[low + 1]
-    w = ((log_sigma - lo) / (hi - lo)).clamp(0, 1)
-    return low + w
+    """The real-valued timestep whose noise level is ``sigma``
+    (:meth:`ddpm.diffusion.GaussianDiffusion.time_at_noise_level` on a chain of ``alphas_cumprod``)."""
+    return timestep_at_noise_level(sigma, alphas_cumprod)
 
 
 def _noise_level_grid(spacing: Spacing, steps: int, alphas_cumprod: torch.Tensor) -> torch.Tensor:

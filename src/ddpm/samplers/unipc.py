@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import torch
 
-from ddpm.diffusion import GaussianDiffusion
+from ddpm.process import Process
 from ddpm.samplers.base import (
     CLEAN,
     MultistepSampler,
@@ -131,7 +131,7 @@ class UniPCSampler(MultistepSampler):
 
     def step(
         self,
-        diffusion: GaussianDiffusion,
+        diffusion: Process,
         model_output: torch.Tensor,
         t: int | float | torch.Tensor,
         t_prev: int | float | torch.Tensor,
