@@ -26,6 +26,7 @@ LAYERS = {
     "ddpm.metrics": 0,
     "ddpm.likelihood": 0,
     "ddpm.sampling_model": 0,
+    "ddpm.ema": 0,
     # 1. plain support: data on disk, evaluation, configs, files, figures; no Lightning
     "ddpm.data.image_sets": 1,
     "ddpm.data.toy": 1,
@@ -43,6 +44,7 @@ LAYERS = {
     "ddpm.resume": 1,
     "ddpm.run_folder": 1,
     "ddpm.timings": 1,
+    "ddpm.ema_snapshots": 1,
     "ddpm.viz": 1,
     # 2. Lightning
     "ddpm.lit_module": 2,

@@ -17,11 +17,12 @@ from .plain import TrainingLoss, adamw, in_memory_loader, make_diffusion, plain_
 
 
 def ema_callback(decay: float) -> Any:
-    """ddpm-lab's EMA callback as ``conf/callbacks/ema.yaml`` builds it (Lightning's EMAWeightAveraging)."""
+    """ddpm-lab's EMA callback as ``conf/callbacks/ema/default.yaml`` builds it (Lightning's
+    EMAWeightAveraging)."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(REPO / "conf" / "callbacks" / "ema.yaml").ema
+    cfg = OmegaConf.load(REPO / "conf" / "callbacks" / "ema" / "default.yaml")
     cfg.decay = decay
     return instantiate(cfg)
 

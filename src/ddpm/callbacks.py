@@ -1,10 +1,12 @@
-"""Lightning callbacks: sample quality and plots at validation, image grids, loss-by-timestep history."""
+"""Lightning callbacks: the EMAs (fixed, and power-function with snapshots), sample quality and plots at
+validation, image grids, loss-by-timestep history."""
 
 from __future__ import annotations
 
 import contextlib
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -23,6 +25,7 @@ __all__ = [
     "EMA",
     "ImageSampleCallback",
     "LossByTimestepCallback",
+    "PowerEMA",
     "SampleQualityCallback",
     "ValidationTimer",
     "log_figure",
@@ -207,6 +210,215 @@ class EMA(EMAWeightAveraging):
             for avg, cur in self._groups:
                 self._kwargs["multi_avg_fn"](avg, cur, average.n_averaged)
         average.n_averaged += 1
+
+
+class PowerEMA(EMA):
+    """Power-function EMAs with snapshots (EDM2: Karras et al. 2024, sec. 3), so that the EMA length is
+    chosen after training: ``callbacks/ema=power``.
+
+    Keeps one power-function EMA per entry of ``sigma_rels`` (:mod:`ddpm.ema`: at optimizer step t the
+    decay is (1 - 1/t)^(gamma + 1), so each averages a fixed fraction of the run however long it gets) on
+    the training device, updated after every optimizer step with one foreach kernel per EMA. Every
+    ``snapshot_every_n_steps`` steps, and at ``trainer.max_steps``, rank 0 writes each as a snapshot file
+    into ``<run>/ema_snapshots/`` (:mod:`ddpm.ema_snapshots`: safetensors, step and gamma in the metadata);
+    ``ddpm-ema RUN --sigma-rel 0.07`` reconstructs any other length from them.
+
+    Which weights validation, the final samples and the checkpoint's ``state_dict`` hold: with ``decay``
+    (a number, the experiments' ``callbacks.ema.decay``) the fixed EMA of :class:`EMA`, exactly as
+    ``callbacks/ema=default``, so a run's figures stay comparable with the fixed-EMA runs and the
+    post-hoc lengths are compared with it on the same training; with ``decay=None`` the first power EMA
+    (``sigma_rels[0]``) instead, and no third copy of the weights is kept.
+
+    The running power EMAs and their step go into every checkpoint (this callback's state), so a resumed
+    run, a SLURM requeue included, continues them exactly. When a run resumes, the snapshots taken after
+    its checkpoint's step are removed: that part of the run is trained again and they are taken again.
+
+    Args:
+        sigma_rels: the EMAs' lengths, each the profile's standard deviation relative to the step, in
+            (0, 0.3); EDM2 tracks 0.05 and 0.10.
+        snapshot_every_n_steps: optimizer steps between snapshots.
+        decay: the fixed EMA's decay, or None for the first power EMA in its place.
+        kwargs: :class:`EMA`'s (``update_starting_at_step``...), for the fixed EMA.
+    """
+
+    def __init__(
+        self,
+        sigma_rels: Sequence[float] = (0.05, 0.10),
+        snapshot_every_n_steps: int = 1000,
+        decay: float | None = 0.999,
+        **kwargs: Any,
+    ) -> None:
+        from ddpm.ema import sigma_rel_to_gamma
+
+        lengths = [float(s) for s in sigma_rels]
+        if not lengths or len(set(lengths)) != len(lengths):
+            raise ValueError(
+                f"callbacks.ema.sigma_rels={list(sigma_rels)!r} must be one or more distinct lengths"
+            )
+        try:
+            gammas = [sigma_rel_to_gamma(s) for s in lengths]
+        except ValueError as err:
+            raise ValueError(f"callbacks.ema.sigma_rels: {err}") from None
+        if isinstance(snapshot_every_n_steps, bool) or not isinstance(snapshot_every_n_steps, int):
+            raise ValueError(
+                f"callbacks.ema.snapshot_every_n_steps={snapshot_every_n_steps!r} must be an integer"
+            )
+        if snapshot_every_n_steps < 1:
+            raise ValueError(f"callbacks.ema.snapshot_every_n_steps={snapshot_every_n_steps!r} must be >= 1")
+        if decay is None and kwargs.get("update_starting_at_step") is not None:
+            raise ValueError(
+                "callbacks.ema.update_starting_at_step is the fixed EMA's; with callbacks.ema.decay=null "
+                "there is none (the power EMAs start at step 1)"
+            )
+        super().__init__(decay=0.999 if decay is None else decay, **kwargs)
+        self.decay = decay  # type: ignore[assignment]  # None: the first power EMA is the averaged model
+        self.sigma_rels = lengths
+        self.gammas = gammas
+        self.snapshot_every_n_steps = snapshot_every_n_steps
+        #: the tracked tensors' names: the floating-point entries of the module's state_dict
+        self._names: list[str] = []
+        #: each power EMA's tensors by name (the first is None while it is the averaged model's, decay=None)
+        self._power: list[dict[str, Any] | None] = []
+        #: the optimizer step the power EMAs are at
+        self._power_step = 0
+        self._lists: tuple[list[Any], list[list[Any]]] | None = None
+        #: the snapshot files this process wrote, in order
+        self.written: list[Path] = []
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Make the averaged model (:class:`EMA`) and the power EMAs, copies of the module's weights."""
+        super().setup(trainer, pl_module, stage)
+        if stage != "fit":
+            return
+        state = pl_module.state_dict()
+        self._names = [name for name, tensor in state.items() if tensor.is_floating_point()]
+        device = self._device or pl_module.device
+        self._power = [
+            None
+            if k == 0 and self.decay is None
+            else {n: state[n].detach().to(device, copy=True) for n in self._names}
+            for k in range(len(self.sigma_rels))
+        ]
+        self._power_step = 0
+        self._lists = None
+
+    def ema_state(self, k: int) -> dict[str, Any]:
+        """The tensors of the power EMA of length ``sigma_rels[k]`` by name (views of the live ones)."""
+        own = self._power[k]
+        if own is not None:
+            return own
+        assert self._average_model is not None
+        held = self._average_model.module.state_dict()  # detached views of the averaged model's tensors
+        return {n: held[n] for n in self._names}
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Put the power EMAs where the module trains (unless ``device`` chose otherwise)."""
+        super().on_fit_start(trainer, pl_module)
+        if self._device is None:
+            self._power = [
+                None if own is None else {n: t.to(pl_module.device) for n, t in own.items()}
+                for own in self._power
+            ]
+        self._lists = None
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """After each optimizer step: the power EMAs, a snapshot every n steps, and the fixed EMA."""
+        from ddpm.ema import update_power_ema
+
+        step = trainer.global_step
+        if step > self._power_step:
+            if self._lists is None:  # the live tensors, grouped once per fit (they may have moved)
+                current = pl_module.state_dict()
+                self._lists = (
+                    [current[n] for n in self._names],
+                    [list(self.ema_state(k).values()) for k in range(len(self.sigma_rels))],
+                )
+            current_list, averages = self._lists
+            for gamma, average in zip(self.gammas, averages, strict=True):
+                update_power_ema(average, current_list, step, gamma)
+            self._power_step = step
+            if self.decay is None and self._average_model is not None:
+                self._average_model.n_averaged += 1
+                self._latest_update_step = step
+            if step % self.snapshot_every_n_steps == 0:
+                self._snapshot(trainer, step)
+        if self.decay is not None:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """A snapshot at the run's last step (``trainer.max_steps``) when it is off the grid; then the
+        averaged model becomes the module's weights (:class:`EMA`)."""
+        step = trainer.global_step
+        if 0 < trainer.max_steps == step == self._power_step and step % self.snapshot_every_n_steps:
+            self._snapshot(trainer, step)
+        super().on_train_end(trainer, pl_module)
+
+    def _snapshot(self, trainer: L.Trainer, step: int) -> None:
+        if not trainer.is_global_zero:
+            return
+        from ddpm.ema_snapshots import SNAPSHOT_DIR, write_snapshot
+
+        folder = Path(trainer.default_root_dir) / SNAPSHOT_DIR
+        for k, (sigma_rel, gamma) in enumerate(zip(self.sigma_rels, self.gammas, strict=True)):
+            self.written.append(write_snapshot(folder, self.ema_state(k), step, gamma, sigma_rel))
+
+    def state_dict(self) -> dict[str, Any]:
+        """:class:`EMA`'s state and the power EMAs: their lengths, their step and their tensors (the first
+        one is the checkpoint's ``state_dict`` when ``decay`` is None)."""
+        state = super().state_dict()
+        state["power_ema"] = {
+            "sigma_rels": list(self.sigma_rels),
+            "step": self._power_step,
+            "averages": list(self._power),
+        }
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue the checkpoint's power EMAs (the same lengths, the same choice of averaged model)."""
+        super().load_state_dict(state_dict)
+        power = state_dict.get("power_ema")
+        if not isinstance(power, dict):
+            raise ValueError(
+                "the checkpoint holds no power EMAs: it was not trained with callbacks/ema=power"
+            )
+        if [float(s) for s in power["sigma_rels"]] != self.sigma_rels:
+            raise ValueError(
+                f"the checkpoint's power EMAs have sigma_rels={power['sigma_rels']!r}, "
+                f"not callbacks.ema.sigma_rels={self.sigma_rels!r}"
+            )
+        saved = power["averages"]
+        if [a is None for a in saved] != [a is None for a in self._power]:
+            raise ValueError(
+                "the checkpoint's power EMAs were kept with another callbacks.ema.decay (null or not)"
+            )
+        for own, stored in zip(self._power, saved, strict=True):
+            if own is not None:
+                for name, tensor in own.items():
+                    tensor.copy_(stored[name])
+        self._power_step = int(power["step"])
+        self._lists = None
+
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Load the averaged model (:class:`EMA`); refuse a checkpoint without power EMAs; remove the
+        snapshots taken after its step (rank 0)."""
+        super().on_load_checkpoint(trainer, pl_module, checkpoint)
+        if self._average_model is None:  # not fitting: nothing to continue
+            return
+        if "power_ema" not in (checkpoint.get("callbacks") or {}).get(self.state_key, {}):
+            raise ValueError(
+                "the checkpoint holds no power EMAs: it was not trained with callbacks/ema=power, whose "
+                "averages cannot be continued from it"
+            )
+        if trainer.is_global_zero:
+            from ddpm.ema_snapshots import SNAPSHOT_DIR, remove_snapshots_after
+
+            remove_snapshots_after(
+                Path(trainer.default_root_dir) / SNAPSHOT_DIR, int(checkpoint["global_step"])
+            )
 
 
 class LossByTimestepCallback(Callback):

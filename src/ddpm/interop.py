@@ -797,11 +797,13 @@ def export_diffusers(run: LoadedRun | str | Path, path: str | Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- ddpm-lab's own weights
-def export_safetensors(run: LoadedRun | str | Path, path: str | Path) -> Path:
+def export_safetensors(
+    run: LoadedRun | str | Path, path: str | Path, metadata: Mapping[str, str] | None = None
+) -> Path:
     """Write a run's weights (the EMA average when the run had EMA) as one safetensors file, with the run's
     config (JSON) in its metadata under :data:`SAFETENSORS_CONFIG_KEY`. :func:`ddpm.build.load_run` reads it
     back (``ddpm-sample RUN.safetensors``) without pickle: the config is read as data
-    (:mod:`ddpm.stored_config`).
+    (:mod:`ddpm.stored_config`). ``metadata`` adds string entries (``ddpm-ema``: the length and step).
     """
     from safetensors.torch import save_file
 
@@ -813,12 +815,13 @@ def export_safetensors(run: LoadedRun | str | Path, path: str | Path) -> Path:
     state = {k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()}
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    metadata = {
+    entries = {
+        **(metadata or {}),
         SAFETENSORS_CONFIG_KEY: json.dumps(config),
         WEIGHTS_KEY: weights_kind(run.checkpoint),
         "format": "pt",
     }
-    write_file(out, lambda tmp: save_file(state, str(tmp), metadata=metadata))  # whole, or the old file
+    write_file(out, lambda tmp: save_file(state, str(tmp), metadata=entries))  # whole, or the old file
     return out
 
 

@@ -137,6 +137,17 @@ OPTIONS: dict[str, dict[str, Option]] = {
             "ddpm.callbacks:EMA",
             hints=(("decay", float), ("update_starting_at_step", int | None)),
         ),
+        "ddpm.callbacks.PowerEMA": Option(
+            "callbacks.ema",
+            "ddpm.callbacks.PowerEMA",
+            "ddpm.callbacks:PowerEMA",
+            hints=(
+                ("sigma_rels", collections.abc.Sequence[float]),
+                ("snapshot_every_n_steps", int),
+                ("decay", float | None),
+                ("update_starting_at_step", int | None),
+            ),
+        ),
     },
 }
 

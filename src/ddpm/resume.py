@@ -25,7 +25,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from ddpm.config import CONF_DIR, ConfigError
-from ddpm.stored_config import DATA_MACHINE_KEYS, GROUPS, RunIdentity
+from ddpm.stored_config import DATA_MACHINE_KEYS, GROUPS, POWER_EMA, RunIdentity
 
 __all__ = ["SAFE_ON_RESUME", "is_safe_on_resume", "merge_for_resume", "override_keys"]
 
@@ -228,6 +228,9 @@ def _callbacks(
             if run.samples is None or "callbacks.samples" in typed:
                 continue
             node = _today_option(conf_dir / "callbacks" / "samples" / f"{run.samples}.yaml")
+        elif name == "ema":  # callbacks/ema=default or =power, as the run's identity names it
+            power = run.config.get("callbacks", {}).get("ema", {}).get("_target_") == POWER_EMA
+            node = _today_option(conf_dir / "callbacks" / "ema" / ("power.yaml" if power else "default.yaml"))
         else:
             node = _today_option(conf_dir / "callbacks" / f"{name}.yaml", name)
         if not isinstance(node, DictConfig):

@@ -120,6 +120,9 @@ CALLBACK_OPTIONS = (
     "progress_bar",
     "samples",
 )
+#: the ``callbacks/ema=power`` callback (its identity adds the lengths and the snapshot interval, which
+#: :func:`ddpm.registry.checked_identity` checks against its signature)
+POWER_EMA = "ddpm.callbacks.PowerEMA"
 #: the options of ``logger`` a stored run may switch on (their settings, W&B's mode among them, are today's)
 LOGGER_OPTIONS = ("csv", "tensorboard", "wandb")
 #: which ``callbacks/samples`` option a stored samples callback was (the class name is only looked up)
@@ -563,15 +566,23 @@ def run_identity(stored: Mapping[str, Any], source: str, references: bool = Fals
         options[name] = _numbers(node)
     if "ema" in options:
         ema = callbacks["ema"]
+        power = ema.get("_target_") == POWER_EMA  # callbacks/ema=power: its lengths define the run too
         config["callbacks"] = {
             "ema": {
-                "decay": _scalar(ema.get("decay", 0.999), (int, float), "callbacks.ema.decay", source),
+                **({"_target_": POWER_EMA} if power else {}),
+                "decay": _scalar(
+                    ema.get("decay", 0.999),
+                    (int, float, type(None)) if power else (int, float),
+                    "callbacks.ema.decay",
+                    source,
+                ),
                 "update_starting_at_step": _scalar(
                     ema.get("update_starting_at_step"),
                     (int, type(None)),
                     "callbacks.ema.update_starting_at_step",
                     source,
                 ),
+                **{key: ema.get(key) for key in ("sigma_rels", "snapshot_every_n_steps") if power},
             }
         }
     loggers_node = tree.get("logger")
