@@ -313,7 +313,7 @@ def test_a_custom_schedule_equal_to_a_spacing_reproduces_its_samples_bit_for_bit
 @pytest.mark.parametrize(
     ("make", "match"),
     [
-        (lambda: DDIMSampler(timesteps=[]), r"timesteps=\[\] is invalid; give a non-empty list of integers"),
+        (lambda: DDIMSampler(timesteps=[]), r"timesteps=\[\] is invalid; give a non-empty list of numbers"),
         (lambda: DDIMSampler(timesteps=[500, 600]), r"timesteps=\[500, 600\] is not strictly decreasing"),
         (lambda: DDIMSampler(timesteps=[500, 500]), r"is not strictly decreasing"),
         (  # an integer sampler on a chain (a continuous process takes real times)

@@ -425,7 +425,12 @@ def _cmd_reverse(args: argparse.Namespace) -> Callable[[], int]:
             print(f"{PROG} reverse: error: {err}", file=sys.stderr)
             return 2
         model = loaded.model
-        steps = len(model.sampler.timesteps(model.diffusion))
+        sampler = getattr(model, "sampler", None)  # the run's own; without one, DDPM's T steps
+        steps = (
+            len(sampler.timesteps(model.diffusion))
+            if sampler is not None
+            else int(model.diffusion.num_timesteps)
+        )
         _check_memory(_data_terms(args, (steps, math.prod(model.data_shape))))
         name = f"reverse-{args.run_dir.resolve().name}"
         png = _out_path(args, name)
