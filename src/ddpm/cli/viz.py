@@ -412,6 +412,7 @@ def _cmd_reverse(args: argparse.Namespace) -> Callable[[], int]:
         # imported here, after the checks: torch and matplotlib (not Lightning: load_run builds plain torch)
         from ddpm.build import load_run
         from ddpm.results import reverse_process_figures
+        from ddpm.samplers.base import require_chain
 
         # load_run(run_dir) rebuilds the run from its own config and weights. It returns an object with
         #   .model       whose .model.sample(n, return_trajectory=True, generator=...) gives a SampleResult
@@ -429,7 +430,7 @@ def _cmd_reverse(args: argparse.Namespace) -> Callable[[], int]:
         steps = (
             len(sampler.timesteps(model.diffusion))
             if sampler is not None
-            else int(model.diffusion.num_timesteps)
+            else require_chain(model.diffusion, "ddpm-viz reverse without a sampler").num_timesteps
         )
         _check_memory(_data_terms(args, (steps, math.prod(model.data_shape))))
         name = f"reverse-{args.run_dir.resolve().name}"
