@@ -113,7 +113,8 @@ def _take(folder: Path) -> bool:
 
 
 #: the writer's lock of a run folder, ``flock``-ed by the one process that writes the run; it names that
-#: process (``pid <pid> on <host>``) for the message that refuses a second writer
+#: process (``pid <pid> on <host>``) for the message that refuses a second writer, and the srun step it is
+#: a task of (:func:`_srun_step`)
 LOCK_FILE = ".ddpm_lock"
 
 #: a run's own files at the top of its folder, written by training: no other command's output replaces them
@@ -167,13 +168,38 @@ def _holder(path: Path) -> str:
     return f"pid {found[1]} on {found[2]}" if found else "pid unknown, it has just started"
 
 
+def _srun_step() -> str | None:
+    """The srun step this process is a task of, as ``slurm step <job>.<step> restart <n>``; None outside srun.
+
+    Every task of one srun has the same; a later srun of the job, or the job's next start after a requeue
+    (which keeps the job id and counts restarts), has another: a lock label left by an earlier start is not
+    mistaken for this one's.
+    """
+    job, step = os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_STEP_ID")
+    if not job or not step:
+        return None
+    return f"slurm step {job}.{step} restart {os.environ.get('SLURM_RESTART_COUNT') or 0}"
+
+
+def _lock_label() -> bytes:
+    step = _srun_step()
+    return (f"pid {os.getpid()} on {os.uname().nodename}\n" + (f"{step}\n" if step else "")).encode()
+
+
+def _write_label(fd: int) -> None:
+    with contextlib.suppress(OSError):  # the lock holds without its label; a refused writer names no pid
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, _lock_label(), 0)
+
+
 def lock_run_folder(folder: Path) -> bool:
     """Hold the writer's lock of ``folder`` (``<folder>/.ddpm_lock``) until :func:`release_run_lock` or the
     end of this process, whatever ends it (the kernel drops a dead process's ``flock``: a lock file left by
     a crashed or killed run is simply taken over, and rewritten with this process's pid and host).
 
     Returns True when the lock was taken now; False when this process already holds it, or when the file
-    system has no locks (then a warning line on stderr says the run goes on unguarded).
+    system has no locks (then a warning line on stderr says the run goes on unguarded). Either way the lock
+    file names this process and its srun step.
 
     Raises:
         RunLockedError: another live process holds it; the one-line message names its pid and host.
@@ -198,14 +224,16 @@ def lock_run_folder(folder: Path) -> bool:
                 f"ckpt_path={key}"
             ) from None
         except OSError as err:
-            os.close(fd)
             if err.errno in _NO_LOCKS:
+                _write_label(fd)  # unguarded, but named
+                os.close(fd)
                 print(
                     f"warning: {path} cannot be locked ({os_error_reason(err)}); a second writer of this run "
                     "would not be detected",
                     file=sys.stderr,
                 )
                 return False
+            os.close(fd)
             raise RunFolderError(f"{path} cannot be locked: {os_error_reason(err)}") from None
         # The lock file may have been removed (a failed start cleaning up) between open and flock: a lock on
         # a removed file guards nothing, so lock the file that is there now.
@@ -218,9 +246,7 @@ def lock_run_folder(folder: Path) -> bool:
         os.close(fd)
     else:
         raise RunFolderError(f"{path} cannot be locked: it keeps being removed and created again")
-    with contextlib.suppress(OSError):  # the lock holds without its label; a refused writer names no pid
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode(), 0)
+    _write_label(fd)
     _LOCKS[key] = fd
     return True
 
