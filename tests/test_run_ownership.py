@@ -7,10 +7,12 @@ shown across processes with ``fork`` (a held lock, a race, a SIGKILL), where onl
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import multiprocessing
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ from ddpm.run_folder import (
     out_problem,
     release_run_lock,
 )
-from tests.helpers import SHORT, train_in_process
+from tests.helpers import SHORT, compose_cfg, train_in_process
 
 pytestmark = pytest.mark.filterwarnings("ignore::ddpm.schedules.NotPureNoiseWarning")  # T=50
 QUIET = [*SHORT, "reverse_gif=false", "T=50", "callbacks.samples=null", "final_samples=0"]
@@ -189,6 +191,125 @@ def test_ranks_after_the_first_do_not_lock(tmp_path: Path, monkeypatch) -> None:
     ClaimRunFolder().on_job_end(config)  # the basic launcher's next job, in this process, is free to run
     assert lock_run_folder(tmp_path) is True
     release_run_lock(tmp_path)
+
+
+# ----------------------------------------------------------------------------- DDP tasks started by srun
+def _srun_task(monkeypatch: pytest.MonkeyPatch, procid: int, restart: int = 0) -> None:
+    """The environment srun gives task ``procid`` of step 4242.0 (``scripts/slurm_multinode.sbatch``)."""
+    for var in ("RANK", "LOCAL_RANK", "NODE_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    env = {"SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_NTASKS": "2", "SLURM_PROCID": str(procid)}
+    for var, value in {**env, "SLURM_LOCALID": str(procid), "SLURM_RESTART_COUNT": str(restart)}.items():
+        monkeypatch.setenv(var, value)
+
+
+def _sbatch_config(root: Path, folder: Path) -> Any:
+    """ddpm-train's config as the sbatch script composes it: its own hydra.run.dir, ckpt_path=auto."""
+    return compose_cfg(root, [f"hydra.run.dir={folder}", "ckpt_path=auto"], run_folder=False)
+
+
+def _hydra_writes(config: Any) -> None:
+    """What Hydra's run_job writes once every on_run_start has returned (hydra/core/utils.py): the folder,
+    the job's log file, and .hydra/ unless output_subdir is null."""
+    run = Path(str(config.hydra.run.dir))
+    run.mkdir(parents=True, exist_ok=True)
+    with (run / f"{config.hydra.job.name}.log").open("a") as log:
+        log.write(f"task {os.environ['SLURM_PROCID']}\n")
+    if config.hydra.output_subdir is not None:
+        (run / config.hydra.output_subdir).mkdir(exist_ok=True)
+        (run / config.hydra.output_subdir / "config.yaml").write_text(f"task {os.environ['SLURM_PROCID']}\n")
+
+
+def _task_1_starts_first(config: Any, waiting: Any, queue: Any) -> None:
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:  # this process only (forked): tell the test that task 1 waits
+        waiting.set()
+        real_sleep(seconds)
+
+    time.sleep = sleep
+    try:
+        ClaimRunFolder().on_run_start(config)
+    except SystemExit as exc:
+        queue.put(("exit", exc.code))
+        return
+    _hydra_writes(config)
+    queue.put(("started", str(config.hydra.run.dir), config.hydra.output_subdir))
+
+
+@pytest.mark.parametrize("flock", [True, False], ids=["flock", "no-flock"])
+def test_srun_task_1_starting_first_waits_for_task_0_to_claim_the_folder(
+    flock: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """srun starts every task of ``slurm_multinode.sbatch`` at once; here task 1 runs first, then task 0.
+    Task 0 claims its new folder: task 1 wrote nothing there before it (no .hydra/, no log to refuse). On a
+    file system without flock (Lustre without -o flock) task 0's label is still there to wait for."""
+    if not flock:
+
+        def no_flock(fd: int, operation: int) -> None:
+            raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+        monkeypatch.setattr("ddpm.run_folder.fcntl.flock", no_flock)
+    run = tmp_path / "outputs" / "ddp" / "slurm" / "4242"
+    config = _sbatch_config(tmp_path, run)
+    ctx = multiprocessing.get_context("fork")
+    waiting, queue = ctx.Event(), ctx.Queue()
+    _srun_task(monkeypatch, 1)
+    task_1 = ctx.Process(target=_task_1_starts_first, args=(config, waiting, queue))
+    task_1.start()
+    try:
+        # task 1 has either written its start (the race) or is waiting for task 0
+        deadline = time.monotonic() + 60
+        while queue.empty() and not waiting.is_set() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        _srun_task(monkeypatch, 0)
+        capsys.readouterr()
+        try:
+            ClaimRunFolder().on_run_start(config)
+        except SystemExit:
+            pytest.fail(f"task 0 refused its own folder: {capsys.readouterr().err.strip()}")
+        _hydra_writes(config)
+        assert queue.get(timeout=60) == ("started", str(run), None)  # same folder; .hydra/ is task 0's
+    finally:
+        task_1.join(60)
+        if task_1.is_alive():
+            task_1.kill()
+        release_run_lock(run)
+    assert (run / CLAIM_FILE).read_text() == f"pid {os.getpid()} on {HOST}\n"
+    assert (run / LOCK_FILE).read_text() == f"pid {os.getpid()} on {HOST}\nslurm step 4242.0 restart 0\n"
+    assert (run / ".hydra" / "config.yaml").read_text() == "task 0\n"
+    assert (run / "app.log").read_text() == "task 0\ntask 1\n"  # task 1 wrote only after task 0's claim
+
+
+def test_srun_tasks_after_the_first_never_write_into_a_folder_task_0_did_not_claim(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user's folder is refused by task 0, and the other tasks write nothing into it; nor into the run a
+    requeued job's earlier start locked, until its task 0 of today has locked it again."""
+    monkeypatch.setattr("ddpm.run_folder.FIRST_TASK_WAIT_S", 0.3)
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "app.log").write_text("x\n")
+    _srun_task(monkeypatch, 0)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        ClaimRunFolder().on_run_start(_sbatch_config(tmp_path, users))
+    assert "is not empty and holds no ddpm-lab run" in _one_line(capsys.readouterr().err)
+    assert _files(users) == {"app.log": b"x\n"}
+
+    earlier = tmp_path / "earlier"  # the run of this job's first start; this is its requeued start
+    earlier.mkdir()
+    (earlier / CLAIM_FILE).write_text("pid 1 on elsewhere\n")
+    (earlier / LOCK_FILE).write_text("pid 1 on elsewhere\nslurm step 4242.0 restart 0\n")
+    for folder, restart in ((users, 0), (earlier, 1)):
+        before = _files(folder)
+        _srun_task(monkeypatch, 1, restart)
+        with pytest.raises(SystemExit):
+            ClaimRunFolder().on_run_start(_sbatch_config(tmp_path, folder))
+        line = _one_line(capsys.readouterr().err)
+        assert f"SLURM task 1 waited 0.3 s for task 0 of slurm step 4242.0 restart {restart}" in line, line
+        assert f"hydra.run.dir={folder}" in line
+        assert _files(folder) == before
 
 
 # ----------------------------------------------------------------------------- no new run inside a run

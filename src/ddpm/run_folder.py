@@ -22,6 +22,13 @@ One writer per run: the first rank of a training run (fresh, resumed or a sweep'
 the kernel drops the lock of a dead process, so a crashed or killed run (a requeued SLURM job) leaves no
 stale lock. A second writer is refused in one line naming the holder, before anything is written.
 
+The other ranks write into the folder only once the first has claimed it. Lightning's DDP launcher starts
+them after that; srun starts every task of a step at once (``scripts/slurm_multinode.sbatch``), so a task
+after the first waits, writing nothing, until the folder's lock names the first task of its own srun step
+(:func:`wait_for_first_task`): whichever task starts first, the first one finds the folder as the run left it
+(new, empty, or a run to resume), never holding the other tasks' ``.hydra/`` or log. Only the first rank
+writes ``.hydra/``.
+
 Nothing this process did not create is deleted: :func:`claim_folder` records whether it created the folder
 and what the folder held before, and :func:`ddpm.config.remove_unstarted_run_dir` (a config error found
 before training) removes only what this run wrote at start, and the folder only if this run created it.
@@ -39,6 +46,7 @@ import os
 import re
 import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +79,7 @@ __all__ = [
     "resumes_in",
     "run_dir_of",
     "start_record",
+    "wait_for_first_task",
 ]
 
 
@@ -113,7 +122,8 @@ def _take(folder: Path) -> bool:
 
 
 #: the writer's lock of a run folder, ``flock``-ed by the one process that writes the run; it names that
-#: process (``pid <pid> on <host>``) for the message that refuses a second writer
+#: process (``pid <pid> on <host>``) for the message that refuses a second writer, and the srun step it is
+#: a task of (:func:`_srun_step`), which the step's other tasks wait for (:func:`wait_for_first_task`)
 LOCK_FILE = ".ddpm_lock"
 
 #: a run's own files at the top of its folder, written by training: no other command's output replaces them
@@ -167,13 +177,38 @@ def _holder(path: Path) -> str:
     return f"pid {found[1]} on {found[2]}" if found else "pid unknown, it has just started"
 
 
+def _srun_step() -> str | None:
+    """The srun step this process is a task of, as ``slurm step <job>.<step> restart <n>``; None outside srun.
+
+    Every task of one srun has the same; a later srun of the job, or the job's next start after a requeue
+    (which keeps the job id and counts restarts), has another: a lock label left by an earlier start is not
+    mistaken for this one's.
+    """
+    job, step = os.environ.get("SLURM_JOB_ID"), os.environ.get("SLURM_STEP_ID")
+    if not job or not step:
+        return None
+    return f"slurm step {job}.{step} restart {os.environ.get('SLURM_RESTART_COUNT') or 0}"
+
+
+def _lock_label() -> bytes:
+    step = _srun_step()
+    return (f"pid {os.getpid()} on {os.uname().nodename}\n" + (f"{step}\n" if step else "")).encode()
+
+
+def _write_label(fd: int) -> None:
+    with contextlib.suppress(OSError):  # the lock holds without its label; a refused writer names no pid
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, _lock_label(), 0)
+
+
 def lock_run_folder(folder: Path) -> bool:
     """Hold the writer's lock of ``folder`` (``<folder>/.ddpm_lock``) until :func:`release_run_lock` or the
     end of this process, whatever ends it (the kernel drops a dead process's ``flock``: a lock file left by
     a crashed or killed run is simply taken over, and rewritten with this process's pid and host).
 
     Returns True when the lock was taken now; False when this process already holds it, or when the file
-    system has no locks (then a warning line on stderr says the run goes on unguarded).
+    system has no locks (then a warning line on stderr says the run goes on unguarded). Either way the lock
+    file names this process and its srun step (:func:`wait_for_first_task` reads it).
 
     Raises:
         RunLockedError: another live process holds it; the one-line message names its pid and host.
@@ -198,14 +233,16 @@ def lock_run_folder(folder: Path) -> bool:
                 f"ckpt_path={key}"
             ) from None
         except OSError as err:
-            os.close(fd)
             if err.errno in _NO_LOCKS:
+                _write_label(fd)  # unguarded, but the srun step's other tasks wait for this label
+                os.close(fd)
                 print(
                     f"warning: {path} cannot be locked ({os_error_reason(err)}); a second writer of this run "
                     "would not be detected",
                     file=sys.stderr,
                 )
                 return False
+            os.close(fd)
             raise RunFolderError(f"{path} cannot be locked: {os_error_reason(err)}") from None
         # The lock file may have been removed (a failed start cleaning up) between open and flock: a lock on
         # a removed file guards nothing, so lock the file that is there now.
@@ -218,9 +255,7 @@ def lock_run_folder(folder: Path) -> bool:
         os.close(fd)
     else:
         raise RunFolderError(f"{path} cannot be locked: it keeps being removed and created again")
-    with contextlib.suppress(OSError):  # the lock holds without its label; a refused writer names no pid
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode(), 0)
+    _write_label(fd)
     _LOCKS[key] = fd
     return True
 
@@ -408,6 +443,54 @@ def _is_first_rank() -> bool:
     )
 
 
+#: how long a task of an srun step waits for its first task to claim the run folder: that task may start
+#: later (another node, a slow import), and a shared file system may show its lock file tens of seconds late
+FIRST_TASK_WAIT_S = 300.0
+
+
+def _locked_by(folder: Path, step: str) -> bool:
+    try:
+        label = (folder / LOCK_FILE).read_text(errors="replace")[:500]
+    except OSError:  # not there yet (nor the folder), or being written
+        return False
+    return step in label.splitlines()
+
+
+def _names(folder: Path, may_rename: bool) -> list[Path]:
+    """``folder``, and with ``may_rename`` the existing ``<folder>_2``, ``_3``... that claim_folder tries."""
+    names, n = [folder], 2
+    while may_rename and (candidate := folder.with_name(f"{folder.name}_{n}")).exists():
+        names.append(candidate)
+        n += 1
+    return names
+
+
+def wait_for_first_task(folder: Path, *, may_rename: bool) -> Path:
+    """The run folder that the first task of this process's srun step claimed and locked: ``folder``, or
+    with ``may_rename`` (a default name) one of ``<folder>_2``, ``_3``... (see :func:`claim_folder`).
+
+    Writes nothing: a folder that the first task refuses (a user's, another run's) gets nothing from the
+    step's other tasks either. Waits :data:`FIRST_TASK_WAIT_S` at most; srun's ``--kill-on-bad-exit`` ends
+    the wait as soon as the first task fails.
+
+    Raises:
+        RunFolderError: no such folder in time (the first task refused it, or never started), in one line.
+    """
+    step = _srun_step() or "no srun step"
+    deadline = time.monotonic() + FIRST_TASK_WAIT_S
+    while True:
+        for candidate in _names(folder, may_rename):
+            if _locked_by(candidate, step):
+                return candidate
+        if time.monotonic() >= deadline:
+            raise RunFolderError(
+                f"SLURM task {os.environ.get('SLURM_PROCID')} waited {FIRST_TASK_WAIT_S:g} s for task 0 of "
+                f"{step} to claim hydra.run.dir={folder}, in vain: task 0 refused it (its error is in the "
+                "job's output) or has not started"
+            )
+        time.sleep(0.2)
+
+
 def _user_set(config: DictConfig, key: str) -> bool:
     return any(str(o).split("=", 1)[0].lstrip("+~") == key for o in config.hydra.overrides.hydra)
 
@@ -439,9 +522,10 @@ class ClaimRunFolder(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Claim ``hydra.run.dir`` and take its writer lock, before Hydra writes into it; a resumed run
         keeps its folder's stored ``.hydra`` files."""
-        if not _is_first_rank():
-            return  # DDP / SLURM tasks of one run: rank 0 claimed and locked the folder they share
         HydraConfig.instance().set_config(config)  # as run_job does next: ${hydra:runtime.cwd} resolves
+        if not _is_first_rank():
+            self._follow_first_rank(config)
+            return
         folder = Path(str(config.hydra.run.dir)).absolute()
         resume = resumes_in(config.get("ckpt_path"), folder)
         try:
@@ -463,6 +547,27 @@ class ClaimRunFolder(Callback):
             config.hydra.run.dir = str(claimed)
             if existed and (claimed / ".hydra" / "config.yaml").is_file():
                 config.hydra.output_subdir = None  # the run's own config stays as it was written
+
+    @staticmethod
+    def _follow_first_rank(config: DictConfig) -> None:
+        """A later DDP rank writes into the folder rank 0 claimed and locked, and only once it has."""
+        folder = None
+        if int(os.environ.get("SLURM_PROCID") or 0) > 0 and _srun_step() is not None:
+            # started with rank 0, not by it (Lightning's launcher starts its ranks after the claim)
+            try:
+                folder = wait_for_first_task(
+                    Path(str(config.hydra.run.dir)).absolute(),
+                    may_rename=not _user_set(config, "hydra.run.dir"),
+                )
+            except RunFolderError as err:
+                _fail(err)
+                return
+        with read_write(config.hydra), open_dict(config.hydra):
+            if folder is not None:
+                config.hydra.run.dir = str(folder)
+            # rank 0 writes the run's .hydra/ (a resumed run keeps its own): the same composition, written
+            # by one process, as Lightning's launcher has its ranks do (hydra.output_subdir=null)
+            config.hydra.output_subdir = None
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         """Lock a sweep job's folder (a single run holds its lock since :meth:`on_run_start`)."""
