@@ -328,6 +328,51 @@ def test_ddpm_ema_writes_a_length_that_ddpm_sample_reads(
         assert exit_code.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.filterwarnings("ignore:schedule 'linear' with T=100")  # BASE's short chain, on purpose
+def test_ema_sweep_scores_each_length_and_names_the_best(
+    uninterrupted: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``ddpm-eval RUN --ema-sweep``: each length rebuilt and scored beside the checkpoint's EMA, the table
+    and the best printed, the JSON and the plot written; the run's own weights are back afterwards."""
+    import json
+
+    from ddpm.cli.eval import main
+
+    _, run = uninterrupted
+    out = tmp_path / "sweep.json"
+    argv = [str(run), "--ema-sweep", "0.05,0.1,0.2", "--n", "100", "--repeats", "2", "--out", str(out)]
+    assert main([*argv, "--no-wandb"]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert [r["sigma_rel"] for r in result["rows"]] == [0.05, 0.1, 0.2]
+    assert all(r["step"] == 45 and math.isfinite(r["quality"]["mean"]) for r in result["rows"])
+    best = min(result["rows"], key=lambda r: r["quality"]["mean"])
+    assert result["best_sigma_rel"] == best["sigma_rel"]
+    assert f"Best: sigma_rel {best['sigma_rel']:g}" in printed and "| the checkpoint's EMA |" in printed
+    assert out.with_suffix(".png").stat().st_size > 0
+    # the weights scored for a length are the ones ddpm-ema writes for it: scored alone, the same figure
+    from ddpm.cli.ema import main as ema_main
+
+    weights = tmp_path / "s01.safetensors"
+    assert ema_main([str(run), "--sigma-rel", "0.1", "--out", str(weights)]) == 0
+    alone = tmp_path / "alone.json"
+    assert main([str(weights), "--n", "100", "--repeats", "2", "--out", str(alone), "--no-wandb"]) == 0
+    capsys.readouterr()
+    means = {r["sigma_rel"]: r["quality"]["mean"] for r in result["rows"]}
+    assert json.loads(alone.read_text())["quality"]["ratio"]["mean"] == pytest.approx(means[0.1], rel=1e-9)
+    for bad, message in [
+        ("0.05,abc", "'abc' is not a number"),
+        ("0.5", "sigma_rel=0.5 must be in (0, 0.3003)"),
+        ("0.1,0.1", "repeats a length"),
+    ]:
+        with pytest.raises(SystemExit) as exit_code:
+            main([str(run), "--ema-sweep", bad])
+        assert exit_code.value.code == 2 and message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(run), "--ema-sweep", "0.1", "--bpd"])
+    assert "the EMA sweep is an evaluation of its own" in capsys.readouterr().err
+
+
 class PowerProbe(L.Callback):
     """Test helper: each rank writes a digest of its power EMAs and how many snapshots it wrote."""
 

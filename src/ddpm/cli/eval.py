@@ -6,6 +6,7 @@ ddpm-eval RUN --bpd                                  # + the variational bound i
 ddpm-eval RUN --bpd --no-quality --bpd-t-samples 50  # only the bound, 50 sampled t per datum (unbiased)
 ddpm-eval RUN --compare-samplers sampler=ddim,unipc sampler.steps=5,10,20  # quality against cost, 6 samplers
 ddpm-eval COND_RUN --guidance 0,1,2,4                # a conditional run: the guidance trade-off curve
+ddpm-eval POWER_RUN --ema-sweep 0.02,0.05,0.1,0.15,0.2  # callbacks/ema=power: quality against EMA length
 
 Toy runs: the energy-distance ratio to the data-vs-data floor (and sliced W1's), mean ± std and a 90%
 interval over ``--repeats`` independent sample draws. Image runs (digits, mnist, cifar10): the offline
@@ -42,6 +43,13 @@ toy runs the fraction of samples nearest their class's mode and the per-class qu
 offline classifier's accuracy on the requested labels and its Fréchet ratio
 (:mod:`ddpm.evaluation.guidance_curve`). ``<run>/eval/guidance_<sampler>_seed<s>.json`` holds the rows,
 the ``.png`` beside it the trade-off curve; with ``--out`` both go under that name.
+
+``--ema-sweep 0.02,0.05,0.1`` (a run trained with ``callbacks/ema=power``) rebuilds the weights of each EMA
+length at the last snapshot from the run's snapshots (:func:`ddpm.ema_snapshots.reconstruct`, EDM2 sec. 3.2),
+scores each with the run's sampler and the quality figure above (same ``--n``, ``--repeats``, ``--seed``), and
+the checkpoint's own EMA weights beside them; it prints the table, names the best length, and writes
+``<run>/eval/ema_sweep.json`` and ``ema_sweep.png`` (quality against the length), and adds the figures to the
+run's W&B run under ``eval/ema_sweep/``. ``ddpm-ema RUN --sigma-rel <best>`` then writes those weights.
 
 Every value (sampler overrides, ``--device``, ...) and the output folders are checked before the checkpoint
 is loaded: a bad one is a one-line error with exit code 2 (a comparison's combinations too; steps > T once the
@@ -141,6 +149,13 @@ def _parser() -> argparse.ArgumentParser:
         "against quality trade-off; writes <run>/eval/guidance_*.json and .png",
     )
     p.add_argument(
+        "--ema-sweep",
+        default=None,
+        metavar="S1,S2,...",
+        help="a run trained with callbacks/ema=power: comma-separated EMA lengths sigma_rel (0.02,0.05,0.1) "
+        "to rebuild from its snapshots and score; writes <run>/eval/ema_sweep.json and .png",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -203,6 +218,17 @@ def _check_args(args: argparse.Namespace) -> None:
                 fail(
                     f"--guidance with {flag}: the guidance curve is an evaluation of its own; run them apart"
                 )
+    if args.ema_sweep is not None:
+        args.sigma_rels = _parse_sigma_rels(args.ema_sweep)
+        for flag, given in (
+            ("--compare-samplers", args.compare_samplers),
+            ("--bpd", args.bpd),
+            ("--no-quality", args.no_quality),
+            ("--guidance", args.guidance is not None),
+            ("--fit-steps", args.fit_steps is not None),
+        ):
+            if given:
+                fail(f"--ema-sweep with {flag}: the EMA sweep is an evaluation of its own; run them apart")
     if args.no_quality and not args.bpd:
         fail("--no-quality without --bpd leaves nothing to evaluate")
     if args.out is not None and args.out.suffix != ".json":
@@ -211,6 +237,26 @@ def _check_args(args: argparse.Namespace) -> None:
     check_run_arguments(args, draws=max(args.repeats, 1), overrides=not args.compare_samplers)
     if args.compare_samplers:
         args.grid = _comparison_grid(args.overrides)
+
+
+def _parse_sigma_rels(text: str) -> list[float]:
+    """``--ema-sweep``'s lengths: comma-separated, each a valid sigma_rel, no repeats; or a one-line error."""
+    from ddpm.ema import sigma_rel_to_gamma
+
+    values = []
+    for part in text.split(","):
+        try:
+            value = float(part)
+        except ValueError:
+            fail(f"--ema-sweep={text!r}: {part.strip()!r} is not a number; give lengths such as 0.05,0.1")
+        try:
+            sigma_rel_to_gamma(value)
+        except ValueError as err:
+            fail(f"--ema-sweep: {first_line(err)}")
+        values.append(value)
+    if len(set(values)) != len(values):
+        fail(f"--ema-sweep={text!r} repeats a length; give each once")
+    return values
 
 
 def _comparison_grid(overrides: list[str]) -> list[list[str]]:
@@ -677,6 +723,90 @@ def guidance_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def ema_sweep(args: argparse.Namespace) -> int:
+    """``--ema-sweep``: each EMA length rebuilt from the run's power-EMA snapshots and scored as
+    ``--compare-samplers`` scores a sampler, beside the checkpoint's own EMA; the table and the best length
+    are printed before ``ema_sweep.json`` and ``.png`` are written."""
+    from ddpm.ema_snapshots import SNAPSHOT_DIR, list_snapshots, reconstruct
+    from ddpm.viz.figures import plot_ema_sweep, save_figure
+
+    run = _load(args, args.overrides)
+    folder = run.run_dir / SNAPSHOT_DIR
+    try:
+        snapshots = list_snapshots(folder)
+    except ConfigError as err:
+        fail(str(err))
+    if not snapshots:
+        fail(f"{folder} holds no power-EMA snapshots: train the run with callbacks/ema=power")
+    score, metric, n = _comparison_scorer(run, args)
+    sampler, model = run.sampler, run.model
+    print(
+        f"EMA sweep of {run.run_dir}: {len(args.sigma_rels)} lengths at step "
+        f"{max(s.step for s in snapshots)}, {args.repeats} draws of n={n} each with {sampler!r}"
+    )
+    own = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        fixed = score(sampler).quality.as_dict()  # the checkpoint's EMA weights: the fixed decay's
+        rows = []
+        for sigma_rel in args.sigma_rels:
+            rebuilt = reconstruct(snapshots, sigma_rel)
+            missing, unexpected = model.load_state_dict(rebuilt.state, strict=False)
+            if unexpected or len(missing) == len(own):
+                fail(f"the snapshots in {folder} do not hold the weights of {run.checkpoint}'s model")
+            quality = score(sampler).quality.as_dict()
+            rows.append(
+                {"sigma_rel": sigma_rel, "gamma": rebuilt.gamma, "step": rebuilt.step, "quality": quality}
+            )
+            print(f"sigma_rel {sigma_rel:g}: {quality['mean']:.3g} ± {quality['std']:.2g}")
+    except NonFiniteSampleError as err:
+        fail(f"{first_line(err)}; nothing was written", code=1)
+    finally:
+        model.load_state_dict(own)
+    best = min(rows, key=lambda r: r["quality"]["mean"])
+    lines = [f"| sigma_rel | {metric} (mean ± std) |", "|---:|---:|"]
+    lines += [
+        f"| {r['sigma_rel']:g} | {r['quality']['mean']:.3g} ± {r['quality']['std']:.2g} |" for r in rows
+    ]
+    lines.append(f"| the checkpoint's EMA | {fixed['mean']:.3g} ± {fixed['std']:.2g} |")
+    print("\n".join(lines))
+    better = "better than" if best["quality"]["mean"] < fixed["mean"] else "not better than"
+    print(
+        f"Best: sigma_rel {best['sigma_rel']:g} ({best['quality']['mean']:.3g}), {better} the checkpoint's "
+        f"EMA ({fixed['mean']:.3g}); ddpm-ema {run.run_dir} --sigma-rel {best['sigma_rel']:g} writes its "
+        "weights"
+    )
+    result = {
+        **_header(run, sampler, len(sampler.timesteps(model.diffusion))),
+        "metric": metric,
+        "n": n,
+        "repeats": args.repeats,
+        "seed": args.seed,
+        "rows": rows,
+        "checkpoint_ema": fixed,
+        "best_sigma_rel": best["sigma_rel"],
+        "by_sigma_rel": {f"{r['sigma_rel']:g}": r["quality"]["mean"] for r in rows},
+    }
+    out = args.out or run.run_dir / "eval" / "ema_sweep.json"
+    figure = plot_ema_sweep(rows, metric, fixed)
+    text = json.dumps(result, indent=2, allow_nan=True) + "\n"
+    try:
+        write_files(
+            [out, out.with_suffix(".png")], lambda tmp: (tmp[0].write_text(text), save_figure(figure, tmp[1]))
+        )
+    except WriteError as err:
+        fail(str(err), code=1)
+    print(f"Wrote {out} and {out.with_suffix('.png')}")
+    if not args.no_wandb:
+        print(
+            log_to_wandb(
+                run,
+                {"best_sigma_rel": best["sigma_rel"], "by_sigma_rel": result["by_sigma_rel"]},
+                "ema_sweep",
+            )
+        )
+    return 0
+
+
 def fit_schedule(args: argparse.Namespace) -> int:
     """``--fit-steps N``: a step schedule fitted to the run (:func:`ddpm.samplers.fitting.fit_timesteps`)."""
     from ddpm.samplers.fitting import GRID_STEPS, fit_timesteps
@@ -735,6 +865,8 @@ def main(argv: list[str] | None = None) -> int:
         return fit_schedule(args)
     if args.guidance is not None:
         return guidance_eval(args)
+    if args.ema_sweep is not None:
+        return ema_sweep(args)
     run = _load(args, args.overrides)
     if args.bpd and run.model.diffusion.discrete is False:
         fail(

@@ -494,6 +494,35 @@ def plot_sampler_comparison(rows: Sequence[Mapping[str, Any]], metric: str = "qu
     return fig
 
 
+def plot_ema_sweep(
+    rows: Sequence[Mapping[str, Any]], metric: str, fixed: Mapping[str, Any] | None = None
+) -> Figure:
+    """Sample quality against the EMA length of ``ddpm-eval RUN --ema-sweep ...`` (EDM2, fig. 5): each
+    reconstructed length's mean with its std over the draws, the best one marked, and the checkpoint's own
+    EMA (the fixed decay) as a horizontal band.
+
+    Rows hold ``sigma_rel`` and ``quality`` (``mean``, ``std``); ``fixed`` the checkpoint's ``quality``.
+    """
+    s = [float(r["sigma_rel"]) for r in rows]
+    mean = [float(r["quality"]["mean"]) for r in rows]
+    std = [float(r["quality"]["std"]) if np.isfinite(r["quality"]["std"]) else 0.0 for r in rows]
+    fig = _new_figure(6.5, 4.2)
+    ax = fig.subplots()
+    ax.errorbar(s, mean, yerr=std, fmt="o-", capsize=3, label="power EMA, reconstructed post hoc")
+    best = int(np.argmin(mean))
+    ax.plot([s[best]], [mean[best]], "*", markersize=14, label=f"best: sigma_rel = {s[best]:g}")
+    if fixed is not None:
+        m, sd = float(fixed["mean"]), float(fixed["std"]) if np.isfinite(fixed["std"]) else 0.0
+        ax.axhline(m, color="grey", linestyle="--", label="the checkpoint's EMA (fixed decay)")
+        ax.axhspan(m - sd, m + sd, color="grey", alpha=0.15)
+    ax.set_xlabel("EMA length sigma_rel (the averaging profile's std relative to the step)")
+    ax.set_ylabel(metric)
+    ax.set_title("sample quality against the EMA length: lower is better", fontsize="medium")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig
+
+
 def plot_guidance_curve(rows: Sequence[Mapping[str, Any]]) -> Figure:
     """The classifier-free guidance trade-off of ``ddpm-eval RUN --guidance ...``: against the guidance
     scale w, fidelity to the requested class (left: the classifier's accuracy for images, the fraction nearest
