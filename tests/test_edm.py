@@ -236,6 +236,11 @@ def test_edm_process_grids_and_refusals() -> None:
         LogNormalNoiseLevels(GaussianDiffusion(make_beta_schedule("linear", 1000)))
     with pytest.raises(ValueError, match=r"loss=edm trains at EDM's continuous noise levels"):
         EDMLoss(GaussianDiffusion(make_beta_schedule("linear", 1000)))
+    from ddpm.losses import HybridLoss, SimpleLoss, VLBLoss
+
+    for chain_loss in (SimpleLoss, HybridLoss, VLBLoss):
+        with pytest.raises(ValueError, match=rf"{chain_loss.__name__} is written for DDPM's chain"):
+            chain_loss(process)
     with pytest.raises(ValueError, match=r"sigma_min=80 must be below sigma_max=1"):
         EDMProcess(sigma_min=80, sigma_max=1)
 

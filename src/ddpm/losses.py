@@ -193,6 +193,15 @@ def drop_labels(y: torch.Tensor, p: float, null_label: int) -> torch.Tensor:
 Network = Callable[..., torch.Tensor]
 
 
+def require_chain_loss(name: str, diffusion: Process) -> None:
+    """A one-line ValueError when a loss written for DDPM's chain gets a continuous process."""
+    if not isinstance(diffusion, GaussianDiffusion):
+        raise ValueError(
+            f"{name} is written for DDPM's chain of T timesteps; {type(diffusion).__name__} is "
+            "continuous: use loss=edm (diffusion=edm)"
+        )
+
+
 class Loss:
     """The interface: ``loss(net, x0, t, noise, y=None)`` -> per-sample losses [B] of uniform t.
 
@@ -308,6 +317,7 @@ class SimpleLoss(Loss):
         offset_noise: float = 0.0,
         cond_drop_prob: float = 0.1,
     ) -> None:
+        require_chain_loss(type(self).__name__, diffusion)
         super().__init__(diffusion, offset_noise, cond_drop_prob)
         if distance not in DISTANCES:
             raise ValueError(
@@ -409,6 +419,7 @@ class VLBLoss(Loss):
         offset_noise: float = 0.0,
         cond_drop_prob: float = 0.1,
     ) -> None:
+        require_chain_loss(type(self).__name__, diffusion)
         super().__init__(diffusion, offset_noise, cond_drop_prob)
         self.bound = _BoundEstimate(decoder)
 
