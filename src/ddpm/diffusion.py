@@ -409,30 +409,10 @@ class GaussianDiffusion(Process):
         alpha, sigma = self._alpha_sigma(t, x_t)
         return self.x0_from_output(model_output, x_t, alpha, sigma)
 
-    def x0_from_output(
-        self,
-        model_output: torch.Tensor,
-        x_t: torch.Tensor,
-        alpha: torch.Tensor | float,
-        sigma: torch.Tensor | float,
-    ) -> torch.Tensor:
-        """x0-hat (not clipped) given alpha_t = sqrt(abar_t) and sigma_t = sqrt(1 - abar_t) directly.
-
-        This is the form the solvers use, whose timesteps may lie between the integers (Heun); ``alpha``
-        and ``sigma`` are floats or tensors that broadcast against ``x_t``. A learned variance's channels
-        are ignored (:meth:`split_output`).
-        """
-        return self.parameterization.to_x0(self.split_output(model_output, x_t)[0], x_t, alpha, sigma)
-
-    def eps_from_output(
-        self,
-        model_output: torch.Tensor,
-        x_t: torch.Tensor,
-        alpha: torch.Tensor | float,
-        sigma: torch.Tensor | float,
-    ) -> torch.Tensor:
-        """eps-hat given alpha_t and sigma_t directly (a learned variance's channels ignored)."""
-        return self.parameterization.to_eps(self.split_output(model_output, x_t)[0], x_t, alpha, sigma)
+    def prediction(self, model_output: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+        """The objective's prediction of a network output: a learned variance's channels dropped
+        (:meth:`split_output`), so ``x0_from_output`` / ``eps_from_output`` read only the mean's target."""
+        return self.split_output(model_output, x_t)[0]
 
     def predict_eps(
         self, x_t: torch.Tensor, t: torch.Tensor | int, model_output: torch.Tensor

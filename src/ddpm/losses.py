@@ -504,7 +504,6 @@ class EDMLoss(Loss):
                 "timesteps: use diffusion=edm (or loss=simple on this chain)"
             )
         super().__init__(diffusion, offset_noise, cond_drop_prob)
-        self.process = diffusion
 
     def __call__(
         self,

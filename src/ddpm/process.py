@@ -103,6 +103,11 @@ class Process(nn.Module):
             return x0
         return x0.clamp(*self.clip_range)
 
+    def prediction(self, model_output: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+        """The part of a network output the parameterisation reads: all of it here (DDPM's chain drops a
+        learned variance's channels)."""
+        return model_output
+
     def x0_from_output(
         self,
         model_output: torch.Tensor,
@@ -112,7 +117,7 @@ class Process(nn.Module):
     ) -> torch.Tensor:
         """x0-hat (not clipped) from the network output at x_t, given alpha(t) and sigma(t) directly (floats
         or tensors that broadcast against x_t): the form the solvers use."""
-        return self.parameterization.to_x0(model_output, x_t, alpha, sigma)
+        return self.parameterization.to_x0(self.prediction(model_output, x_t), x_t, alpha, sigma)
 
     def eps_from_output(
         self,
@@ -122,7 +127,7 @@ class Process(nn.Module):
         sigma: torch.Tensor | float,
     ) -> torch.Tensor:
         """eps-hat, the noise the network output implies at x_t, given alpha(t) and sigma(t) directly."""
-        return self.parameterization.to_eps(model_output, x_t, alpha, sigma)
+        return self.parameterization.to_eps(self.prediction(model_output, x_t), x_t, alpha, sigma)
 
     def wrap_network(self, net: nn.Module) -> nn.Module:
         """The network as this process trains and samples it: ``net`` itself, or wrapped in the
