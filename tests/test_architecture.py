@@ -17,6 +17,7 @@ LAYERS = {
     "ddpm.parameterization": 0,
     "ddpm.diffusion": 0,
     "ddpm.edm": 0,
+    "ddpm.flow": 0,
     "ddpm.losses": 0,
     "ddpm.timestep_sampling": 0,
     "ddpm.samplers": 0,

@@ -234,11 +234,13 @@ def test_edm_process_grids_and_refusals() -> None:
         DDPMSampler().timesteps(process)
     with pytest.raises(ValueError, match=r"log_normal draws EDM's continuous noise levels"):
         LogNormalNoiseLevels(GaussianDiffusion(make_beta_schedule("linear", 1000)))
-    with pytest.raises(ValueError, match=r"loss=edm trains at EDM's continuous noise levels"):
+    with pytest.raises(
+        ValueError, match=r"loss=edm trains EDM's preconditioned denoiser at its noise levels"
+    ):
         EDMLoss(GaussianDiffusion(make_beta_schedule("linear", 1000)))
-    from ddpm.losses import HybridLoss, SimpleLoss, VLBLoss
+    from ddpm.losses import HybridLoss, VLBLoss
 
-    for chain_loss in (SimpleLoss, HybridLoss, VLBLoss):
+    for chain_loss in (HybridLoss, VLBLoss):
         with pytest.raises(ValueError, match=rf"{chain_loss.__name__} is written for DDPM's chain"):
             chain_loss(process)
     with pytest.raises(ValueError, match=r"sigma_min=80 must be below sigma_max=1"):

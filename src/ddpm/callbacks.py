@@ -456,10 +456,8 @@ class LossByTimestepCallback(Callback):
             diffusion = getattr(pl_module, "diffusion", None)
             T = getattr(diffusion, "num_timesteps", None)
             series: list[list[float]] | dict[str, list[float]] = self.losses
-            if T is None and isinstance(diffusion, Process):  # continuous: quarters of log noise level
-                lo, hi = (s / a for a, s in map(diffusion.coefficients, diffusion.time_range))
-                edges = [lo * (hi / lo) ** (q / 4) for q in range(5)]
-                series = {f"σ ∈ [{edges[q]:.3g}, {edges[q + 1]:.3g})": self.losses[q] for q in range(4)}
+            if T is None and isinstance(diffusion, Process):  # continuous: the process's own bins
+                series = dict(zip(diffusion.time_bin_labels(4), self.losses, strict=True))
             fig = viz.plot_loss_by_quarter(self.steps, series, T=T)
             log_figure(
                 trainer,

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from ddpm.diffusion import GaussianDiffusion
+from ddpm.edm import EDMProcess
+from ddpm.flow import COUPLINGS, ot_pairing
 from ddpm.process import Process, broadcast
 
 __all__ = [
@@ -198,7 +200,7 @@ def require_chain_loss(name: str, diffusion: Process) -> None:
     if not isinstance(diffusion, GaussianDiffusion):
         raise ValueError(
             f"{name} is written for DDPM's chain of T timesteps; {type(diffusion).__name__} is "
-            "continuous: use loss=edm (diffusion=edm)"
+            "continuous: use loss=simple (or loss=edm with diffusion=edm)"
         )
 
 
@@ -212,6 +214,9 @@ class Loss:
         cond_drop_prob: label dropout for class-conditional training (Ho & Salimans 2022, sec. 3.2): the
             probability that a sample's label is replaced by the null label, so one network learns both
             p(x | y) and p(x) for classifier-free guidance. Used only when the loss gets labels.
+        coupling: how each batch's noise is paired with its data: ``independent`` (drawn apart), or
+            ``minibatch_ot`` (re-paired by the exact optimal-transport plan within the batch, Tong et al.
+            2023; the labels stay with their data).
     """
 
     #: whether the per-sample losses are the bound's terms L_t (what ``loss_second_moment`` samples t by)
@@ -219,14 +224,23 @@ class Loss:
 
     diffusion: GaussianDiffusion  # the losses of a chain; EDMLoss narrows its own to a Process
 
-    def __init__(self, diffusion: Process, offset_noise: float = 0.0, cond_drop_prob: float = 0.1) -> None:
+    def __init__(
+        self,
+        diffusion: Process,
+        offset_noise: float = 0.0,
+        cond_drop_prob: float = 0.1,
+        coupling: str = "independent",
+    ) -> None:
         if isinstance(offset_noise, bool) or not (
             isinstance(offset_noise, int | float) and offset_noise >= 0
         ):
             raise ValueError(f"offset_noise={offset_noise!r} is invalid; it must be a number >= 0 (0: off)")
+        if coupling not in COUPLINGS:
+            raise ValueError(f"coupling={coupling!r} is unknown; choose one of {', '.join(COUPLINGS)}")
         self.diffusion = diffusion  # type: ignore[assignment]  # a chain's losses read its tables; EDM's none
         self.offset_noise = float(offset_noise)
         self.cond_drop_prob = check_drop_prob(cond_drop_prob)
+        self.coupling = coupling
 
     def check_data(self, data_shape: Sequence[int]) -> None:
         """A one-line ValueError when these options do not fit data of ``data_shape`` (batch first):
@@ -239,13 +253,18 @@ class Loss:
 
     def noise(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """The training noise: N(0, I) of x0's shape, plus ``offset_noise`` times a per-sample, per-channel
-        constant (offset noise, Guttenberg 2023: lets a model change an image's mean brightness)."""
+        constant (offset noise, Guttenberg 2023: lets a model change an image's mean brightness), re-paired
+        with the batch's data by :func:`ddpm.flow.ot_pairing` under ``coupling=minibatch_ot``."""
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         if self.offset_noise:
             self.check_data(x0.shape)
             shape = (*x0.shape[:2], *([1] * (x0.ndim - 2)))
             offset = torch.randn(shape, generator=generator, device=x0.device, dtype=x0.dtype)
             noise = noise + self.offset_noise * offset  # offset noise: one constant per (sample, channel)
+        if self.coupling == "minibatch_ot":
+            noise = noise[
+                ot_pairing(x0, noise)
+            ]  # Tong et al. 2023, Algorithm 1: (x0, n) ~ the batch's OT plan
         return noise
 
     def __call__(
@@ -305,20 +324,20 @@ class SimpleLoss(Loss):
         distance: ``mse``, ``l1`` or ``huber`` (per element, averaged over each sample).
         weighting: ``none`` or ``min_snr`` (Hang et al. 2023) with ``min_snr_gamma``.
         min_snr_gamma: the gamma of min-SNR weighting.
-        offset_noise, cond_drop_prob: see :class:`Loss`.
+        offset_noise, cond_drop_prob, coupling: see :class:`Loss`.
     """
 
     def __init__(
         self,
-        diffusion: GaussianDiffusion,
+        diffusion: Process,
         distance: str = "mse",
         weighting: str = "none",
         min_snr_gamma: float = 5.0,
         offset_noise: float = 0.0,
         cond_drop_prob: float = 0.1,
+        coupling: str = "independent",
     ) -> None:
-        require_chain_loss(type(self).__name__, diffusion)
-        super().__init__(diffusion, offset_noise, cond_drop_prob)
+        super().__init__(diffusion, offset_noise, cond_drop_prob, coupling)
         if distance not in DISTANCES:
             raise ValueError(
                 f"distance={distance!r} is unknown; choose one of {', '.join(map(repr, DISTANCES))}"
@@ -348,7 +367,7 @@ class SimpleLoss(Loss):
     ) -> torch.Tensor:
         """mean over each sample of distance(prediction, target), times the weight."""
         d = self.diffusion
-        prediction = d.split_output(output, x_t)[0]
+        prediction = d.prediction(output, x_t)  # a learned variance's channels are not the mean's target
         alpha, sigma = broadcast(d.alpha(t), x0), broadcast(d.sigma(t), x0)
         target = d.parameterization.target(x0, noise, alpha, sigma).float()
         per_elem = DISTANCES[self.distance](prediction, target, reduction="none")
@@ -358,7 +377,8 @@ class SimpleLoss(Loss):
         return per_sample * self.weights(t).to(per_sample.device)
 
     def __repr__(self) -> str:
-        return f"SimpleLoss(distance={self.distance}, weighting={self.weighting})"
+        coupling = "" if self.coupling == "independent" else f", coupling={self.coupling}"
+        return f"SimpleLoss(distance={self.distance}, weighting={self.weighting}{coupling})"
 
 
 class _BoundEstimate:
@@ -407,7 +427,7 @@ class VLBLoss(Loss):
 
     Args:
         decoder: L_0's decoder: ``discretized`` (images), ``gaussian``, or ``auto`` (see :class:`HybridLoss`).
-        offset_noise, cond_drop_prob: see :class:`Loss`.
+        offset_noise, cond_drop_prob, coupling: see :class:`Loss`.
     """
 
     bound_terms = True
@@ -418,9 +438,10 @@ class VLBLoss(Loss):
         decoder: str = "auto",
         offset_noise: float = 0.0,
         cond_drop_prob: float = 0.1,
+        coupling: str = "independent",
     ) -> None:
         require_chain_loss(type(self).__name__, diffusion)
-        super().__init__(diffusion, offset_noise, cond_drop_prob)
+        super().__init__(diffusion, offset_noise, cond_drop_prob, coupling)
         self.bound = _BoundEstimate(decoder)
 
     def from_output(
@@ -441,7 +462,8 @@ class HybridLoss(SimpleLoss):
         vlb_weight: lambda (improved DDPM: 0.001).
         decoder: L_0's decoder in L_vlb: ``discretized`` (images), ``gaussian``, or ``auto``: discretised with
             the levels :func:`infer_bins` finds in the first training batch, else Gaussian.
-        weighting, min_snr_gamma, offset_noise, cond_drop_prob: see :class:`SimpleLoss` (the distance is mse).
+        weighting, min_snr_gamma, offset_noise, cond_drop_prob, coupling: see :class:`SimpleLoss` (the
+            distance is mse).
     """
 
     bound_terms = True
@@ -455,8 +477,10 @@ class HybridLoss(SimpleLoss):
         min_snr_gamma: float = 5.0,
         offset_noise: float = 0.0,
         cond_drop_prob: float = 0.1,
+        coupling: str = "independent",
     ) -> None:
-        super().__init__(diffusion, "mse", weighting, min_snr_gamma, offset_noise, cond_drop_prob)
+        require_chain_loss(type(self).__name__, diffusion)
+        super().__init__(diffusion, "mse", weighting, min_snr_gamma, offset_noise, cond_drop_prob, coupling)
         if not diffusion.learns_variance:
             raise ValueError(
                 f"loss=hybrid with diffusion.variance={diffusion.variance.value}: its L_vlb term trains only "
@@ -494,16 +518,22 @@ class EDMLoss(Loss):
 
     Args:
         diffusion: the :class:`~ddpm.edm.EDMProcess` (continuous in sigma).
-        offset_noise, cond_drop_prob: see :class:`Loss`.
+        offset_noise, cond_drop_prob, coupling: see :class:`Loss`.
     """
 
-    def __init__(self, diffusion: Process, offset_noise: float = 0.0, cond_drop_prob: float = 0.1) -> None:
-        if diffusion.discrete:
+    def __init__(
+        self,
+        diffusion: Process,
+        offset_noise: float = 0.0,
+        cond_drop_prob: float = 0.1,
+        coupling: str = "independent",
+    ) -> None:
+        if not isinstance(diffusion, EDMProcess):
             raise ValueError(
-                f"loss=edm trains at EDM's continuous noise levels; {type(diffusion).__name__} is a chain of "
-                "timesteps: use diffusion=edm (or loss=simple on this chain)"
+                "loss=edm trains EDM's preconditioned denoiser at its noise levels; "
+                f"{type(diffusion).__name__} is not EDM's process: use diffusion=edm (or loss=simple on it)"
             )
-        super().__init__(diffusion, offset_noise, cond_drop_prob)
+        super().__init__(diffusion, offset_noise, cond_drop_prob, coupling)
 
     def __call__(
         self,
@@ -531,8 +561,8 @@ class EDMLoss(Loss):
 
 
 def default_loss(process: Process) -> Loss:
-    """The loss of a config without a ``loss`` node: L_simple on DDPM's chain, EDM's on a continuous
-    process."""
-    if isinstance(process, GaussianDiffusion):
-        return SimpleLoss(process)
-    return EDMLoss(process)
+    """The loss of a config without a ``loss`` node: EDM's on EDM's process, the distance to the
+    parameterisation's target on any other (L_simple on DDPM's chain, the velocity on the flow)."""
+    if isinstance(process, EDMProcess):
+        return EDMLoss(process)
+    return SimpleLoss(process)

@@ -44,7 +44,8 @@ Classifier-free guidance (:mod:`ddpm.samplers.guidance`) is checked against thes
 Timesteps may be fractional (the Heun sampler's Karras noise levels): abar_t is then
 ``GaussianDiffusion.alphas_cumprod_at``. Any other process (EDM's x = x0 + sigma n) is the same one after
 dividing x_t by sqrt(alpha^2 + sigma^2) (EDM table 1): its abar is alpha^2 / (alpha^2 + sigma^2), and for
-EDM's process the oracle outputs x0*, the ideal denoiser D(x; sigma) (EDM eq. 3 at its optimum).
+EDM's process the oracle outputs x0*, the ideal denoiser D(x; sigma) (EDM eq. 3 at its optimum), and for the
+flow's straight path (alpha = 1 - t, sigma = t) the exact velocity E[n - x0 | x_t] (:meth:`velocity`).
 Plain PyTorch: no Lightning or Hydra import.
 """
 
@@ -260,6 +261,16 @@ class GaussianMixtureOracle:
         """x0*(x_t, t) = E[x0 | x_t] (Tweedie's formula; E[x0 | x_t, y] given labels), float64, shaped like
         ``x_t``."""
         return self._eps_and_x0(x_t, t, y)[1].reshape(x_t.shape)
+
+    def velocity(
+        self, x_t: torch.Tensor, t: torch.Tensor | int | float, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """v*(x_t, t) = E[n - x0 | x_t], float64, shaped like ``x_t``: the marginal velocity of the straight
+        path (flow matching, Lipman et al. 2023 eq. 8: the conditional velocities n - x0 averaged over the
+        pairs through x_t), what a perfectly trained flow network computes on
+        :class:`~ddpm.flow.FlowProcess`; linear in (x0*, eps*), so Tweedie's formula gives it exactly."""
+        eps, x0 = self._eps_and_x0(x_t, t, y)
+        return (eps - x0).reshape(x_t.shape)  # rectified flow eq. 1's drift, in expectation given x_t
 
     def __call__(
         self, x_t: torch.Tensor, t: torch.Tensor | int | float, y: torch.Tensor | None = None

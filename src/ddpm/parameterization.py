@@ -14,7 +14,15 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["PARAMETERIZATIONS", "EpsPrediction", "Parameterization", "VPrediction", "X0Prediction", "find"]
+__all__ = [
+    "PARAMETERIZATIONS",
+    "EpsPrediction",
+    "FlowVelocityPrediction",
+    "Parameterization",
+    "VPrediction",
+    "X0Prediction",
+    "find",
+]
 
 Scale = torch.Tensor | float
 
@@ -111,6 +119,33 @@ class VPrediction(Parameterization):
     def min_snr_weight(self, snr: torch.Tensor, gamma: float) -> torch.Tensor:
         """min(SNR, gamma) / (SNR + 1)."""
         return snr.clamp(max=gamma) / (snr + 1.0)  # Hang et al. 2023, eq. 8 for v
+
+
+class FlowVelocityPrediction(Parameterization):
+    """F = v-hat, the velocity v = n - x0 = dx_t / dt of the straight path x_t = (1 - t) x0 + t n (rectified
+    flow, flow matching with sigma_min = 0; :class:`ddpm.flow.FlowProcess`), where alpha + sigma = 1.
+
+    Not one of a chain's ``objective`` options: its conversions hold on the straight path only.
+    """
+
+    name = "velocity"
+
+    def to_x0(self, output: torch.Tensor, x_t: torch.Tensor, alpha: Scale, sigma: Scale) -> torch.Tensor:
+        """x0 = x_t - sigma v."""
+        return x_t - sigma * output  # x_t = x0 + sigma (n - x0) on the straight path (alpha = 1 - sigma)
+
+    def to_eps(self, output: torch.Tensor, x_t: torch.Tensor, alpha: Scale, sigma: Scale) -> torch.Tensor:
+        """n = x_t + alpha v."""
+        return x_t + alpha * output  # x_t = n - alpha (n - x0) on the straight path (sigma = 1 - alpha)
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, alpha: Scale, sigma: Scale) -> torch.Tensor:
+        """v = n - x0."""
+        return noise - x0  # rectified flow eq. 1: the drift X_1 - X_0 (t reversed: n at t = 1)
+
+    def min_snr_weight(self, snr: torch.Tensor, gamma: float) -> torch.Tensor:
+        """min(SNR, gamma) sigma^2, with sigma = 1 / (1 + sqrt(SNR)) on the straight path."""
+        # Hang et al. 2023, eq. 8: the x0 loss is sigma^2 times the velocity's (x0 = x_t - sigma v)
+        return snr.clamp(max=gamma) / (1.0 + snr.sqrt()).square()
 
 
 #: ``objective`` text -> its parameterisation

@@ -85,12 +85,32 @@ class Process(nn.Module):
         Algorithm 1, line 1: x_0 = sigma_max z); DDPM's chain overrides it with 1 (DDPM Algorithm 2)."""
         return self.coefficients(t)[1]
 
+    #: d(alpha / s) / d tau and d(sigma / s) / d tau in :meth:`ode_frame`'s variables, constants there: the
+    #: slope of the probability-flow ODE is ``ode_slopes[0] * x0 + ode_slopes[1] * eps`` (EDM's frame: eps)
+    ode_slopes: tuple[float, float] = (0.0, 1.0)
+
+    def ode_frame(self, t: float) -> tuple[float, float]:
+        """(s, tau) at one time: the ODE solvers that step in a time variable (Euler, Heun) integrate
+        y = x_t / s against tau, in which x_t / s = (alpha / s) x0 + (sigma / s) n is affine. EDM's frame
+        by default: s = alpha, tau = sigma / alpha, where the ODE is dy / dtau = eps (EDM eq. 4 and sec. 3:
+        the straightest for a Gaussian); the clean data (``t = -1``) is (1, 0)."""
+        if t == -1:
+            return 1.0, 0.0
+        alpha, sigma = self.coefficients(t)
+        return alpha, sigma / alpha  # EDM eq. 4: x / s(t) = x0 + sigma(t) n
+
     def time_bins(self, t: torch.Tensor, bins: int) -> torch.Tensor:
         """Which of ``bins`` equal parts of log noise level between the process's ends each t falls in, int64
         [B]: the loss by quarter of a continuous process (a chain bins its step index)."""
         low, high = (math.log(sigma / alpha) for alpha, sigma in map(self.coefficients, self.time_range))
         where = (self.noise_level(t.detach()).log() - low) / (high - low)  # on t's device: no host sync
         return (where * bins).floor().long().clamp(0, bins - 1)
+
+    def time_bin_labels(self, bins: int) -> list[str]:
+        """The label of each of :meth:`time_bins`' parts, for the loss-by-quarter figure."""
+        lo, hi = (sigma / alpha for alpha, sigma in map(self.coefficients, self.time_range))
+        edges = [lo * (hi / lo) ** (q / bins) for q in range(bins + 1)]
+        return [f"σ ∈ [{edges[q]:.3g}, {edges[q + 1]:.3g})" for q in range(bins)]
 
     @property
     def device(self) -> torch.device:

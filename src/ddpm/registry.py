@@ -79,6 +79,7 @@ OPTIONS: dict[str, dict[str, Option]] = {
             completed=("betas",),
         ),
         "ddpm.edm.EDMProcess": Option("diffusion", "ddpm.edm.EDMProcess", "ddpm.edm:EDMProcess"),
+        "ddpm.flow.FlowProcess": Option("diffusion", "ddpm.flow.FlowProcess", "ddpm.flow:FlowProcess"),
     },
     "loss": {
         f"ddpm.losses.{name}": Option(
@@ -93,7 +94,12 @@ OPTIONS: dict[str, dict[str, Option]] = {
             f"ddpm.timestep_sampling:{name}",
             completed=("process",),
         )
-        for name in ("UniformTimesteps", "LossSecondMomentTimesteps", "LogNormalNoiseLevels")
+        for name in (
+            "UniformTimesteps",
+            "LossSecondMomentTimesteps",
+            "LogNormalNoiseLevels",
+            "LogitNormalTimes",
+        )
     },
     "sampler": {
         f"ddpm.samplers.{name}": Option("sampler", f"ddpm.samplers.{name}", f"ddpm.samplers:{name}")

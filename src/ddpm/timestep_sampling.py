@@ -16,12 +16,14 @@ import math
 
 import torch
 
+from ddpm.edm import EDMProcess
 from ddpm.process import Process
 
 __all__ = [
     "HISTORY_PER_TERM",
     "UNIFORM_PROB",
     "LogNormalNoiseLevels",
+    "LogitNormalTimes",
     "LossSecondMomentTimesteps",
     "TimestepDistribution",
     "UniformTimesteps",
@@ -85,19 +87,28 @@ def check_loss(timestep_sampler: TimestepDistribution, loss: object) -> None:
 
 
 class UniformTimesteps(TimestepDistribution):
-    """t uniform on {0, ..., T-1} (DDPM Algorithm 1), every weight 1."""
+    """t uniform over the process's times, every weight 1: on {0, ..., T-1} for a chain (DDPM Algorithm 1),
+    on the interval ``time_range`` for a continuous process (flow matching's t ~ U[0, 1], Lipman et al.
+    2023 eq. 9)."""
 
     def __init__(self, process: Process) -> None:
-        self.num_timesteps = _chain_length(process)
+        self.num_timesteps: int | None = _chain_length(process) if process.discrete else None
+        self.time_range = process.time_range
 
     def sample(
         self, batch: int, device: torch.device | str | None = None, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(t, ones)."""
+        if self.num_timesteps is None:
+            low, high = self.time_range
+            u = torch.rand(batch, device=device, generator=generator)
+            return low + (high - low) * u, torch.ones(batch, device=device)
         t = torch.randint(0, self.num_timesteps, (batch,), device=device, generator=generator)
         return t, torch.ones(batch, device=device)
 
     def __repr__(self) -> str:
+        if self.num_timesteps is None:
+            return f"UniformTimesteps(time_range={self.time_range})"
         return f"UniformTimesteps(T={self.num_timesteps})"
 
 
@@ -113,8 +124,11 @@ class LossSecondMomentTimesteps(UniformTimesteps):
     uses_losses = True
     needs_bound_terms = True
 
+    num_timesteps: int
+
     def __init__(self, process: Process) -> None:
-        super().__init__(process)
+        self.num_timesteps = _chain_length(process)  # a history per timestep: a chain's
+        self.time_range = process.time_range
         self.loss_history = torch.zeros(self.num_timesteps, HISTORY_PER_TERM, dtype=torch.float64)
         self.loss_counts = torch.zeros(self.num_timesteps, dtype=torch.long)
 
@@ -221,7 +235,44 @@ class LogNormalNoiseLevels(TimestepDistribution):
         return f"LogNormalNoiseLevels(p_mean={self.p_mean:g}, p_std={self.p_std:g})"
 
 
+class LogitNormalTimes(TimestepDistribution):
+    """Flow matching's logit-normal times (Esser et al. 2024, SD3 sec. 3.1, eq. 19): t = sigmoid(u) with
+    u ~ N(mean, scale^2), mapped onto the process's ``time_range`` (the flow's [0, 1]), unweighted: more
+    training in the middle of the path, where the velocity is hardest to predict.
+
+    Args:
+        process: a continuous process (:class:`ddpm.flow.FlowProcess`).
+        mean: the mean m of the logit (SD3: 0).
+        scale: its standard deviation s (SD3: 1).
+    """
+
+    def __init__(self, process: Process, mean: float = 0.0, scale: float = 1.0) -> None:
+        if process.discrete:
+            raise ValueError(
+                "timestep_sampler=logit_normal draws times in a continuous interval; "
+                f"{type(process).__name__} is a chain of timesteps 0 .. T-1: use diffusion=flow, or "
+                "timestep_sampler=uniform"
+            )
+        if isinstance(mean, bool) or not isinstance(mean, int | float) or not math.isfinite(mean):
+            raise ValueError(f"mean={mean!r} is invalid; it must be a finite number (SD3: 0)")
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 < scale < math.inf:
+            raise ValueError(f"scale={scale!r} is invalid; it must be a finite number > 0 (SD3: 1)")
+        self.mean, self.scale = float(mean), float(scale)
+        self.time_range = process.time_range
+
+    def sample(
+        self, batch: int, device: torch.device | str | None = None, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t [B], ones [B])."""
+        u = self.mean + self.scale * torch.randn(batch, device=device, generator=generator)
+        low, high = self.time_range
+        return low + (high - low) * torch.sigmoid(u), torch.ones(batch, device=device)  # SD3 eq. 19
+
+    def __repr__(self) -> str:
+        return f"LogitNormalTimes(mean={self.mean:g}, scale={self.scale:g})"
+
+
 def default_timesteps(process: Process) -> TimestepDistribution:
-    """The training times of a config without a ``timestep_sampler`` node: uniform on a chain, EDM's
-    log-normal noise levels on a continuous process."""
-    return UniformTimesteps(process) if process.discrete else LogNormalNoiseLevels(process)
+    """The training times of a config without a ``timestep_sampler`` node: EDM's log-normal noise levels
+    on EDM's process, uniform on any other (a chain's timesteps, the flow's [0, 1])."""
+    return LogNormalNoiseLevels(process) if isinstance(process, EDMProcess) else UniformTimesteps(process)

@@ -28,7 +28,8 @@ __all__ = ["EDMSampler", "HeunSampler", "HeunState"]
 
 
 class HeunState(NamedTuple):
-    """An Euler step waiting for its correction: where it started (EDM's x and sigma) and its slope."""
+    """An Euler step waiting for its correction: where it started (y = x / s and tau in the process's
+    :meth:`~ddpm.process.Process.ode_frame`: EDM's x and sigma by default) and its slope."""
 
     x: torch.Tensor
     sigma: float
@@ -150,40 +151,50 @@ class HeunSampler(Sampler):
         unless t_prev is the clean data). With one: the correction of that Euler step, whose end point
         ``x_t`` at ``t`` the network has just seen, then the churn up to ``t_prev``, the next Euler step's
         raised level (none when t_prev = t)."""
-        alpha, sigma_vp = alpha_sigma(diffusion, t)
-        sigma = sigma_vp / alpha  # EDM table 1: sigma = sigma(t) / s(t) (VP: sqrt((1 - abar) / abar))
-        x = x_t / alpha  # EDM's x: the sample without its s(t) scaling
-        x0 = diffusion.clip(diffusion.x0_from_output(model_output, x_t, alpha, sigma_vp))
-        slope = (x - x0) / sigma  # EDM Algorithm 2, line 7: d = (x - D(x; sigma)) / sigma
+        alpha, sigma = alpha_sigma(diffusion, t)
+        scale, tau = _frame(diffusion, t)  # EDM's frame: s = alpha, tau = sigma / alpha; the flow's: 1, t
+        x = x_t / scale  # EDM's x: the sample without its s(t) scaling
+        x0 = diffusion.clip(diffusion.x0_from_output(model_output, x_t, alpha, sigma))
+        eps = (x_t - alpha * x0) / sigma  # the noise the (clipped) x0 implies (EDM eq. 4)
+        da, db = diffusion.ode_slopes
+        # EDM Algorithm 2, line 7: d = (x - D(x; sigma)) / sigma = eps in EDM's frame; v = n - x0 in the flow
+        # frame
+        slope = da * x0 + db * eps
         if state is not None:
             # EDM Algorithm 2, line 11: x_{i+1} = x_i + (sigma_{i+1} - sigma-hat_i) (d_i + d'_i) / 2
-            corrected = state.x + (sigma - state.sigma) * 0.5 * (state.slope + slope)
-            return StepOutput(self._churn(diffusion, corrected, sigma, t, t_prev, noise), x0)
+            corrected = state.x + (tau - state.sigma) * 0.5 * (state.slope + slope)
+            return StepOutput(self._churn(diffusion, corrected * scale, t, t_prev, noise), x0)
         if t_prev == CLEAN:
             return StepOutput(x0, x0)  # EDM Algorithm 2, line 8 onto sigma = 0: x + (0 - sigma) d = D
-        alpha_next, sigma_vp_next = alpha_sigma(diffusion, t_prev)
-        sigma_next = sigma_vp_next / alpha_next
+        scale_next, tau_next = _frame(diffusion, t_prev)
         # EDM Algorithm 2, line 8: the Euler step x_{i+1} = x-hat_i + (sigma_{i+1} - sigma-hat_i) d_i
-        euler = x + (sigma_next - sigma) * slope
-        return StepOutput(euler * alpha_next, x0, HeunState(x, sigma, slope))
+        euler = x + (tau_next - tau) * slope
+        return StepOutput(euler * scale_next, x0, HeunState(x, tau, slope))
 
     def _churn(
         self,
         diffusion: Process,
-        x: torch.Tensor,
-        sigma: float,
+        x_t: torch.Tensor,
         t: int | float | torch.Tensor,
         t_prev: int | float | torch.Tensor,
         noise: torch.Tensor | None,
     ) -> torch.Tensor:
-        """x at level sigma (time t) raised to the time ``t_prev``, back on the process's scale."""
+        """x_t (time t) raised to the time ``t_prev`` by EDM's churn in the noise level, on the process's
+        scale."""
         if t_prev in (CLEAN, t) or noise is None:
-            return x * alpha_sigma(diffusion, t)[0]
+            return x_t
+        alpha, sigma_vp = alpha_sigma(diffusion, t)
+        x, sigma = x_t / alpha, sigma_vp / alpha  # EDM table 1: the unscaled sample and its noise level
         alpha_hat, sigma_vp_hat = alpha_sigma(diffusion, t_prev)
         sigma_hat = sigma_vp_hat / alpha_hat
         # EDM Algorithm 2, line 6: x-hat = x + sqrt(sigma-hat^2 - sigma^2) eps, eps ~ N(0, S_noise^2 I)
         raised = x + math.sqrt(max(0.0, sigma_hat**2 - sigma**2)) * self.s_noise * noise
         return raised * alpha_hat
+
+
+def _frame(process: Process, t: int | float | torch.Tensor) -> tuple[float, float]:
+    """The process's ODE frame (s, tau) at one time given as a number or a one-element tensor."""
+    return process.ode_frame(float(t.item() if isinstance(t, torch.Tensor) else t))
 
 
 class EDMSampler(HeunSampler):

@@ -116,12 +116,16 @@ CONTINUOUS_SPACINGS = (Spacing.KARRAS, Spacing.LOGSNR, Spacing.LINSPACE, Spacing
 def process_timesteps(process: Process, steps: int, spacing: str = "karras") -> list[float]:
     """``steps`` descending times of a continuous process, from the noisiest end of its ``time_range`` to
     the cleanest, both evaluated (EDM's grid: the step after the last lands on the clean data, sigma = 0).
+    A process whose cleanest time is the data itself (noise level 0 there: the flow's t = 0) leaves that
+    end to the clean data, as a chain's grid does: ``steps + 1`` points, the last not evaluated (Euler with
+    N uniform steps on the flow: t = 1, 1 - 1/N, ..., 1/N).
 
     ``karras``: EDM eq. 5 (rho = 7) in the noise level sigma / alpha; ``logsnr``: uniform in log-SNR
     (DPM-Solver sec. 3.3); ``linspace``: uniform in t; ``quadratic``: uniform in sqrt(t - t_min).
 
     Raises:
-        ValueError: steps < 1, or a spacing that indexes a chain (leading, trailing).
+        ValueError: steps < 1, a spacing that indexes a chain (leading, trailing), or ``logsnr`` down to a
+            noise level of 0 (its log-SNR is infinite).
     """
     spacing = _parse_enum(Spacing, "spacing", spacing)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -133,9 +137,16 @@ def process_timesteps(process: Process, steps: int, spacing: str = "karras") -> 
             f"{type(process).__name__} is continuous: choose one of {allowed}"
         )
     low, high = process.time_range
-    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    top, bottom = (noise_level_at(process, t) for t in (high, low))
+    data_end = bottom == 0.0  # the cleanest time is the data: the step after the last lands there
+    if data_end and spacing is Spacing.LOGSNR:
+        raise ValueError(
+            f"spacing='logsnr' needs a lowest noise level above 0; {type(process).__name__} reaches the "
+            "data at its cleanest time: choose karras, linspace or quadratic"
+        )
+    ramp = torch.linspace(0, 1, steps + 1 if data_end else steps, dtype=torch.float64)
     if spacing in (Spacing.KARRAS, Spacing.LOGSNR):
-        ends = process.noise_level(torch.tensor([high, low], dtype=torch.float64))
+        ends = torch.tensor([top, bottom], dtype=torch.float64)
         if spacing is Spacing.KARRAS:
             top, bottom = ends ** (1 / KARRAS_RHO)
             levels = (top + ramp * (bottom - top)) ** KARRAS_RHO  # EDM eq. 5
@@ -146,7 +157,14 @@ def process_timesteps(process: Process, steps: int, spacing: str = "karras") -> 
         times = high + ramp * (low - high)
     else:
         times = low + (high - low) * (1 - ramp) ** 2  # DDIM appendix D.2: uniform in sqrt(t)
-    return [float(t) for t in times]
+    return [float(t) for t in (times[:-1] if data_end else times)]
+
+
+def noise_level_at(process: Process, t: float) -> float:
+    """EDM's noise level sigma / alpha at one time, as the solvers read it (:meth:`Process.coefficients`:
+    finite at a pure-noise end)."""
+    alpha, sigma = process.coefficients(t)
+    return sigma / alpha
 
 
 def sigma_to_timestep(sigma: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
