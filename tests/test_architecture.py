@@ -57,6 +57,7 @@ LAYERS = {
     "ddpm.cluster": 2,  # a Hydra launcher: submitit and SLURM, beside the sweeps it runs
     # 3. assembly
     "ddpm.build": 3,
+    "ddpm.reflow": 3,
     "ddpm.registry": 3,
     "ddpm.results": 3,
     "ddpm.interop": 3,

@@ -371,3 +371,54 @@ def test_toy_flow_experiments_reach_the_default_runs_threshold(tmp_path: Path, e
     metrics, _ = run_train(tmp_path, [f"experiment={experiment}", *overrides, "final_samples=2000"])
     assert metrics["global_step"] == 1500
     assert metrics["final/ratio"] < 2.0
+
+
+# ----------------------------------------------------------------------------- reflow
+def test_reflow_trains_on_the_teachers_cached_ode_pairs(toy_flow_run: Path, tmp_path: Path) -> None:
+    from ddpm.reflow import pairs_cache_path
+
+    cache = tmp_path / "cache"
+    student = [f"teacher={toy_flow_run}", "reflow.pairs=300", "reflow.batch=128", f"reflow.cache_dir={cache}"]
+    cfg = compose_cfg(tmp_path / "a", ["experiment=toy2d_reflow", *SHORT, *student])
+    datamodule, module = build(cfg)
+    assert isinstance(module.diffusion, FlowProcess) and datamodule.pairs is not None
+    samples, noise = datamodule.pairs
+    teacher = load_run(toy_flow_run)
+    process = teacher.model.diffusion
+    x_T = noise * process.prior_std(1.0)  # the solvers' 1 - 2**-12 at t = 1
+    expected = teacher.sampler.sample(teacher.model, process, (300, 2), x_T=x_T, progress=False)
+    torch.testing.assert_close(samples, expected, rtol=1e-5, atol=1e-5)  # the teacher's ODE from the noise
+    (cached,) = (cache / "reflow").glob("*.npz")
+    assert cached == pairs_cache_path(cache, teacher.checkpoint, teacher.sampler, 300, 0)
+    batch = next(iter(datamodule.train_dataloader()))
+    assert set(batch) == {"x", "noise"} and batch["x"].shape == (cfg.data.batch_size, 2)
+    cached.write_bytes(cached.read_bytes())  # the second student reads the cache: same pairs, no sampling
+    again, _ = build(compose_cfg(tmp_path / "b", ["experiment=toy2d_reflow", *SHORT, *student]))
+    torch.testing.assert_close(again.pairs[0], samples)
+    metrics, run_dir = run_train(tmp_path / "c", ["experiment=toy2d_reflow", *SHORT, *student])
+    assert metrics["global_step"] == 4 and load_run(run_dir).sampler.steps == 2
+
+
+def test_reflow_refusals_are_one_line_before_any_work(toy_flow_run: Path, tmp_path: Path) -> None:
+    from ddpm.config import ConfigError
+
+    base = ["experiment=toy2d_reflow", *SHORT, f"reflow.cache_dir={tmp_path / 'cache'}"]
+    cases = {
+        "data.n_train=999": r"data.n_train=999 differs from the teacher's 20000",
+        "diffusion=default": r"this run's process is GaussianDiffusion: use diffusion=flow",
+        "reflow.pairs=0": r"reflow.pairs=0 is invalid",
+        "conditional=true": r"conditional=true with a teacher",
+    }
+    for i, (override, message) in enumerate(cases.items()):
+        cfg = compose_cfg(tmp_path / str(i), [*base, f"teacher={toy_flow_run}", override])
+        with pytest.raises(ConfigError, match=message):
+            build(cfg)
+    done = cli(
+        "ddpm-train",
+        *base,
+        f"teacher={tmp_path / 'nowhere'}",
+        f"hydra.run.dir={tmp_path / 'r'}",
+        cwd=tmp_path,
+    )
+    assert done.returncode != 0 and "teacher=" in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "r").exists()

@@ -215,6 +215,13 @@ def build(cfg: DictConfig) -> tuple[Any, DiffusionModule]:
     diffusion = build_diffusion(cfg)
     net = diffusion.wrap_network(net)  # EDM: its preconditioning around the model
     check_network(net, diffusion, datamodule.data_shape)
+    if cfg.get("teacher"):  # a reflow: the student trains on the teacher's ODE pairs (ddpm.reflow)
+        from ddpm import reflow
+
+        reflow.check_student(diffusion)
+        if getattr(datamodule, "kind", None) != "toy":
+            raise ConfigError("teacher=... (reflow) is built for toy data; this run's data are images")
+        datamodule.use_pairs(*reflow.teacher_pairs(cfg))
     loss, timestep_sampler = build_training(cfg, diffusion)
     try:
         loss.check_data((1, *datamodule.data_shape))

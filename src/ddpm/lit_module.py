@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, cast, overload
 
 import lightning as L
@@ -56,17 +56,27 @@ def _restore_rng_states(states: dict[str, Any]) -> None:
 
 
 def batch_data(batch: Any) -> torch.Tensor:
-    """The data tensor of a batch: ``(x,)`` (toy data without classes) or ``(x, label)``."""
+    """The data tensor of a batch: ``(x,)`` (toy data without classes), ``(x, label)``, or a reflow's
+    ``{"x", "noise"}``."""
     if isinstance(batch, torch.Tensor):
         return batch
+    if isinstance(batch, Mapping):
+        return batch["x"]
     return batch[0]
 
 
 def batch_labels(batch: Any) -> torch.Tensor | None:
     """The class labels of a batch, or None for a batch without them."""
+    if isinstance(batch, Mapping):
+        return batch.get("y")
     if isinstance(batch, torch.Tensor) or len(batch) < 2:
         return None
     return batch[1]
+
+
+def batch_noise(batch: Any) -> torch.Tensor | None:
+    """The noise a batch is paired with (a reflow's fixed pairs), or None: the loss draws it."""
+    return batch.get("noise") if isinstance(batch, Mapping) else None
 
 
 class BinnedMean(Metric):
@@ -230,7 +240,9 @@ class DiffusionModule(L.LightningModule):
         """The loss on a batch, at timesteps drawn by the timestep sampler, weighted to stay unbiased."""
         x0, y = self._batch(batch)
         t, weights = self.timestep_sampler.sample(x0.shape[0], x0.device)
-        losses = self.loss(self.denoiser, x0, t, self.loss.noise(x0), **self._labels(y))
+        noise = batch_noise(batch)  # a reflow's pairs bring their noise (rectified flow Algorithm 1)
+        noise = self.loss.noise(x0) if noise is None else noise
+        losses = self.loss(self.denoiser, x0, t, noise, **self._labels(y))
         loss = (losses * weights).mean()  # improved DDPM sec. 3.3: L_t / (T p_t) keeps the mean unbiased
         if not self._finite_on_every_rank(loss):
             self._nonfinite(loss)

@@ -97,6 +97,11 @@ def batch_loader(
 
 
 # ----------------------------------------------------------------------------- toy data
+def _pair_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A reflow's (samples, noise) batch as the mapping the training step reads its noise from."""
+    return {"x": batch[0], "noise": batch[1]}
+
+
 class ToyDataModule(ToyData, L.LightningDataModule):
     """:class:`~ddpm.data.toy.ToyData` (same arguments) with its training and validation loaders:
     normalised batches, a 1-tuple of a tensor [B, D] (``(x, y)`` for data with classes), sharded per DDP
@@ -108,8 +113,32 @@ class ToyDataModule(ToyData, L.LightningDataModule):
             TensorDataset(*tensors), getattr(self, "trainer", None), self.batch_size, train, self.seed
         )
 
+    #: a reflow's fixed (samples, noise) pairs on the normalised scale (:meth:`use_pairs`), or None
+    pairs: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def use_pairs(self, samples: torch.Tensor, noise: torch.Tensor) -> None:
+        """Train on fixed (sample, noise) pairs (a reflow's, :mod:`ddpm.reflow`) instead of the data with
+        fresh noise: the training batches become ``{"x": samples, "noise": noise}``; validation keeps the
+        held-out data."""
+        if samples.shape != noise.shape or tuple(samples.shape[1:]) != tuple(self.data_shape):
+            raise ValueError(
+                f"pairs of shapes {tuple(samples.shape)} and {tuple(noise.shape)} do not fit this data's "
+                f"samples of shape {tuple(self.data_shape)}"
+            )
+        self.pairs = (samples.float(), noise.float())
+
     def train_dataloader(self) -> DataLoader:
-        """Shuffled, normalised training batches (a 1-tuple of a tensor [B, D], or ``(x, y)``)."""
+        """Shuffled, normalised training batches (a 1-tuple of a tensor [B, D], or ``(x, y)``; a reflow's
+        pairs as ``{"x", "noise"}``)."""
+        if self.pairs is not None:
+            return batch_loader(
+                TensorDataset(*self.pairs),
+                getattr(self, "trainer", None),
+                self.batch_size,
+                True,
+                self.seed,
+                collate_fn=_pair_batch,
+            )
         assert self.train_raw is not None
         return self._loader(self.train_raw, self.train_labels, train=True)
 

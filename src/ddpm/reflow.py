@@ -1,0 +1,140 @@
+"""Reflow (Liu et al. 2023, "Flow Straight and Fast", sec. 2.2 and Algorithm 1): a flow trained on the
+(noise, sample) pairs a trained run's ODE draws, its 2-rectified flow, whose paths are straighter than its
+teacher's, so that one or two Euler steps sample it.
+
+``ddpm-train experiment=toy2d_reflow teacher=RUN``: :func:`teacher_pairs` opens the teacher as any run
+folder is opened (:func:`ddpm.build.load_run`: weights only, its config plain data, of which the student
+takes nothing), draws ``reflow.pairs`` pairs with the teacher's own deterministic sampler from x_T = z, and
+caches them on disk (keyed by the teacher's checkpoint bytes, its sampler, the number and the seed); the
+student's training batches are these fixed pairs (:meth:`ddpm.data.datamodules.ToyDataModule.use_pairs`),
+and the result is a normal run folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from ddpm.config import ConfigError, first_line
+from ddpm.flow import FlowProcess
+from ddpm.safe_writes import write_file
+
+__all__ = ["check_student", "check_teacher_data", "pairs_cache_path", "teacher_pairs"]
+
+#: data keys that only say how batches are loaded: the student may load the pairs its own way
+LOADER_KEYS = frozenset({"batch_size", "num_workers", "pin_memory", "on_device"})
+#: the reflow options a ``reflow`` node may hold, with their defaults
+DEFAULTS = {"pairs": 20000, "seed": 0, "batch": 2000, "cache_dir": None}
+
+
+def _options(cfg: DictConfig) -> dict[str, Any]:
+    node = cfg.get("reflow") or {}
+    given = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    assert isinstance(given, dict)
+    unknown = sorted(set(given) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"reflow.{unknown[0]} is unknown; the reflow options are {', '.join(DEFAULTS)}")
+    options = {**DEFAULTS, **given}
+    for key in ("pairs", "batch"):
+        value = options[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"reflow.{key}={value!r} is invalid; it must be an integer >= 1")
+    if isinstance(options["seed"], bool) or not isinstance(options["seed"], int):
+        raise ConfigError(f"reflow.seed={options['seed']!r} is invalid; it must be an integer")
+    return options
+
+
+def check_teacher_data(student: DictConfig, teacher: DictConfig, teacher_path: str) -> None:
+    """A one-line ConfigError unless the student's ``data`` node is the teacher's (the pairs are samples
+    of the teacher's data, on its normalisation), how batches are loaded aside: the first key that
+    differs is named."""
+    mine = OmegaConf.to_container(student.data, resolve=True)
+    theirs = OmegaConf.to_container(teacher.data, resolve=False)
+    assert isinstance(mine, dict) and isinstance(theirs, dict)
+    for key in sorted((set(mine) | set(theirs)) - LOADER_KEYS):
+        if mine.get(key) != theirs.get(key):
+            raise ConfigError(
+                f"data.{key}={mine.get(key)!r} differs from the teacher's {theirs.get(key)!r} ({teacher_path}): "
+                f"the student learns the teacher's data; give data.{key}={theirs.get(key)!r}"
+            )
+
+
+def pairs_cache_path(cache_dir: Path, checkpoint: Path, sampler: object, n: int, seed: int) -> Path:
+    """Where the pairs of one teacher checkpoint, sampler, number and seed are cached."""
+    digest = hashlib.sha256()
+    with open(checkpoint, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    digest.update(f"{sampler!r}|{n}|{seed}".encode())
+    return cache_dir / "reflow" / f"{digest.hexdigest()[:24]}.npz"
+
+
+def teacher_pairs(cfg: DictConfig, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(samples, noise) of ``reflow.pairs`` pairs from the ODE of the run at ``cfg.teacher``, float32
+    [N, *data_shape] on the teacher's normalised scale: x_T = prior_std z, the samples where the teacher's
+    sampler takes it, and z itself as the student's noise at t = 1 (rectified flow Algorithm 1, line 2).
+
+    Raises:
+        ConfigError: in one line, before any sampling: no teacher run there, a stochastic teacher sampler,
+            other data than the student's, or class labels.
+    """
+    from ddpm.build import load_run  # assembly: load_run builds the teacher from its checked identity
+
+    options = _options(cfg)
+    teacher = str(cfg.teacher)
+    if cfg.get("conditional"):
+        raise ConfigError(
+            "conditional=true with a teacher: reflow draws unconditional pairs; use conditional=false"
+        )
+    try:
+        run = load_run(teacher)
+    except (FileNotFoundError, ConfigError, OSError) as err:
+        raise ConfigError(f"teacher={teacher!r}: {first_line(err)}") from None
+    check_teacher_data(cfg, run.config, teacher)
+    sampler = run.sampler
+    if getattr(sampler, "stochastic", False):
+        raise ConfigError(
+            f"teacher={teacher!r} samples with {sampler!r}, which draws noise: reflow pairs come from "
+            "the teacher's ODE (a run whose sampler is euler, heun, ddim with eta 0, dpm_solver or unipc)"
+        )
+    cache_dir = Path(options["cache_dir"] or Path.home() / ".cache" / "ddpm-lab").expanduser()
+    cache = pairs_cache_path(cache_dir, run.checkpoint, sampler, options["pairs"], options["seed"])
+    if cache.exists():
+        with np.load(cache, allow_pickle=False) as stored:
+            return torch.from_numpy(stored["samples"]), torch.from_numpy(stored["noise"])
+    shape = run.data_shape
+    generator = torch.Generator().manual_seed(options["seed"])
+    noise = torch.randn((options["pairs"], *shape), generator=generator)
+    process = run.model.diffusion
+    first = sampler.timesteps(process)[0]
+    samples = []
+    batches = math.ceil(options["pairs"] / options["batch"])
+    for i in tqdm(range(batches), desc=f"reflow pairs from {teacher}", disable=not progress):
+        z = noise[i * options["batch"] : (i + 1) * options["batch"]]
+        x_T = z * process.prior_std(first)  # EDM Algorithm 1, line 1; 1 on DDPM's chain and the flow
+        samples.append(sampler.sample(run.model, process, z.shape, x_T=x_T, progress=False).cpu())
+    out = torch.cat(samples).float()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(path: Path) -> None:
+        with open(path, "wb") as f:  # a file object: np.savez would add ".npz" to the temporary name
+            np.savez(f, samples=out.numpy(), noise=noise.numpy())
+
+    write_file(cache, write)
+    return out, noise
+
+
+def check_student(process: object) -> None:
+    """A one-line ConfigError unless the student trains on the straight path (``diffusion=flow``)."""
+    if not isinstance(process, FlowProcess):
+        raise ConfigError(
+            f"teacher=... trains a rectified flow on the teacher's pairs; this run's process is "
+            f"{type(process).__name__}: use diffusion=flow (experiment=toy2d_reflow)"
+        )
