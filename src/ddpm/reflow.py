@@ -59,10 +59,11 @@ def check_teacher_data(student: DictConfig, teacher: DictConfig, teacher_path: s
     theirs = OmegaConf.to_container(teacher.data, resolve=False)
     assert isinstance(mine, dict) and isinstance(theirs, dict)
     for key in sorted((set(mine) | set(theirs)) - LOADER_KEYS):
-        if mine.get(key) != theirs.get(key):
+        if mine.get(key) != theirs.get(key):  # the first difference, named with what would match
             raise ConfigError(
-                f"data.{key}={mine.get(key)!r} differs from the teacher's {theirs.get(key)!r} ({teacher_path}): "
-                f"the student learns the teacher's data; give data.{key}={theirs.get(key)!r}"
+                f"data.{key}={mine.get(key)!r} differs from the teacher's {theirs.get(key)!r} "
+                f"({teacher_path}): the student learns the teacher's data; "
+                f"give data.{key}={theirs.get(key)!r}"
             )
 
 
