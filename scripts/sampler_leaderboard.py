@@ -63,6 +63,7 @@ from ddpm.evaluation.exact import (
     null_band,
     verify_affine,
 )
+from ddpm.flow import FlowProcess
 from ddpm.oracle import GaussianMixtureOracle
 from ddpm.process import Process
 from ddpm.samplers import (
@@ -503,9 +504,105 @@ def render_edm_section(rows: Sequence[Row], meta: dict[str, Any]) -> str:
 
 def splice_edm_section(report: str, section: str) -> str:
     """``report`` with its EDM section replaced by ``section`` (appended when it has none)."""
-    if EDM_BEGIN in report and EDM_END in report:
-        head, rest = report.split(EDM_BEGIN, 1)
-        return head + section.rstrip("\n") + rest.split(EDM_END, 1)[1]
+    return splice_section(report, section, EDM_BEGIN, EDM_END)
+
+
+# ---------------------------------------------------------------------------------------------- the flow
+FLOW_BEGIN, FLOW_END = "<!-- BEGIN flow-path -->", "<!-- END flow-path -->"
+#: the samplers on the flow's straight path, uniform in t (linspace): label -> (factory for an NFE budget,
+#: the order the error should fall with)
+FLOW_SAMPLERS: dict[str, tuple[Callable[[int], Sampler], int]] = {
+    "Euler (sampler=euler)": (lambda n: DDIMSampler(n, eta=0.0, spacing="linspace"), 1),
+    "Heun in t (sampler=heun)": (lambda n: HeunSampler(max(2, (n + 1) // 2), spacing="linspace"), 2),
+    "DPM-Solver++ 2M": (lambda n: DPMSolverSampler(n, order=2, spacing="linspace"), 2),
+    "UniPC-bh2 p=3": (lambda n: UniPCSampler(n, order=3, spacing="linspace"), 4),
+}
+#: the small budgets a flow is sampled at as well (1 and 2 Euler steps)
+FLOW_FEW = (1, 2, 4)
+
+
+def flow_rows(
+    budgets: Sequence[int], n: int, seeds: Sequence[int], mc_n: int, progress: bool = True
+) -> list[Row]:
+    """The Gaussian oracle (covariance error) and the eight-Gaussians mixture (energy over the floor) on the
+    flow's straight path (``ddpm.flow.FlowProcess``), every sampler on a grid uniform in t."""
+    process = FlowProcess()
+    mu, sigma = gaussian_data()
+    oracle = GaussianMixtureOracle.eight_gaussians(process)
+    draws = {seed: data_draws(oracle, n, seed) for seed in seeds}
+    runs = [
+        (label, budget)
+        for label in FLOW_SAMPLERS
+        for budget in sorted({*FLOW_FEW, *budgets})
+        if not (label.startswith("Heun") and budget < 3)
+    ]
+    rows = []
+    for label, budget in tqdm(runs, desc="the flow's path", disable=not progress, file=sys.stderr):
+        make, order = FLOW_SAMPLERS[label]
+        r = covariance_error(make(budget), process, mu, sigma, mc_n=mc_n, seed=0)
+        rows.append(Row("gaussian", "flow", label, order, budget, r.nfe, r.cov_error, {}))
+        results = [mixture_quality(make(budget), oracle, n, seed, draws[seed]) for seed in seeds]
+        pooled = sum(x.energy for x in results) / sum(x.floor for x in results)
+        rows.append(Row("eight_gaussians", "flow", label, order, budget, r.nfe, pooled, {}))
+    return rows
+
+
+def render_flow_section(rows: Sequence[Row], meta: dict[str, Any]) -> str:
+    """The report's section on the flow's straight path, between :data:`FLOW_BEGIN` and :data:`FLOW_END`."""
+    budgets = sorted({r.budget for r in rows})
+    out = [
+        FLOW_BEGIN,
+        "## On the flow's straight path",
+        "",
+        "Flow matching's process (`ddpm.flow.FlowProcess`: x_t = (1 - t) x0 + t n, the network the exact",
+        "velocity E[n - x0 | x_t] of `ddpm.oracle`), every sampler on times uniform in t from t = 1 (the",
+        "flow's usual grid; Euler is DDIM with eta = 0, Heun steps in t). The Gaussian oracle's covariance",
+        "error (exact, from the affine map) and the eight-Gaussians mixture's energy distance over the",
+        f"data-vs-data floor (pooled over seeds {list(meta['seeds'])}, n = {meta['n']:,}), at the NFE each",
+        "budget gives.",
+        "",
+        f"Command: `{meta['command']}` ({meta['date']}, {meta['machine']}, {meta['wall_s']:.0f} s).",
+        "",
+        "| sampler | oracle | " + " | ".join(f"budget {b}" for b in budgets) + " |",
+        "|---|---|" + "---|" * len(budgets),
+    ]
+    for label in FLOW_SAMPLERS:
+        for oracle in ("gaussian", "eight_gaussians"):
+            mine = {r.budget: r for r in rows if r.sampler == label and r.oracle == oracle}
+            show = _pct if oracle == "gaussian" else (lambda e: f"{e:.3g}x")
+            cells = [f"{show(mine[b].error)} ({mine[b].nfe})" if b in mine else "" for b in budgets]
+            out.append(f"| {label} | {oracle} | " + " | ".join(cells) + " |")
+    out += ["", "Cells: covariance error or energy / floor (NFE)."]
+    for label, (_, order) in FLOW_SAMPLERS.items():
+        points = [
+            (r.nfe, r.error) for r in rows if r.sampler == label and r.oracle == "gaussian" and r.nfe >= 8
+        ]
+        fit = fit_slope(points, floor=0.0)
+        if fit is not None:
+            verdict = (
+                "as predicted" if -order - 0.5 <= fit.slope <= -order + 0.5 else "not at its predicted order"
+            )
+            out.append(
+                f"- {label}: the covariance error falls as NFE^{fit.slope:.2f} from 8 NFE on (its order "
+                f"predicts -{order}): {verdict}."
+            )
+    sigma = gaussian_data()[1]
+    floors = {n: final_step_error(FlowProcess(), sigma, 1 / n) for n in (10, 50)}
+    out.append(
+        f"- On this grid the last step lands on the data from t = 1/N with the data prediction there, whose "
+        f"covariance error alone is {_pct(floors[10])} at N = 10 and {_pct(floors[50])} at N = 50 (as N^-2): "
+        "a floor under every solver's last step, which keeps the multistep solvers near order 2 here."
+    )
+    out.append(FLOW_END)
+    return "\n".join(out) + "\n"
+
+
+def splice_section(report: str, section: str, begin: str, end: str) -> str:
+    """``report`` with the section between ``begin`` and ``end`` replaced by ``section`` (appended when it
+    has none)."""
+    if begin in report and end in report:
+        head, rest = report.split(begin, 1)
+        return head + section.rstrip("\n") + rest.split(end, 1)[1]
     return report.rstrip("\n") + "\n\n" + section
 
 
@@ -1178,6 +1275,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="only the section on EDM's process, spliced into the existing report (minutes, not hours)",
     )
+    p.add_argument(
+        "--flow-only",
+        action="store_true",
+        help="only the section on the flow's straight path, spliced into the existing report (minutes)",
+    )
     return p.parse_args(argv)
 
 
@@ -1196,6 +1298,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         argv if argv is not None else sys.argv[1:]
     )
     edm_meta = {"command": command.strip(), "date": f"{started:%Y-%m-%d %H:%M} UTC", "mc_n": mc_n}
+    if args.flow_only:
+        flow = flow_rows(budgets, n, seeds, mc_n)
+        flow_meta = edm_meta | {"machine": machine_description(), "wall_s": time.perf_counter() - t0}
+        section = render_flow_section(flow, flow_meta | {"n": n, "seeds": seeds})
+        old = args.out.read_text() if args.out.is_file() else ""
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(splice_section(old, section, FLOW_BEGIN, FLOW_END))
+        print(section)
+        print(f"Wrote the flow section of {args.out}")
+        return {"rows": flow, "report": section, "meta": flow_meta}
     if args.edm_only:
         edm = edm_rows(budgets, mc_n)
         edm_meta |= {"machine": machine_description(), "wall_s": time.perf_counter() - t0}
@@ -1238,6 +1350,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     edm_meta |= {"machine": meta["machine"], "wall_s": wall}
     report = splice_edm_section(render_markdown(rows, meta), render_edm_section(edm, edm_meta))
+    flow = flow_rows(budgets, n, seeds, mc_n)
+    flow_meta = edm_meta | {"wall_s": time.perf_counter() - t0, "n": n, "seeds": seeds}
+    report = splice_section(report, render_flow_section(flow, flow_meta), FLOW_BEGIN, FLOW_END)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)
     print(report)

@@ -1,0 +1,205 @@
+"""DDPM, flow matching, minibatch-OT flow matching and reflow, each trained as shipped, scored at 1, 2, 4
+and 15 network evaluations: the tables in README's Flow matching section.
+
+- **moons**, ``--seeds`` training seeds each: ``toy2d`` (DDPM), ``toy2d_flow`` (independent pairs),
+  ``toy2d_flow_ot`` (minibatch OT pairs) and ``toy2d_reflow`` (the 2-rectified flow of that seed's
+  ``toy2d_flow`` run, trained on 20,000 pairs its Heun-8 ODE draws; the teacher's seconds and the pairs'
+  are not counted). Each trains its preset's 1500 steps: equal steps, not a time limit, since the presets'
+  cosine learning-rate decay needs a step count; the table gives each run's training seconds.
+  Scored by ``ddpm-eval --compare-samplers`` (``--n`` samples, ``--repeats`` draws): DDPM with UniPC (its
+  default sampler) at 1, 2, 4 and 15 steps; the flows with Euler at 1, 2 and 4 steps and Heun with 8 times
+  (15 evaluations, their default) at 15. The figure is the energy distance over the data-vs-data floor.
+- **the other 2D toy sets** (``--datasets``), one seed: ``toy2d_flow`` against ``toy2d_flow_ot`` at 1 and 2
+  Euler steps: whether OT pairs beat independent ones everywhere.
+- **digits** (``--digits-budget-s`` seconds each, ``trainer.max_time``; one run per ``--digits-seeds``):
+  ``digits`` against ``digits_flow``, each with its own sampler (DDPM-250, Heun-18 in t), the offline
+  classifier's Fréchet ratio.
+
+The runs of one seed alternate so that a machine shared with other work slows all of them alike; each row
+says the steps it trained. Prints the tables and writes them as JSON.
+
+    uv run python scripts/flow_side_by_side.py --out outputs/flow_side_by_side
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ENV_KEYS = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "MPLBACKEND": "Agg"}
+MOONS = ("toy2d", "toy2d_flow", "toy2d_flow_ot", "toy2d_reflow")
+NFES = (1, 2, 4, 15)
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / args[0]), *args[1:]],
+        cwd=REPO,
+        env={**os.environ, **ENV_KEYS},
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["?"])[-1]
+        raise SystemExit(f"{' '.join(args[:2])} failed: {tail}")
+    return done
+
+
+def _trained(stdout: str) -> tuple[int, float]:
+    match = re.search(r"Trained (\d+) steps in ([\d.]+) s", stdout)
+    if match is None:
+        raise SystemExit("no 'Trained ... steps' line in the run's output")
+    return int(match.group(1)), float(match.group(2))
+
+
+def _budget(seconds: int) -> list[str]:
+    minutes, sec = divmod(seconds, 60)
+    return ["trainer.max_steps=-1", f"+trainer.max_time=00:00:{minutes:02d}:{sec:02d}"]
+
+
+def train(experiment: str, run_dir: Path, seed: int, extra: Sequence[str] = ()) -> tuple[int, float]:
+    """Train one run; (its steps, its training seconds)."""
+    done = _run(
+        ["ddpm-train", f"experiment={experiment}", f"seed={seed}", "logger=csv", "print_config=false",
+         "reverse_gif=false", f"hydra.run.dir={run_dir}", *extra]
+    )  # fmt: skip
+    return _trained(done.stdout)
+
+
+def scores(run_dir: Path, grid: list[str], name: str, n: int, repeats: int, seed: int) -> dict[int, float]:
+    """NFE -> mean ratio to the floor from ``ddpm-eval --compare-samplers`` over ``grid``."""
+    out = run_dir / "eval" / f"{name}.json"
+    _run(["ddpm-eval", str(run_dir), "--compare-samplers", *grid, "--n", str(n), "--repeats", str(repeats),
+          "--seed", str(seed), "--out", str(out), "--no-wandb"])  # fmt: skip
+    rows = json.loads(out.read_text())["rows"]
+    return {int(r["nfe"]): float(r["quality"]["mean"]) for r in rows}
+
+
+def moons(out: Path, seeds: list[int], n: int, repeats: int) -> dict:
+    """The four moons runs per seed: steps, seconds and the ratio at each NFE."""
+    rows: dict[str, list[dict]] = {e: [] for e in MOONS}
+    euler = ["sampler=euler", "sampler.steps=1,2,4"]
+    heun = ["sampler=heun", "sampler.steps=8", "sampler.spacing=linspace"]
+    for seed in seeds:
+        for experiment in MOONS:
+            run_dir = out / f"{experiment}_seed{seed}"
+            teacher = [f"teacher={out / f'toy2d_flow_seed{seed}'}", f"reflow.cache_dir={out / 'cache'}"]
+            steps, seconds = train(experiment, run_dir, seed, teacher if experiment == "toy2d_reflow" else [])
+            if experiment == "toy2d":
+                by_nfe = scores(run_dir, ["sampler=unipc", "sampler.steps=1,2,4,15"], "nfe", n, repeats, seed)
+            else:
+                by_nfe = scores(run_dir, euler, "euler", n, repeats, seed)
+                by_nfe |= scores(run_dir, heun, "heun", n, repeats, seed)
+            rows[experiment].append({"seed": seed, "steps": steps, "seconds": seconds, "ratio": by_nfe})
+            shown = ", ".join(f"{k} NFE {v:.2f}" for k, v in sorted(by_nfe.items()))
+            print(f"{experiment} seed {seed} ({steps} steps, {seconds:.0f} s): {shown}", flush=True)
+    return rows
+
+
+def toy_sets(out: Path, datasets: list[str], seed: int, n: int, repeats: int) -> dict:
+    """toy2d_flow against toy2d_flow_ot on other toy sets, at 1 and 2 Euler steps."""
+    rows: dict[str, dict] = {}
+    for dataset in datasets:
+        rows[dataset] = {}
+        for experiment in ("toy2d_flow", "toy2d_flow_ot"):
+            run_dir = out / f"{dataset}_{experiment}"
+            steps, seconds = train(experiment, run_dir, seed, [f"data={dataset}"])
+            by_nfe = scores(run_dir, ["sampler=euler", "sampler.steps=1,2"], "euler", n, repeats, seed)
+            rows[dataset][experiment] = {"steps": steps, "seconds": seconds, "ratio": by_nfe}
+            shown = f"1 NFE {by_nfe[1]:.2f}, 2 NFE {by_nfe[2]:.2f}"
+            print(f"{dataset} {experiment} ({steps} steps, {seconds:.0f} s): {shown}", flush=True)
+    return rows
+
+
+def digits(out: Path, seeds: list[int], budget_s: int, repeats: int) -> dict:
+    """digits and digits_flow for ``budget_s`` seconds each: the classifier Frechet ratio."""
+    rows: dict[str, list[dict]] = {"digits": [], "digits_flow": []}
+    for seed in seeds:
+        for experiment in rows:
+            run_dir = out / f"{experiment}_seed{seed}"
+            steps, seconds = train(experiment, run_dir, seed, _budget(budget_s))
+            result = run_dir / "eval" / "side_by_side.json"
+            _run(["ddpm-eval", str(run_dir), "--repeats", str(repeats), "--seed", str(seed),
+                  "--out", str(result), "--no-wandb"])  # fmt: skip
+            ratio = json.loads(result.read_text())["images"]["ratio"]["mean"]
+            rows[experiment].append({"seed": seed, "steps": steps, "seconds": seconds, "ratio": ratio})
+            print(f"{experiment} seed {seed} ({steps} steps): {ratio:.3f}x the floor", flush=True)
+    return rows
+
+
+def _mean_std(values: list[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {std:.2f}"
+
+
+def moons_table(rows: dict) -> list[str]:
+    head = "| run | " + " | ".join(f"{k} NFE" for k in NFES) + " | training s |"
+    lines = [head, "|---" * (len(NFES) + 2) + "|"]
+    for experiment, runs in rows.items():
+        cells = [_mean_std([r["ratio"][k] for r in runs]) for k in NFES]
+        seconds = ", ".join(f"{r['seconds']:.0f}" for r in runs)
+        lines.append(f"| `{experiment}` | " + " | ".join(cells) + f" | {seconds} |")
+    return lines
+
+
+def sets_table(rows: dict) -> list[str]:
+    lines = ["| data | flow 1 NFE | flow_ot 1 NFE | flow 2 NFE | flow_ot 2 NFE |", "|---|---|---|---|---|"]
+    for dataset, runs in rows.items():
+        a, b = runs["toy2d_flow"]["ratio"], runs["toy2d_flow_ot"]["ratio"]
+        lines.append(f"| {dataset} | {a[1]:.2f} | {b[1]:.2f} | {a[2]:.2f} | {b[2]:.2f} |")
+    return lines
+
+
+def digits_table(rows: dict) -> list[str]:
+    lines = ["| run | classifier Fréchet ratio | per seed | steps |", "|---|---|---|---|"]
+    for experiment, runs in rows.items():
+        ratios = [r["ratio"] for r in runs]
+        per_seed = ", ".join(f"{r:.2f}" for r in ratios)
+        steps = ", ".join(str(r["steps"]) for r in runs)
+        lines.append(f"| `{experiment}` | {_mean_std(ratios)} | {per_seed} | {steps} |")
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "flow_side_by_side")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--datasets",
+        nargs="*",
+        default=["eight_gaussians", "circles", "checkerboard", "swiss_roll", "gaussian_mixture"],
+    )
+    parser.add_argument("--digits-budget-s", type=int, default=300)
+    parser.add_argument("--digits-seeds", type=int, nargs="*", default=[1])
+    parser.add_argument("--skip", choices=["moons", "sets", "digits"], action="append", default=[])
+    args = parser.parse_args()
+    if not 1 <= args.digits_budget_s < 3600:
+        parser.error(f"--digits-budget-s={args.digits_budget_s} is invalid; give 1 .. 3599 seconds")
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict] = {}
+    if "moons" not in args.skip:
+        results["moons"] = moons(args.out, args.seeds, args.n, args.repeats)
+        print("\n".join(moons_table(results["moons"])), flush=True)
+    if "sets" not in args.skip:
+        results["sets"] = toy_sets(args.out, args.datasets, args.seeds[0], args.n, args.repeats)
+        print("\n".join(sets_table(results["sets"])), flush=True)
+    if "digits" not in args.skip:
+        results["digits"] = digits(args.out, args.digits_seeds, args.digits_budget_s, args.repeats)
+        print("\n".join(digits_table(results["digits"])), flush=True)
+    (args.out / "side_by_side.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"Wrote {args.out / 'side_by_side.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
