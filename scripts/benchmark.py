@@ -51,6 +51,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # the sections' packag
 
 from benchmarks.app import AppRound, PlainBlocks, compare_app, step_timer
 from benchmarks.common import DEFAULT_OUT, Settings, Table, report_header
+from benchmarks.coupling import coupling_table
 from benchmarks.digits import digits_available, digits_quality
 from benchmarks.gpu import gpu_tables, gpu_variant_throughput
 from benchmarks.sampling import sampling_table
@@ -131,6 +132,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
     tables.append(ema_update_table(mlp, s.toy_T, repeats=s.rounds))
     tables.append(threads_table(moons, 5 if s.tiny else 100))
     tables.append(sampling_table("toy MLP", mlp(), (2,), s.toy_T, s.sample_n, s, cpu))
+    tables.append(coupling_table((64,), steps=3, rounds=2) if s.tiny else coupling_table())
 
     try:
         from ddpm.models import UNet

@@ -16,7 +16,8 @@ and 15 network evaluations: the tables in README's Flow matching section.
   classifier's Fréchet ratio.
 
 The runs of one seed alternate so that a machine shared with other work slows all of them alike; each row
-says the steps it trained. Prints the tables and writes them as JSON.
+says the steps it trained. Every run trains with one CPU thread (``cpu_threads=1``): the toy MLP's ops are
+too small for two, and beside other work two threads are several times slower (docs/benchmarks.md). Prints the tables and writes them as JSON.
 
     uv run python scripts/flow_side_by_side.py --out outputs/flow_side_by_side
 """
@@ -69,7 +70,7 @@ def train(experiment: str, run_dir: Path, seed: int, extra: Sequence[str] = ()) 
     """Train one run; (its steps, its training seconds)."""
     done = _run(
         ["ddpm-train", f"experiment={experiment}", f"seed={seed}", "logger=csv", "print_config=false",
-         "reverse_gif=false", f"hydra.run.dir={run_dir}", *extra]
+         "reverse_gif=false", "cpu_threads=1", f"hydra.run.dir={run_dir}", *extra]
     )  # fmt: skip
     return _trained(done.stdout)
 

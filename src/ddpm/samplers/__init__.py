@@ -1,10 +1,12 @@
 """Reverse-process samplers, one module per algorithm; every one is a ``conf/sampler/`` option.
 
 - :class:`DDPMSampler` (``ancestral``): DDPM Algorithm 2, all T steps or respaced.
-- :class:`DDIMSampler` (``ddim``): DDIM, eta = 0 (deterministic) to 1.
+- :class:`DDIMSampler` (``ddim``): DDIM, eta = 0 (deterministic) to 1; ``euler`` is DDIM with eta = 0, Euler's
+  method in the noise level, which on the flow's straight path is Euler's step in t (x + (t' - t) v).
 - :class:`DPMSolverSampler` (``dpm_solver``): multistep DPM-Solver++ of order 1-3.
 - :class:`UniPCSampler` (``unipc``): UniPC predictor-corrector (bh2, or bh1).
-- :class:`HeunSampler` (``heun``): EDM's second-order sampler (with optional churn) on a spacing's levels.
+- :class:`HeunSampler` (``heun``): EDM's second-order sampler (with optional churn) on a spacing's levels, in
+  the process's ODE frame (t itself on the flow).
 - :class:`EDMSampler` (``edm``): EDM Algorithm 2 on the noise levels of EDM eq. 5 (``sigma_min``,
   ``sigma_max``, ``rho``).
 

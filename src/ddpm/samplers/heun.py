@@ -9,6 +9,11 @@ the time is sigma. Each interval is an Euler step of the ODE dx/dsigma = (x - D(
 by Heun's trapezoidal correction, except the last one onto sigma = 0: 2N - 1 network evaluations for N
 noise levels. With churn (S_churn > 0) each step first raises the noise level by a factor 1 + gamma with
 fresh noise (Algorithm 2, lines 4-6).
+
+The variables the steps are taken in are the process's :meth:`~ddpm.process.Process.ode_frame`: EDM's
+(x / alpha against sigma / alpha) by default, and on the flow's straight path
+(:class:`ddpm.flow.FlowProcess`) x against t itself, where the ODE is dx/dt = v = n - x0 and the first
+step starts at pure noise (t = 1), where x / alpha is infinite. On EDM's process the two frames coincide.
 """
 
 from __future__ import annotations
