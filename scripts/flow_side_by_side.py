@@ -16,8 +16,9 @@ and 15 network evaluations: the tables in README's Flow matching section.
   classifier's Fréchet ratio.
 
 The runs of one seed alternate so that a machine shared with other work slows all of them alike; each row
-says the steps it trained. Every run trains with one CPU thread (``cpu_threads=1``): the toy MLP's ops are
-too small for two, and beside other work two threads are several times slower (docs/benchmarks.md). Prints the tables and writes them as JSON.
+says the steps it trained. Every run trains with one CPU thread (``cpu_threads=1``): the toy MLP's ops
+are too small for two, and beside other work two threads are several times slower
+(docs/benchmarks.md). Prints the tables and writes them as JSON.
 
     uv run python scripts/flow_side_by_side.py --out outputs/flow_side_by_side
 """
