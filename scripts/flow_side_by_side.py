@@ -2,10 +2,12 @@
 and 15 network evaluations: the tables in README's Flow matching section.
 
 - **moons**, ``--seeds`` training seeds each: ``toy2d`` (DDPM), ``toy2d_flow`` (independent pairs),
-  ``toy2d_flow_ot`` (minibatch OT pairs) and ``toy2d_reflow`` (the 2-rectified flow of that seed's
+  ``toy2d_flow_ot`` (minibatch OT pairs), ``toy2d_reflow`` (the 2-rectified flow of that seed's
   ``toy2d_flow`` run, trained on 20,000 pairs its Heun-8 ODE draws; the teacher's seconds and the pairs'
-  are not counted). Each trains its preset's 1500 steps: equal steps, not a time limit, since the presets'
-  cosine learning-rate decay needs a step count; the table gives each run's training seconds.
+  are not counted) and ``toy2d_reflow_ot`` (the same from the ``toy2d_flow_ot`` run); ``--runs`` picks
+  rows, and a later call adds its rows to the JSON of an earlier one. Each trains its preset's 1500
+  steps: equal steps, not a time limit, since the presets' cosine learning-rate decay needs a step count;
+  the table gives each run's training seconds.
   Scored by ``ddpm-eval --compare-samplers`` (``--n`` samples, ``--repeats`` draws): DDPM with UniPC (its
   default sampler) at 1, 2, 4 and 15 steps; the flows with Euler at 1, 2 and 4 steps and Heun with 8 times
   (15 evaluations, their default) at 15. The figure is the energy distance over the data-vs-data floor.
@@ -37,7 +39,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 ENV_KEYS = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "MPLBACKEND": "Agg"}
-MOONS = ("toy2d", "toy2d_flow", "toy2d_flow_ot", "toy2d_reflow")
+#: the moons rows: name -> (experiment, the row whose run is its reflow teacher)
+MOONS: dict[str, tuple[str, str | None]] = {
+    "toy2d": ("toy2d", None),
+    "toy2d_flow": ("toy2d_flow", None),
+    "toy2d_flow_ot": ("toy2d_flow_ot", None),
+    "toy2d_reflow": ("toy2d_reflow", "toy2d_flow"),
+    "toy2d_reflow_ot": ("toy2d_reflow", "toy2d_flow_ot"),
+}
 NFES = (1, 2, 4, 15)
 
 
@@ -85,24 +94,26 @@ def scores(run_dir: Path, grid: list[str], name: str, n: int, repeats: int, seed
     return {int(r["nfe"]): float(r["quality"]["mean"]) for r in rows}
 
 
-def moons(out: Path, seeds: list[int], n: int, repeats: int) -> dict:
-    """The four moons runs per seed: steps, seconds and the ratio at each NFE."""
-    rows: dict[str, list[dict]] = {e: [] for e in MOONS}
+def moons(out: Path, seeds: list[int], n: int, repeats: int, names: Sequence[str]) -> dict:
+    """The moons runs ``names`` per seed: steps, seconds and the ratio at each NFE (a reflow's teacher row
+    must have run before, in this call or an earlier one)."""
+    rows: dict[str, list[dict]] = {name: [] for name in names}
     euler = ["sampler=euler", "sampler.steps=1,2,4"]
     heun = ["sampler=heun", "sampler.steps=8", "sampler.spacing=linspace"]
     for seed in seeds:
-        for experiment in MOONS:
-            run_dir = out / f"{experiment}_seed{seed}"
-            teacher = [f"teacher={out / f'toy2d_flow_seed{seed}'}", f"reflow.cache_dir={out / 'cache'}"]
-            steps, seconds = train(experiment, run_dir, seed, teacher if experiment == "toy2d_reflow" else [])
+        for name in names:
+            experiment, teacher_row = MOONS[name]
+            run_dir = out / f"{name}_seed{seed}"
+            teacher = [f"teacher={out / f'{teacher_row}_seed{seed}'}", f"reflow.cache_dir={out / 'cache'}"]
+            steps, seconds = train(experiment, run_dir, seed, teacher if teacher_row else [])
             if experiment == "toy2d":
                 by_nfe = scores(run_dir, ["sampler=unipc", "sampler.steps=1,2,4,15"], "nfe", n, repeats, seed)
             else:
                 by_nfe = scores(run_dir, euler, "euler", n, repeats, seed)
                 by_nfe |= scores(run_dir, heun, "heun", n, repeats, seed)
-            rows[experiment].append({"seed": seed, "steps": steps, "seconds": seconds, "ratio": by_nfe})
+            rows[name].append({"seed": seed, "steps": steps, "seconds": seconds, "ratio": by_nfe})
             shown = ", ".join(f"{k} NFE {v:.2f}" for k, v in sorted(by_nfe.items()))
-            print(f"{experiment} seed {seed} ({steps} steps, {seconds:.0f} s): {shown}", flush=True)
+            print(f"{name} seed {seed} ({steps} steps, {seconds:.0f} s): {shown}", flush=True)
     return rows
 
 
@@ -184,13 +195,17 @@ def main() -> int:
     parser.add_argument("--digits-budget-s", type=int, default=300)
     parser.add_argument("--digits-seeds", type=int, nargs="*", default=[1])
     parser.add_argument("--skip", choices=["moons", "sets", "digits"], action="append", default=[])
+    parser.add_argument("--runs", nargs="+", choices=list(MOONS), default=list(MOONS), help="moons rows")
     args = parser.parse_args()
     if not 1 <= args.digits_budget_s < 3600:
         parser.error(f"--digits-budget-s={args.digits_budget_s} is invalid; give 1 .. 3599 seconds")
     args.out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, dict] = {}
+    summary = args.out / "side_by_side.json"
+    results: dict[str, dict] = json.loads(summary.read_text()) if summary.is_file() else {}
     if "moons" not in args.skip:
-        results["moons"] = moons(args.out, args.seeds, args.n, args.repeats)
+        results["moons"] = results.get("moons", {}) | moons(
+            args.out, args.seeds, args.n, args.repeats, args.runs
+        )
         print("\n".join(moons_table(results["moons"])), flush=True)
     if "sets" not in args.skip:
         results["sets"] = toy_sets(args.out, args.datasets, args.seeds[0], args.n, args.repeats)
@@ -198,8 +213,8 @@ def main() -> int:
     if "digits" not in args.skip:
         results["digits"] = digits(args.out, args.digits_seeds, args.digits_budget_s, args.repeats)
         print("\n".join(digits_table(results["digits"])), flush=True)
-    (args.out / "side_by_side.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"Wrote {args.out / 'side_by_side.json'}")
+    summary.write_text(json.dumps(results, indent=2) + "\n")  # earlier calls' rows kept: add rows later
+    print(f"Wrote {summary}")
     return 0
 
 
