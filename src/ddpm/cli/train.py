@@ -261,8 +261,39 @@ def prepare(cfg: DictConfig) -> TrainingRun:
                 f"Batch: {batch} per device x {trainer.world_size} devices x {accumulate} accumulated "
                 f"= {batch * trainer.world_size * accumulate} per optimizer step"
             )
+    if trainer.world_size > 1:
+        print(_placement(trainer), flush=True)
     phases.add("set-up", time.perf_counter() - setup_started)  # build, loggers (W&B starts here), trainer
     return TrainingRun(cfg, output_dir, ckpt_path, datamodule, module, trainer, loggers, phases)
+
+
+def _placement(trainer: Any) -> str:
+    """Where this process of a multi-process run trains, one line per rank: its rank, node and local rank,
+    and under SLURM the node's name and SLURM_NODEID (a multi-node run whose ranks share a node is
+    misconfigured, and this shows it)."""
+    import os
+    import socket
+
+    where = f"Rank {trainer.global_rank} of {trainer.world_size}: node rank {trainer.node_rank}, local rank "
+    where += f"{trainer.local_rank}, on {os.environ.get('SLURMD_NODENAME') or socket.gethostname()}"
+    if os.environ.get("SLURM_NODEID") is not None:
+        where += f" (SLURM job {os.environ.get('SLURM_JOB_ID')}, SLURM_NODEID {os.environ['SLURM_NODEID']})"
+    return where
+
+
+def _weights_digest(module: Any) -> str:
+    """SHA-256 of the network's weights (names, shapes, dtypes and bytes, in order): equal on every DDP rank
+    when the ranks stayed in step."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(value.shape)}:{value.dtype}".encode())
+        digest.update(value.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def fit(run: TrainingRun) -> None:
@@ -325,6 +356,13 @@ def finish(run: TrainingRun) -> dict[str, Any]:
     metrics: dict[str, Any] = {"train_seconds": run.fit_seconds, "global_step": trainer.global_step}
     # printed last, after W&B's own closing lines, so the headline ends the output
     summary: list[str] = []
+    if trainer.world_size > 1:
+        # every rank's line (each in its own log under submitit): equal digests, ranks that stayed in step
+        digest = _weights_digest(run.module)
+        print(
+            f"Weights at the end, rank {trainer.global_rank} of {trainer.world_size}: sha256 {digest}",
+            flush=True,
+        )
     if trainer.is_global_zero and run.cfg.final_samples > 0:
         metrics.update(_final_results(run, summary))
     with phases.time("loggers"):
