@@ -404,9 +404,12 @@ def finish(run: TrainingRun) -> dict[str, Any]:
         finish_wandb_run()  # flushed and closed: a later run in this process starts its own W&B run
     if trainer.is_global_zero:
         print("\n" + "\n".join(summary) if summary else "")
-        steps = trainer.global_step
-        per_step = f" ({1000 * phases.seconds['training'] / steps:.1f} ms per step)" if steps else ""
-        print(f"Time: {phases.summary()}{per_step}")
+        steps, training = trainer.global_step, phases.seconds.get("training", 0.0)
+        notes = [f"{1000 * training / steps:.1f} ms per step"] if steps else []
+        if training > 0 and "validation" in phases.seconds:
+            # what validating cost this run, against the training it interrupts (a preset keeps it small)
+            notes.append(f"validation {100 * phases.seconds['validation'] / training:.1f}% of training")
+        print(f"Time: {phases.summary()}" + (f" ({'; '.join(notes)})" if notes else ""))
         with contextlib.suppress(OSError):  # a diagnostic: a read-only folder must not fail a finished run
             phases.write(run.output_dir / "timings.json", steps=steps)
         print(f"Trained {steps} steps in {run.fit_seconds:.1f} s. Run folder: {run.output_dir}")
