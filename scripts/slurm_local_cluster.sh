@@ -3,8 +3,8 @@
 # real cluster (and for the tests marked `slurm`): one node, or several nodes on this one host to try
 # multi-node DDP on a laptop.
 #
-#   scripts/slurm_local_cluster.sh start [DIR] [--nodes N]  # DIR: default /tmp/ddpm-slurm; N: default 1;
-#                                                           # prints the SLURM_CONF to export
+#   scripts/slurm_local_cluster.sh start [DIR] [--nodes N] [--cpus-per-node C]
+#       # DIR: default /tmp/ddpm-slurm; N: default 1; prints the SLURM_CONF to export
 #   scripts/slurm_local_cluster.sh status [DIR]   # the daemons, the nodes (sinfo -N), sinfo and squeue
 #   scripts/slurm_local_cluster.sh stop [DIR]     # stops the daemons it started (by their recorded pids)
 #
@@ -121,6 +121,8 @@ add_host_names() {
     for name in "${added[@]}"; do
       echo "127.0.0.1 ${name}  # scripts/slurm_local_cluster.sh ${DIR}" >>"${HOSTS_ADDED}"
     done
+    # a file whose last line has no newline would run it into the first added name
+    [[ ! -s "${HOSTS_FILE}" || -z "$(tail -c 1 "${HOSTS_FILE}")" ]] || echo >>"${HOSTS_FILE}"
     cat "${HOSTS_ADDED}" >>"${HOSTS_FILE}"
     echo "added to ${HOSTS_FILE}, so that the node names resolve (stop removes them):" \
       "$(printf '127.0.0.1 %s, ' "${added[@]}" | sed 's/, $//')"
