@@ -304,6 +304,9 @@ def test_ddpm_train_says_where_its_time_went(trained_by_command) -> None:
     assert timings["total_s"] == pytest.approx(sum(phases.values()), abs=1e-3)
     line = next(x for x in res.stdout.splitlines() if x.startswith("Time: "))
     assert f"training {phases['training']:.1f} s" in line and "ms per step" in line
+    share = re.search(r"; validation (\d+\.\d)% of training\)$", line)
+    assert share, line  # timings.json rounds the seconds: the printed share agrees to its last digit
+    assert float(share[1]) == pytest.approx(100 * phases["validation"] / phases["training"], abs=0.11)
 
 
 def test_ddpm_train_saves_checkpoints_without_lightnings_default_notice(trained_by_command) -> None:

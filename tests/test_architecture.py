@@ -36,6 +36,7 @@ LAYERS = {
     "ddpm.data.image_folder": 1,
     "ddpm.evaluation": 1,
     "ddpm.config": 1,
+    "ddpm.resolvers": 1,
     "ddpm.safe_loading": 1,
     "ddpm.memory": 1,
     "ddpm.network_size": 1,

@@ -95,3 +95,52 @@ def test_every_toy_data_option_builds_alone(option: str, tmp_path: Path) -> None
 def test_each_samples_callback_option_builds_alone(option: str, kind: str, tmp_path: Path) -> None:
     callback = _built(tmp_path, [f"callbacks/samples={option}"], "callbacks")["samples"]
     assert type(callback).__name__ == kind
+
+
+#: a notebook's session in a fresh interpreter: `import ddpm`, compose each experiment, instantiate its model
+_NOTEBOOK = """\
+import json, sys
+import ddpm
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+assert "ddpm.config" not in sys.modules  # the resolver must come from `import ddpm` itself
+conf_dir, experiments = sys.argv[1], json.loads(sys.argv[2])
+built = {}
+for name in experiments:
+    with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"experiment={name}"])
+    net = instantiate(cfg.model)
+    # the network's outputs per input value, as built: what the resolver gave out_mult
+    if type(net).__name__ == "UNet":
+        mult = net.out_channels // net.in_channels
+    else:
+        mult = net.out.out_features // net.data_dim
+    built[name] = [type(net).__name__, mult, cfg.diffusion.get("variance")]
+    del net
+print("BUILT=" + json.dumps(built))
+"""
+
+
+def test_import_ddpm_then_instantiate_builds_every_experiments_model() -> None:
+    """`import ddpm` registers the configs' resolvers (``ddpm.out_mult`` in every model node): a config
+    composed in a notebook builds its network without ``ddpm.config`` (issue 34)."""
+    import json
+    import subprocess
+    import sys
+
+    experiments = _options("experiment")
+    proc = subprocess.run(
+        [sys.executable, "-c", _NOTEBOOK, str(CONF_DIR), json.dumps(experiments)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("BUILT=")]
+    built = json.loads(line.removeprefix("BUILT="))
+    assert sorted(built) == experiments
+    for name, (kind, out_mult, variance) in built.items():
+        # a learned variance doubles the outputs (digits_iddpm, cifar10_iddpm: learned_range)
+        assert out_mult == (2 if variance in ("learned", "learned_range") else 1), (name, variance)
+        assert kind in ("UNet", "MLPDenoiser"), (name, kind)
+    assert built["digits_iddpm"][1] == 2 and built["digits"][1] == 1

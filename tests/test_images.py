@@ -26,7 +26,7 @@ from ddpm.data import ImageDataModule
 from ddpm.models import UNet
 from ddpm.viz.grid import to_uint8
 from tests.digits_classifier import CACHE_DIR, digits_metric
-from tests.helpers import compose_cfg, run_train
+from tests.helpers import compose_cfg, run_train, train_in_process
 
 # A few real steps with a short chain: checkpoints, a validation with a grid, final samples.
 SHORT = [
@@ -307,7 +307,7 @@ def test_cifar10_ddpm_is_the_paper_recipe(tmp_path: Path, monkeypatch) -> None:
     assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 2e-4
     assert cfg.lr_scheduler.warmup_steps == 5000 and cfg.lr_scheduler.decay == "constant"
     assert cfg.trainer.gradient_clip_val == 1.0 and cfg.trainer.max_steps == 800_000
-    assert cfg.trainer.accelerator == "gpu"
+    assert cfg.trainer.accelerator == "auto"  # the GPU where there is one (issue 34)
     assert cfg.callbacks.ema.decay == 0.9999
     assert cfg.data.batch_size == 128 and cfg.data.random_flip is True
     assert cfg.sampler._target_ == "ddpm.samplers.DDPMSampler" and cfg.sampler.steps is None
@@ -333,6 +333,77 @@ def test_image_experiments_run_on_tiny_files(experiment: str, tmp_path: Path, mo
         assert npz["samples"].shape == (16, size, size, channels) and npz["samples"].dtype == np.uint8
     assert (run_dir / "plots" / "samples_grid.png").is_file()
     assert (run_dir / "plots" / "samples_grid_step0000004.png").is_file()
+
+
+def _write_image_folder(root: Path) -> Path:
+    """Twelve small PNGs of two classes in class subfolders, as a user's folder would hold them."""
+    rng = np.random.default_rng(0)
+    for k in range(12):
+        folder = root / ("light" if k % 2 else "dark")
+        folder.mkdir(parents=True, exist_ok=True)
+        level = 200 if k % 2 else 50
+        pixels = np.clip(level + rng.integers(-20, 20, (20, 20, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{k}.png")
+    return root
+
+
+@pytest.mark.parametrize("experiment", ["digits", "mnist", "image_folder"])
+def test_image_experiments_start_on_a_machine_without_a_gpu(
+    experiment: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """trainer.accelerator=auto (issue 34): each image preset, with its own network, trains a couple of steps
+    on this GPU-less machine's CPU; the large networks (mnist's 6.5M, the 35.7M of image_folder) say in one
+    line that it will be slow and what to shrink, digits' tiny UNet says nothing; trainer=gpu is refused."""
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU, which accelerator=auto would use")
+    if experiment == "mnist":
+        write_tiny_mnist(tmp_path / "data")  # the published gzipped IDX files, 40 training images
+    args = [
+        f"experiment={experiment}",
+        f"paths.root_dir={tmp_path}",
+        "data.batch_size=4",
+        "data.num_workers=0",
+    ]
+    if experiment == "image_folder":
+        folder = _write_image_folder(tmp_path / "images")
+        args += [f"data.path={folder}", f"data.cache_dir={tmp_path / 'cache'}"]
+    if experiment != "digits":
+        args += ["data.pin_memory=false", "data.val_size=4"]
+    args += ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.num_sanity_val_steps=0"]
+    args += [
+        "trainer.log_every_n_steps=1",
+        "sampler.steps=5",
+        "final_samples=4",
+        "callbacks.samples.num_samples=4",
+    ]
+    args += ["callbacks.samples.strip_images=0", "callbacks.samples.metric_samples=0", "logger=csv"]
+    args += ["print_config=false", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false"]
+    run = tmp_path / "run"
+    capsys.readouterr()
+    assert train_in_process([*args, f"hydra.run.dir={run}"]) == 0
+    out, err = capsys.readouterr()
+    assert "Trained 2 steps" in out, err[-3000:]
+    stored = (run / ".hydra" / "config.yaml").read_text()
+    assert "  accelerator: auto\n" in stored
+    warned = [ln for ln in err.splitlines() if ln.startswith("warning: no GPU here")]
+    if experiment == "digits":
+        assert warned == []
+    else:
+        (line,) = warned
+        size = "6.5M" if experiment == "mnist" else "35.7M"
+        assert f"trains on the CPU: slow for a {size}-parameter network, batch 4" in line
+        assert "model=unet_tiny" in line
+    with np.load(run / "samples.npz") as npz:
+        assert len(npz["samples"]) == 4
+
+    # a run that asks for a GPU by name still gets the one-line refusal
+    capsys.readouterr()
+    assert train_in_process([*args, "trainer=gpu", f"hydra.run.dir={tmp_path / 'gpu'}"]) == 2
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert errors == [
+        "error: trainer.accelerator=gpu but this machine has no CUDA GPU that torch can use; use trainer=cpu "
+        "(or trainer.accelerator=auto)"
+    ]
 
 
 # ----------------------------------------------------------------------------- digits end to end

@@ -1,10 +1,13 @@
-"""Cluster jobs against a real SLURM: sweeps, requeue and exact resume, time limits, scancel, DDP, sbatch.
+"""Cluster jobs against a real SLURM: sweeps, requeue and exact resume, time limits, scancel, DDP, sbatch,
+and DDP across two nodes.
 
 Marked ``slurm`` and left out of the default run. They need SLURM's commands and a cluster with a CPU
-partition (``DDPM_SLURM_PARTITION``, default ``debug``), e.g. the one-node cluster of
+partition (``DDPM_SLURM_PARTITION``, default ``debug``), e.g. the cluster of
 ``scripts/slurm_local_cluster.sh start`` (export the ``SLURM_CONF`` it prints), and skip with a reason
-otherwise. ``.ci/run`` starts that cluster and runs ``pytest -m slurm``. Each job is a few dozen to a few
-thousand steps of a small MLP on one CPU; the jobs run this checkout's Python on the same filesystem.
+otherwise. The two-node tests need two nodes in it (``start DIR --nodes 2``: two slurmd daemons on this
+host), and the one-node DDP tests a node with 2 CPUs (``--cpus-per-node 2``). ``.ci/run`` starts such a
+cluster and runs ``pytest -m slurm``. Each job is a few dozen to a few thousand steps of a small MLP on one
+CPU per task; the jobs run this checkout's Python on the same filesystem.
 """
 
 from __future__ import annotations
@@ -213,6 +216,68 @@ def tensors(tree: object, prefix: str = "") -> dict[str, torch.Tensor]:
     return {k: v for key, sub in items for k, v in tensors(sub, f"{prefix}/{key}").items()}
 
 
+def wait_for_job(job_id: str, timeout: float) -> str:
+    """The state a job ends in (COMPLETED, FAILED...); cancelled and an error after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    state = ""
+    while time.monotonic() < deadline:
+        state = _slurm("squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T").strip()
+        if state not in ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING"):
+            return state
+        time.sleep(1)
+    subprocess.run(["scancel", job_id])
+    raise AssertionError(f"job {job_id} still {state} after {timeout:.0f} s")
+
+
+#: ddpm-train's line per rank of a multi-process run, and its digest of the weights each rank ends with
+PLACEMENT = re.compile(
+    r"^Rank (\d+) of (\d+): node rank (\d+), local rank (\d+), on (\S+) "
+    r"\(SLURM job \S+, SLURM_NODEID (\d+)\)$",
+    re.MULTILINE,
+)
+DIGEST = re.compile(r"^Weights at the end, rank (\d+) of (\d+): sha256 ([0-9a-f]{64})$", re.MULTILINE)
+
+
+def assert_two_nodes_in_step(output: str) -> None:
+    """Both ranks of a two-node run ran, on different nodes (SLURM_NODEID 0 and 1), and ended with equal
+    weights. ``output``: the ranks' logs together (a requeued job's logs hold each start; the last counts)."""
+    placed = {int(m[1]): (m[5], m[6], m[2]) for m in PLACEMENT.finditer(output)}
+    assert sorted(placed) == [0, 1], output[-3000:]
+    assert {world for _, _, world in placed.values()} == {"2"}
+    assert sorted(node_id for _, node_id, _ in placed.values()) == ["0", "1"], placed
+    assert placed[0][0] != placed[1][0], placed  # two slurmd nodes (n1, n2), not two tasks of one
+    digests = {int(m[1]): m[3] for m in DIGEST.finditer(output)}
+    assert sorted(digests) == [0, 1], output[-3000:]
+    assert digests[0] == digests[1], digests
+
+
+@pytest.fixture(scope="module")
+def two_nodes(cluster: str) -> str:
+    """The partition, when it has two nodes that take jobs; skips otherwise."""
+    out = _slurm("sinfo", "-h", "-N", "-p", cluster, "-o", "%N %t")
+    up = {name for name, state in (ln.split() for ln in out.splitlines()) if state.rstrip("*~#") in UP}
+    if len(up) < 2:
+        pytest.skip(
+            f"partition {cluster!r} has {len(up)} node(s) up; the two-node tests need 2: "
+            "scripts/slurm_local_cluster.sh start DIR --nodes 2 (see its --cpus-per-node)"
+        )
+    return cluster
+
+
+#: node states (sinfo %t) that take jobs
+UP = ("idle", "mix", "alloc")
+
+#: one process on each of two nodes, Lightning's ranks and main address from SLURM's variables
+TWO_NODES = [
+    "hydra.launcher.nodes=2",
+    "hydra.launcher.tasks_per_node=1",
+    "trainer=ddp",
+    "trainer.num_nodes=2",
+    "trainer.devices=1",
+    "trainer.accelerator=cpu",
+]
+
+
 # ----------------------------------------------------------------------------- tests
 def test_requests_the_cluster_cannot_meet_are_one_line(cluster: str, tmp_path: Path) -> None:
     """The default launcher settings (a GPU, 8 CPUs, 64 GB) on a small CPU cluster."""
@@ -372,17 +437,94 @@ def test_the_sbatch_script_runs_ddp_through_srun(cluster: str, tmp_path: Path) -
         *steps(40),
         cwd=tmp_path,  # the script runs in the folder it was submitted from
     ).strip()
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        state = _slurm("squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T").strip()
-        if state not in ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING"):
-            break
-        time.sleep(1)
-    else:
-        subprocess.run(["scancel", job_id])
-        raise AssertionError(f"job {job_id} still {state} after 240 s")
+    state = wait_for_job(job_id, 240)
     out = next(tmp_path.glob(f"slurm-*-{job_id}.out")).read_text()
     assert state == "COMPLETED", out[-3000:]
     run = tmp_path / "outputs" / "ddp" / "slurm" / job_id
     assert weights(run)[0] == 40
     assert "per device x 2 devices" in out
+
+
+# ----------------------------------------------------------------------------- two nodes
+def test_ddp_on_two_nodes_through_submitit(two_nodes: str, sweeps: list[Sweep], tmp_path: Path) -> None:
+    """hydra/launcher=slurm with nodes=2: one SLURM task per node, one run folder, one result."""
+    sweep = start(sweeps, tmp_path, [*RUN, *steps(40), *TWO_NODES])
+    assert sweep.finish() == 0, sweep.stderr()[-3000:]
+    record = sweep.record(0)
+    assert record["status"] == "completed"
+    logs = sorted((sweep.dir / ".submitit" / record["job_id"]).glob("*_log.out"))
+    assert len(logs) == 2  # one per SLURM task
+    out = "\n".join(p.read_text() for p in logs)
+    assert_two_nodes_in_step(out)
+    assert "per device x 2 devices" in out
+    # one run folder (rank 1 wrote into rank 0's), one result
+    assert sorted(p.name for p in sweep.dir.iterdir() if not p.name.startswith(".")) == [
+        "0",
+        "multirun.yaml",
+        "summary.csv",
+        "summary.md",
+    ]
+    assert not (tmp_path / "outputs").exists()
+    summary = (sweep.dir / "summary.csv").read_text().splitlines()
+    assert len(summary) == 2 and ",completed," in summary[1], summary
+    assert len(list(sweep.dir.rglob("samples.npz"))) == 1
+    assert weights(sweep.dir / "0")[0] == 40
+
+
+def test_the_sbatch_script_runs_ddp_on_two_nodes(two_nodes: str, tmp_path: Path) -> None:
+    """scripts/slurm_multinode.sbatch with --nodes=2 --ntasks-per-node=1: srun starts a rank on each node."""
+    job_id = _slurm(
+        "sbatch",
+        "--parsable",
+        f"--partition={two_nodes}",
+        "--nodes=2",
+        "--ntasks-per-node=1",
+        "--gpus-per-node=0",
+        "--cpus-per-task=1",
+        "--mem=1G",
+        "--time=10",
+        f"--export=ALL,DDPM_TRAIN={DDPM_TRAIN},WANDB_MODE=offline,MPLBACKEND=Agg",
+        str(REPO / "scripts" / "slurm_multinode.sbatch"),
+        "trainer.accelerator=cpu",
+        *RUN,
+        *steps(40),
+        cwd=tmp_path,
+    ).strip()
+    state = wait_for_job(job_id, 300)
+    out = next(tmp_path.glob(f"slurm-*-{job_id}.out")).read_text()
+    assert state == "COMPLETED", out[-3000:]
+    assert_two_nodes_in_step(out)
+    assert "per device x 2 devices" in out
+    runs = tmp_path / "outputs" / "ddp" / "slurm"
+    assert [p.name for p in runs.iterdir()] == [job_id]  # one run folder
+    assert len(list((tmp_path / "outputs").rglob("samples.npz"))) == 1  # one result
+    assert weights(runs / job_id)[0] == 40
+
+
+def test_a_two_node_job_requeued_mid_training_resumes_and_completes(
+    two_nodes: str, sweeps: list[Sweep], tmp_path: Path
+) -> None:
+    """scontrol requeue of a running two-node job: both ranks stop at one step, rank 0 saves, and the job's
+    second start resumes from that checkpoint on both nodes and completes."""
+    n = 300
+    sweep = start(sweeps, tmp_path, [*RUN, *steps(n), *TWO_NODES])
+    job = sweep.dir / "0"
+    # the first periodic checkpoint (step 50): it trains, and not at its end
+    sweep.wait_for("a checkpoint of the job", lambda: (job / "checkpoints" / "last.ckpt").is_file(), 240)
+    (job_id,) = sweep.jobs()
+    _slurm("scontrol", "requeue", job_id)
+    sweep.release_when_held(job_id)
+    assert sweep.finish(timeout=600) == 0, sweep.stderr()[-3000:]
+
+    sweep.wait_for_state(job_id, "COMPLETED")
+    assert sweep.jobs()[job_id] == ("COMPLETED", "1")  # it ran twice
+    assert sweep.record(0)["status"] == "completed"
+    parts = csv_parts(job)
+    assert len(parts) == 2 and parts[0][-1] < n, parts  # stopped early, then went on where it stopped
+    assert max(parts[1]) >= n - 10 and min(parts[1]) > max(parts[0]) - 10, parts
+    logs = sorted((sweep.dir / ".submitit" / job_id).glob("*_log.*"))
+    err = "\n".join(p.read_text() for p in logs if p.name.endswith("_log.err"))
+    assert "SIGTERM at step" in err and "Restoring states" in err, err[-3000:]
+    out = "\n".join(p.read_text() for p in logs if p.name.endswith("_log.out"))
+    assert_two_nodes_in_step(out)
+    assert weights(job)[0] == n

@@ -12,6 +12,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+# the configs' OmegaConf resolvers (ddpm.out_mult in every model node): after `import ddpm`, a config
+# composed in a notebook instantiates (OmegaConf only; torch waits for the first export used)
+from ddpm import resolvers as _resolvers  # noqa: F401
+
 __all__ = [
     "DDIMSampler",
     "DDPMSampler",

@@ -14,14 +14,19 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+# the configs' resolvers (ddpm.out_mult, ddpm.slurm_tasks_per_node), registered by `import ddpm`
+from ddpm.resolvers import LEARNED_VARIANCES, output_multiplier, slurm_tasks_per_node
+
 __all__ = [
     "CONF_DIR",
+    "LEARNED_VARIANCES",
     "MAX_GUIDANCE_SCALE",
     "MOVED_KEYS",
     "MOVED_LOSS",
     "ConfigError",
     "find_conf_dir",
     "first_line",
+    "output_multiplier",
     "remove_unstarted_run_dir",
     "root_cause",
     "slurm_tasks_per_node",
@@ -40,37 +45,6 @@ def find_conf_dir() -> Path:
 
 #: the config groups ``ddpm-train`` composes from (``conf/train.yaml`` and one folder per group)
 CONF_DIR = find_conf_dir()
-
-#: the reverse variances the network outputs itself (GaussianDiffusion's ``learned`` and ``learned_range``)
-LEARNED_VARIANCES = ("learned", "learned_range")
-
-
-def output_multiplier(variance: str) -> int:
-    """The network's output channels per data channel for ``diffusion.variance``: 2 when it learns the
-    variance, else 1 (``GaussianDiffusion.output_multiplier``, without importing torch).
-
-    The model configs read it as ``out_mult: ${ddpm.out_mult:${oc.select:diffusion.variance,fixed_large}}``
-    (a model node composed without a diffusion node gets 1).
-    """
-    return 2 if variance in LEARNED_VARIANCES else 1
-
-
-OmegaConf.register_new_resolver("ddpm.out_mult", output_multiplier, replace=True)
-
-
-def slurm_tasks_per_node(gpus_per_node: Any, devices: Any) -> int:
-    """SLURM tasks per node for ``hydra/launcher=slurm``: one per GPU, else what ``trainer.devices`` asks.
-
-    A CPU cluster (``gpus_per_node=0``) runs ``trainer.devices`` processes when it is a number (2 with
-    ``trainer=ddp_cpu``) and one otherwise (``auto``, ``-1``): never 0 tasks.
-    """
-    if isinstance(gpus_per_node, int) and gpus_per_node > 0:
-        return gpus_per_node
-    return devices if isinstance(devices, int) and not isinstance(devices, bool) and devices > 0 else 1
-
-
-# conf/hydra/launcher/slurm.yaml: tasks_per_node: ${ddpm.slurm_tasks_per_node:...}
-OmegaConf.register_new_resolver("ddpm.slurm_tasks_per_node", slurm_tasks_per_node, replace=True)
 
 
 class ConfigError(ValueError):

@@ -261,8 +261,68 @@ def prepare(cfg: DictConfig) -> TrainingRun:
                 f"Batch: {batch} per device x {trainer.world_size} devices x {accumulate} accumulated "
                 f"= {batch * trainer.world_size * accumulate} per optimizer step"
             )
+    if trainer.world_size > 1:
+        print(_placement(trainer), flush=True)
+    slow = _cpu_fallback_warning(cfg, trainer, module)
+    if slow and trainer.is_global_zero:
+        print(slow, file=sys.stderr, flush=True)
     phases.add("set-up", time.perf_counter() - setup_started)  # build, loggers (W&B starts here), trainer
     return TrainingRun(cfg, output_dir, ckpt_path, datamodule, module, trainer, loggers, phases)
+
+
+#: a network above this many parameters trains slowly enough on a CPU that a run which fell back to one says
+#: so: unet_tiny (0.27M, experiment=digits) trains in minutes there; unet_mnist has 6.5M, unet_cifar10 35.7M
+CPU_WARNING_PARAMETERS = 1_000_000
+
+
+def _cpu_fallback_warning(cfg: DictConfig, trainer: Any, module: Any) -> str | None:
+    """One line for a run whose ``trainer.accelerator=auto`` found no GPU and trains a large network on the
+    CPU: that it will be slow, and what to shrink; None otherwise (a GPU, an explicit accelerator, a small
+    network). An explicit ``trainer=gpu`` is refused before this (:func:`_check_trainer`)."""
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    auto = str(cfg.trainer.get("accelerator", "auto")) == "auto"
+    if not auto or not isinstance(trainer.accelerator, CPUAccelerator):
+        return None
+    net = getattr(module, "net", None)
+    params = sum(p.numel() for p in net.parameters()) if net is not None else 0
+    if params <= CPU_WARNING_PARAMETERS:
+        return None
+    batch, steps = (cfg.get("data") or {}).get("batch_size"), cfg.trainer.get("max_steps")
+    return (
+        "warning: no GPU here, so trainer.accelerator=auto trains on the CPU: slow for a "
+        f"{params / 1e6:.1f}M-parameter network, batch {batch}, {steps} steps; to try it, shrink it "
+        "(model=unet_tiny data.batch_size=32 trainer.max_steps=200 final_samples=16) or run it where a GPU is"
+    )
+
+
+def _placement(trainer: Any) -> str:
+    """Where this process of a multi-process run trains, one line per rank: its rank, node and local rank,
+    and under SLURM the node's name and SLURM_NODEID (a multi-node run whose ranks share a node is
+    misconfigured, and this shows it)."""
+    import os
+    import socket
+
+    where = f"Rank {trainer.global_rank} of {trainer.world_size}: node rank {trainer.node_rank}, local rank "
+    where += f"{trainer.local_rank}, on {os.environ.get('SLURMD_NODENAME') or socket.gethostname()}"
+    if os.environ.get("SLURM_NODEID") is not None:
+        where += f" (SLURM job {os.environ.get('SLURM_JOB_ID')}, SLURM_NODEID {os.environ['SLURM_NODEID']})"
+    return where
+
+
+def _weights_digest(module: Any) -> str:
+    """SHA-256 of the network's weights (names, shapes, dtypes and bytes, in order): equal on every DDP rank
+    when the ranks stayed in step."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        value = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(value.shape)}:{value.dtype}".encode())
+        digest.update(value.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def fit(run: TrainingRun) -> None:
@@ -325,6 +385,13 @@ def finish(run: TrainingRun) -> dict[str, Any]:
     metrics: dict[str, Any] = {"train_seconds": run.fit_seconds, "global_step": trainer.global_step}
     # printed last, after W&B's own closing lines, so the headline ends the output
     summary: list[str] = []
+    if trainer.world_size > 1:
+        # every rank's line (each in its own log under submitit): equal digests, ranks that stayed in step
+        digest = _weights_digest(run.module)
+        print(
+            f"Weights at the end, rank {trainer.global_rank} of {trainer.world_size}: sha256 {digest}",
+            flush=True,
+        )
     if trainer.is_global_zero and run.cfg.final_samples > 0:
         metrics.update(_final_results(run, summary))
     with phases.time("loggers"):
@@ -337,9 +404,12 @@ def finish(run: TrainingRun) -> dict[str, Any]:
         finish_wandb_run()  # flushed and closed: a later run in this process starts its own W&B run
     if trainer.is_global_zero:
         print("\n" + "\n".join(summary) if summary else "")
-        steps = trainer.global_step
-        per_step = f" ({1000 * phases.seconds['training'] / steps:.1f} ms per step)" if steps else ""
-        print(f"Time: {phases.summary()}{per_step}")
+        steps, training = trainer.global_step, phases.seconds.get("training", 0.0)
+        notes = [f"{1000 * training / steps:.1f} ms per step"] if steps else []
+        if training > 0 and "validation" in phases.seconds:
+            # what validating cost this run, against the training it interrupts (a preset keeps it small)
+            notes.append(f"validation {100 * phases.seconds['validation'] / training:.1f}% of training")
+        print(f"Time: {phases.summary()}" + (f" ({'; '.join(notes)})" if notes else ""))
         with contextlib.suppress(OSError):  # a diagnostic: a read-only folder must not fail a finished run
             phases.write(run.output_dir / "timings.json", steps=steps)
         print(f"Trained {steps} steps in {run.fit_seconds:.1f} s. Run folder: {run.output_dir}")
