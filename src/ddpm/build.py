@@ -218,10 +218,14 @@ def build(cfg: DictConfig) -> tuple[Any, DiffusionModule]:
     if cfg.get("teacher"):  # a reflow: the student trains on the teacher's ODE pairs (ddpm.reflow)
         from ddpm import reflow
 
-        reflow.check_student(diffusion)
+        reflow.check_student(cfg, diffusion)
         if getattr(datamodule, "kind", None) != "toy":
             raise ConfigError("teacher=... (reflow) is built for toy data; this run's data are images")
-        datamodule.use_pairs(*reflow.teacher_pairs(cfg))
+        try:  # opened as any run folder is: weights only, its config data
+            teacher = load_run(str(cfg.teacher))
+        except (FileNotFoundError, ConfigError, OSError) as err:
+            raise ConfigError(f"teacher={str(cfg.teacher)!r}: {first_line(err)}") from None
+        datamodule.use_pairs(*reflow.teacher_pairs(cfg, teacher))
     loss, timestep_sampler = build_training(cfg, diffusion)
     try:
         loss.check_data((1, *datamodule.data_shape))

@@ -2,9 +2,9 @@
 (noise, sample) pairs a trained run's ODE draws, its 2-rectified flow, whose paths are straighter than its
 teacher's, so that one or two Euler steps sample it.
 
-``ddpm-train experiment=toy2d_reflow teacher=RUN``: :func:`teacher_pairs` opens the teacher as any run
-folder is opened (:func:`ddpm.build.load_run`: weights only, its config plain data, of which the student
-takes nothing), draws ``reflow.pairs`` pairs with the teacher's own deterministic sampler from x_T = z, and
+``ddpm-train experiment=toy2d_reflow teacher=RUN``: :func:`ddpm.build.build` checks the student
+(:func:`check_student`) and opens the teacher as any run folder is opened (:func:`ddpm.build.load_run`:
+weights only, its config plain data, of which the student takes nothing); :func:`teacher_pairs` draws ``reflow.pairs`` pairs with the teacher's own deterministic sampler from x_T = z, and
 caches them on disk (keyed by the teacher's checkpoint bytes, its sampler, the number and the seed); the
 student's training batches are these fixed pairs (:meth:`ddpm.data.datamodules.ToyDataModule.use_pairs`),
 and the result is a normal run folder.
@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from ddpm.config import ConfigError, first_line
+from ddpm.config import ConfigError
 from ddpm.flow import FlowProcess
 from ddpm.safe_writes import write_file
 
@@ -77,27 +77,18 @@ def pairs_cache_path(cache_dir: Path, checkpoint: Path, sampler: object, n: int,
     return cache_dir / "reflow" / f"{digest.hexdigest()[:24]}.npz"
 
 
-def teacher_pairs(cfg: DictConfig, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(samples, noise) of ``reflow.pairs`` pairs from the ODE of the run at ``cfg.teacher``, float32
-    [N, *data_shape] on the teacher's normalised scale: x_T = prior_std z, the samples where the teacher's
-    sampler takes it, and z itself as the student's noise at t = 1 (rectified flow Algorithm 1, line 2).
+def teacher_pairs(cfg: DictConfig, run: Any, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(samples, noise) of ``reflow.pairs`` pairs from the ODE of the teacher ``run`` (``cfg.teacher``
+    opened by :func:`ddpm.build.load_run`), float32 [N, *data_shape] on the teacher's normalised scale:
+    x_T = prior_std z, the samples where the teacher's sampler takes it, and z itself as the student's
+    noise at t = 1 (rectified flow Algorithm 1, line 2).
 
     Raises:
-        ConfigError: in one line, before any sampling: no teacher run there, a stochastic teacher sampler,
-            other data than the student's, or class labels.
+        ConfigError: in one line, before any sampling: a stochastic teacher sampler, or other data than the
+            student's.
     """
-    from ddpm.build import load_run  # assembly: load_run builds the teacher from its checked identity
-
     options = _options(cfg)
     teacher = str(cfg.teacher)
-    if cfg.get("conditional"):
-        raise ConfigError(
-            "conditional=true with a teacher: reflow draws unconditional pairs; use conditional=false"
-        )
-    try:
-        run = load_run(teacher)
-    except (FileNotFoundError, ConfigError, OSError) as err:
-        raise ConfigError(f"teacher={teacher!r}: {first_line(err)}") from None
     check_teacher_data(cfg, run.config, teacher)
     sampler = run.sampler
     if getattr(sampler, "stochastic", False):
@@ -132,10 +123,16 @@ def teacher_pairs(cfg: DictConfig, progress: bool = True) -> tuple[torch.Tensor,
     return out, noise
 
 
-def check_student(process: object) -> None:
-    """A one-line ConfigError unless the student trains on the straight path (``diffusion=flow``)."""
+def check_student(cfg: DictConfig, process: object) -> None:
+    """A one-line ConfigError unless the student can learn from a teacher: the straight path
+    (``diffusion=flow``), no class labels, valid ``reflow`` options; checked before the teacher is read."""
     if not isinstance(process, FlowProcess):
         raise ConfigError(
             f"teacher=... trains a rectified flow on the teacher's pairs; this run's process is "
             f"{type(process).__name__}: use diffusion=flow (experiment=toy2d_reflow)"
         )
+    if cfg.get("conditional"):
+        raise ConfigError(
+            "conditional=true with a teacher: reflow draws unconditional pairs; use conditional=false"
+        )
+    _options(cfg)
