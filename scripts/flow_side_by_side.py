@@ -202,6 +202,9 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     summary = args.out / "side_by_side.json"
     results: dict[str, dict] = json.loads(summary.read_text()) if summary.is_file() else {}
+    for runs in results.get("moons", {}).values():  # JSON keys are text: the NFE back to int
+        for r in runs:
+            r["ratio"] = {int(k): v for k, v in r["ratio"].items()}
     if "moons" not in args.skip:
         results["moons"] = results.get("moons", {}) | moons(
             args.out, args.seeds, args.n, args.repeats, args.runs
