@@ -390,7 +390,7 @@ def test_the_high_order_samplers_run_through_sample_and_eval(
     ("bad", "key"),
     [
         (["sampler=ddim", "sampler.steps=500"], "steps=500 > T=100"),
-        (["sampler=euler"], "sampler=euler is not an option"),
+        (["sampler=lms"], "sampler=lms is not an option"),
         (["--n", "0"], "--n=0"),
     ],
 )

@@ -111,7 +111,7 @@ def test_ddpm_eval_bpd_only_with_sampled_timesteps(toy_run: Path) -> None:
         (["--repeats", "0"], "--repeats=0"),
         (["--no-quality"], "--no-quality without --bpd"),
         (["sampler=ddim", "sampler.steps=500"], "steps=500 > T=50"),
-        (["sampler=euler"], "sampler=euler is not an option"),
+        (["sampler=lms"], "sampler=lms is not an option"),
         (["--out", "x.txt"], "must end in .json"),
     ],
 )

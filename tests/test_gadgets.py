@@ -609,6 +609,7 @@ STRING_FIELDS = (
     "loss._target_",
     "loss.distance",
     "loss.weighting",
+    "loss.coupling",
     "timestep_sampler._target_",
     "sampler._target_",
     "sampler.spacing",

@@ -94,7 +94,7 @@ def test_the_default_grid() -> None:
 @pytest.mark.parametrize(
     ("overrides", "needle"),
     [
-        (["sampler=ddim,euler"], "sampler=euler is not an option of config group 'sampler'; choose one of"),
+        (["sampler=ddim,lms"], "sampler=lms is not an option of config group 'sampler'; choose one of"),
         (
             ["sampler=ddim,dpm_solver", "sampler.order=2"],
             "sampler.order=2 is not an option of DDIMSampler; it takes eta, guidance_scale, spacing, steps",
@@ -179,7 +179,7 @@ def test_a_label_without_an_option_names_the_run_sampler(diffusion: GaussianDiff
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["sampler=ddim,euler"], "sampler=euler is not an option of config group 'sampler'"),
+        (["sampler=ddim,lms"], "sampler=lms is not an option of config group 'sampler'"),
         (["sampler=ddim,unipc", "sampler.eta=0.5"], "sampler.eta=0.5 is not an option of UniPCSampler"),
         (["sampler=ddim", "sampler.stepz=5,10"], "sampler.stepz=5 is not an option of DDIMSampler"),
         (["sampler=ddim,heun", "sampler.steps=0,5"], "sampler.steps=0 is invalid; steps must be an integer"),
