@@ -174,7 +174,7 @@ class FlowProcess(Process):
     def ode_frame(self, t: float) -> tuple[float, float]:
         """(1, t): Euler and Heun step in t itself, dx / dt = v (rectified flow's ODE), where the straight
         path is straight; the clean data (``t = -1``) is t = 0."""
-        return 1.0, max(min(float(t), 1.0 - FLOW_TIME_FLOOR), 0.0)
+        return 1.0, max(self.coefficients(t)[1], 0.0)  # t as the solvers read it (the floor at t = 1)
 
     def time_at_noise_level(self, level: torch.Tensor) -> torch.Tensor:
         """t = sigma / (1 + sigma): the time whose noise level t / (1 - t) is ``level`` (float64)."""
