@@ -19,6 +19,7 @@ LAYERS = {
     "ddpm.edm": 0,
     "ddpm.flow": 0,
     "ddpm.losses": 0,
+    "ddpm.distillation": 0,
     "ddpm.timestep_sampling": 0,
     "ddpm.samplers": 0,
     "ddpm.models": 0,
@@ -59,6 +60,7 @@ LAYERS = {
     # 3. assembly
     "ddpm.build": 3,
     "ddpm.reflow": 3,
+    "ddpm.distill": 3,
     "ddpm.registry": 3,
     "ddpm.results": 3,
     "ddpm.interop": 3,

@@ -194,6 +194,39 @@ def check_network(net: torch.nn.Module, diffusion: Process, data_shape: Sequence
         raise ConfigError(f"model: {first_line(err)}") from None
 
 
+def _open_teacher(cfg: DictConfig) -> LoadedRun:
+    """``teacher=RUN`` opened as any run folder is: weights only, its config data."""
+    try:
+        return load_run(str(cfg.teacher))
+    except (FileNotFoundError, ConfigError, OSError) as err:
+        raise ConfigError(f"teacher={str(cfg.teacher)!r}: {first_line(err)}") from None
+
+
+def _learn_from_teacher(
+    cfg: DictConfig, net: torch.nn.Module, diffusion: Process, loss: Loss, sampler: Sampler, datamodule: Any
+) -> None:
+    """``teacher=RUN``: a distillation (its loss, :mod:`ddpm.distill`) or a reflow (:mod:`ddpm.reflow`: the
+    student trains on the teacher's ODE pairs); each student is checked before the teacher is read."""
+    from ddpm import distill
+
+    if not cfg.get("teacher"):
+        if distill.is_distillation(loss):
+            raise ConfigError(f"loss={loss!r} distils a trained run: give teacher=RUN")
+        return
+    if distill.is_distillation(loss):
+        distill.check_student(cfg, loss, sampler)
+        teacher = _open_teacher(cfg)
+        distill.check_teacher(cfg, teacher.config, str(cfg.teacher))
+        distill.attach_teacher(net, loss, teacher)
+        return
+    from ddpm import reflow
+
+    reflow.check_student(cfg, diffusion)
+    if getattr(datamodule, "kind", None) != "toy":
+        raise ConfigError("teacher=... (reflow) is built for toy data; this run's data are images")
+    datamodule.use_pairs(*reflow.teacher_pairs(cfg, _open_teacher(cfg)))
+
+
 def build(cfg: DictConfig) -> tuple[Any, DiffusionModule]:
     """Instantiate the DataModule and the DiffusionModule (net, diffusion, sampler, optimizer) of a config,
     for training (this imports Lightning; :func:`build_for_sampling` does not).
@@ -215,17 +248,6 @@ def build(cfg: DictConfig) -> tuple[Any, DiffusionModule]:
     diffusion = build_diffusion(cfg)
     net = diffusion.wrap_network(net)  # EDM: its preconditioning around the model
     check_network(net, diffusion, datamodule.data_shape)
-    if cfg.get("teacher"):  # a reflow: the student trains on the teacher's ODE pairs (ddpm.reflow)
-        from ddpm import reflow
-
-        reflow.check_student(cfg, diffusion)
-        if getattr(datamodule, "kind", None) != "toy":
-            raise ConfigError("teacher=... (reflow) is built for toy data; this run's data are images")
-        try:  # opened as any run folder is: weights only, its config data
-            teacher = load_run(str(cfg.teacher))
-        except (FileNotFoundError, ConfigError, OSError) as err:
-            raise ConfigError(f"teacher={str(cfg.teacher)!r}: {first_line(err)}") from None
-        datamodule.use_pairs(*reflow.teacher_pairs(cfg, teacher))
     loss, timestep_sampler = build_training(cfg, diffusion)
     try:
         loss.check_data((1, *datamodule.data_shape))
@@ -236,6 +258,7 @@ def build(cfg: DictConfig) -> tuple[Any, DiffusionModule]:
         sampler.timesteps(diffusion)
     except ValueError as err:
         raise ConfigError(f"sampler: {first_line(err)}") from None
+    _learn_from_teacher(cfg, net, diffusion, loss, sampler, datamodule)
     optimizer = _instantiate(cfg, "optimizer")
     lr_scheduler = _instantiate(cfg, "lr_scheduler") if cfg.get("lr_scheduler") else None
     if lr_scheduler is not None:  # the partial's own checks run now, not after the trainer starts

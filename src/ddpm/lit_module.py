@@ -239,6 +239,7 @@ class DiffusionModule(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor | None:
         """The loss on a batch, at timesteps drawn by the timestep sampler, weighted to stay unbiased."""
         x0, y = self._batch(batch)
+        self.loss.prepare(self.global_step, self.net)  # a distillation's round or target network moves on
         t, weights = self.timestep_sampler.sample(x0.shape[0], x0.device)
         noise = batch_noise(batch)  # a reflow's pairs bring their noise (rectified flow Algorithm 1)
         noise = self.loss.noise(x0) if noise is None else noise
@@ -251,6 +252,8 @@ class DiffusionModule(L.LightningModule):
             self.timestep_sampler.update(*self._gather_across_ranks(t, losses.detach()))
         if self._logging_step():  # self.log costs more than a small network's step: call it when it writes
             self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+            for key, value in self.loss.progress().items():
+                self.log(key, value, on_step=True, on_epoch=False)
         self._update_loss_by_quarter("train", losses, t)
         return loss
 
@@ -326,6 +329,7 @@ class DiffusionModule(L.LightningModule):
     def validation_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """The loss on held-out data at fixed (t, noise) per batch, so epochs are comparable."""
         x0, y = self._batch(batch)
+        self.loss.prepare(self.global_step, self.net)  # the sanity check runs before the first training step
         gen = torch.Generator(device=x0.device).manual_seed(batch_idx)
         t = self.timestep_sampler.validation_sample(x0.shape[0], x0.device, gen)
         noise = torch.randn(x0.shape, generator=gen, device=x0.device, dtype=x0.dtype)
@@ -368,6 +372,9 @@ class DiffusionModule(L.LightningModule):
         state = self.timestep_sampler.state_dict()
         if state:  # t is drawn by this history: a resumed run repeats an uninterrupted one only with it
             checkpoint["timestep_sampler"] = state
+        loss_state = self.loss.state_dict()
+        if loss_state:  # a distillation's round teacher or target network
+            checkpoint["loss"] = loss_state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore the global RNGs and the skipped-step count of the checkpointed run."""
@@ -376,6 +383,8 @@ class DiffusionModule(L.LightningModule):
         self.nonfinite_skipped = int(checkpoint.get("nonfinite_skipped", 0))
         if "timestep_sampler" in checkpoint:
             self.timestep_sampler.load_state_dict(checkpoint["timestep_sampler"])
+        if "loss" in checkpoint:
+            self.loss.load_state_dict(checkpoint["loss"], self.net)
 
     @overload
     def sample(

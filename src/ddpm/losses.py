@@ -315,6 +315,22 @@ class Loss:
         """The per-sample losses [B] from the network's output at x_t = q_sample(x0, t, noise)."""
         raise NotImplementedError
 
+    def prepare(self, step: int, net: torch.nn.Module) -> None:  # most losses keep no state
+        """Called before optimizer step ``step`` (and before a validation at it) with the trained network: a
+        loss with state of its own moves it on here (:mod:`ddpm.distillation`: a round's teacher, the
+        target network)."""
+
+    def progress(self) -> dict[str, float]:
+        """Values the training step logs beside the loss (none here)."""
+        return {}
+
+    def state_dict(self) -> dict[str, object]:
+        """The state a resumed run needs (tensors and plain values); empty for a loss without state."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, object], net: torch.nn.Module) -> None:  # no state: nothing
+        """Restore :meth:`state_dict` (``net``: the trained network, whose copies hold a loss's own)."""
+
 
 class SimpleLoss(Loss):
     """The distance of the network's output to its parameterisation's target: L_simple (DDPM eq. 14) for

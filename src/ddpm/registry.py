@@ -57,7 +57,15 @@ class Option:
         return getattr(importlib.import_module(module), name)
 
 
-_SAMPLERS = ("DDIMSampler", "DDPMSampler", "DPMSolverSampler", "EDMSampler", "HeunSampler", "UniPCSampler")
+_SAMPLERS = (
+    "ConsistencySampler",
+    "DDIMSampler",
+    "DDPMSampler",
+    "DPMSolverSampler",
+    "EDMSampler",
+    "HeunSampler",
+    "UniPCSampler",
+)
 _OPTIMIZERS = ("Adam", "AdamW")
 
 #: group -> ``_target_`` text -> option: everything a stored config may name
@@ -86,6 +94,12 @@ OPTIONS: dict[str, dict[str, Option]] = {
             "loss", f"ddpm.losses.{name}", f"ddpm.losses:{name}", completed=("diffusion",)
         )
         for name in ("SimpleLoss", "HybridLoss", "VLBLoss", "EDMLoss")
+    }
+    | {
+        f"ddpm.distillation.{name}": Option(
+            "loss", f"ddpm.distillation.{name}", f"ddpm.distillation:{name}", completed=("diffusion",)
+        )
+        for name in ("ProgressiveDistillationLoss", "ConsistencyDistillationLoss")
     },
     "timestep_sampler": {
         f"ddpm.timestep_sampling.{name}": Option(
@@ -99,6 +113,7 @@ OPTIONS: dict[str, dict[str, Option]] = {
             "LossSecondMomentTimesteps",
             "LogNormalNoiseLevels",
             "LogitNormalTimes",
+            "GridTimes",
         )
     },
     "sampler": {

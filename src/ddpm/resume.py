@@ -175,6 +175,8 @@ def _refuse_changes(today: DictConfig, run: Mapping[str, Any], typed: list[str])
         new, old = today_leaves.get(key, _ABSENT), run_leaves.get(key, _ABSENT)
         if new is _ABSENT and key.startswith("data."):
             continue  # a key today's option does not have: the class's default, as stored
+        if new in (None, {}) and old in (None, {}):
+            continue  # an empty option (lr_scheduler=none) is stored as null: the same run
         if new != old:
             new, old = _node(today, key), _node(OmegaConf.create(dict(run)), key)
             raise ConfigError(

@@ -13,6 +13,7 @@ Plain PyTorch (no Lightning, no Hydra).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -22,6 +23,7 @@ from ddpm.process import Process
 __all__ = [
     "HISTORY_PER_TERM",
     "UNIFORM_PROB",
+    "GridTimes",
     "LogNormalNoiseLevels",
     "LogitNormalTimes",
     "LossSecondMomentTimesteps",
@@ -78,7 +80,22 @@ class TimestepDistribution:
 
 
 def check_loss(timestep_sampler: TimestepDistribution, loss: object) -> None:
-    """A one-line ValueError when ``timestep_sampler`` learns from terms the ``loss`` does not have."""
+    """A one-line ValueError when ``timestep_sampler`` learns from terms the ``loss`` does not have, or when
+    a loss that trains on a grid of its own (a distillation's) meets another distribution than
+    :class:`GridTimes`; a :class:`GridTimes` is given its loss here."""
+    grid_loss = callable(getattr(loss, "training_times", None))
+    if isinstance(timestep_sampler, GridTimes):
+        if not grid_loss:
+            raise ValueError(
+                f"timestep_sampler=grid draws the times a distillation trains at; {loss!r} has none: use "
+                "timestep_sampler=uniform"
+            )
+        timestep_sampler.follow(loss)
+    elif grid_loss:
+        raise ValueError(
+            f"{loss!r} trains at the times of its own grid; use timestep_sampler=grid, not "
+            f"{type(timestep_sampler).__name__}"
+        )
     if timestep_sampler.needs_bound_terms and not getattr(loss, "bound_terms", False):
         raise ValueError(
             f"{type(timestep_sampler).__name__} samples t by the bound's per-t terms L_t, which {loss!r} has "
@@ -270,6 +287,38 @@ class LogitNormalTimes(TimestepDistribution):
 
     def __repr__(self) -> str:
         return f"LogitNormalTimes(mean={self.mean:g}, scale={self.scale:g})"
+
+
+class GridTimes(TimestepDistribution):
+    """t uniform over the times a distillation trains at (:meth:`training_times` of its loss, which change
+    by round): the student's grid points of progressive distillation (Salimans & Ho Algorithm 2, line 5),
+    t_{n+1} of consistency distillation (Song et al. Algorithm 2, n ~ U[1, N - 1]); every weight 1."""
+
+    def __init__(self, process: Process) -> None:
+        self.discrete = process.discrete
+        self.loss: Any = None
+
+    def follow(self, loss: Any) -> None:
+        """Draw the times of ``loss`` (anything with ``training_times() -> tensor``)."""
+        self.loss = loss
+
+    def sample(
+        self, batch: int, device: torch.device | str | None = None, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t, ones)."""
+        if self.loss is None:
+            raise ValueError(
+                "GridTimes has no loss to draw the times of: check_loss(sampler, loss) gives it one"
+            )
+        times = self.loss.training_times()
+        gen_device = generator.device if generator is not None else device
+        index = torch.randint(0, len(times), (batch,), generator=generator, device=gen_device)
+        t = times.to(index.device)[index]
+        t = t.round().long() if self.discrete else t.float()
+        return t.to(device), torch.ones(batch, device=device)
+
+    def __repr__(self) -> str:
+        return "GridTimes()"
 
 
 def default_timesteps(process: Process) -> TimestepDistribution:

@@ -7,6 +7,8 @@
 - :class:`UniPCSampler` (``unipc``): UniPC predictor-corrector (bh2, or bh1).
 - :class:`HeunSampler` (``heun``): EDM's second-order sampler (with optional churn) on a spacing's levels, in
   the process's ODE frame (t itself on the flow).
+- :class:`ConsistencySampler` (``consistency``): consistency models' multistep sampler (Song et al. 2023,
+  Algorithm 1), for a consistency-distilled run.
 - :class:`EDMSampler` (``edm``): EDM Algorithm 2 on the noise levels of EDM eq. 5 (``sigma_min``,
   ``sigma_max``, ``rho``).
 
@@ -24,6 +26,7 @@ from ddpm.samplers.base import (
     StepOutput,
     alpha_sigma,
 )
+from ddpm.samplers.consistency import ConsistencySampler
 from ddpm.samplers.ddim import DDIMSampler
 from ddpm.samplers.dpm_solver import DPMSolverSampler, DPMSolverState
 from ddpm.samplers.guidance import ClassifierFreeGuidance
@@ -33,6 +36,7 @@ from ddpm.samplers.unipc import UniPCSampler, UniPCState
 
 __all__ = [
     "ClassifierFreeGuidance",
+    "ConsistencySampler",
     "DDIMSampler",
     "DDPMSampler",
     "DPMSolverSampler",
