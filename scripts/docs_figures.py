@@ -1,7 +1,7 @@
 """The figures of the tutorial page docs/tutorial/ddpm-from-the-equations.md, written into the site's sources.
 
     uv run python scripts/docs_figures.py                 # all of them, into docs/tutorial/figures/
-    uv run python scripts/docs_figures.py --out /tmp/figs # elsewhere (e.g. to compare with the committed ones)
+    uv run python scripts/docs_figures.py --out /tmp/figs # elsewhere, e.g. to compare with the committed ones
 
 Four are ``ddpm-viz`` subcommands, run in this process through ``ddpm.cli.viz.main`` with the arguments
 printed as the command line that draws the same file (the page quotes them). The fifth, the reverse
@@ -62,7 +62,9 @@ def reverse_figure(out: Path, n: int = 1000, seed: int = 0) -> Path:
     )
     data = torch.randn(n, 2, generator=gen) * std + mu
     fig = plot_reverse_2d(result.trajectory, result.timesteps, data=data)
-    fig.suptitle("Reverse process: DDPM (Algorithm 2) with the exact eps of N((2, 2), 0.5² I), linear T = 1000")
+    fig.suptitle(
+        "Reverse process: DDPM (Algorithm 2) with the exact eps of N((2, 2), 0.5² I), linear T = 1000"
+    )
     path = save_figure(fig, out / REVERSE_FIGURE, dpi=DPI)
     print(f"reverse process of the Gaussian oracle -> {path}", flush=True)
     return path
@@ -71,7 +73,9 @@ def reverse_figure(out: Path, n: int = 1000, seed: int = 0) -> Path:
 def main(argv: list[str] | None = None) -> int:
     """Write every figure of the tutorial; returns the exit code."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder (default docs/tutorial/figures)")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help="folder (default docs/tutorial/figures)"
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     viz_figures(args.out)
