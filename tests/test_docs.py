@@ -485,3 +485,25 @@ def test_the_site_builds_strictly_with_the_tutorial_and_the_api(site: Path) -> N
         assert doc is not None
         first = html.escape(doc.strip().splitlines()[0].split("``")[0].strip(), quote=False)
         assert len(first) > 20 and first in api, first
+
+
+def test_every_library_module_has_its_api_page() -> None:
+    """Layers 0-3 (everything under src/ddpm but the commands) are published: each module is a
+    ``::: ddpm.<module>`` block on one of docs/api's pages, so a new module needs a line there."""
+    src = ROOT / "src" / "ddpm"
+    modules = set()
+    for path in src.rglob("*.py"):
+        parts = path.relative_to(src).with_suffix("").parts
+        if (
+            parts[0] == "cli"
+            or parts == ("__init__",)
+            or any(p.startswith("_") and p != "__init__" for p in parts)
+        ):
+            continue
+        modules.add("ddpm." + ".".join(p for p in parts if p != "__init__"))
+    documented = set()
+    for page in (ROOT / "docs" / "api").glob("*.md"):
+        documented |= set(re.findall(r"^::: (ddpm[\w.]*)\s*$", page.read_text(encoding="utf-8"), flags=re.M))
+    assert len(modules) > 60  # the walk found the library
+    assert modules - documented == set(), "library modules missing from docs/api/*.md"
+    assert documented - modules == set(), "docs/api/*.md names modules that do not exist"
