@@ -1,4 +1,4 @@
-"""DDPM against EDM at equal training budgets, three training seeds each: the table in README's EDM section.
+"""DDPM against EDM at equal training budgets, three training seeds each: the table of docs/guide/edm.md.
 
 - ``toy2d`` against ``toy2d_edm``: the shipped presets (1500 steps each, the same MLP, batch and EMA); the
   quality is each run's own final figure, the energy distance of 2000 samples (its own sampler: UniPC-15 for

@@ -1,5 +1,5 @@
 """DDPM, flow matching, minibatch-OT flow matching and reflow, each trained as shipped, scored at 1, 2, 4
-and 15 network evaluations: the tables in README's Flow matching section.
+and 15 network evaluations: the tables of docs/guide/flow.md.
 
 - **moons**, ``--seeds`` training seeds each: ``toy2d`` (DDPM), ``toy2d_flow`` (independent pairs),
   ``toy2d_flow_ot`` (minibatch OT pairs), ``toy2d_reflow`` (the 2-rectified flow of that seed's

@@ -109,7 +109,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="draws per sampler (default 3)")
     p.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     args = p.parse_args()
-    torch.set_num_threads(1)  # a shared CPU: one thread is the faster here (README, cpu_threads)
+    torch.set_num_threads(1)  # one thread is faster on a shared CPU (cpu_threads: docs/guide/training.md)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, overrides in VARIANTS.items():

@@ -176,7 +176,7 @@ def test_sample_and_eval_take_classes_and_guidance(
 
 
 # ----------------------------------------------------------------------------- the digits, conditional
-#: the guidance scale the README recommends for digits_cond (README, Conditional generation)
+#: the guidance scale docs/guide/conditional.md recommends for digits_cond
 DIGITS_GUIDANCE = 1.0
 
 
@@ -210,5 +210,6 @@ def test_toy2d_cond_draws_each_class_at_its_mode(tmp_path: Path) -> None:
     assert metrics["final/nearest_mode"] >= 0.95
     assert min(metrics[f"final/nearest_mode_{k}"] for k in range(8)) >= 0.95
     ratios = [metrics[f"final/class_ratio_{k}"] for k in range(8)]
-    # the figure: within 3x each class's floor (seeded: this draw; another draws 0.5-3.6x, README)
+    # the figure: within 3x each class's floor (seeded: this draw; another draws 0.5-3.6x,
+    # docs/guide/conditional.md)
     assert all(np.isfinite(ratios)) and max(ratios) <= 3.0, ratios

@@ -111,6 +111,27 @@ def test_forward_1d_is_the_closed_form_of_seed_000() -> None:
     assert not np.array_equal(viz.forward_1d(seed=1)["xt"], data["xt"])
 
 
+def test_forward_1d_draws_one_panel_per_t_with_the_clean_signal_faint() -> None:
+    """The issue's complaint: six noisy sines overlaid in one axes cannot be read t by t. The default is one
+    panel per t (as forward-2d), each with its own x_t and the clean x0 faint behind it."""
+    data = viz.forward_1d()
+    fig = viz.plot_forward_1d(data)
+    shown = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(shown) == len(data["timesteps"]) == 6
+    for ax, t, xt in zip(shown, data["timesteps"], data["xt"], strict=True):
+        assert ax.get_title().startswith(f"t = {t},")
+        noisy, clean = ax.get_lines()
+        np.testing.assert_array_equal(noisy.get_ydata(), xt)  # this panel's t, and only it
+        np.testing.assert_array_equal(clean.get_ydata(), data["x0"])
+        assert (clean.get_alpha() or 1.0) < 0.5 <= (noisy.get_alpha() or 1.0)  # faint behind, x_t in front
+        assert clean.get_zorder() < noisy.get_zorder()
+    # the panels share their axes, so the noise levels compare across t at a glance
+    assert shown[0].get_shared_y_axes().joined(shown[0], shown[-1])
+    # the tutorial's overlay is still there on request: one axes, six x_t and x0
+    overlay = viz.plot_forward_1d(data, layout="overlay")
+    assert len(overlay.axes) == 1 and len(overlay.axes[0].get_lines()) == 7
+
+
 def test_forward_2d_moments_match_the_closed_form() -> None:
     n = 20_000
     data = viz.forward_2d(n=n)
@@ -203,7 +224,7 @@ def _fig_cases() -> dict[str, object]:
     return {
         "schedules": lambda: viz.plot_schedules(viz.schedule_curves()),
         "forward-1d": lambda: viz.plot_forward_1d(viz.forward_1d()),
-        "forward-1d-panels": lambda: viz.plot_forward_1d(viz.forward_1d(), layout="panels"),
+        "forward-1d-overlay": lambda: viz.plot_forward_1d(viz.forward_1d(), layout="overlay"),
         "forward-2d": lambda: viz.plot_forward_2d(viz.forward_2d()),
         "forward-chain": lambda: viz.plot_forward_chain(viz.forward_chain()),
         "reverse-1d-scalar": lambda: viz.plot_reverse_1d(scalar.trajectory, scalar.timesteps, target=5.0),

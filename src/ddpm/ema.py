@@ -129,8 +129,10 @@ def solve_weights(
     coefficients are not normalised: their sum is near 1 when the target lies within the snapshots' span.
 
     Args:
-        t_i, gamma_i: the snapshots' steps (> 0) and exponents (> -1/2), broadcast to one 1-D list.
-        t_r, gamma_r: the target's step and exponent; scalars give a 1-D result, lists one column each.
+        t_i: the snapshots' steps (> 0), broadcast with ``gamma_i`` to one 1-D list.
+        gamma_i: the snapshots' exponents (> -1/2).
+        t_r: the target's step; a scalar gives a 1-D result, a list one column per target.
+        gamma_r: the target's exponent, broadcast with ``t_r``.
 
     Returns:
         float64 coefficients, ``[n]`` for a scalar target, ``[n, m]`` for ``m`` targets.

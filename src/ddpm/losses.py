@@ -340,7 +340,9 @@ class SimpleLoss(Loss):
         distance: ``mse``, ``l1`` or ``huber`` (per element, averaged over each sample).
         weighting: ``none`` or ``min_snr`` (Hang et al. 2023) with ``min_snr_gamma``.
         min_snr_gamma: the gamma of min-SNR weighting.
-        offset_noise, cond_drop_prob, coupling: see :class:`Loss`.
+        offset_noise: see :class:`Loss`.
+        cond_drop_prob: see :class:`Loss`.
+        coupling: see :class:`Loss`.
     """
 
     def __init__(
@@ -443,7 +445,9 @@ class VLBLoss(Loss):
 
     Args:
         decoder: L_0's decoder: ``discretized`` (images), ``gaussian``, or ``auto`` (see :class:`HybridLoss`).
-        offset_noise, cond_drop_prob, coupling: see :class:`Loss`.
+        offset_noise: see :class:`Loss`.
+        cond_drop_prob: see :class:`Loss`.
+        coupling: see :class:`Loss`.
     """
 
     bound_terms = True
@@ -478,8 +482,11 @@ class HybridLoss(SimpleLoss):
         vlb_weight: lambda (improved DDPM: 0.001).
         decoder: L_0's decoder in L_vlb: ``discretized`` (images), ``gaussian``, or ``auto``: discretised with
             the levels :func:`infer_bins` finds in the first training batch, else Gaussian.
-        weighting, min_snr_gamma, offset_noise, cond_drop_prob, coupling: see :class:`SimpleLoss` (the
-            distance is mse).
+        weighting: see :class:`SimpleLoss` (the distance is mse).
+        min_snr_gamma: see :class:`SimpleLoss`.
+        offset_noise: see :class:`Loss`.
+        cond_drop_prob: see :class:`Loss`.
+        coupling: see :class:`Loss`.
     """
 
     bound_terms = True
@@ -534,7 +541,9 @@ class EDMLoss(Loss):
 
     Args:
         diffusion: the :class:`~ddpm.edm.EDMProcess` (continuous in sigma).
-        offset_noise, cond_drop_prob, coupling: see :class:`Loss`.
+        offset_noise: see :class:`Loss`.
+        cond_drop_prob: see :class:`Loss`.
+        coupling: see :class:`Loss`.
     """
 
     def __init__(

@@ -137,7 +137,8 @@ def _write_outputs(
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
-    args = _parser().parse_args(argv)
+    # intermixed, as ddpm-eval: sampler overrides may follow options (RUN --n 2000 sampler=euler)
+    args = _parser().parse_intermixed_args(argv)
     _check_args(args)
     ensure_output_folder(args, "samples", "samples")
     run = load_from_args(args, args.overrides)

@@ -122,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--timesteps", type=int, nargs="+", metavar="T", help="t to show (default 0, T/10, ..., T-1)"
     )
     p.add_argument("--length", type=int, default=100, help="points in the sine wave (default 100)")
-    p.add_argument("--layout", default="overlay", help="overlay (one axes, as seed 000) or panels")
+    p.add_argument(
+        "--layout", default="panels", help="panels (one per t, the default) or overlay (as seed 000)"
+    )
     _add_schedule_options(p, T=1000, seed=0, beta=(1e-4, 0.02))
     p.set_defaults(handler=_cmd_forward_1d)
 

@@ -54,8 +54,8 @@ class HeunSampler(Sampler):
         timesteps: a custom schedule instead of the spacing's grid (fractional timesteps allowed).
         s_churn: EDM's S_churn: the noise added back before each step, gamma_i = min(S_churn / N, sqrt(2) - 1)
             for noise levels in [s_tmin, s_tmax] (0: deterministic).
-        s_tmin, s_tmax: the noise levels (EDM's sigma) where churn applies (``s_tmax`` None: no upper bound,
-            as inf).
+        s_tmin: the lowest noise level (EDM's sigma) where churn applies.
+        s_tmax: the highest noise level where churn applies (None: no upper bound, as inf).
         s_noise: EDM's S_noise, the std of the added noise relative to the level it restores (EDM: 1.007).
     """
 
@@ -213,8 +213,13 @@ class EDMSampler(HeunSampler):
 
     Args:
         steps: the number of noise levels N >= 2 (EDM's CIFAR-10: 18, 35 evaluations).
-        sigma_min, sigma_max, rho: EDM eq. 5 (table 1: 0.002, 80, 7).
-        s_churn, s_tmin, s_tmax, s_noise: EDM's stochasticity (table 1 / 5; 0 churn: Algorithm 1).
+        sigma_min: the lowest noise level of EDM eq. 5 (table 1: 0.002).
+        sigma_max: the highest noise level of EDM eq. 5 (table 1: 80).
+        rho: the exponent of EDM eq. 5 (table 1: 7).
+        s_churn: EDM's S_churn (table 1 / 5; 0: Algorithm 1, deterministic).
+        s_tmin: the lowest noise level churn applies at.
+        s_tmax: the highest noise level churn applies at (None: no upper bound).
+        s_noise: EDM's S_noise, the std of the added noise relative to the level it restores.
         guidance_scale: classifier-free guidance w when sampling with labels.
     """
 

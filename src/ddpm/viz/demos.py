@@ -179,14 +179,15 @@ def forward_1d(
     }
 
 
-def plot_forward_1d(data: Mapping[str, Any], layout: Forward1DLayout = "overlay") -> Figure:
+def plot_forward_1d(data: Mapping[str, Any], layout: Forward1DLayout = "panels") -> Figure:
     """The noised signals x_t against position, with the clean x0 highlighted.
 
     Args:
         data: the output of :func:`forward_1d`.
-        layout: ``overlay`` draws one line per t on one axes (dark to light as noise grows) under a thick
-            x0, as seed tutorial 000 does; ``panels`` gives each t its own panel over a thin x0, easier to
-            read.
+        layout: ``panels`` (the default) gives each t its own panel, on shared axes, with the clean x0
+            drawn faintly behind x_t, so every t can be read on its own (as :func:`plot_forward_2d` does);
+            ``overlay`` draws one line per t on one axes (dark to light as noise grows) under a thick x0, as
+            seed tutorial 000 does.
     """
     check_arguments({"layout": layout})
     ts, cmap = data["timesteps"], colormaps["plasma"]
@@ -207,10 +208,12 @@ def plot_forward_1d(data: Mapping[str, Any], layout: Forward1DLayout = "overlay"
         fig = _new_figure(4.0 * ncols, 2.6 * nrows + 0.6)
         axes = np.atleast_1d(fig.subplots(nrows, ncols, sharex=True, sharey=True)).ravel()
         for ax, xt, color, label in zip(axes, data["xt"], colors, labels, strict=False):
-            ax.plot(data["x"], data["x0"], color="#1f4fd1", lw=1.5, alpha=0.6)
-            ax.plot(data["x"], xt, color=color, lw=1.1)
+            ax.plot(data["x"], xt, color=color, lw=1.1, label=r"$x_t$")
+            # the clean signal, faint and behind, so x_t stays the thing read in each panel
+            ax.plot(data["x"], data["x0"], color="0.45", lw=1.3, alpha=0.35, label=r"$x_0$ (clean)", zorder=0)
             ax.set_title(label, fontsize="medium")
             ax.grid(True, alpha=0.3)
+        axes[0].legend(loc="lower left", fontsize="x-small")
         for ax in axes[len(ts) :]:
             ax.set_visible(False)
         for ax in axes[(nrows - 1) * ncols :]:
