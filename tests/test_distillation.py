@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from ddpm.build import build, load_run
 from ddpm.diffusion import GaussianDiffusion
@@ -24,7 +23,7 @@ from ddpm.distillation import (
     progressive_target,
     student_grid,
 )
-from ddpm.evaluation.exact import affine_moments, relative_frobenius
+from ddpm.evaluation.exact import AffineStudent, OracleDenoiser, distil_gaussian_oracle
 from ddpm.oracle import GaussianOracle
 from ddpm.samplers import ConsistencySampler, DDIMSampler
 from ddpm.schedules import make_beta_schedule
@@ -39,36 +38,11 @@ def chain(objective: str = "v", T: int = 1000) -> GaussianDiffusion:
     return GaussianDiffusion(make_beta_schedule("linear", T), objective=objective)
 
 
-class OracleX0(nn.Module):
-    """The Gaussian oracle's E[x0 | x_t] as a teacher (an x0-prediction)."""
-
-    def __init__(self, oracle: GaussianOracle) -> None:
-        super().__init__()
-        self.oracle = oracle
-        self.anchor = nn.Parameter(torch.zeros(1), requires_grad=False)  # a device for the copies
-
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.oracle.x0(x_t.double(), t).float()
-
-
-class AffineStudent(nn.Module):
-    """An affine map of x_t per timestep: enough capacity to match a Gaussian teacher's DDIM steps exactly."""
-
-    def __init__(self, T: int, dim: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(T, dim, dim))
-        self.bias = nn.Parameter(torch.zeros(T, dim))
-
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        t = t.long()
-        return torch.einsum("bij,bj->bi", self.weight[t], x_t) + self.bias[t]
-
-
 def test_progressive_target_makes_one_student_step_land_on_two_teacher_steps() -> None:
     """Salimans & Ho Algorithm 2, line 10: one DDIM step from t with x0 = x~ reaches the teacher's z''."""
     d = chain()
     oracle = GaussianOracle(d, MU, SIGMA)
-    teacher = OracleX0(oracle)
+    teacher = OracleDenoiser(oracle)
     gen = torch.Generator().manual_seed(0)
     x0 = oracle.sample(64, generator=gen).float()
     t = torch.full((64,), 749, dtype=torch.long)
@@ -91,7 +65,7 @@ def test_rounds_halve_the_students_steps_on_its_samplers_grid() -> None:
     loss = ProgressiveDistillationLoss(d, teacher_steps=16, student_steps=2, round_steps=3)
     assert loss.rounds == 3 and loss.total_steps == 9
     net = AffineStudent(1000, 2)
-    loss.use_teacher(OracleX0(GaussianOracle(d, MU, SIGMA)))
+    loss.use_teacher(OracleDenoiser(GaussianOracle(d, MU, SIGMA)))
     times = GridTimes(d)
     check_loss(times, loss)
     seen = []
@@ -159,50 +133,11 @@ def test_consistency_sampler_is_f_at_the_noisiest_time_then_noise_and_f_again() 
     torch.testing.assert_close(x, consistency_output(d, net(x_mid, t2), x_mid, t2))
 
 
-def distil_oracle(teacher_steps: int, final: int, round_steps: int, batch: int = 512) -> dict[str, float]:
-    """Progressive distillation from the exact Gaussian oracle into an affine student (the oracle's
-    probability-flow map is affine, so the student can match each round's teacher); the covariance errors of
-    the student's DDIM-``final`` samples against its first teacher's (DDIM-``teacher_steps``) and against the
-    converged ODE (DDIM-1000), beside the teacher's and plain DDIM-``final``'s own."""
-    torch.manual_seed(0)
-    d = chain("v")
-    oracle = GaussianOracle(d, MU, SIGMA)
-    loss = ProgressiveDistillationLoss(
-        d, teacher_steps=teacher_steps, student_steps=final, round_steps=round_steps
-    )
-    loss.use_teacher(OracleX0(oracle))
-    times = GridTimes(d)
-    check_loss(times, loss)
-    net = AffineStudent(1000, 2)
-    gen = torch.Generator().manual_seed(0)
-    opt = torch.optim.Adam(net.parameters(), lr=0.05)
-    for step in range(loss.total_steps):
-        loss.prepare(step, net)
-        if step % loss.round_steps == 0:  # each round a fresh optimizer, as each round is a fresh fit
-            opt = torch.optim.Adam(net.parameters(), lr=0.05)
-        x0 = oracle.sample(batch, generator=gen).float()
-        t, _ = times.sample(batch, generator=gen)
-        losses = loss(net, x0, t, torch.randn(x0.shape, generator=gen))
-        opt.zero_grad()
-        losses.mean().backward()
-        opt.step()
-    converged = affine_moments(DDIMSampler(steps=1000), oracle, d, 2)[1]
-    teacher = affine_moments(DDIMSampler(steps=teacher_steps), oracle, d, 2)[1]
-    plain = affine_moments(DDIMSampler(steps=final), oracle, d, 2)[1]
-    student = affine_moments(DDIMSampler(steps=final), net, d, 2)[1]
-    return {
-        "student_vs_teacher": relative_frobenius(student, teacher),
-        "student": relative_frobenius(student, converged),
-        "teacher": relative_frobenius(teacher, converged),
-        "plain": relative_frobenius(plain, converged),
-    }
-
-
 def test_progressive_distillation_of_the_gaussian_oracle_matches_its_teacher() -> None:
     """Two rounds, 16 -> 8 -> 4 steps: the student's DDIM-4 has the 16-step teacher's covariance, so its
     error against the converged ODE is the teacher's (19%), where DDIM's own 4 steps are 60% off;
     ``scripts/distillation_side_by_side.py --oracle`` measures 1, 2 and 4 steps from a 512-step teacher."""
-    errors = distil_oracle(teacher_steps=16, final=4, round_steps=100)
+    errors = distil_gaussian_oracle(chain("v"), MU, SIGMA, teacher_steps=16, student_steps=4, round_steps=100)
     assert errors["student_vs_teacher"] < 0.005
     assert abs(errors["student"] - errors["teacher"]) < 0.005 and errors["teacher"] < errors["plain"] / 2
 

@@ -151,8 +151,9 @@ class ProgressiveDistillationLoss(Loss):
         spacing: the DDIM spacing of every round's grid (the student's sampler's).
         weighting: ``truncated_snr`` (max(SNR, 1)) or ``snr_plus_one`` (SNR + 1, what the v loss weighs
             x0 by): the weight of ||x-tilde - x0-hat||^2 (Salimans & Ho sec. 4).
-        offset_noise, cond_drop_prob, coupling: the training noise, as for every loss
-            (:class:`~ddpm.losses.Loss`); the student is unconditional.
+        offset_noise: the training noise's offset (:class:`~ddpm.losses.Loss`).
+        cond_drop_prob: label dropout (:class:`~ddpm.losses.Loss`); the students here are unconditional.
+        coupling: how the training noise is paired with the data (:class:`~ddpm.losses.Loss`).
     """
 
     def __init__(
@@ -373,8 +374,9 @@ class ConsistencyDistillationLoss(Loss):
         target_decay: mu, the EMA rate of the target network theta^- (CM Algorithm 2, last line).
         sigma_data: the consistency scalings' sigma_data (:func:`consistency_scalings`); the student's
             sampler (``sampler=consistency``) must have the same.
-        offset_noise, cond_drop_prob, coupling: the training noise, as for every loss
-            (:class:`~ddpm.losses.Loss`); the student is unconditional.
+        offset_noise: the training noise's offset (:class:`~ddpm.losses.Loss`).
+        cond_drop_prob: label dropout (:class:`~ddpm.losses.Loss`); the students here are unconditional.
+        coupling: how the training noise is paired with the data (:class:`~ddpm.losses.Loss`).
     """
 
     def __init__(

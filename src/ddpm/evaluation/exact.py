@@ -10,6 +10,9 @@ allows, no Monte-Carlo noise.
 * Mixtures: the energy distance to held-out data as a multiple of the data-vs-data floor and the mode-weight
   error (``mixture_quality``), and the band that exact samples fall in (``null_band``).
 * ``fit_slope``: the log-log slope of an error against NFE, to compare with a sampler's ``order``.
+* ``distil_gaussian_oracle``: progressive distillation (:mod:`ddpm.distillation`) with the Gaussian oracle as
+  the first teacher and an affine student per timestep (``AffineStudent``: the oracle's probability-flow map
+  is affine, so the student can match each round's teacher exactly); the student's covariance error.
 
 ``scripts/sampler_leaderboard.py`` ranks the samplers with these; ``tests/test_exact.py``,
 ``tests/test_solvers.py`` and ``tests/test_guidance.py`` use them. Plain PyTorch: no Lightning.
@@ -35,9 +38,11 @@ __all__ = [
     "BOOTSTRAP_RESAMPLES",
     "FIT_CEILING",
     "FIT_FLOOR_FACTOR",
+    "AffineStudent",
     "CovarianceResult",
     "DataDraws",
     "MixtureResult",
+    "OracleDenoiser",
     "SlopeFit",
     "affine_map",
     "affine_moments",
@@ -46,6 +51,7 @@ __all__ = [
     "covariance_sampling_noise",
     "data_draws",
     "ddpm_moments",
+    "distil_gaussian_oracle",
     "final_step_error",
     "fit_slope",
     "marginal_cov",
@@ -383,3 +389,89 @@ def fit_slope(
     # ordinary least squares: slope = sum (x - mx)(y - my) / sum (x - mx)^2
     slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
     return SlopeFit(slope, len(use), use[0][0], use[-1][0])
+
+
+# ------------------------------------------------------------------------------------------ distillation
+class OracleDenoiser(torch.nn.Module):
+    """The Gaussian oracle's E[x0 | x_t] as a network (an x0-prediction in float32): a distillation's
+    teacher."""
+
+    def __init__(self, oracle: GaussianMixtureOracle) -> None:
+        super().__init__()
+        self.oracle = oracle
+        self.anchor = torch.nn.Parameter(torch.zeros(1), requires_grad=False)  # where the copies live
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x0*(x_t, t)."""
+        return self.oracle.x0(x_t.double(), t).float()
+
+
+class AffineStudent(torch.nn.Module):
+    """An affine map of x_t per integer timestep, ``A_t x_t + b_t``: enough capacity to match a Gaussian
+    teacher's DDIM steps exactly (every one is affine), nothing more."""
+
+    def __init__(self, T: int, dim: int) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(T, dim, dim))
+        self.bias = torch.nn.Parameter(torch.zeros(T, dim))
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """A_t x_t + b_t per sample."""
+        t = t.long()
+        return torch.einsum("bij,bj->bi", self.weight[t], x_t) + self.bias[t]
+
+
+def distil_gaussian_oracle(
+    diffusion: Process,
+    mu: torch.Tensor,
+    sigma: torch.Tensor,
+    teacher_steps: int,
+    student_steps: int,
+    round_steps: int,
+    batch: int = 512,
+    lr: float = 0.05,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Progressive distillation of the Gaussian oracle N(mu, Sigma) on ``diffusion`` (a chain; its objective
+    is the student's) into an :class:`AffineStudent`, each round a fresh Adam; the covariance errors
+    (relative Frobenius) of DDIM-``student_steps`` on the student against the first teacher's
+    DDIM-``teacher_steps`` (``student_vs_teacher``) and, as the teacher's and plain DDIM-``student_steps``'s
+    own, against the converged ODE, DDIM with every one of the T steps (``student``, ``teacher``, ``plain``).
+    """
+    from ddpm.distillation import ProgressiveDistillationLoss
+    from ddpm.samplers import DDIMSampler
+    from ddpm.timestep_sampling import GridTimes, check_loss
+
+    torch.manual_seed(seed)
+    oracle = GaussianOracle(diffusion, mu, sigma)
+    loss = ProgressiveDistillationLoss(
+        diffusion, teacher_steps=teacher_steps, student_steps=student_steps, round_steps=round_steps
+    )
+    loss.use_teacher(OracleDenoiser(oracle))
+    times = GridTimes(diffusion)
+    check_loss(times, loss)
+    dim = len(oracle.mu)
+    net = AffineStudent(int(diffusion.num_timesteps), dim)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    for step in range(loss.total_steps):
+        loss.prepare(step, net)
+        if step % round_steps == 0:  # each round a fresh optimizer, as each round starts a new fit
+            opt = torch.optim.Adam(net.parameters(), lr=lr)
+        x0 = oracle.sample(batch, generator=gen).float()
+        t, _ = times.sample(batch, generator=gen)
+        losses = loss(net, x0, t, torch.randn(x0.shape, generator=gen))
+        opt.zero_grad()
+        losses.mean().backward()
+        opt.step()
+    T = int(diffusion.num_timesteps)
+    converged = affine_moments(DDIMSampler(steps=T), oracle, diffusion, dim)[1]
+    teacher = affine_moments(DDIMSampler(steps=teacher_steps), oracle, diffusion, dim)[1]
+    plain = affine_moments(DDIMSampler(steps=student_steps), oracle, diffusion, dim)[1]
+    student = affine_moments(DDIMSampler(steps=student_steps), net, diffusion, dim)[1]
+    return {
+        "student_vs_teacher": relative_frobenius(student, teacher),
+        "student": relative_frobenius(student, converged),
+        "teacher": relative_frobenius(teacher, converged),
+        "plain": relative_frobenius(plain, converged),
+    }
