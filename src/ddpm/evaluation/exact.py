@@ -32,7 +32,7 @@ from ddpm.metrics import energy_distance
 from ddpm.oracle import GaussianMixtureOracle, GaussianOracle
 from ddpm.process import Process
 from ddpm.samplers import DDPMSampler, Sampler, alpha_sigma
-from ddpm.samplers.base import Model
+from ddpm.samplers.base import Model, require_chain
 
 __all__ = [
     "BOOTSTRAP_RESAMPLES",
@@ -451,7 +451,8 @@ def distil_gaussian_oracle(
     times = GridTimes(diffusion)
     check_loss(times, loss)
     dim = len(oracle.mu)
-    net = AffineStudent(int(diffusion.num_timesteps), dim)
+    T = require_chain(diffusion, "distil_gaussian_oracle").num_timesteps
+    net = AffineStudent(T, dim)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     for step in range(loss.total_steps):
@@ -464,7 +465,6 @@ def distil_gaussian_oracle(
         opt.zero_grad()
         losses.mean().backward()
         opt.step()
-    T = int(diffusion.num_timesteps)
     converged = affine_moments(DDIMSampler(steps=T), oracle, diffusion, dim)[1]
     teacher = affine_moments(DDIMSampler(steps=teacher_steps), oracle, diffusion, dim)[1]
     plain = affine_moments(DDIMSampler(steps=student_steps), oracle, diffusion, dim)[1]
