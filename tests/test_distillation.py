@@ -252,3 +252,29 @@ def test_a_resumed_progressive_run_goes_on_with_its_rounds_teacher(toy_teacher: 
         b = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)[key]
         for name in a:
             assert torch.equal(a[name], b[name]), name
+
+
+@pytest.mark.filterwarnings("ignore::ddpm.schedules.NotPureNoiseWarning")  # T = 20: the teacher's, on purpose
+@pytest.mark.parametrize(
+    "student",
+    [
+        ["experiment=digits_distill_progressive", "loss.teacher_steps=8", "loss.student_steps=2"]
+        + ["loss.round_steps=2", "sampler.steps=2"],
+        ["experiment=digits_distill_consistency", "loss.grid_points=6"],
+    ],
+    ids=["progressive", "consistency"],
+)
+def test_digits_students_train_and_sample(digits_run: Path, tmp_path: Path, student: list[str]) -> None:
+    """The digits presets distil a UNet run (the session's digits run: T = 20, so fewer steps)."""
+    overrides = [
+        *student,
+        f"teacher={digits_run}",
+        "T=20",
+        "trainer.max_steps=4",
+        "trainer.val_check_interval=2",
+    ]
+    overrides += ["callbacks.samples=null", "final_samples=8", "logger=csv", "callbacks.progress_bar=null"]
+    metrics, run_dir = run_train(tmp_path, overrides)
+    assert metrics["global_step"] == 4
+    x = load_run(run_dir).model.sample(4, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (4, 1, 8, 8) and bool(torch.isfinite(x).all())

@@ -29,8 +29,11 @@ from ddpm.safe_writes import write_file
 
 __all__ = ["check_student", "check_teacher_data", "pairs_cache_path", "teacher_pairs"]
 
-#: data keys that only say how batches are loaded: the student may load the pairs its own way
-LOADER_KEYS = frozenset({"batch_size", "num_workers", "pin_memory", "on_device"})
+#: data keys that only say how batches are loaded or where a machine keeps the files: a student on another
+#: machine, or loading its batches its own way, still learns the teacher's data
+LOADER_KEYS = frozenset(
+    {"batch_size", "num_workers", "pin_memory", "on_device", "data_dir", "cache_dir", "download"}
+)
 #: the reflow options a ``reflow`` node may hold, with their defaults
 DEFAULTS = {"pairs": 20000, "seed": 0, "batch": 2000, "cache_dir": None}
 
@@ -54,8 +57,8 @@ def _options(cfg: DictConfig) -> dict[str, Any]:
 
 def check_teacher_data(student: DictConfig, teacher: DictConfig, teacher_path: str) -> None:
     """A one-line ConfigError unless the student's ``data`` node is the teacher's (the pairs are samples
-    of the teacher's data, on its normalisation), how batches are loaded aside: the first key that
-    differs is named."""
+    of the teacher's data, on its normalisation), how batches are loaded and where the files are aside:
+    the first key that differs is named."""
     mine = OmegaConf.to_container(student.data, resolve=True)
     theirs = OmegaConf.to_container(teacher.data, resolve=False)
     assert isinstance(mine, dict) and isinstance(theirs, dict)
