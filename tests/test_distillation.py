@@ -258,8 +258,13 @@ def test_a_resumed_progressive_run_goes_on_with_its_rounds_teacher(toy_teacher: 
 @pytest.mark.parametrize(
     "student",
     [
-        ["experiment=digits_distill_progressive", "loss.teacher_steps=8", "loss.student_steps=2"]
-        + ["loss.round_steps=2", "sampler.steps=2"],
+        [
+            "experiment=digits_distill_progressive",
+            "loss.teacher_steps=8",
+            "loss.student_steps=2",
+            "loss.round_steps=2",
+            "sampler.steps=2",
+        ],
         ["experiment=digits_distill_consistency", "loss.grid_points=6"],
     ],
     ids=["progressive", "consistency"],
