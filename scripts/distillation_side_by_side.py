@@ -10,6 +10,10 @@
   (DDIM-``--oracle-teacher-steps``) and an affine student (``ddpm.evaluation.exact.distil_gaussian_oracle``):
   the student's covariance error at 1, 2 and 4 steps against the converged ODE, beside its teacher's and
   plain DDIM's at the same steps.
+- **digits** (``--digits-seeds``): a ``digits`` teacher trained ``--digits-budget-s`` seconds, then its
+  ``digits_distill_progressive`` (DDIM-4) and ``digits_distill_consistency`` (1 step) students as shipped;
+  ``ddpm-eval`` (``--repeats`` draws) of each with its own sampler, and of the teacher with DDPM-250 and with
+  DDIM-4: the offline classifier's Fréchet distance over its held-out floor.
 
 Every run trains with one CPU thread (``cpu_threads=1``, as the flow's side-by-side). Prints the tables and
 writes them as JSON.
@@ -22,12 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from flow_side_by_side import REPO, _mean_std, scores, train
+from flow_side_by_side import REPO, _budget, _mean_std, _run, scores, train  # the shared runners
 
-#: progressive students: their final DDIM steps (from 64 teacher steps, 500 optimizer steps a round)
+#: progressive students: their final DDIM steps (from 64 teacher steps, ROUND_STEPS optimizer steps a round)
 PROGRESSIVE_STEPS = (4, 2, 1)
 ROUND_STEPS = 1000
 
@@ -86,6 +91,49 @@ def moons_table(rows: dict) -> list[str]:
     return lines
 
 
+def _image_ratio(run_dir: Path, name: str, repeats: int, seed: int, overrides: Sequence[str] = ()) -> float:
+    out = run_dir / "eval" / f"{name}.json"
+    _run(["ddpm-eval", str(run_dir), "--repeats", str(repeats), "--seed", str(seed), "--out", str(out),
+          "--no-wandb", *overrides])  # fmt: skip
+    return float(json.loads(out.read_text())["images"]["ratio"]["mean"])
+
+
+def digits(out: Path, seeds: list[int], budget_s: int, repeats: int) -> dict:
+    """A digits teacher and its two students per seed: the classifier Frechet ratios and training seconds."""
+    rows: list[dict] = []
+    for seed in seeds:
+        teacher = out / f"digits_seed{seed}"
+        steps, seconds = train("digits", teacher, seed, _budget(budget_s))
+        row = {"seed": seed, "teacher_steps": steps, "teacher_seconds": seconds}
+        row["teacher"] = _image_ratio(teacher, "ddpm250", repeats, seed)
+        row["teacher_ddim4"] = _image_ratio(
+            teacher, "ddim4", repeats, seed, ["sampler=ddim", "sampler.steps=4"]
+        )
+        for name in ("progressive", "consistency"):
+            run_dir = out / f"digits_{name}_seed{seed}"
+            _, row[f"{name}_seconds"] = train(f"digits_distill_{name}", run_dir, seed, [f"teacher={teacher}"])
+            row[name] = _image_ratio(run_dir, "own", repeats, seed)
+        rows.append(row)
+        print(f"digits seed {seed}: {row}", flush=True)
+    return {"runs": rows}
+
+
+def digits_table(rows: dict) -> list[str]:
+    runs = rows["runs"]
+    lines = ["| run | sampler | classifier Fréchet ratio | per seed | training s |", "|---|---|---|---|---|"]
+    for key, label, sampler, secs in (
+        ("teacher", "`digits` teacher", "DDPM-250", "teacher_seconds"),
+        ("teacher_ddim4", "`digits` teacher", "DDIM-4", "teacher_seconds"),
+        ("progressive", "`digits_distill_progressive`", "DDIM-4", "progressive_seconds"),
+        ("consistency", "`digits_distill_consistency`", "1 step", "consistency_seconds"),
+    ):
+        values = [r[key] for r in runs]
+        per_seed = ", ".join(f"{v:.2f}" for v in values)
+        seconds = ", ".join(f"{r[secs]:.0f}" for r in runs)
+        lines.append(f"| {label} | {sampler} | {_mean_std(values)} | {per_seed} | {seconds} |")
+    return lines
+
+
 def oracle(teacher_steps: int, round_steps: int) -> dict:
     """The oracle-taught affine student's covariance errors at 1, 2 and 4 steps."""
     import torch
@@ -120,7 +168,9 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--skip", choices=["moons", "oracle"], action="append", default=[])
+    parser.add_argument("--skip", choices=["moons", "oracle", "digits"], action="append", default=[])
+    parser.add_argument("--digits-seeds", type=int, nargs="*", default=[1])
+    parser.add_argument("--digits-budget-s", type=int, default=300)
     parser.add_argument("--oracle-teacher-steps", type=int, default=512)
     parser.add_argument("--oracle-round-steps", type=int, default=150)
     args = parser.parse_args()
@@ -132,6 +182,9 @@ def main() -> int:
     if "moons" not in args.skip:
         results["moons"] = moons(args.out, args.seeds, args.n, args.repeats)
         print("\n".join(moons_table(results["moons"])), flush=True)
+    if "digits" not in args.skip:
+        results["digits"] = digits(args.out, args.digits_seeds, args.digits_budget_s, args.repeats)
+        print("\n".join(digits_table(results["digits"])), flush=True)
     summary = args.out / "side_by_side.json"
     summary.write_text(json.dumps(results, indent=2) + "\n")
     print(f"Wrote {summary}")
