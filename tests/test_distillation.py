@@ -283,3 +283,14 @@ def test_digits_students_train_and_sample(digits_run: Path, tmp_path: Path, stud
     assert metrics["global_step"] == 4
     x = load_run(run_dir).model.sample(4, generator=torch.Generator().manual_seed(0))
     assert x.shape == (4, 1, 8, 8) and bool(torch.isfinite(x).all())
+
+
+def test_a_time_off_the_grid_is_refused_not_matched_to_another() -> None:
+    d = chain()
+    loss = ProgressiveDistillationLoss(d, teacher_steps=8, student_steps=4, round_steps=3)
+    loss.use_teacher(OracleDenoiser(GaussianOracle(d, MU, SIGMA)))
+    net = AffineStudent(1000, 2)
+    loss.prepare(0, net)
+    x0 = torch.zeros(2, 2)
+    with pytest.raises(ValueError, match=r"t=7 is not one of the times"):
+        loss(net, x0, torch.tensor([999, 7]), torch.randn(2, 2))

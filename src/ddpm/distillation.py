@@ -43,6 +43,7 @@ __all__ = [
     "consistency_scalings",
     "ddim_step",
     "frozen_copy",
+    "grid_index",
     "progressive_target",
     "student_grid",
 ]
@@ -107,6 +108,17 @@ def progressive_target(
     ratio = sigma_next / sigma
     # Salimans & Ho Alg. 2, line 10: x~ = (z'' - (sigma'' / sigma) z) / (alpha'' - (sigma'' / sigma) alpha)
     return (z_next - ratio * x_t) / (alpha_next - ratio * alpha)
+
+
+def grid_index(grid: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Where each t [B] lies in a distillation's ``grid`` (its training times), or a ValueError for a t off
+    it: the targets are defined at those times only."""
+    match = t.detach().double().cpu()[:, None] == grid[None, :]
+    if not bool(match.any(dim=1).all()):
+        raise ValueError(
+            f"t={t[~match.any(dim=1)][0].item()!r} is not one of the times this distillation trains at"
+        )
+    return match.float().argmax(dim=1)
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -264,7 +276,7 @@ class ProgressiveDistillationLoss(Loss):
         return {"distill/round": float(self.round), "distill/student_steps": float(len(self._grid))}
 
     def _lookup(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        where = (t.detach().double().cpu()[:, None] == self._grid[None, :]).float().argmax(dim=1)
+        where = grid_index(self._grid, t)
         mid, nxt = self._mid[where], self._next[where]
         return mid.to(t.device, t.dtype), nxt.to(t.device, t.dtype)
 
@@ -472,7 +484,7 @@ class ConsistencyDistillationLoss(Loss):
         lambda = 1)."""
         if self.target is None:
             raise ValueError("the distillation has not started: call prepare(step, net) first")
-        where = (t.detach().double().cpu()[:, None] == self._grid[None, :]).float().argmax(dim=1)
+        where = grid_index(self._grid[:-1], t)
         t_next = self._grid[where + 1].to(t.device, t.dtype)
         with torch.no_grad():
             x_next = self._teacher_step(x_t, t, t_next)
