@@ -353,11 +353,6 @@ def consistency_output(
     return torch.where(broadcast(t <= low, x_t), y, f)  # CM eq. 7's boundary: f(x, sigma_min) = x
 
 
-def _noise_level(process: Process, t: float) -> float:
-    alpha, sigma = process.coefficients(t)
-    return sigma / alpha
-
-
 def consistency_grid(process: Process, n: int, rho: float = 7.0) -> list:
     """``n`` descending times of the consistency model's discretisation (Song et al. 2023, sec. 3: EDM's
     eq. 5 with rho = 7) between the process's noisiest time and its cleanest one (the boundary, last); on a
@@ -366,7 +361,7 @@ def consistency_grid(process: Process, n: int, rho: float = 7.0) -> list:
     if n < 2:
         raise ValueError(f"n={n} is invalid; the consistency grid needs at least 2 times")
     low, high = process.time_range
-    top, bottom = _noise_level(process, high), _noise_level(process, low)
+    bottom, top = process.noise_level_range()
     ramp = torch.linspace(0, 1, n, dtype=torch.float64)
     levels = (top ** (1 / rho) + ramp * (bottom ** (1 / rho) - top ** (1 / rho))) ** rho  # EDM eq. 5
     times = process.time_at_noise_level(levels[1:-1])

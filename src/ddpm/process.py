@@ -99,16 +99,27 @@ class Process(nn.Module):
         alpha, sigma = self.coefficients(t)
         return alpha, sigma / alpha  # EDM eq. 4: x / s(t) = x0 + sigma(t) n
 
+    def noise_level_at(self, t: float) -> float:
+        """EDM's noise level sigma / alpha at one time as a float, as the solvers read it (through
+        :meth:`coefficients`: finite at a pure-noise end)."""
+        alpha, sigma = self.coefficients(t)
+        return sigma / alpha  # EDM eq. 4: x / s(t) = x0 + sigma(t) n
+
+    def noise_level_range(self) -> tuple[float, float]:
+        """The noise levels at the process's cleanest and noisiest times (:attr:`time_range`)."""
+        low, high = self.time_range
+        return self.noise_level_at(low), self.noise_level_at(high)
+
     def time_bins(self, t: torch.Tensor, bins: int) -> torch.Tensor:
         """Which of ``bins`` equal parts of log noise level between the process's ends each t falls in, int64
         [B]: the loss by quarter of a continuous process (a chain bins its step index)."""
-        low, high = (math.log(sigma / alpha) for alpha, sigma in map(self.coefficients, self.time_range))
+        low, high = (math.log(level) for level in self.noise_level_range())
         where = (self.noise_level(t.detach()).log() - low) / (high - low)  # on t's device: no host sync
         return (where * bins).floor().long().clamp(0, bins - 1)
 
     def time_bin_labels(self, bins: int) -> list[str]:
         """The label of each of :meth:`time_bins`' parts, for the loss-by-quarter figure."""
-        lo, hi = (sigma / alpha for alpha, sigma in map(self.coefficients, self.time_range))
+        lo, hi = self.noise_level_range()
         edges = [lo * (hi / lo) ** (q / bins) for q in range(bins + 1)]
         return [f"σ ∈ [{edges[q]:.3g}, {edges[q + 1]:.3g})" for q in range(bins)]
 

@@ -247,7 +247,7 @@ class EDMSampler(HeunSampler):
 
     def noise_levels(self, diffusion: Process) -> list:
         """The times of EDM eq. 5's N levels, within the process's own noise levels."""
-        low, high = (sigma / alpha for alpha, sigma in map(diffusion.coefficients, diffusion.time_range))
+        low, high = diffusion.noise_level_range()
         lo, hi = max(self.sigma_min, low), min(self.sigma_max, high)
         sigmas = karras_sigmas(self.steps, lo, hi, self.rho)[:-1]
         return [float(t) for t in diffusion.time_at_noise_level(sigmas)]

@@ -137,7 +137,7 @@ def process_timesteps(process: Process, steps: int, spacing: str = "karras") -> 
             f"{type(process).__name__} is continuous: choose one of {allowed}"
         )
     low, high = process.time_range
-    top, bottom = (noise_level_at(process, t) for t in (high, low))
+    bottom, top = process.noise_level_range()
     data_end = bottom == 0.0  # the cleanest time is the data: the step after the last lands there
     if data_end and spacing is Spacing.LOGSNR:
         raise ValueError(
@@ -158,13 +158,6 @@ def process_timesteps(process: Process, steps: int, spacing: str = "karras") -> 
     else:
         times = low + (high - low) * (1 - ramp) ** 2  # DDIM appendix D.2: uniform in sqrt(t)
     return [float(t) for t in (times[:-1] if data_end else times)]
-
-
-def noise_level_at(process: Process, t: float) -> float:
-    """EDM's noise level sigma / alpha at one time, as the solvers read it (:meth:`Process.coefficients`:
-    finite at a pure-noise end)."""
-    alpha, sigma = process.coefficients(t)
-    return sigma / alpha
 
 
 def sigma_to_timestep(sigma: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
