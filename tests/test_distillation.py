@@ -254,6 +254,7 @@ def test_a_resumed_progressive_run_goes_on_with_its_rounds_teacher(toy_teacher: 
             assert torch.equal(a[name], b[name]), name
 
 
+@pytest.mark.slow  # two UNet students: ~25 s each on an idle 2-core CPU
 @pytest.mark.filterwarnings("ignore::ddpm.schedules.NotPureNoiseWarning")  # T = 20: the teacher's, on purpose
 @pytest.mark.parametrize(
     "student",
