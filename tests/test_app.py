@@ -37,7 +37,12 @@ def _image_experiment(path: Path) -> bool:
     return any(_image_experiment(p) for p in extended if p.is_file())
 
 
-EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml") if not _image_experiment(p))
+#: the distillations train only with teacher=RUN (tests/test_distillation.py trains them from a teacher)
+EXPERIMENTS = sorted(
+    p.stem
+    for p in (CONF_DIR / "experiment").glob("*.yaml")
+    if not _image_experiment(p) and "_distill_" not in p.stem
+)
 SCHEDULES = sorted(p.stem for p in (CONF_DIR / "schedule").glob("*.yaml"))
 SAMPLERS = sorted(p.stem for p in (CONF_DIR / "sampler").glob("*.yaml"))
 
