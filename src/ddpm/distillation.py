@@ -115,9 +115,8 @@ def grid_index(grid: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     it: the targets are defined at those times only."""
     match = t.detach().double().cpu()[:, None] == grid[None, :]
     if not bool(match.any(dim=1).all()):
-        raise ValueError(
-            f"t={t[~match.any(dim=1)][0].item()!r} is not one of the times this distillation trains at"
-        )
+        off = t.detach().cpu()[~match.any(dim=1)][0].item()
+        raise ValueError(f"t={off!r} is not one of the times this distillation trains at")
     return match.float().argmax(dim=1)
 
 
