@@ -66,7 +66,10 @@ BAD_VALUES = [
     (["sampler=ddpm", "sampler.eta=0.5"], "sampler.eta=0.5 is not an option of DDPMSampler; it takes"),
     (["sampler._target_=os.system"], "sampler._target_=os.system is not an option"),
     (["sampler.spacing=middle"], "sampler.spacing=middle is unknown; choose one of 'linspace'"),
-    (["sampler=lms"], "sampler=lms is not an option of config group 'sampler'; choose one of consistency, ddim"),
+    (
+        ["sampler=lms"],
+        "sampler=lms is not an option of config group 'sampler'; choose one of consistency, ddim",
+    ),
     (["sampler=ddim", "sampler=ddpm"], "sampler= is given twice"),
     (["steps=5"], "override 'steps' is not supported here"),
     (["--device", "cuda"], "--device=cuda is not available"),
