@@ -24,6 +24,7 @@ Plain PyTorch (no Lightning, no Hydra); :mod:`ddpm.distill` opens the teacher ru
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -42,6 +43,7 @@ __all__ = [
     "consistency_output",
     "consistency_scalings",
     "ddim_step",
+    "frozen",
     "frozen_copy",
     "grid_index",
     "progressive_target",
@@ -141,11 +143,22 @@ def _midpoint(process: Process, a: float, b: float) -> float:
     return float(round(mid)) if process.discrete else mid
 
 
+def frozen(net: nn.Module) -> nn.Module:
+    """``net`` itself, no longer trained (no gradients, eval mode): a teacher."""
+    net.requires_grad_(False)
+    return net.eval()
+
+
 def frozen_copy(net: nn.Module) -> nn.Module:
-    """A copy of ``net`` that is not trained (a round's teacher, the target network), in eval mode."""
-    twin = copy.deepcopy(net)
-    twin.requires_grad_(False)
-    return twin.eval()
+    """A copy of ``net`` that is not trained (a round's teacher, the target network)."""
+    return frozen(copy.deepcopy(net))
+
+
+def _on_device(module: nn.Module, device: torch.device) -> nn.Module:
+    """``module`` on ``device``, moved only when it is elsewhere (a check of its first tensor, not a walk
+    over all of them on every training step)."""
+    first = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return module if first is None or first.device == device else module.to(device)
 
 
 class ProgressiveDistillationLoss(Loss):
@@ -221,7 +234,7 @@ class ProgressiveDistillationLoss(Loss):
     def use_teacher(self, teacher: nn.Module) -> None:
         """The first round's teacher: an x0-prediction ``teacher(x_t, t)`` (:class:`Denoiser` of the trained
         run)."""
-        self._first_teacher = frozen_copy(teacher)
+        self._first_teacher = frozen(teacher)
 
     def _set_round(self, k: int, teacher: nn.Module) -> None:
         self.round = k
@@ -253,7 +266,7 @@ class ProgressiveDistillationLoss(Loss):
         k = min(step // self.round_steps, self.rounds - 1)
         if k == self.round:
             assert self.teacher is not None
-            self.teacher.to(next(net.parameters()).device)
+            _on_device(self.teacher, next(net.parameters()).device)  # a resumed round's teacher: CPU
             return
         if k == 0:
             if self._first_teacher is None:
@@ -261,8 +274,7 @@ class ProgressiveDistillationLoss(Loss):
             teacher = self._first_teacher
         else:
             teacher = Denoiser(frozen_copy(net), self.diffusion)
-        device = next(net.parameters()).device
-        self._set_round(k, teacher.to(device))
+        self._set_round(k, _on_device(teacher, next(net.parameters()).device))
 
     def training_times(self) -> torch.Tensor:
         """The student's times of this round (those :class:`~ddpm.timestep_sampling.GridTimes` draws)."""
@@ -309,7 +321,7 @@ class ProgressiveDistillationLoss(Loss):
             return
         teacher = Denoiser(frozen_copy(net), self.diffusion)
         teacher.load_state_dict(state["teacher"])
-        self._set_round(k, teacher.to(next(net.parameters()).device))
+        self._set_round(k, _on_device(teacher, next(net.parameters()).device))
 
 
 def consistency_scalings(
@@ -338,10 +350,7 @@ def consistency_output(
     level = sigma / alpha  # EDM eq. 4: y = x_t / alpha = x0 + sigma' n
     y = x_t / alpha
     low = process.time_range[0]
-    alpha_min, sigma_min_t = _coefficients(process, torch.full((1,), low, device=t.device), x_t[:1])
-    sigma_min = float(
-        (sigma_min_t / alpha_min).flatten()[0]
-    )  # as ``level`` is computed: the boundary is exact
+    sigma_min = process.noise_level_at(low)
     d = process.x0_from_output(model_output, x_t, alpha, sigma)
     # EDM table 1: D = c_skip y + c_out F, so F = (D - c_skip y) / c_out (c_out > 0 above level 0)
     e_skip = sigma_data**2 / (level.square() + sigma_data**2)
@@ -424,7 +433,7 @@ class ConsistencyDistillationLoss(Loss):
 
     def use_teacher(self, teacher: nn.Module) -> None:
         """The teacher: an x0-prediction ``teacher(x_t, t)`` (:class:`Denoiser` of the trained run)."""
-        self.teacher = frozen_copy(teacher)
+        self.teacher = frozen(teacher)
 
     def training_times(self) -> torch.Tensor:
         """t_{n+1} for n = 1 .. N - 1: every grid time but the cleanest (what GridTimes draws)."""
@@ -441,14 +450,14 @@ class ConsistencyDistillationLoss(Loss):
         if self.teacher is None:
             raise ValueError("consistency distillation needs its teacher: call use_teacher(...)")
         device = next(net.parameters()).device
-        self.teacher.to(device)
+        _on_device(self.teacher, device)
         if step == self.prepared_step:  # a validation and the training step at the same step: one update
             return
         self.prepared_step = step
         if self.target is None:
-            self.target = frozen_copy(net).to(device)
+            self.target = frozen_copy(net)
             return
-        self.target.to(device)
+        _on_device(self.target, device)  # a resumed run's target network: CPU
         target: list[torch.Tensor] = list(self.target.parameters())
         torch._foreach_lerp_(target, [p.detach() for p in net.parameters()], 1.0 - self.target_decay)
 

@@ -26,14 +26,13 @@ from tqdm.auto import tqdm
 from ddpm.config import ConfigError
 from ddpm.flow import FlowProcess
 from ddpm.safe_writes import write_file
+from ddpm.stored_config import DATA_MACHINE_KEYS
 
 __all__ = ["check_student", "check_teacher_data", "pairs_cache_path", "teacher_pairs"]
 
 #: data keys that only say how batches are loaded or where a machine keeps the files: a student on another
 #: machine, or loading its batches its own way, still learns the teacher's data
-LOADER_KEYS = frozenset(
-    {"batch_size", "num_workers", "pin_memory", "on_device", "data_dir", "cache_dir", "download"}
-)
+LOADER_KEYS = frozenset({"batch_size", "data_dir", *DATA_MACHINE_KEYS})
 #: the reflow options a ``reflow`` node may hold, with their defaults
 DEFAULTS = {"pairs": 20000, "seed": 0, "batch": 2000, "cache_dir": None}
 

@@ -80,8 +80,7 @@ class ConsistencySampler(Sampler):
         if t_prev == CLEAN:
             return StepOutput(x0, x0)
         alpha, sigma = alpha_sigma(diffusion, t_prev)
-        floor_alpha, floor_sigma = alpha_sigma(diffusion, diffusion.time_range[0])
-        level, floor = sigma / alpha, floor_sigma / floor_alpha
+        level, floor = sigma / alpha, diffusion.noise_level_at(diffusion.time_range[0])
         z = torch.randn_like(x_t) if noise is None else noise
         # CM Algorithm 1, line 5: x_tau = x + sqrt(tau^2 - eps^2) z, on the process's scale alpha(tau) x_tau
         return StepOutput(alpha * (x0 + math.sqrt(max(0.0, level**2 - floor**2)) * z), x0)
