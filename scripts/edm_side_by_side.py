@@ -17,39 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-ENV_KEYS = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "MPLBACKEND": "Agg"}
-
-
-def _run(args: list[str]) -> subprocess.CompletedProcess:
-    import os
-
-    bin_dir = Path(sys.executable).parent
-    done = subprocess.run(
-        [str(bin_dir / args[0]), *args[1:]],
-        cwd=REPO,
-        env={**os.environ, **ENV_KEYS},
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        tail = (done.stderr.strip().splitlines() or ["?"])[-1]
-        raise SystemExit(f"{' '.join(args[:2])} failed: {tail}")
-    return done
-
-
-def _trained(stdout: str) -> tuple[int, float]:
-    """(steps, seconds) from a run's ``Trained N steps in S s`` line."""
-    match = re.search(r"Trained (\d+) steps in ([\d.]+) s", stdout)
-    if match is None:
-        raise SystemExit("no 'Trained ... steps' line in the run's output")
-    return int(match.group(1)), float(match.group(2))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from flow_side_by_side import REPO, _run, _trained  # the shared runners
 
 
 def toy(out: Path, seeds: list[int]) -> dict:
