@@ -111,6 +111,25 @@ def test_repeated_quality_of_data_against_data_is_near_the_floor() -> None:
     assert "x the data-vs-data floor" in good.headline()
 
 
+def test_pooled_ratio_is_the_mean_energy_over_the_mean_floor() -> None:
+    rng = np.random.default_rng(1)
+    pool = torch.from_numpy(rng.normal(size=(2000, 2)))
+    held_out = torch.from_numpy(rng.normal(size=(400, 2)))
+    # the floor's own chunks as samples: each draw's energy is its floor, so both ratios are exactly 1
+    same = repeated_quality(lambda k: pool[k * 400 :], held_out, pool, 400, repeats=5)
+    assert same.pooled_ratio == pytest.approx(1.0, abs=1e-12)
+    assert same.spread_of("ratio").values == pytest.approx([1.0] * 5, abs=1e-12)
+    shifted = repeated_quality(lambda k: pool[k * 400 :] + 0.3, held_out, pool, 400, repeats=5)
+    energies = [r.energy for r in shifted.reports]
+    floors = [r.energy_floor for r in shifted.reports]
+    assert shifted.pooled_ratio == pytest.approx(sum(energies) / sum(floors), rel=1e-12)
+    # not the mean of the per-draw ratios: the floors differ from draw to draw
+    assert len(set(floors)) == 5
+    assert shifted.pooled_ratio != pytest.approx(shifted.spread_of("ratio").mean, rel=1e-6)
+    assert shifted.as_dict()["pooled_ratio"] == shifted.pooled_ratio
+    assert f"(pooled: {shifted.pooled_ratio:.3g})" in shifted.headline()
+
+
 def test_spread() -> None:
     s = spread([1.0, 2.0, 3.0, 4.0, math.nan])
     assert s.mean == 2.5 and s.std == pytest.approx(np.std([1, 2, 3, 4], ddof=1))
