@@ -399,6 +399,56 @@ def test_reflow_trains_on_the_teachers_cached_ode_pairs(toy_flow_run: Path, tmp_
     assert metrics["global_step"] == 4 and load_run(run_dir).sampler.steps == 2
 
 
+def test_reflow_student_starts_from_the_teachers_weights_unless_told_scratch(
+    toy_flow_run: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    student = [f"teacher={toy_flow_run}", "reflow.pairs=64", "reflow.batch=64", f"reflow.cache_dir={cache}"]
+    teacher = load_run(toy_flow_run).model.net.state_dict()
+    _, module = build(compose_cfg(tmp_path / "a", ["experiment=toy2d_reflow", *SHORT, *student]))
+    tuned = module.net.state_dict()
+    assert tuned.keys() == teacher.keys()
+    for key, value in teacher.items():  # the teacher's weights (its EMA's), every tensor
+        torch.testing.assert_close(tuned[key], value, rtol=0, atol=0)
+    _, fresh = build(
+        compose_cfg(tmp_path / "b", ["experiment=toy2d_reflow", *SHORT, *student, "reflow.init=scratch"])
+    )
+    assert any(not torch.equal(fresh.net.state_dict()[k], v) for k, v in teacher.items())
+    # scratch takes a teacher of another network; init=teacher refuses it in one line, before any pair
+    wide = ["model.hidden=64", f"reflow.cache_dir={tmp_path / 'other'}"]
+    build(
+        compose_cfg(
+            tmp_path / "c", ["experiment=toy2d_reflow", *SHORT, *student, *wide, "reflow.init=scratch"]
+        )
+    )
+    from ddpm.config import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=r"model.hidden=64 differs from the teacher's 128 .*reflow.init=scratch"
+    ):
+        build(compose_cfg(tmp_path / "d", ["experiment=toy2d_reflow", *SHORT, *student, *wide]))
+    assert len(list((tmp_path / "other").glob("reflow/*.npz"))) == 1  # only scratch's run drew pairs
+
+
+def test_reflow_teacher_steps_draw_the_pairs_with_that_many_steps(toy_flow_run: Path, tmp_path: Path) -> None:
+    student = [
+        f"teacher={toy_flow_run}",
+        "reflow.pairs=64",
+        "reflow.teacher_steps=3",
+        f"reflow.cache_dir={tmp_path / 'cache'}",
+    ]
+    datamodule, _ = build(compose_cfg(tmp_path / "a", ["experiment=toy2d_reflow", *SHORT, *student]))
+    samples, noise = datamodule.pairs
+    teacher = load_run(toy_flow_run)
+    three = teacher.make_sampler(["sampler.steps=3"])
+    assert teacher.sampler.steps == 8 and three.steps == 3
+    x_T = noise * teacher.model.diffusion.prior_std(1.0)
+    expected = three.sample(teacher.model, teacher.model.diffusion, (64, 2), x_T=x_T, progress=False)
+    torch.testing.assert_close(samples, expected, rtol=1e-5, atol=1e-5)
+    eight = teacher.sampler.sample(teacher.model, teacher.model.diffusion, (64, 2), x_T=x_T, progress=False)
+    assert not torch.allclose(samples, eight, atol=1e-4)  # not the teacher's own 8 steps
+
+
 def test_reflow_refusals_are_one_line_before_any_work(toy_flow_run: Path, tmp_path: Path) -> None:
     from ddpm.config import ConfigError
 
@@ -407,6 +457,8 @@ def test_reflow_refusals_are_one_line_before_any_work(toy_flow_run: Path, tmp_pa
         "data.n_train=999": r"data.n_train=999 differs from the teacher's 20000",
         "diffusion=default": r"this run's process is GaussianDiffusion: use diffusion=flow",
         "reflow.pairs=0": r"reflow.pairs=0 is invalid",
+        "reflow.init=copy": r"reflow.init='copy' is invalid; it must be one of teacher, scratch",
+        "reflow.teacher_steps=0": r"reflow.teacher_steps=0 is invalid; it must be an integer >= 1, or null",
         "conditional=true": r"conditional=true with a teacher",
     }
     for i, (override, message) in enumerate(cases.items()):

@@ -206,7 +206,8 @@ def _learn_from_teacher(
     cfg: DictConfig, net: torch.nn.Module, diffusion: Process, loss: Loss, sampler: Sampler, datamodule: Any
 ) -> None:
     """``teacher=RUN``: a distillation (its loss, :mod:`ddpm.distill`) or a reflow (:mod:`ddpm.reflow`: the
-    student trains on the teacher's ODE pairs); each student is checked before the teacher is read."""
+    student trains on the teacher's ODE pairs, from the teacher's weights unless ``reflow.init=scratch``);
+    each student is checked before the teacher is read, and against it before any pair is drawn."""
     from ddpm import distill
 
     if not cfg.get("teacher"):
@@ -224,7 +225,16 @@ def _learn_from_teacher(
     reflow.check_student(cfg, diffusion)
     if getattr(datamodule, "kind", None) != "toy":
         raise ConfigError("teacher=... (reflow) is built for toy data; this run's data are images")
-    datamodule.use_pairs(*reflow.teacher_pairs(cfg, _open_teacher(cfg)))
+    teacher = _open_teacher(cfg)
+    from_teacher = reflow.options(cfg)["init"] == "teacher"
+    if from_teacher:  # its weights will be the student's: its process and network must be the student's
+        try:
+            distill.check_teacher(cfg, teacher.config, str(cfg.teacher))
+        except ConfigError as err:
+            raise ConfigError(f"{err} (reflow.init=teacher; reflow.init=scratch starts afresh)") from None
+    datamodule.use_pairs(*reflow.teacher_pairs(cfg, teacher))
+    if from_teacher:
+        net.load_state_dict(teacher.model.net.state_dict())  # the reference's 2-rectified flow fine-tunes
 
 
 def build(cfg: DictConfig) -> tuple[Any, DiffusionModule]:
