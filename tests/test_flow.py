@@ -378,7 +378,13 @@ def test_reflow_trains_on_the_teachers_cached_ode_pairs(toy_flow_run: Path, tmp_
     from ddpm.reflow import pairs_cache_path
 
     cache = tmp_path / "cache"
-    student = [f"teacher={toy_flow_run}", "reflow.pairs=300", "reflow.batch=128", f"reflow.cache_dir={cache}"]
+    student = [
+        f"teacher={toy_flow_run}",
+        "reflow.pairs=300",
+        "reflow.batch=128",
+        f"reflow.cache_dir={cache}",
+        "reflow.teacher_steps=null",  # the teacher's sampler as the run has it
+    ]
     cfg = compose_cfg(tmp_path / "a", ["experiment=toy2d_reflow", *SHORT, *student])
     datamodule, module = build(cfg)
     assert isinstance(module.diffusion, FlowProcess) and datamodule.pairs is not None
