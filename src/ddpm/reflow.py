@@ -4,7 +4,7 @@ teacher's, so that one or two Euler steps sample it.
 
 ``ddpm-train experiment=toy2d_reflow teacher=RUN``: :func:`ddpm.build.build` checks the student
 (:func:`check_student`) and opens the teacher as any run folder is opened (:func:`ddpm.build.load_run`:
-weights only, its config plain data, of which the student takes nothing); :func:`teacher_pairs` draws
+weights only, its config plain data, none of which configures the student); :func:`teacher_pairs` draws
 ``reflow.pairs`` pairs with the teacher's own deterministic sampler from x_T = z, and caches them on disk
 (keyed by the teacher's checkpoint bytes, its sampler, the number and the seed); the student's training
 batches are these fixed pairs (:meth:`ddpm.data.datamodules.ToyDataModule.use_pairs`), and the result is
