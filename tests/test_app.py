@@ -322,6 +322,7 @@ def test_ddpm_train_saves_checkpoints_without_lightnings_default_notice(trained_
 
 def test_cpu_threads_sets_torchs_threads_for_the_run(tmp_path: Path) -> None:
     before = torch.get_num_threads()
+    torch.set_num_threads(2)  # not 1 already (as under pytest-xdist, tests/conftest.py): the run sets it
     try:
         run_train(tmp_path, [*SHORT, "cpu_threads=1", "reverse_gif=false"])
         assert torch.get_num_threads() == 1
