@@ -3,12 +3,28 @@ that needs no training is part of the library, ddpm.oracle.GaussianOracle."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 from ddpm.samplers import Sampler
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist (addopts: -n auto) runs one worker per core: one torch thread each, and one for the
+    # commands a test starts (ddpm-train, DDP's ranks), else the workers' threads contend for the cores
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist's: unknown under -p no:xdist
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto`` (addopts) for tests named one by one (``pytest tests/test_x.py::name``): no workers, the
+    tests run in this process without the workers' start-up (each imports torch); else xdist's count."""
+    if config.args and all("::" in arg for arg in config.args):
+        return 0
+    return None
 
 
 @pytest.fixture

@@ -372,7 +372,7 @@ def test_image_experiments_start_on_a_machine_without_a_gpu(
     args += ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.num_sanity_val_steps=0"]
     args += [
         "trainer.log_every_n_steps=1",
-        "sampler.steps=5",
+        "sampler.steps=1",
         "final_samples=4",
         "callbacks.samples.num_samples=4",
     ]
