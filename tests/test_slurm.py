@@ -370,9 +370,11 @@ def test_scancel_of_one_job_keeps_the_other_and_fails_the_sweep(sweeps: list[Swe
 def test_a_time_limit_saves_requeues_and_completes(sweeps: list[Sweep], tmp_path: Path) -> None:
     """timeout_min=1 and signal_delay_s=45: SLURM sends USR2 15 to 45 s into each part (it looks at time
     limits every 30 s). The run trains for 40 s in all (``trainer.max_time``, which Lightning keeps across
-    resumes): longer than the first part can train whatever this machine's speed, within the 3 requeues
-    that max_num_timeout allows (each later part trains about 20 s)."""
-    limit = [f"hydra.launcher.{k}" for k in ("timeout_min=1", "signal_delay_s=45", "max_num_timeout=3")]
+    resumes): longer than the first part can train whatever this machine's speed, within the 5 requeues
+    that max_num_timeout allows. A part trains from when it has started up to its signal, which can come
+    before it trains at all (requeued without a save) or as the last part finishes its samples; on a
+    2-core machine under load 4 parts were not always enough."""
+    limit = [f"hydra.launcher.{k}" for k in ("timeout_min=1", "signal_delay_s=45", "max_num_timeout=5")]
     sweep = start(sweeps, tmp_path, [*RUN, *steps(10**6), "+trainer.max_time=00:00:00:40", *limit])
     job = sweep.dir / "0"
     released: set[tuple[str, str]] = set()
@@ -384,12 +386,12 @@ def test_a_time_limit_saves_requeues_and_completes(sweeps: list[Sweep], tmp_path
                 released.add((job_id, restarts))
         return sweep.proc.poll() is not None
 
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 480  # up to 6 parts of at most a minute, each queued again
     while not requeued_and_released() and time.monotonic() < deadline:
         time.sleep(1)
     assert sweep.finish() == 0, sweep.stderr()[-3000:]
     assert sweep.record(0)["status"] == "completed"
-    assert 1 <= len(released) <= 3, released
+    assert 1 <= len(released) <= 5, released
     log = next((sweep.dir / ".submitit").glob("*/*_log.err")).read_text()
     assert log.count("Caught signal SIGUSR2") == len(released)
     saved = [int(m) for m in re.findall(r"SIGTERM at step (\d+): saved", log)]
