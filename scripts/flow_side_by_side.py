@@ -110,6 +110,27 @@ def _merge(first: dict[str, dict[int, float]], second: dict[str, dict[int, float
     return {key: first[key] | second[key] for key in first}
 
 
+def _trained_or_earlier(
+    before: dict | None, experiment: str, run_dir: Path, seed: int, extra: Sequence[str]
+) -> tuple[int, float]:
+    """(steps, seconds) of an earlier call's run (``before``, ``--rescore``) when its folder is there,
+    else of training it now."""
+    if before is not None and (run_dir / "checkpoints").is_dir():
+        return before["steps"], before["seconds"]
+    return train(experiment, run_dir, seed, extra)
+
+
+def _shown(by_nfe: dict[str, dict[int, float]]) -> str:
+    pooled = by_nfe["pooled"]
+    return ", ".join(f"{k} NFE {v:.2f} (pooled {pooled[k]:.2f})" for k, v in sorted(by_nfe["ratio"].items()))
+
+
+def _nfe_keys(row: dict) -> None:
+    """JSON keys are text: each measure's NFE back to int."""
+    for measure in ("ratio", "pooled"):
+        row[measure] = {int(k): v for k, v in row.get(measure, {}).items()}
+
+
 def moons(out: Path, seeds: list[int], n: int, repeats: int, names: Sequence[str], earlier: dict) -> dict:
     """The moons runs ``names`` per seed: steps, seconds and both ratios at each NFE (a reflow's teacher
     row must have run before, in this call or an earlier one). A run in ``earlier`` (``--rescore``: the
@@ -122,16 +143,9 @@ def moons(out: Path, seeds: list[int], n: int, repeats: int, names: Sequence[str
             experiment, teacher_row, overrides = MOONS[name]
             run_dir = out / f"{name}_seed{seed}"
             before = next((r for r in earlier.get(name, []) if r["seed"] == seed), None)
-            if before is not None and (run_dir / "checkpoints").is_dir():
-                steps, seconds = before["steps"], before["seconds"]
-            else:
-                teacher = [
-                    f"teacher={out / f'{teacher_row}_seed{seed}'}",
-                    f"reflow.cache_dir={out / 'cache'}",
-                ]
-                steps, seconds = train(
-                    experiment, run_dir, seed, [*overrides, *(teacher if teacher_row else [])]
-                )
+            teacher = [f"teacher={out / f'{teacher_row}_seed{seed}'}", f"reflow.cache_dir={out / 'cache'}"]
+            extra = [*overrides, *(teacher if teacher_row else [])]
+            steps, seconds = _trained_or_earlier(before, experiment, run_dir, seed, extra)
             if experiment == "toy2d":
                 by_nfe = scores(run_dir, ["sampler=unipc", "sampler.steps=1,2,4,15"], "nfe", n, repeats, seed)
             else:
@@ -140,11 +154,7 @@ def moons(out: Path, seeds: list[int], n: int, repeats: int, names: Sequence[str
                     scores(run_dir, heun, "heun", n, repeats, seed),
                 )
             rows[name].append({"seed": seed, "steps": steps, "seconds": seconds, **by_nfe})
-            shown = ", ".join(
-                f"{k} NFE {v:.2f} (pooled {by_nfe['pooled'][k]:.2f})"
-                for k, v in sorted(by_nfe["ratio"].items())
-            )
-            print(f"{name} seed {seed} ({steps} steps, {seconds:.0f} s): {shown}", flush=True)
+            print(f"{name} seed {seed} ({steps} steps, {seconds:.0f} s): {_shown(by_nfe)}", flush=True)
     return rows
 
 
@@ -157,15 +167,10 @@ def toy_sets(out: Path, datasets: list[str], seed: int, n: int, repeats: int, ea
         for experiment in ("toy2d_flow", "toy2d_flow_ot"):
             run_dir = out / f"{dataset}_{experiment}"
             before = earlier.get(dataset, {}).get(experiment)
-            if before is not None and (run_dir / "checkpoints").is_dir():
-                steps, seconds = before["steps"], before["seconds"]
-            else:
-                steps, seconds = train(experiment, run_dir, seed, [f"data={dataset}"])
+            steps, seconds = _trained_or_earlier(before, experiment, run_dir, seed, [f"data={dataset}"])
             by_nfe = scores(run_dir, ["sampler=euler", "sampler.steps=1,2"], "euler", n, repeats, seed)
             rows[dataset][experiment] = {"steps": steps, "seconds": seconds, **by_nfe}
-            ratio, pooled = by_nfe["ratio"], by_nfe["pooled"]
-            shown = ", ".join(f"{k} NFE {ratio[k]:.2f} (pooled {pooled[k]:.2f})" for k in (1, 2))
-            print(f"{dataset} {experiment} ({steps} steps, {seconds:.0f} s): {shown}", flush=True)
+            print(f"{dataset} {experiment} ({steps} steps, {seconds:.0f} s): {_shown(by_nfe)}", flush=True)
     return rows
 
 
@@ -265,14 +270,12 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     summary = args.out / "side_by_side.json"
     results: dict[str, dict] = json.loads(summary.read_text()) if summary.is_file() else {}
-    for runs in results.get("moons", {}).values():  # JSON keys are text: the NFE back to int
-        for r in runs:
-            for measure in ("ratio", "pooled"):
-                r[measure] = {int(k): v for k, v in r.get(measure, {}).items()}
+    for runs in results.get("moons", {}).values():
+        for row in runs:
+            _nfe_keys(row)
     for runs in results.get("sets", {}).values():
-        for r in runs.values():
-            for measure in ("ratio", "pooled"):
-                r[measure] = {int(k): v for k, v in r.get(measure, {}).items()}
+        for row in runs.values():
+            _nfe_keys(row)
     earlier = results if args.rescore else {}
     if "moons" not in args.skip:
         results["moons"] = results.get("moons", {}) | moons(
